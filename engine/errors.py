@@ -1,0 +1,195 @@
+"""Errors, in two separate trees.
+
+Request-time errors reach clients as OpenAI-style JSON. Each class has a `kind` that routing
+rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a `code`:
+
+    GatewayError
+    ├── InvalidRequest            400 invalid_request_error   (code names the problem)
+    │   ├── ContextWindowExceeded 400 invalid_request_error   context_length_exceeded
+    │   └── ContentFilter         400 invalid_request_error   content_filter
+    ├── AuthenticationFailed      401 authentication_error    invalid_api_key
+    ├── PermissionDenied          403 permission_error
+    ├── NotFound                  404 invalid_request_error   model_not_found
+    ├── RateLimited               429 rate_limit_error        rate_limit_exceeded
+    ├── BudgetExceeded            429 insufficient_quota      budget_exceeded
+    └── UpstreamError             502 upstream_error          the kind
+        ├── Overloaded            503
+        ├── UpstreamTimeout       504 timeout_error           upstream_timeout
+        ├── Upstream5xx, UpstreamConnection, ResponseParsing
+        └── AllFailed             status of the last error    all_failed
+
+Load-time problems in spec files are `SpecError` (file, line, JSON pointer), outside that tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AllFailed",
+    "AuthenticationFailed",
+    "BudgetExceeded",
+    "ContentFilter",
+    "ContextWindowExceeded",
+    "ERROR_KINDS",
+    "GatewayError",
+    "InvalidRequest",
+    "NotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "RateLimited",
+    "ResponseParsing",
+    "SpecError",
+    "SpecLoadError",
+    "Upstream5xx",
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "error_for_kind",
+]
+
+
+class GatewayError(Exception):
+    """A failure a client sees as `{"error": {"message", "type", "param", "code"}}`."""
+
+    kind = "upstream_5xx"
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+        self.attempts = attempts
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, status={self.status}, message={self.message!r})"
+
+
+class InvalidRequest(GatewayError):
+    kind, status, type, code = "invalid_request", 400, "invalid_request_error", "invalid_value"
+
+
+class ContextWindowExceeded(InvalidRequest):
+    kind, code = "context_window_exceeded", "context_length_exceeded"
+
+
+class ContentFilter(InvalidRequest):
+    kind, code = "content_filter", "content_filter"
+
+
+class AuthenticationFailed(GatewayError):
+    kind, status, type, code = "authentication", 401, "authentication_error", "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    kind, status, type, code = "permission", 403, "permission_error", None
+
+
+class NotFound(GatewayError):
+    kind, status, type, code = "not_found", 404, "invalid_request_error", "model_not_found"
+
+
+class RateLimited(GatewayError):
+    kind, status, type, code = "rate_limit", 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class BudgetExceeded(GatewayError):
+    kind, status, type, code = "budget_exceeded", 429, "insufficient_quota", "budget_exceeded"
+
+
+class UpstreamError(GatewayError):
+    kind, status, type, code = "upstream_5xx", 502, "upstream_error", "upstream_5xx"
+
+
+class Upstream5xx(UpstreamError):
+    pass
+
+
+class Overloaded(UpstreamError):
+    kind, status, code = "overloaded", 503, "overloaded"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind, status, type, code = "timeout", 504, "timeout_error", "upstream_timeout"
+
+
+class UpstreamConnection(UpstreamError):
+    kind, code = "connection", "connection"
+
+
+class ResponseParsing(UpstreamError):
+    kind, code = "response_parsing", "response_parsing"
+
+
+class AllFailed(UpstreamError):
+    kind, code = "all_failed", "all_failed"
+
+
+_BY_KIND: dict[str, type[GatewayError]] = {
+    cls.kind: cls
+    for cls in (
+        InvalidRequest,
+        ContextWindowExceeded,
+        ContentFilter,
+        AuthenticationFailed,
+        PermissionDenied,
+        NotFound,
+        RateLimited,
+        BudgetExceeded,
+        Upstream5xx,
+        Overloaded,
+        UpstreamTimeout,
+        UpstreamConnection,
+        ResponseParsing,
+        AllFailed,
+    )
+}
+ERROR_KINDS: tuple[str, ...] = tuple(_BY_KIND)
+
+
+def error_for_kind(kind: str, message: str, **kwargs: Any) -> GatewayError:
+    """The error class for a kind named in a spec's error table."""
+    return _BY_KIND.get(kind, Upstream5xx)(message, **kwargs)
+
+
+@dataclass
+class SpecError:
+    """One problem in a spec file: where it is and what is wrong."""
+
+    file: str
+    line: int
+    pointer: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.pointer}: {self.message}"
+
+
+class SpecLoadError(Exception):
+    """Raised when specs fail to load; carries every problem found."""
+
+    def __init__(self, problems: list[SpecError]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems

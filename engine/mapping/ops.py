@@ -1,0 +1,196 @@
+"""The closed catalogue of mapping operations. Each is generic and parameterised from the spec.
+
+Every op compiles once into `step(value, src, ctx) -> value | MISSING`; `value` is what the rule
+picked (`from`, `const` or the whole source). The schema (schemas/provider.schema.json) documents
+each op's parameters with an example.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import InvalidRequest
+from ..pointer import MISSING, compile_pointer, get
+from .templates import compile_condition, compile_template
+
+__all__ = ["OPS", "compile_op"]
+
+Step = Callable[[Any, Any, dict[str, Any]], Any]
+OMIT = "_omit"
+
+
+def _op_table(rule: dict[str, Any]) -> Step:
+    """Look the value up in a plain map; the key of an object is its `/type`."""
+    entries = {key: compile_template(v) if v != OMIT else None for key, v in rule["table"].items()}
+    default = entries.get("_default")
+
+    def lookup(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        key = value.get("type", MISSING) if isinstance(value, dict) else value
+        try:
+            render = entries[key] if key in entries else default
+        except TypeError:  # unhashable value
+            render = default
+        return MISSING if render is None else render(value, ctx)
+
+    return lookup
+
+
+def _op_each(rule: dict[str, Any]) -> Step:
+    """Map every item of a list; drop items failing `when_item`; optionally `wrap` the list."""
+    if "map" in rule:
+        from .rules import compile_rules
+
+        item_mapper = compile_rules(rule["map"])
+        render: Callable[[Any, dict[str, Any]], Any] = item_mapper
+    else:
+        render = compile_template(rule.get("template", "@value"))
+    keep = compile_condition(rule["when_item"]) if "when_item" in rule else None
+    wrap = compile_template(rule["wrap"]) if "wrap" in rule else None
+
+    def each(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        if not isinstance(value, list):
+            return MISSING
+        items = [render(item, ctx) for item in value if keep is None or keep(item, ctx)]
+        items = [i for i in items if i is not MISSING]
+        if not items:
+            return MISSING
+        if wrap is None:
+            return items
+        ctx["items"] = items
+        try:
+            return wrap(value, ctx)
+        finally:
+            del ctx["items"]
+
+    return each
+
+
+def _op_sum(rule: dict[str, Any]) -> Step:
+    """Add the numbers at several pointers; a missing addend counts 0."""
+    addends = [compile_pointer(p) for p in rule["of"]]
+
+    def total(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        found = [v for v in (get(value, t) for t in addends) if isinstance(v, (int, float))]
+        return sum(found) if found else MISSING
+
+    return total
+
+
+def _op_json_encode(rule: dict[str, Any]) -> Step:
+    def encode(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    return encode
+
+
+def _op_json_decode(rule: dict[str, Any]) -> Step:
+    """Parse a JSON string; with `wrap: key`, a non-object result (or non-JSON text) becomes {key: value}."""
+    wrap = rule.get("wrap")
+
+    def decode(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        if not isinstance(value, str):
+            return value if wrap is None or isinstance(value, dict) else {wrap: value}
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            if wrap is None:
+                raise InvalidRequest(f"expected a JSON string, got {value[:60]!r}") from None
+            return {wrap: value}
+        if wrap is not None and not isinstance(parsed, dict):
+            return {wrap: parsed}
+        return parsed
+
+    return decode
+
+
+def _op_as_list(rule: dict[str, Any]) -> Step:
+    drop_blank = rule.get("drop_blank", True)
+
+    def as_list(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if drop_blank:
+            items = [i for i in items if not (isinstance(i, str) and not i.strip())]
+        return items or MISSING
+
+    return as_list
+
+
+def _op_clamp(rule: dict[str, Any]) -> Step:
+    lo, hi = rule.get("lo"), rule.get("hi")
+
+    def clamp(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return value
+        if lo is not None and value < lo:
+            return lo
+        if hi is not None and value > hi:
+            return hi
+        return value
+
+    return clamp
+
+
+def _op_object_schema(rule: dict[str, Any]) -> Step:
+    """A missing or empty JSON Schema becomes `{type: object, properties: {}}`."""
+
+    def object_schema(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        if not isinstance(value, dict) or not value:
+            return {"type": "object", "properties": {}}
+        if "type" not in value:
+            return {"type": "object", **value}
+        return value
+
+    return object_schema
+
+
+def _op_omit_keys(rule: dict[str, Any]) -> Step:
+    """Pass an object through minus some keys (no copy of nested values)."""
+    keys = frozenset(rule.get("keys", ()))
+
+    def omit_keys(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: v for k, v in value.items() if k not in keys}
+
+    return omit_keys
+
+
+def _op_collect_text(rule: dict[str, Any]) -> Step:
+    from .turns import compile_collect_text
+
+    return compile_collect_text(rule)
+
+
+def _op_messages_to_turns(rule: dict[str, Any]) -> Step:
+    from .turns import compile_messages_to_turns
+
+    return compile_messages_to_turns(rule)
+
+
+def _op_parts_to_message(rule: dict[str, Any]) -> Step:
+    from .message import compile_parts_to_message
+
+    return compile_parts_to_message(rule)
+
+
+OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
+    "table": _op_table,
+    "each": _op_each,
+    "sum": _op_sum,
+    "collect_text": _op_collect_text,
+    "messages_to_turns": _op_messages_to_turns,
+    "parts_to_message": _op_parts_to_message,
+    "json_encode": _op_json_encode,
+    "json_decode": _op_json_decode,
+    "as_list": _op_as_list,
+    "clamp": _op_clamp,
+    "object_schema": _op_object_schema,
+    "omit_keys": _op_omit_keys,
+}
+
+
+def compile_op(rule: dict[str, Any]) -> Step:
+    return OPS[rule["op"]](rule)
+

@@ -1,0 +1,99 @@
+"""Mapping rules: `{to, from, default, const, template, when, op, ...}` compiled into closures.
+
+A list of rules maps one document into a new one. Each rule picks a value (`const`, else the first
+present `from`, else the whole source), falls back to `default`, renders `template` against it,
+applies `op` (from the closed catalogue in `ops`), and writes the result at `to` unless it is
+missing. `to: ""` merges an object into the root. `@out/...` in `when` sees what earlier rules wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..pointer import MISSING, compile_pointer, put
+from . import templates
+from .templates import Getter, compile_condition, compile_first_of, compile_template, fresh
+
+__all__ = ["Mapper", "RULE_KEYS", "compile_rule_value", "compile_rules"]
+
+Mapper = Callable[[Any, dict[str, Any]], dict[str, Any]]
+
+#: Keys every rule may carry, whatever its op.
+RULE_KEYS = frozenset({"to", "from", "default", "const", "template", "when", "op", "description"})
+
+
+def compile_rule_value(rule: dict[str, Any]) -> Getter:
+    """Compile the value part of a rule (everything but `to`): fn(src, ctx) -> value | MISSING."""
+    from .ops import compile_op  # the ops module uses this one for nested rules
+
+    if "const" in rule:
+        constant = rule["const"]
+        pick: Getter = (lambda src, ctx: fresh(constant)) if isinstance(constant, (dict, list)) else (
+            lambda src, ctx: constant
+        )
+    elif "from" in rule:
+        pick = compile_first_of(rule["from"])
+    else:
+        pick = lambda src, ctx: src  # noqa: E731
+
+    if "default" in rule:
+        default = rule["default"]
+        base_pick = pick
+
+        def pick(src: Any, ctx: dict[str, Any]) -> Any:  # type: ignore[misc]
+            value = base_pick(src, ctx)
+            return fresh(default) if value is MISSING else value
+
+    steps: list[Callable[[Any, Any, dict[str, Any]], Any]] = []
+    if "template" in rule:
+        render = compile_template(rule["template"])
+        steps.append(lambda value, src, ctx: render(value, ctx))
+    if "op" in rule:
+        steps.append(compile_op(rule))
+
+    when = compile_condition(rule["when"]) if "when" in rule else None
+
+    def value_of(src: Any, ctx: dict[str, Any]) -> Any:
+        if when is not None and not when(src, ctx):
+            return MISSING
+        value = pick(src, ctx)
+        for step in steps:
+            if value is MISSING:
+                return MISSING
+            value = step(value, src, ctx)
+        return value
+
+    return value_of
+
+
+def compile_rules(rules: list[dict[str, Any]]) -> Mapper:
+    """Compile a rule list into fn(src, ctx) -> new document. `ctx['out']` is the document so far."""
+    compiled: list[tuple[tuple[str | int, ...], Getter]] = []
+    for rule in rules:
+        compiled.append((compile_pointer(rule.get("to", "")), compile_rule_value(rule)))
+
+    def run(src: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        outer = ctx.get("out", MISSING)
+        ctx["out"] = out
+        try:
+            for tokens, value_of in compiled:
+                value = value_of(src, ctx)
+                if value is MISSING:
+                    continue
+                if tokens:
+                    put(out, tokens, value)
+                elif isinstance(value, dict):
+                    out.update(value)
+        finally:
+            if outer is MISSING:
+                ctx.pop("out", None)
+            else:
+                ctx["out"] = outer
+        return out
+
+    return run
+
+
+templates.inline_rule_compiler = compile_rule_value

@@ -1,0 +1,177 @@
+"""Value sources, conditions and templates: the primitives every mapping rule is made of.
+
+A *source* string is `/pointer` (into the document being mapped), `@name[/pointer]` (into the
+engine context: `@model`, `@stream`, `@out`, part fields such as `@text`), or `@value` (the value
+the template is rendered against). Anything else is a literal. Everything compiles to closures
+`fn(src, ctx)`; per request nothing is parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..pointer import MISSING, compile_pointer, get
+
+__all__ = ["Getter", "compile_condition", "compile_source", "compile_template", "fresh"]
+
+Getter = Callable[[Any, dict[str, Any]], Any]
+Predicate = Callable[[Any, dict[str, Any]], bool]
+
+#: Compiles an inline rule found inside a template (a mapping with an `op` key); set by the rule
+#: compiler to avoid an import cycle.
+inline_rule_compiler: Callable[[dict[str, Any]], Getter] | None = None
+
+
+def is_source(text: str) -> bool:
+    return text.startswith("/") or text.startswith("@")
+
+
+def compile_source(source: str) -> Getter:
+    """Compile '/a/b', '@ctx/a' or '@value' into a getter."""
+    if source == "@value":
+        return lambda src, ctx: src if src is not None else MISSING
+    if source.startswith("@"):
+        name, _, rest = source[1:].partition("/")
+        tokens = compile_pointer("/" + rest) if rest else ()
+
+        def from_context(src: Any, ctx: dict[str, Any]) -> Any:
+            value = ctx.get(name, MISSING)
+            if value is MISSING or value is None:
+                return MISSING
+            return get(value, tokens) if tokens else value
+
+        return from_context
+    tokens = compile_pointer(source)
+    return lambda src, ctx: get(src, tokens)
+
+
+def compile_first_of(sources: str | list[str]) -> Getter:
+    """`from: P` or `from: [P1, P2]`: the first present value wins."""
+    if isinstance(sources, str):
+        return compile_source(sources)
+    getters = [compile_source(s) for s in sources]
+
+    def first(src: Any, ctx: dict[str, Any]) -> Any:
+        for getter in getters:
+            value = getter(src, ctx)
+            if value is not MISSING:
+                return value
+        return MISSING
+
+    return first
+
+
+def fresh(value: Any) -> Any:
+    """A copy of a constant JSON value, so later rules can write into it safely."""
+    if isinstance(value, dict):
+        return {k: fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fresh(v) for v in value]
+    return value
+
+
+def _is_constant(shape: Any) -> bool:
+    if isinstance(shape, str):
+        return not is_source(shape)
+    if isinstance(shape, dict):
+        if set(shape) == {"const"}:
+            return True
+        if "op" in shape:
+            return False
+        return all(_is_constant(v) for v in shape.values())
+    if isinstance(shape, list):
+        return all(_is_constant(v) for v in shape)
+    return True
+
+
+def _strip_const(shape: Any) -> Any:
+    if isinstance(shape, dict):
+        if set(shape) == {"const"}:
+            return shape["const"]
+        return {k: _strip_const(v) for k, v in shape.items()}
+    if isinstance(shape, list):
+        return [_strip_const(v) for v in shape]
+    return shape
+
+
+def compile_template(shape: Any) -> Getter:
+    """Compile a JSON shape whose strings may be sources; keys that resolve to nothing are dropped.
+
+    Example: `{type: tool_use, id: "@id", name: "@name", input: "@args"}`.
+    `{const: "/literal"}` writes a literal that starts with '/' or '@'. A mapping with an `op`
+    key is an inline rule, e.g. `{op: json_decode, from: "@text", wrap: result}`.
+    """
+    if _is_constant(shape):
+        value = _strip_const(shape)
+        if isinstance(value, (dict, list)):
+            return lambda src, ctx: fresh(value)
+        return lambda src, ctx: value
+    if isinstance(shape, str):
+        return compile_source(shape)
+    if isinstance(shape, dict):
+        if "op" in shape:
+            assert inline_rule_compiler is not None
+            return inline_rule_compiler(shape)
+        items = [(k, compile_template(v)) for k, v in shape.items()]
+
+        def render_object(src: Any, ctx: dict[str, Any]) -> Any:
+            out = {}
+            for key, fn in items:
+                value = fn(src, ctx)
+                if value is not MISSING:
+                    out[key] = value
+            return out if out else MISSING
+
+        return render_object
+    assert isinstance(shape, list)
+    elements = [compile_template(v) for v in shape]
+
+    def render_list(src: Any, ctx: dict[str, Any]) -> Any:
+        out = [v for v in (fn(src, ctx) for fn in elements) if v is not MISSING]
+        return out if out else MISSING
+
+    return render_list
+
+
+def compile_condition(cond: Any) -> Predicate:
+    """`when:` — `{has: P}`, `{not_has: P}`, `{eq: [P, v]}`, `{ne: [P, v]}`, `{in: [P, [..]]}`,
+    `{not_in: [P, [..]]}`, `{all: [..]}`, `{any: [..]}`; a list means all of them."""
+    if isinstance(cond, list):
+        return compile_condition({"all": cond})
+    preds: list[Predicate] = []
+    for op, arg in cond.items():
+        preds.append(_compile_one_condition(op, arg))
+    if len(preds) == 1:
+        return preds[0]
+    return lambda src, ctx: all(p(src, ctx) for p in preds)
+
+
+def _compile_one_condition(op: str, arg: Any) -> Predicate:
+    if op == "all":
+        parts = [compile_condition(c) for c in arg]
+        return lambda src, ctx: all(p(src, ctx) for p in parts)
+    if op == "any":
+        parts = [compile_condition(c) for c in arg]
+        return lambda src, ctx: any(p(src, ctx) for p in parts)
+    if op in ("has", "not_has"):
+        getter = compile_source(arg)
+        if op == "has":
+            return lambda src, ctx: getter(src, ctx) is not MISSING
+        return lambda src, ctx: getter(src, ctx) is MISSING
+    getter = compile_source(arg[0])
+    expected = arg[1]
+    if op == "eq":
+        return lambda src, ctx: _same(getter(src, ctx), expected)
+    if op == "ne":
+        return lambda src, ctx: not _same(getter(src, ctx), expected)
+    if op == "in":
+        return lambda src, ctx: any(_same(getter(src, ctx), e) for e in expected)
+    if op == "not_in":
+        return lambda src, ctx: not any(_same(getter(src, ctx), e) for e in expected)
+    raise ValueError(f"unknown condition {op!r}")
+
+
+def _same(value: Any, expected: Any) -> bool:
+    # JSON has no bool/int identity: `true == 1` must be false here.
+    return type(value) is type(expected) and value == expected if isinstance(expected, bool) else value == expected

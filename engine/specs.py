@@ -1,0 +1,203 @@
+"""Find, parse, validate and compile the spec tree: providers.d/, pricing.d/, routes.yaml.
+
+Every problem is collected (not just the first) as a `SpecError` with file, line and JSON pointer.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from .errors import SpecError, SpecLoadError
+from .provider import ProviderSpec, SpecCompileError, compile_provider
+from .yamlfile import YamlFile, read_yaml
+
+__all__ = ["Catalog", "default_root", "load_catalog", "schema_dir"]
+
+
+def default_root() -> Path:
+    """The spec tree: $GAUD_SPECS_DIR, else the copy bundled in the package, else the source tree."""
+    configured = os.environ.get("GAUD_SPECS_DIR")
+    if configured:
+        return Path(configured)
+    bundled = Path(__file__).parent / "_bundled"
+    if (bundled / "providers.d").is_dir():
+        return bundled
+    return Path(__file__).resolve().parent.parent
+
+
+def schema_dir() -> Path:
+    bundled = Path(__file__).parent / "_bundled" / "schemas"
+    return bundled if bundled.is_dir() else Path(__file__).resolve().parent.parent / "schemas"
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str) -> Draft202012Validator:
+    schema = json.loads((schema_dir() / f"{name}.schema.json").read_text())
+    return Draft202012Validator(schema)
+
+
+@dataclass
+class Catalog:
+    """Everything loaded from one spec tree."""
+
+    root: Path
+    providers: dict[str, ProviderSpec] = field(default_factory=dict)
+    pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[str, Any] = field(default_factory=dict)
+    problems: list[SpecError] = field(default_factory=list)
+    files: dict[str, YamlFile] = field(default_factory=dict)
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise SpecLoadError(self.problems)
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.parent if root.name == "_bundled" else root))
+    except ValueError:
+        return str(path)
+
+
+def _schema_problems(doc: YamlFile, schema: str) -> list[SpecError]:
+    problems = []
+    for error in _validator(schema).iter_errors(doc.data):
+        if error.context:
+            error = best_match(error.context)
+        pointer, message = _describe(error)
+        problems.append(doc.problem(pointer, message))
+    problems.sort(key=lambda p: p.line)
+    return problems
+
+
+def _pointer(path: Any) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def _describe(error: ValidationError) -> tuple[str, str]:
+    """A pointer and a message that says what to do, for one schema violation."""
+    pointer = _pointer(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
+        allowed = list((error.schema.get("properties") or {}).keys())
+        if extra:
+            hint = difflib.get_close_matches(extra[0], allowed, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
+            return f"{pointer}/{extra[0]}", f"unknown field '{extra[0]}'{suggestion}"
+    if error.validator == "enum" and isinstance(error.instance, str):
+        field_name = str(error.absolute_path[-1]) if error.absolute_path else "value"
+        hint = difflib.get_close_matches(error.instance, [str(v) for v in error.validator_value], n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {', '.join(map(str, error.validator_value))}"
+        return pointer, f"unknown {field_name} '{error.instance}'{suggestion}"
+    if error.validator == "required":
+        return pointer, error.message
+    return pointer, error.message
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    """Maps merge recursively, anything else is replaced; a null override deletes the key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif key in merged:
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_extends(
+    name: str, docs: Mapping[str, YamlFile], problems: list[SpecError], trail: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
+    doc = docs[name]
+    data = dict(doc.data)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if parent in trail or parent == name:
+        cycle = " -> ".join((*trail, name, parent))
+        problems.append(doc.problem("/extends", f"extends cycle: {cycle}"))
+        return None
+    if parent not in docs:
+        options = difflib.get_close_matches(parent, list(docs), n=1)
+        hint = f"; did you mean '{options[0]}'?" if options else ""
+        problems.append(doc.problem("/extends", f"extends unknown provider '{parent}'{hint}"))
+        return None
+    base = _resolve_extends(parent, docs, problems, (*trail, name))
+    if base is None:
+        return None
+    base.pop("models", None)  # a models list is never inherited
+    return _deep_merge(base, data)
+
+
+def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]:
+    docs: dict[str, YamlFile] = {}
+    directory = catalog.root / folder
+    if not directory.is_dir():
+        return docs
+    for path in sorted(directory.glob("*.yaml")):
+        doc, problem = read_yaml(path, _label(path, catalog.root))
+        if problem is not None:
+            catalog.problems.append(problem)
+            continue
+        assert doc is not None
+        if not isinstance(doc.data, dict):
+            catalog.problems.append(doc.problem("", "the file must hold a mapping"))
+            continue
+        schema_problems = _schema_problems(doc, schema)
+        catalog.problems.extend(schema_problems)
+        catalog.files[doc.label] = doc
+        if not schema_problems:
+            docs[path.stem] = doc
+    return docs
+
+
+def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Catalog:
+    """Load and compile a spec tree. Problems are collected in `catalog.problems`.
+
+    Example: `catalog = load_catalog(); catalog.raise_for_problems()`.
+    """
+    catalog = Catalog(root=Path(root) if root is not None else default_root())
+    provider_docs = _load_dir(catalog, "providers.d", "provider")
+    for name, doc in provider_docs.items():
+        merged = _resolve_extends(name, provider_docs, catalog.problems)
+        if merged is None:
+            continue
+        try:
+            catalog.providers[name] = compile_provider(name, doc.label, merged, environ)
+        except SpecCompileError as exc:
+            catalog.problems.append(doc.problem(exc.pointer, exc.message))
+    for name, doc in _load_dir(catalog, "pricing.d", "pricing").items():
+        for model, price in (doc.data.get("models") or {}).items():
+            catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": f"/models/{model}"}
+    routes_path = catalog.root / "routes.yaml"
+    if routes_path.is_file():
+        doc, problem = read_yaml(routes_path, _label(routes_path, catalog.root))
+        if problem is not None:
+            catalog.problems.append(problem)
+        elif doc is not None:
+            catalog.files[doc.label] = doc
+            problems = _schema_problems(doc, "routes") if isinstance(doc.data, dict) else [
+                doc.problem("", "the file must hold a mapping")
+            ]
+            catalog.problems.extend(problems)
+            if not problems:
+                catalog.routes = doc.data
+    from .crossref import cross_reference
+
+    catalog.problems.extend(cross_reference(catalog))
+    return catalog

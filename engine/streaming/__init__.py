@@ -1,0 +1,21 @@
+"""Streaming: framing (SSE, NDJSON) -> the spec's event table -> OpenAI chunks."""
+
+from __future__ import annotations
+
+from .chunks import ChunkWriter, MessageAssembler, sse
+from .events import StreamFailure, StreamSpec, StreamState, compile_stream
+from .framing import make_framer
+from .tokens import TokenFilter, strip_tokens
+
+__all__ = [
+    "ChunkWriter",
+    "MessageAssembler",
+    "StreamFailure",
+    "StreamSpec",
+    "StreamState",
+    "TokenFilter",
+    "compile_stream",
+    "make_framer",
+    "sse",
+    "strip_tokens",
+]

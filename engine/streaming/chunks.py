@@ -1,0 +1,124 @@
+"""Neutral deltas -> OpenAI `chat.completion.chunk` server-sent events, and -> one message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .events import Delta
+from .tokens import TokenFilter
+
+__all__ = ["ChunkWriter", "MessageAssembler", "sse"]
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ChunkWriter:
+    """Writes OpenAI chunks for one choice; the first delta carries `role: assistant`."""
+
+    def __init__(self, *, id: str, model: str, created: int, special_tokens: tuple[str, ...] = ()) -> None:
+        self.id = id
+        self.model = model
+        self.created = created
+        self._role_sent = False
+        self._filter = TokenFilter(special_tokens) if special_tokens else None
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        if not self._role_sent:
+            delta = {"role": "assistant", **delta}
+            self._role_sent = True
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+            }
+        )
+
+    def write(self, deltas: list[Delta]) -> bytes:
+        parts = []
+        for delta in deltas:
+            kind = delta[0]
+            if kind == "text":
+                text = self._filter.feed(delta[1]) if self._filter else delta[1]
+                if text:
+                    parts.append(self._chunk({"content": text}))
+            elif kind == "reasoning":
+                parts.append(self._chunk({"reasoning_content": delta[1]}))
+            elif kind == "tool_start":
+                _, index, call_id, name = delta
+                call = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+                parts.append(self._chunk({"tool_calls": [call]}))
+            elif kind == "tool_args":
+                _, index, fragment = delta
+                parts.append(self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
+        return b"".join(parts)
+
+    def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
+        """The last content chunk (held-back text, finish reason), then the usage chunk if asked."""
+        out = []
+        held = self._filter.flush() if self._filter else ""
+        if held:
+            out.append(self._chunk({"content": held}))
+        out.append(self._chunk({}, finish_reason))
+        if usage is not None:
+            out.append(
+                sse(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
+        out.append(DONE)
+        return b"".join(out)
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return sse(body) + DONE
+
+
+class MessageAssembler:
+    """Collects deltas into one assistant message (a non-stream reply served from a stream)."""
+
+    def __init__(self, special_tokens: tuple[str, ...] = ()) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+        self.tokens = special_tokens
+
+    def add(self, deltas: list[Delta]) -> None:
+        for delta in deltas:
+            kind = delta[0]
+            if kind == "text":
+                self.text.append(delta[1])
+            elif kind == "reasoning":
+                self.reasoning.append(delta[1])
+            elif kind == "tool_start":
+                _, index, call_id, name = delta
+                self.calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": ""}})
+            elif kind == "tool_args":
+                _, index, fragment = delta
+                self.calls[index]["function"]["arguments"] += fragment
+
+    def message(self) -> dict[str, Any]:
+        from .tokens import strip_tokens
+
+        text = strip_tokens("".join(self.text), self.tokens) if self.text else None
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.calls:
+            message["tool_calls"] = self.calls
+        return message

@@ -1,0 +1,327 @@
+"""The stream event table: upstream frames -> neutral deltas, driven by the spec.
+
+A frame is dispatched by its key (the SSE `event:` name, a pointer into the JSON, or nothing) to a
+list of actions:
+
+    text / reasoning   emit a content / reasoning delta (empty strings are skipped)
+    tool_start         open a tool call under a key; the engine assigns the OpenAI index and, when
+                       the upstream gives none, an id (with `carry` fields packed into it)
+    tool_args          an argument fragment for the call opened under `key` (default: the last one)
+    usage              shallow-merge an object into the captured raw usage (counts are cumulative)
+    finish             remember the raw finish reason (last wins)
+    meta               remember the response id and model
+    set                remember values as @state/NAME (reasoning text is kept as @state/reasoning)
+    switch / each      nested dispatch by a value, or per item of a list
+    raise              a mid-stream upstream error
+    ignore / done      nothing / stop reading
+
+The engine keeps the state (key -> tool index, ids, usage, finish); the spec only says where things are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..mapping import compile_classifier, compile_condition, compile_source, encode_carry, new_call_id
+from ..pointer import MISSING, compile_pointer, get
+from .framing import make_framer
+
+__all__ = ["StreamFailure", "StreamSpec", "StreamState", "compile_stream"]
+
+Delta = tuple[Any, ...]
+Action = Callable[[Any, "StreamState", list[Delta]], None]
+
+
+class StreamFailure(Exception):
+    """The upstream reported an error inside the stream."""
+
+    def __init__(self, kind: str | None, message: str, body: Any = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.body = body
+
+
+class _Done(Exception):
+    pass
+
+
+@dataclass
+class StreamState:
+    """What the engine remembers while reading one upstream stream."""
+
+    id: str | None = None
+    model: str | None = None
+    raw_usage: dict[str, Any] = field(default_factory=dict)
+    raw_finish: Any = None
+    tool_index: dict[Any, int] = field(default_factory=dict)
+    last_tool_key: Any = None
+    next_tool_index: int = 0
+    vars: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+    new_call_id: Callable[[str], str] = new_call_id
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return self.next_tool_index > 0
+
+
+class StreamSpec:
+    """A compiled `stream:` section."""
+
+    def __init__(self, framing: str, key: str, done_data: str | None, handlers: dict[Any, list[Action]]) -> None:
+        self.framing = framing
+        self.key = key
+        self._key_tokens = compile_pointer(key) if key.startswith("/") else None
+        self.done_data = done_data
+        self.handlers = handlers
+        self.default = handlers.get("_default")
+
+    def new_framer(self) -> Any:
+        return make_framer(self.framing)
+
+    def handle(self, event: str | None, data: str, state: StreamState) -> list[Delta]:
+        """Interpret one frame; returns the deltas it produced."""
+        if self.done_data is not None and data.strip() == self.done_data:
+            state.done = True
+            return []
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise StreamFailure("response_parsing", f"upstream sent a frame that is not JSON: {data[:80]!r}") from None
+        if self.key == "event":
+            key: Any = event
+        elif self._key_tokens is not None:
+            key = get(obj, self._key_tokens)
+        else:
+            key = None
+        actions = self.handlers.get(key, self.default) if key is not None else self.default
+        if actions is None:
+            raise StreamFailure("response_parsing", f"upstream sent an unknown stream event {key!r}")
+        out: list[Delta] = []
+        try:
+            _run(actions, obj, state, out)
+        except _Done:
+            state.done = True
+        return out
+
+
+def _run(actions: list[Action], obj: Any, state: StreamState, out: list[Delta]) -> None:
+    for action in actions:
+        action(obj, state, out)
+
+
+def _ctx(state: StreamState) -> dict[str, Any]:
+    return {"state": state.vars}
+
+
+def _compile_actions(actions: list[Any]) -> list[Action]:
+    return [_compile_action(a) for a in actions]
+
+
+def _compile_action(action: Any) -> Action:
+    if action == "ignore":
+        return lambda obj, state, out: None
+    if action == "done":
+
+        def done(obj: Any, state: StreamState, out: list[Delta]) -> None:
+            raise _Done
+
+        return done
+    if not isinstance(action, dict) or len(action) != 1:
+        raise ValueError(f"a stream action is 'ignore', 'done' or a one-key object, not {action!r}")
+    (name, arg), = action.items()
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown stream action {name!r}")
+    return builder(arg)
+
+
+def _text_action(kind: str) -> Callable[[Any], Action]:
+    def build(source: str) -> Action:
+        getter = compile_source(source)
+
+        def emit(obj: Any, state: StreamState, out: list[Delta]) -> None:
+            value = getter(obj, _ctx(state))
+            if isinstance(value, str) and value:
+                out.append((kind, value))
+                if kind == "reasoning":
+                    state.vars["reasoning"] = state.vars.get("reasoning", "") + value
+
+        return emit
+
+    return build
+
+
+def _tool_start(arg: dict[str, Any]) -> Action:
+    key_of = compile_source(arg["key"]) if "key" in arg else None
+    id_of = compile_source(arg["id"]) if "id" in arg else None
+    name_of = compile_source(arg["name"])
+    args_of = compile_source(arg["args"]) if "args" in arg else None
+    when = compile_condition(arg["when"]) if "when" in arg else None
+    carry = {n: compile_source(s) for n, s in arg.get("carry", {}).items()}
+    consumed = [s.partition("/")[2] for s in arg.get("carry", {}).values() if s.startswith("@state/")]
+    carry_sep: str = arg.get("carry_sep", "~")
+
+    def start(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        ctx = _ctx(state)
+        if when is not None and not when(obj, ctx):
+            return
+        index = state.next_tool_index
+        state.next_tool_index += 1
+        key = key_of(obj, ctx) if key_of else index
+        state.tool_index[key] = index
+        state.last_tool_key = key
+        call_id = id_of(obj, ctx) if id_of else MISSING
+        if not isinstance(call_id, str) or not call_id:
+            call_id = state.new_call_id("call_")
+        packed = {n: v for n, v in ((n, g(obj, ctx)) for n, g in carry.items()) if v is not MISSING}
+        for name in consumed:
+            state.vars.pop(name, None)
+        args = args_of(obj, ctx) if args_of else MISSING
+        arguments = orjson.dumps(args).decode() if args is not MISSING else ""
+        name = name_of(obj, ctx)
+        out.append(("tool_start", index, encode_carry(call_id, packed, carry_sep), name if isinstance(name, str) else ""))
+        if arguments:
+            out.append(("tool_args", index, arguments))
+
+    return start
+
+
+def _tool_args(arg: dict[str, Any]) -> Action:
+    key_of = compile_source(arg["key"]) if "key" in arg else None
+    fragment_of = compile_source(arg["from"])
+
+    def args(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        ctx = _ctx(state)
+        fragment = fragment_of(obj, ctx)
+        if not isinstance(fragment, str) or not fragment:
+            return
+        key = key_of(obj, ctx) if key_of else state.last_tool_key
+        index = state.tool_index.get(key)
+        if index is None:
+            raise StreamFailure("response_parsing", f"tool-call arguments for an unknown call {key!r}")
+        out.append(("tool_args", index, fragment))
+
+    return args
+
+
+def _usage(source: str) -> Action:
+    getter = compile_source(source)
+
+    def usage(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        value = getter(obj, _ctx(state))
+        if isinstance(value, dict):
+            state.raw_usage.update(value)
+
+    return usage
+
+
+def _finish(source: str) -> Action:
+    getter = compile_source(source)
+
+    def finish(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        value = getter(obj, _ctx(state))
+        if value is not MISSING:
+            state.raw_finish = value
+
+    return finish
+
+
+def _meta(arg: dict[str, str]) -> Action:
+    id_of = compile_source(arg["id"]) if "id" in arg else None
+    model_of = compile_source(arg["model"]) if "model" in arg else None
+
+    def meta(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        ctx = _ctx(state)
+        if id_of and not state.id:
+            value = id_of(obj, ctx)
+            if isinstance(value, str) and value:
+                state.id = value
+        if model_of and not state.model:
+            value = model_of(obj, ctx)
+            if isinstance(value, str) and value:
+                state.model = value
+
+    return meta
+
+
+def _set(arg: dict[str, str]) -> Action:
+    getters = {name: compile_source(s) for name, s in arg.items()}
+
+    def assign(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        ctx = _ctx(state)
+        for name, getter in getters.items():
+            value = getter(obj, ctx)
+            if value is not MISSING:
+                state.vars[name] = value
+
+    return assign
+
+
+def _switch(arg: dict[str, Any]) -> Action:
+    by = compile_pointer(arg["by"])
+    cases = {k: _compile_actions(v) for k, v in arg["cases"].items()}
+    default = cases.get("_default")
+
+    def switch(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        value = get(obj, by)
+        actions = cases.get(value, default) if isinstance(value, (str, int, bool)) else default
+        if actions is not None:
+            _run(actions, obj, state, out)
+
+    return switch
+
+
+def _each(arg: dict[str, Any]) -> Action:
+    items_of = compile_source(arg["in"])
+    classify = compile_classifier(arg["classify"]) if "classify" in arg else None
+    cases = {k: _compile_actions(v) for k, v in arg["cases"].items()}
+    default = cases.get("_default")
+
+    def each(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        items = items_of(obj, _ctx(state))
+        if not isinstance(items, list):
+            return
+        for item in items:
+            kind = classify(item, _ctx(state)) if classify else None
+            actions = cases.get(kind, default) if kind is not None else default
+            if actions is not None:
+                _run(actions, item, state, out)
+
+    return each
+
+
+def _raise(arg: dict[str, Any]) -> Action:
+    kind = arg.get("kind")
+    message_of = compile_source(arg["message"]) if "message" in arg else None
+
+    def fail(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        message = message_of(obj, _ctx(state)) if message_of else MISSING
+        raise StreamFailure(kind, message if isinstance(message, str) else "upstream error in stream", obj)
+
+    return fail
+
+
+_BUILDERS: dict[str, Callable[[Any], Action]] = {
+    "text": _text_action("text"),
+    "reasoning": _text_action("reasoning"),
+    "tool_start": _tool_start,
+    "tool_args": _tool_args,
+    "usage": _usage,
+    "finish": _finish,
+    "meta": _meta,
+    "set": _set,
+    "switch": _switch,
+    "each": _each,
+    "raise": _raise,
+}
+
+
+def compile_stream(spec: dict[str, Any]) -> StreamSpec:
+    handlers = {key: _compile_actions(actions) for key, actions in spec.get("events", {}).items()}
+    return StreamSpec(spec.get("framing", "sse"), spec.get("key", "none"), spec.get("done_data"), handlers)

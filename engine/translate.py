@@ -1,0 +1,166 @@
+"""OpenAI Chat Completions <-> one provider, through its compiled spec. No I/O here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import GatewayError, InvalidRequest, ResponseParsing
+from .models import Target
+from .pointer import MISSING, get
+from .streaming import strip_tokens
+
+__all__ = ["UpstreamRequest", "build_request", "completion_from_reply", "error_from_reply", "parse_retry_after"]
+
+
+@dataclass
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    stream: bool
+
+
+def _check_basics(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    messages = body.get("messages", MISSING)
+    if messages is MISSING:
+        raise InvalidRequest("'messages' is a required property.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise InvalidRequest(f"'{name}' must be a number.", param=name)
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise InvalidRequest("'tools' must be an array.", param="tools")
+        for i, tool in enumerate(tools):
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+                raise InvalidRequest(f"tools[{i}].function.name is required.", param=f"tools[{i}].function.name")
+            params = fn.get("parameters")
+            if params is not None and not isinstance(params, dict):
+                raise InvalidRequest(
+                    f"tools[{i}].function.parameters must be a JSON Schema object.", param=f"tools[{i}].function.parameters"
+                )
+
+
+def build_request(target: Target, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+    """Map an OpenAI request for one deployment. `stream` is what the upstream is asked for."""
+    _check_basics(body)
+    spec = target.provider
+    spec.reject_if_unsupported(body)
+    ctx = {"model": target.model, "stream": stream, "model_info": target.info.as_context(), "provider": spec.name}
+    try:
+        mapped = spec.request_mapper(body, ctx)
+    except GatewayError:
+        raise
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise InvalidRequest(f"The request could not be translated for {spec.name}: {exc}") from None
+    return UpstreamRequest(
+        method="POST",
+        url=spec.url("chat", target.model, stream, target.api_base),
+        headers=spec.headers_for(target.model, target.api_base),
+        body=mapped,
+        stream=stream,
+    )
+
+
+def completion_from_reply(
+    target: Target,
+    raw: Any,
+    *,
+    requested_model: str,
+    new_call_id: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """Map a provider's reply into an OpenAI `chat.completion`."""
+    spec = target.provider
+    if not isinstance(raw, dict):
+        raise ResponseParsing(f"{spec.name} returned a reply that is not a JSON object")
+    ctx: dict[str, Any] = {"model": target.model, "provider": spec.name}
+    if new_call_id is not None:
+        ctx["new_call_id"] = new_call_id
+    try:
+        out = spec.reply_mapper(raw, ctx)
+    except GatewayError:
+        raise
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        raise ResponseParsing(f"{spec.name} returned a reply the spec cannot map: {exc}") from None
+    return normalize_completion(out, target, raw, requested_model)
+
+
+def normalize_completion(out: dict[str, Any], target: Target, raw: Any, requested_model: str) -> dict[str, Any]:
+    """Fill what the OpenAI schema requires and the spec need not say: envelope, nulls, finish table."""
+    spec = target.provider
+    if not isinstance(out.get("id"), str) or not out.get("id"):
+        out["id"] = f"chatcmpl-{uuid.uuid4().hex}"
+    out["object"] = "chat.completion"
+    if not isinstance(out.get("created"), int):
+        out["created"] = int(time.time())
+    if not isinstance(out.get("model"), str) or not out.get("model"):
+        out["model"] = target.model or requested_model
+    choices = out.get("choices")
+    if not isinstance(choices, list) or not choices:
+        choices = [{}]
+    for i, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message.setdefault("role", "assistant")
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+        if spec.special_tokens and isinstance(message["content"], str):
+            message["content"] = strip_tokens(message["content"], spec.special_tokens)
+        choice["message"] = message
+        choice.setdefault("index", i)
+        choice["finish_reason"] = spec.finish_reason(choice.get("finish_reason", MISSING), bool(message.get("tool_calls")))
+        choice.setdefault("logprobs", None)
+    out["choices"] = choices
+    usage = spec.usage_of(get(raw, spec.usage_from))
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after` (or `retry-after-ms`), if the upstream sent one."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def error_from_reply(target: Target, status: int, payload: bytes, headers: Any = None) -> GatewayError:
+    """Classify a non-2xx upstream reply through the spec's error table."""
+    try:
+        body = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # some APIs wrap the error object in a list
+    return target.provider.classify_error(status, body, retry_after=parse_retry_after(headers))
