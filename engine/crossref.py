@@ -38,6 +38,8 @@ def cross_reference(catalog: Catalog) -> list[SpecError]:
         for i, candidate in enumerate(route.get("candidates", [])):
             where = f"/aliases/{alias}/candidates/{i}"
             provider = catalog.providers.get(candidate["provider"])
+            if provider is None and candidate["provider"] in catalog.broken:
+                continue
             if provider is None:
                 hint = difflib.get_close_matches(candidate["provider"], list(catalog.providers), n=1)
                 suffix = f"; did you mean '{hint[0]}'?" if hint else ""

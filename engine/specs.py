@@ -57,6 +57,8 @@ class Catalog:
     routes: dict[str, Any] = field(default_factory=dict)
     problems: list[SpecError] = field(default_factory=list)
     files: dict[str, YamlFile] = field(default_factory=dict)
+    #: Names of spec files that exist but failed to load (cross-references to them are not re-reported).
+    broken: set[str] = field(default_factory=set)
 
     def raise_for_problems(self) -> None:
         if self.problems:
@@ -153,6 +155,7 @@ def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]
         doc, problem = read_yaml(path, _label(path, catalog.root))
         if problem is not None:
             catalog.problems.append(problem)
+            catalog.broken.add(path.stem)
             continue
         assert doc is not None
         if not isinstance(doc.data, dict):
@@ -161,7 +164,9 @@ def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]
         schema_problems = _schema_problems(doc, schema)
         catalog.problems.extend(schema_problems)
         catalog.files[doc.label] = doc
-        if not schema_problems:
+        if schema_problems:
+            catalog.broken.add(path.stem)
+        else:
             docs[path.stem] = doc
     return docs
 
@@ -176,11 +181,13 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
     for name, doc in provider_docs.items():
         merged = _resolve_extends(name, provider_docs, catalog.problems)
         if merged is None:
+            catalog.broken.add(name)
             continue
         try:
             catalog.providers[name] = compile_provider(name, doc.label, merged, environ)
         except SpecCompileError as exc:
             catalog.problems.append(doc.problem(exc.pointer, exc.message))
+            catalog.broken.add(name)
     for name, doc in _load_dir(catalog, "pricing.d", "pricing").items():
         for model, price in (doc.data.get("models") or {}).items():
             catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": f"/models/{model}"}

@@ -15,7 +15,14 @@ from .models import Target
 from .pointer import MISSING, get
 from .streaming import strip_tokens
 
-__all__ = ["UpstreamRequest", "build_request", "completion_from_reply", "error_from_reply", "parse_retry_after"]
+__all__ = [
+    "UpstreamRequest",
+    "build_request",
+    "completion_from_reply",
+    "error_from_reply",
+    "normalize_completion",
+    "parse_retry_after",
+]
 
 
 @dataclass
@@ -102,10 +109,10 @@ def completion_from_reply(
         raise
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         raise ResponseParsing(f"{spec.name} returned a reply the spec cannot map: {exc}") from None
-    return normalize_completion(out, target, raw, requested_model)
+    return normalize_completion(out, target, get(raw, spec.usage_from), requested_model)
 
 
-def normalize_completion(out: dict[str, Any], target: Target, raw: Any, requested_model: str) -> dict[str, Any]:
+def normalize_completion(out: dict[str, Any], target: Target, raw_usage: Any, requested_model: str) -> dict[str, Any]:
     """Fill what the OpenAI schema requires and the spec need not say: envelope, nulls, finish table."""
     spec = target.provider
     if not isinstance(out.get("id"), str) or not out.get("id"):
@@ -130,7 +137,7 @@ def normalize_completion(out: dict[str, Any], target: Target, raw: Any, requeste
         choice["finish_reason"] = spec.finish_reason(choice.get("finish_reason", MISSING), bool(message.get("tool_calls")))
         choice.setdefault("logprobs", None)
     out["choices"] = choices
-    usage = spec.usage_of(get(raw, spec.usage_from))
+    usage = spec.usage_of(raw_usage)
     if usage is not None:
         out["usage"] = usage
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -22,8 +23,8 @@ DONE = b"data: [DONE]\n\n"
 class ChunkWriter:
     """Writes OpenAI chunks for one choice; the first delta carries `role: assistant`."""
 
-    def __init__(self, *, id: str, model: str, created: int, special_tokens: tuple[str, ...] = ()) -> None:
-        self.id = id
+    def __init__(self, *, model: str, created: int, special_tokens: tuple[str, ...] = ()) -> None:
+        self.id: str | None = None  # taken from the upstream's first frame when it has one
         self.model = model
         self.created = created
         self._role_sent = False
@@ -43,7 +44,10 @@ class ChunkWriter:
             }
         )
 
-    def write(self, deltas: list[Delta]) -> bytes:
+    def write(self, deltas: list[Delta], upstream_id: str | None = None, upstream_model: str | None = None) -> bytes:
+        if self.id is None:
+            self.id = upstream_id or f"chatcmpl-{uuid.uuid4().hex}"
+            self.model = upstream_model or self.model
         parts = []
         for delta in deltas:
             kind = delta[0]
@@ -64,6 +68,8 @@ class ChunkWriter:
 
     def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
         """The last content chunk (held-back text, finish reason), then the usage chunk if asked."""
+        if self.id is None:
+            self.id = f"chatcmpl-{uuid.uuid4().hex}"
         out = []
         held = self._filter.flush() if self._filter else ""
         if held:

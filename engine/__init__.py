@@ -1,0 +1,21 @@
+"""gaud-engine: an OpenAI-compatible LLM gateway whose provider knowledge lives in YAML specs."""
+
+from __future__ import annotations
+
+from .errors import GatewayError, SpecError, SpecLoadError
+from .models import Target, resolve_model
+from .specs import Catalog, load_catalog
+from .translate import build_request, completion_from_reply, error_from_reply
+
+__all__ = [
+    "Catalog",
+    "GatewayError",
+    "SpecError",
+    "SpecLoadError",
+    "Target",
+    "build_request",
+    "completion_from_reply",
+    "error_from_reply",
+    "load_catalog",
+    "resolve_model",
+]

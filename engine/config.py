@@ -1,0 +1,69 @@
+"""Settings, read once: embedded defaults < the config file < `GAUD_*` environment variables.
+
+Every setting has a dotted name (`server.port`) and an environment variable made from it
+(`GAUD_SERVER_PORT`). Values from the environment are parsed as YAML scalars (`8400`, `true`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DEFAULTS", "Settings", "load_settings"]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {"host": "127.0.0.1", "port": 8400},
+    "specs": {"dir": None},
+    "database": {"url": "sqlite:///gaud.db"},
+    "log": {"level": "info"},
+    "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},
+    "limits": {"max_body_bytes": 20 * 1024 * 1024},
+}
+
+
+class Settings:
+    """Read-only view over the merged settings: `settings.get("server.port")`."""
+
+    def __init__(self, data: dict[str, dict[str, Any]]) -> None:
+        self._data = data
+
+    def get(self, dotted: str) -> Any:
+        section, _, key = dotted.partition(".")
+        return self._data[section][key]
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return deepcopy(self._data)
+
+
+def load_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Merge defaults, the YAML config file and GAUD_* variables; `overrides` (dotted names) win."""
+    environ = os.environ if environ is None else environ
+    data = deepcopy(DEFAULTS)
+    if config_file:
+        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: the config file must hold a mapping")
+        for section, values in loaded.items():
+            if section not in data or not isinstance(values, dict):
+                raise ValueError(f"{config_file}: unknown section '{section}' (known: {', '.join(data)})")
+            for key, value in values.items():
+                if key not in data[section]:
+                    raise ValueError(f"{config_file}: unknown setting '{section}.{key}'")
+                data[section][key] = value
+    for section, values in data.items():
+        for key in values:
+            env_name = f"GAUD_{section}_{key}".upper()
+            if env_name in environ:
+                values[key] = yaml.safe_load(environ[env_name]) if environ[env_name] else None
+    if environ.get("GAUD_SPECS_DIR"):
+        data["specs"]["dir"] = environ["GAUD_SPECS_DIR"]
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            data[section][key] = value
+    return Settings(data)

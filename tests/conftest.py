@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.specs import Catalog, load_catalog
+
+from .fakes import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Credentials the tests use; a test greps logs for them.
+TEST_SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-test-secret-0001",
+    "GEMINI_API_KEY": "gemini-test-secret-0002",
+    "OPENAI_API_KEY": "sk-openai-test-secret-0003",
+    "COPILOT_API_TOKEN": "copilot-test-secret-0004",
+}
+
+
+def provider_env(base_url: str) -> dict[str, str]:
+    """Environment that points every shipped provider at one fake upstream."""
+    return {
+        **TEST_SECRETS,
+        "ANTHROPIC_BASE_URL": base_url,
+        "GEMINI_BASE_URL": base_url,
+        "OPENAI_BASE_URL": f"{base_url}/v1",
+        "COPILOT_BASE_URL": base_url,
+    }
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("GAUD_") and not name.startswith("GAUD_TEST_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    fake_upstream_server.clear()
+    yield fake_upstream_server
+    fake_upstream_server.clear()
+
+
+@pytest.fixture(scope="session")
+def catalog(fake_upstream_server: FakeUpstream) -> Catalog:
+    loaded = load_catalog(ROOT, environ=provider_env(fake_upstream_server.url))
+    loaded.raise_for_problems()
+    return loaded
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
+    """Poll /health until it answers (no sleeps standing in for readiness)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+    raise RuntimeError(f"gateway at {url} did not become healthy in {timeout} s")
+
+
+class RunningGateway:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGateway:
+    port = free_port()
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--port", str(port), *args],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("GAUD_")}, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+    except RuntimeError:
+        process.kill()
+        raise RuntimeError(f"gateway failed to start:\n{log_path.read_text()}") from None
+    return RunningGateway(url, process, log_path)
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A real `gaud-engine serve` process whose providers all point at the fake upstream."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    env = {**provider_env(fake_upstream_server.url), "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'gaud.db'}"}
+    running = start_gateway(env, tmp / "gateway.log")
+    yield running
+    running.process.terminate()
+    running.process.wait(10)
+
+
+@pytest.fixture
+def client(gateway: RunningGateway):  # type: ignore[no-untyped-def]
+    import openai
+
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=20)
