@@ -23,6 +23,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "log": {"level": "info"},
     "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},
     "limits": {"max_body_bytes": 20 * 1024 * 1024},
+    # Image URLs the gateway fetches itself (providers that accept only inline bytes).
+    "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }
 
 

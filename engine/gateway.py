@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from .errors import GatewayError, ResponseParsing, error_for_kind
+from .images import ImageFetcher, inline_image_urls
 from .models import Target, resolve_model
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
@@ -44,16 +45,24 @@ def _served_by(target: Target, attempts: int) -> dict[str, str]:
 class Gateway:
     """Serves OpenAI chat requests from a catalog of specs through one upstream pool."""
 
-    def __init__(self, catalog: Catalog, upstream: Upstream) -> None:
+    def __init__(self, catalog: Catalog, upstream: Upstream, images: ImageFetcher | None = None) -> None:
         self.catalog = catalog
         self.upstream = upstream
+        self.images = images or ImageFetcher()
 
     def targets(self, body: dict[str, Any]) -> list[Target]:
         return resolve_model(self.catalog, body.get("model") if isinstance(body, dict) else None)
 
     # -- non-streaming --------------------------------------------------------------------------
+    async def _for_target(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        """The request as this deployment needs it (remote images fetched when the spec says so)."""
+        if target.provider.inline_image_urls:
+            return await inline_image_urls(body, self.images)
+        return body
+
     async def chat(self, body: dict[str, Any]) -> ChatResult:
         target = self.targets(body)[0]
+        body = await self._for_target(target, body)
         endpoint = target.provider.endpoints["chat"]
         if endpoint.stream_only:
             completion = await self._chat_from_stream(target, body)
@@ -111,7 +120,7 @@ class Gateway:
         return StreamResult(body_bytes(), _served_by(target, 1))
 
     async def _open(self, stack: AsyncExitStack, target: Target, body: dict[str, Any]) -> Any:
-        request = build_request(target, body, stream=True)
+        request = build_request(target, await self._for_target(target, body), stream=True)
         response = await stack.enter_async_context(self.upstream.open_stream(request))
         if response.status >= 400:
             payload = await response.read()

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .config import Settings
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Gateway
+from .images import ImageFetcher
 from .specs import Catalog
 from .upstream import Upstream
 
@@ -101,7 +102,13 @@ def create_app(catalog: Catalog, settings: Settings, *, upstream: Upstream | Non
         read_timeout=float(settings.get("upstream.read_timeout")),
         max_connections=int(settings.get("upstream.max_connections")),
     )
-    gateway = Gateway(catalog, upstream)
+    images = ImageFetcher(
+        allow_private=bool(settings.get("images.allow_private")),
+        allowed_hosts=settings.get("images.allowed_hosts") or (),
+        max_bytes=int(settings.get("images.max_bytes")),
+        timeout=float(settings.get("images.timeout")),
+    )
+    gateway = Gateway(catalog, upstream, images)
     max_body = int(settings.get("limits.max_body_bytes"))
     started = time.time()
 

@@ -87,23 +87,65 @@ def _pointer(path: Any) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
+_JSON_TYPES = {
+    "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+    "object": "a mapping", "array": "a list", "null": "null",
+}
+
+
+def _what(value: Any) -> str:
+    """How a YAML value reads to a spec author."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if hasattr(value, "isoformat"):
+        return f"the unquoted date {value.isoformat()}"
+    return repr(value)
+
+
 def _describe(error: ValidationError) -> tuple[str, str]:
     """A pointer and a message that says what to do, for one schema violation."""
     pointer = _pointer(error.absolute_path)
+    schema_path = list(error.schema_path)
     if error.validator == "additionalProperties":
         extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
         allowed = list((error.schema.get("properties") or {}).keys())
         if extra:
             hint = difflib.get_close_matches(extra[0], allowed, n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
-            return f"{pointer}/{extra[0]}", f"unknown field '{extra[0]}'{suggestion}"
-    if error.validator == "enum" and isinstance(error.instance, str):
-        field_name = str(error.absolute_path[-1]) if error.absolute_path else "value"
-        hint = difflib.get_close_matches(error.instance, [str(v) for v in error.validator_value], n=1)
-        suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {', '.join(map(str, error.validator_value))}"
-        return pointer, f"unknown {field_name} '{error.instance}'{suggestion}"
+            return f"{pointer}/{_pointer([extra[0]])[1:]}", f"unknown field '{extra[0]}'{suggestion}"
+    if error.validator == "enum":
+        options = [str(v) for v in error.validator_value]
+        hint = difflib.get_close_matches(str(error.instance), options, n=1) if isinstance(error.instance, str) else []
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {', '.join(options)}"
+        key = error.absolute_path[-1] if error.absolute_path else None
+        if isinstance(key, str) and len(schema_path) >= 3 and schema_path[-3] == "properties":
+            return pointer, f"unknown {key} {error.instance!r}{suggestion}"  # a named field: `op`, `framing`
+        return pointer, f"unknown value {error.instance!r}{suggestion}"
     if error.validator == "required":
-        return pointer, error.message
+        missing = re.findall(r"^'([^']+)'", error.message)
+        name = missing[0] if missing else error.message
+        return pointer, f"missing required field '{name}'; add it"
+    if error.validator == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        wanted = " or ".join(_JSON_TYPES.get(t, t) for t in expected)
+        message = f"expected {wanted}, got {_what(error.instance)}"
+        if "string" in expected and not isinstance(error.instance, (dict, list)):
+            message += " (quote it)"
+        return pointer, message
+    if error.validator == "pattern":
+        described = error.schema.get("description")
+        fix = f" ({described})" if described else ""
+        return pointer, f"{error.instance!r} does not match the pattern {error.validator_value}{fix}"
     return pointer, error.message
 
 

@@ -16,6 +16,7 @@ from engine.specs import Catalog, load_catalog
 from .fakes import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_BODY_BYTES = 2 * 1024 * 1024
 
 # Credentials the tests use; a test greps logs for them.
 TEST_SECRETS = {
@@ -119,7 +120,13 @@ def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGat
 def gateway(fake_upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """A real `gaud-engine serve` process whose providers all point at the fake upstream."""
     tmp = tmp_path_factory.mktemp("gateway")
-    env = {**provider_env(fake_upstream_server.url), "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'gaud.db'}"}
+    env = {
+        **provider_env(fake_upstream_server.url),
+        "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'gaud.db'}",
+        "GAUD_LIMITS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        # The fake upstream also serves test images: allow fetching from loopback, explicitly.
+        "GAUD_IMAGES_ALLOWED_HOSTS": "[127.0.0.1]",
+    }
     running = start_gateway(env, tmp / "gateway.log")
     yield running
     running.process.terminate()

@@ -19,6 +19,9 @@ __all__ = ["Mapper", "RULE_KEYS", "compile_rule_value", "compile_rules"]
 
 Mapper = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
+#: Ops that read `template` as their own parameter (per item, or with `@text`).
+OPS_WITH_OWN_TEMPLATE = frozenset({"each", "collect_text"})
+
 #: Keys every rule may carry, whatever its op.
 RULE_KEYS = frozenset({"to", "from", "default", "const", "template", "when", "op", "description"})
 
@@ -46,7 +49,7 @@ def compile_rule_value(rule: dict[str, Any]) -> Getter:
             return fresh(default) if value is MISSING else value
 
     steps: list[Callable[[Any, Any, dict[str, Any]], Any]] = []
-    if "template" in rule:
+    if "template" in rule and rule.get("op") not in OPS_WITH_OWN_TEMPLATE:
         render = compile_template(rule["template"])
         steps.append(lambda value, src, ctx: render(value, ctx))
     if "op" in rule:

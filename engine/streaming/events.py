@@ -288,8 +288,13 @@ def _each(arg: dict[str, Any]) -> Action:
         if not isinstance(items, list):
             return
         for item in items:
-            kind = classify(item, _ctx(state)) if classify else None
-            actions = cases.get(kind, default) if kind is not None else default
+            if classify is None:
+                actions = default
+            else:
+                kind = classify(item, _ctx(state))
+                if kind is None:  # classified `_ignore`
+                    continue
+                actions = cases.get(kind, default)
             if actions is not None:
                 _run(actions, item, state, out)
 
