@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from .errors import GatewayError, InvalidRequest, ResponseParsing
+from .mapping.turns import message_items
 from .models import Target
 from .pointer import MISSING, get
 from .streaming import strip_tokens
@@ -42,6 +43,11 @@ def _check_basics(body: Any) -> None:
         raise InvalidRequest("'messages' is a required property.", param="messages", code="missing_required_parameter")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    # Every message is checked here, whatever the provider, so a pass-through spec gets the same
+    # precise 400s as a translating one.
+    calls: dict[str, Any] = {}
+    for i, message in enumerate(messages):
+        message_items(message, i, "~", calls)
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream")

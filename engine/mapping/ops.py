@@ -106,7 +106,7 @@ def _op_json_decode(rule: dict[str, Any]) -> Step:
 
 
 def _op_as_list(rule: dict[str, Any]) -> Step:
-    drop_blank = rule.get("drop_blank", True)
+    drop_blank = rule.get("drop_blank", False)
 
     def as_list(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
         items = value if isinstance(value, list) else [value]

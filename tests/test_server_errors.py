@@ -1,0 +1,109 @@
+"""Bad input over HTTP: each a 4xx OpenAI-style error, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from .conftest import MAX_BODY_BYTES
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def _assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    assert response.headers["x-request-id"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 400, "invalid_json"),
+        (b"[1, 2]", {"content-type": "application/json"}, 400, "invalid_json"),
+        (b'{"model": "gpt-4o"}', {"content-type": "application/json"}, 400, "missing_required_parameter"),
+        (b'{"model": "gpt-4o", "messages": []}', {"content-type": "application/json"}, 400, "invalid_value"),
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', {"content-type": "application/json"}, 404, "model_not_found"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "wizard", "content": "x"}]}', {"content-type": "application/json"}, 400, "invalid_value"),
+        (b'{"model": "claude-sonnet-4", "messages": [{"role": "user", "content": 42}]}', {"content-type": "application/json"}, 400, "invalid_value"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', {"content-type": "application/json"}, 400, "invalid_value"),
+    ],
+)
+def test_bad_requests(gateway, upstream, content, headers, status, code):
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=content, headers=headers)
+    _assert_openai_error(response, status, code)
+    assert upstream.requests == []
+
+
+def test_param_names_the_offending_field(gateway, upstream):
+    body = {
+        "model": "claude-sonnet-4",
+        "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]},
+        ],
+    }
+    error = _assert_openai_error(httpx.post(f"{gateway.url}/v1/chat/completions", json=body), 400)
+    assert error["param"] == "messages[1].tool_calls[0].function.arguments"
+    body = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]}
+    error = _assert_openai_error(httpx.post(f"{gateway.url}/v1/chat/completions", json=body), 400)
+    assert error["param"] == "messages[0].content[0].image_url.url"
+
+
+def test_body_over_the_limit(gateway, upstream):
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 10)}]}
+    _assert_openai_error(httpx.post(f"{gateway.url}/v1/chat/completions", json=big), 413, "request_too_large")
+    assert upstream.requests == []
+
+
+def test_unknown_path_and_method(gateway):
+    _assert_openai_error(httpx.get(f"{gateway.url}/v1/nothing"), 404)
+    _assert_openai_error(httpx.get(f"{gateway.url}/v1/chat/completions"), 405)
+
+
+def test_sdk_sees_typed_errors(client, upstream):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "tool", "content": "x"}])
+    assert info.value.body["param"] == "messages[0].tool_call_id"
+
+
+def test_upstream_garbage_is_a_502_not_a_500(gateway, upstream):
+    upstream.reply(body=b"<html>oops</html>", content_type="text/html")
+    _assert_openai_error(
+        httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO}), 502, "response_parsing"
+    )
+
+
+def test_upstream_unreachable_is_a_connection_error(tmp_path):
+    from .conftest import free_port, start_gateway
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    running = start_gateway({"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": dead}, tmp_path / "gw.log")
+    try:
+        response = httpx.post(f"{running.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO})
+        _assert_openai_error(response, 502, "connection")
+    finally:
+        running.process.terminate()
+        running.process.wait(10)
+
+
+def test_secrets_never_in_logs(gateway, upstream):
+    from .conftest import TEST_SECRETS
+
+    upstream.reply(status=401, json={"error": {"type": "authentication_error", "message": f"invalid x-api-key {TEST_SECRETS['ANTHROPIC_API_KEY']}"}})
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO})
+    error = _assert_openai_error(response, 401, "invalid_api_key")
+    assert TEST_SECRETS["ANTHROPIC_API_KEY"] not in error["message"]
+    assert "[redacted]" in error["message"]
+    logs = gateway.logs()
+    for secret in TEST_SECRETS.values():
+        assert secret not in logs
