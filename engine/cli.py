@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,26 +24,53 @@ def main() -> None:
     """gaud-engine: an OpenAI-compatible LLM gateway driven by YAML provider specs."""
 
 
-def _roots(paths: tuple[str, ...]) -> list[Path]:
-    """Spec-tree roots for the given paths (a tree, or a file inside providers.d/ or pricing.d/)."""
-    if not paths:
-        return [default_root()]
-    roots: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_file():
-            root = path.parent.parent if path.parent.name in ("providers.d", "pricing.d") else path.parent
-        else:
-            root = path
-        if root not in roots:
-            roots.append(root)
-    return roots
+_SPEC_DIRS = ("providers.d", "pricing.d")
+
+
+def _target(raw: str) -> tuple[Path, set[Path] | None, SpecError | None]:
+    """(spec-tree root, the files to report on or None for all, a problem if nothing there gets checked).
+
+    A path is a tree, its providers.d/ or pricing.d/ folder, or one file in either (or routes.yaml);
+    the whole tree is loaded anyway, since extends, prices and routes need it.
+    """
+    path = Path(raw).resolve()
+    if path.is_dir() and path.name in _SPEC_DIRS:
+        return path.parent, set(path.glob("*.yaml")), None
+    if path.is_dir():
+        if not any((path / d).is_dir() for d in _SPEC_DIRS) and not (path / "routes.yaml").is_file():
+            problem = SpecError(raw, 1, "", "no spec tree here: expected providers.d/, pricing.d/ or routes.yaml")
+            return path, set(), problem
+        return path, None, None
+    if path.parent.name in _SPEC_DIRS and path.suffix == ".yaml":
+        return path.parent.parent, {path}, None
+    if path.name == "routes.yaml":
+        return path.parent, {path}, None
+    return path.parent, set(), SpecError(
+        raw, 1, "", "not checked: a spec file is providers.d/*.yaml, pricing.d/*.yaml or routes.yaml"
+    )
+
+
+def _from_cwd(problem: SpecError, base: Path) -> SpecError:
+    """The problem with its file named from the current directory when it is under it
+    (GitHub annotations need the path from the repository root)."""
+    try:
+        shown = (base / problem.file).relative_to(Path.cwd().resolve())
+    except ValueError:
+        return problem
+    return dataclasses.replace(problem, file=str(shown))
+
+
+def _escape_property(value: str) -> str:
+    """Escape a GitHub workflow-command property value."""
+    return (value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            .replace(":", "%3A").replace(",", "%2C"))
 
 
 def _format(problem: SpecError, fmt: str) -> str:
     if fmt == "github":
-        message = problem.message.replace("%", "%25").replace("\n", "%0A")
-        return f"::error file={problem.file},line={problem.line},title={problem.pointer or '/'}::{message}"
+        message = problem.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        return (f"::error file={_escape_property(problem.file)},line={problem.line},"
+                f"title={_escape_property(problem.pointer or '/')}::{message}")
     return str(problem)
 
 
@@ -53,21 +81,34 @@ def _format(problem: SpecError, fmt: str) -> str:
 def validate(paths: tuple[str, ...], fmt: str) -> None:
     """Check specs, pricing and routes against the schemas and each other.
 
+    PATH is a spec tree (default: the bundled one), its providers.d/ or pricing.d/ folder, or one
+    spec file; the whole tree is loaded, and problems in the given files are reported.
     Exits 0 when clean, 1 with one line per problem: file:line: json-pointer: message.
 
     \b
     Example usage:
         gaud-engine validate
+        gaud-engine validate providers.d/my-provider.yaml
         gaud-engine validate ./my-specs --format github
     """
     problems: list[SpecError] = []
     catalogs: list[Catalog] = []
-    for root in _roots(paths):
+    targets: dict[Path, set[Path] | None] = {}
+    for raw in paths or (str(default_root()),):
+        root, wanted, problem = _target(raw)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        known = targets.get(root, set())
+        targets[root] = None if wanted is None or (root in targets and known is None) else (known or set()) | wanted
+    for root, wanted in targets.items():
         catalog = load_catalog(root)
         catalogs.append(catalog)
-        problems.extend(catalog.problems)
+        base = root.parent if root.name == "_bundled" else root  # what the problems' file labels are relative to
+        labels = None if wanted is None else {str(w.relative_to(base)) for w in wanted}
+        problems.extend(_from_cwd(p, base) for p in catalog.problems if labels is None or p.file in labels)
     if fmt == "json":
-        click.echo(json.dumps([p.__dict__ for p in problems], indent=2))
+        click.echo(json.dumps([dataclasses.asdict(p) for p in problems], indent=2))
     else:
         for problem in problems:
             click.echo(_format(problem, fmt))
@@ -122,6 +163,46 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}")
     uvicorn.run(app, host=bind_host, port=bind_port, log_level=level if level != "debug" else "debug",
                 access_log=False, loop="auto", http="auto", server_header=False)
+
+
+@main.group()
+def routes() -> None:
+    """Inspect routing: aliases, candidates and the rules that order them."""
+
+
+@routes.command("explain")
+@click.argument("request_json")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to use instead of the bundled one.")
+def routes_explain(request_json: str, specs_dir: str | None) -> None:
+    """Show, without calling anything, how a request would be routed.
+
+    Prints the candidates in order, each `when` rule and its result, and the retry, fallback and
+    backoff policy. REQUEST_JSON is an OpenAI chat request body (or @FILE to read one).
+
+    \b
+    Example usage:
+        gaud-engine routes explain '{"model": "fast", "messages": [{"role": "user", "content": "hi"}]}'
+    """
+    from .errors import GatewayError
+    from .routing import Router, explain
+
+    text = Path(request_json[1:]).read_text() if request_json.startswith("@") else request_json
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise click.ClickException(f"REQUEST_JSON is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise click.ClickException("REQUEST_JSON must be a JSON object")
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    if catalog.problems:
+        for problem in catalog.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException("the specs have problems; run `gaud-engine validate`")
+    try:
+        click.echo(explain(Router(catalog), body))
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -79,9 +79,16 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.upstream_status = upstream_status
         self.attempts = attempts
+        #: For all_failed: one entry per deployment tried (deployment, kind, status, attempts, message).
+        self.failures: list[dict[str, Any]] | None = None
+        #: For timeouts: how long the gateway waited, in seconds.
+        self.duration: float | None = None
 
     def to_openai(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        if self.failures is not None:
+            error["failures"] = self.failures
+        return {"error": error}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, status={self.status}, message={self.message!r})"

@@ -1,27 +1,39 @@
-"""One chat request through the pipeline: resolve -> translate -> upstream -> translate back.
+"""One chat request through the pipeline: plan -> (translate -> upstream -> translate back) per
+attempt, with retries, fallbacks and circuit breakers decided by the route's rules.
 
 Independent of the HTTP framework, so any client-facing format can sit in front of it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from .errors import GatewayError, ResponseParsing, error_for_kind
+from .errors import AllFailed, GatewayError, Overloaded, ResponseParsing, error_for_kind
 from .images import ImageFetcher, inline_image_urls
-from .models import Target, resolve_model
+from .models import Target
+from .routing import PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
 from .translate import build_request, completion_from_reply, error_from_reply, normalize_completion
 from .upstream import Upstream, iter_chunks
 
 __all__ = ["ChatResult", "Gateway", "StreamResult"]
+
+log = logging.getLogger("gaud.gateway")
+
+#: Failures that say a deployment is unhealthy (and count towards opening its breaker).
+BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing"})
+
+R = TypeVar("R", "ChatResult", "StreamResult")
 
 
 @dataclass
@@ -38,52 +50,124 @@ class StreamResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _served_by(target: Target, attempts: int) -> dict[str, str]:
-    return {"x-gaud-deployment": target.name, "x-gaud-attempts": str(attempts)}
-
-
 class Gateway:
     """Serves OpenAI chat requests from a catalog of specs through one upstream pool."""
 
-    def __init__(self, catalog: Catalog, upstream: Upstream, images: ImageFetcher | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        upstream: Upstream,
+        images: ImageFetcher | None = None,
+        *,
+        router: Router | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.catalog = catalog
         self.upstream = upstream
         self.images = images or ImageFetcher()
+        self.router = router or Router(catalog, clock=clock)
+        self.sleep = sleep
+        self.clock = clock
+        self.rng = rng or random.Random()
 
-    def targets(self, body: dict[str, Any]) -> list[Target]:
-        return resolve_model(self.catalog, body.get("model") if isinstance(body, dict) else None)
+    # -- the attempt loop -----------------------------------------------------------------------
+    async def _with_retries(self, body: dict[str, Any], attempt: Callable[[PlannedTarget], Awaitable[R]]) -> R:
+        """Try each planned deployment, retrying and falling back as the route's rules say."""
+        plan = self.router.plan(body)
+        failures: list[tuple[Target, GatewayError]] = []
+        total = 0
+        for planned in plan.targets:
+            target = planned.target
+            breaker = self.router.breakers[target.name]
+            tries = 0
+            while True:
+                if not breaker.allow():
+                    log.info("skipping %s: circuit breaker open", target.name)
+                    break
+                tries += 1
+                total += 1
+                started = self.clock()
+                self.router.started(target.name)
+                try:
+                    result = await attempt(planned)
+                except GatewayError as error:
+                    self.router.finished(target.name, None)
+                    (breaker.record_failure if error.kind in BREAKER_KINDS else breaker.record_success)()
+                    error.attempts = tries
+                    failures.append((target, error))
+                    facts = activation(plan.facts, attempt=tries, target=target, error=error)
+                    if plan.policy.retry is not None and plan.policy.retry.matches(facts):
+                        delay = plan.policy.backoff.delay(tries, error.retry_after, self.rng)
+                        if delay is not None and breaker.state != "open":
+                            log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
+                            await self.sleep(delay)
+                            continue
+                    if plan.policy.fallback is not None and plan.policy.fallback.matches(facts):
+                        log.info("falling back from %s after %s", target.name, error.kind)
+                        break
+                    raise
+                else:
+                    self.router.finished(target.name, self.clock() - started)
+                    breaker.record_success()
+                    result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
+                    return result
+        raise self._all_failed(plan.alias, failures)
 
-    # -- non-streaming --------------------------------------------------------------------------
+    @staticmethod
+    def _all_failed(alias: str, failures: list[tuple[Target, GatewayError]]) -> GatewayError:
+        if not failures:
+            return Overloaded(f"No deployment for '{alias}' is available: every circuit breaker is open.")
+        if len({t.name for t, _ in failures}) == 1:
+            return failures[-1][1]
+        last: dict[str, tuple[Target, GatewayError]] = {}
+        for target, error in failures:
+            last[target.name] = (target, error)
+        parts = [f"{name} ({error.kind} after {error.attempts} attempt(s): {error.message})" for name, (_, error) in last.items()]
+        result = AllFailed(
+            f"All deployments for '{alias}' failed: " + "; ".join(parts),
+            status=failures[-1][1].status,
+            attempts=sum(e.attempts for _, (_, e) in last.items()),
+        )
+        result.failures = [
+            {"deployment": name, "kind": error.kind, "status": error.upstream_status or error.status,
+             "attempts": error.attempts, "message": error.message}
+            for name, (_, error) in last.items()
+        ]
+        return result
+
     async def _for_target(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         """The request as this deployment needs it (remote images fetched when the spec says so)."""
         if target.provider.inline_image_urls:
             return await inline_image_urls(body, self.images)
         return body
 
+    # -- non-streaming --------------------------------------------------------------------------
     async def chat(self, body: dict[str, Any]) -> ChatResult:
-        target = self.targets(body)[0]
-        body = await self._for_target(target, body)
-        endpoint = target.provider.endpoints["chat"]
-        if endpoint.stream_only:
-            completion = await self._chat_from_stream(target, body)
-        else:
-            request = build_request(target, body, stream=False)
-            reply = await self.upstream.send(request)
-            if reply.status >= 400:
-                raise error_from_reply(target, reply.status, reply.body, reply.headers)
-            try:
-                raw = orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
-                raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
-            completion = completion_from_reply(target, raw, requested_model=body["model"])
-        return ChatResult(completion, _served_by(target, 1))
+        return await self._with_retries(body, lambda planned: self._chat_once(planned, body))
 
-    async def _chat_from_stream(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+    async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any]) -> ChatResult:
+        target = planned.target
+        if target.provider.endpoints["chat"].stream_only:
+            return ChatResult(await self._chat_from_stream(planned, body))
+        request = build_request(target, await self._for_target(target, body), stream=False)
+        reply = await self.upstream.send(request, timeout=planned.timeout)
+        if reply.status >= 400:
+            raise error_from_reply(target, reply.status, reply.body, reply.headers)
+        try:
+            raw = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
+        return ChatResult(completion_from_reply(target, raw, requested_model=body["model"]))
+
+    async def _chat_from_stream(self, planned: PlannedTarget, body: dict[str, Any]) -> dict[str, Any]:
         """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
+        target = planned.target
         assembler = MessageAssembler(target.provider.special_tokens)
         state = StreamState()
         async with AsyncExitStack() as stack:
-            response = await self._open(stack, target, body)
+            response = await self._open(stack, planned, body)
             async for deltas in self._deltas(target, response, state):
                 assembler.add(deltas)
         out = {
@@ -95,14 +179,16 @@ class Gateway:
 
     # -- streaming ------------------------------------------------------------------------------
     async def chat_stream(self, body: dict[str, Any]) -> StreamResult:
-        """Open the upstream stream and read it up to the first delta before answering, so a
-        failure before the first byte is an ordinary error (status code, retry, fallback)."""
-        target = self.targets(body)[0]
+        """Open an upstream stream and read it up to the first delta before answering, so a
+        failure before the first byte is an ordinary error that can be retried or fall back."""
+        return await self._with_retries(body, lambda planned: self._stream_once(planned, body))
+
+    async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any]) -> StreamResult:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stack = AsyncExitStack()
         try:
-            response = await self._open(stack, target, body)
-            pieces = self._relay(target, response, body["model"], include_usage)
+            response = await self._open(stack, planned, body)
+            pieces = self._relay(planned.target, response, body["model"], include_usage)
             first = await pieces.__anext__()
         except BaseException:
             await stack.aclose()
@@ -117,11 +203,12 @@ class Gateway:
                 await pieces.aclose()
                 await stack.aclose()
 
-        return StreamResult(body_bytes(), _served_by(target, 1))
+        return StreamResult(body_bytes())
 
-    async def _open(self, stack: AsyncExitStack, target: Target, body: dict[str, Any]) -> Any:
+    async def _open(self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any]) -> Any:
+        target = planned.target
         request = build_request(target, await self._for_target(target, body), stream=True)
-        response = await stack.enter_async_context(self.upstream.open_stream(request))
+        response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
         if response.status >= 400:
             payload = await response.read()
             raise error_from_reply(target, response.status, payload, response.headers)
@@ -146,7 +233,8 @@ class Gateway:
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
 
-    def _stream_error(self, target: Target, failure: StreamFailure) -> GatewayError:
+    @staticmethod
+    def _stream_error(target: Target, failure: StreamFailure) -> GatewayError:
         if failure.kind is not None:
             return error_for_kind(failure.kind, f"{target.provider.name} stream error: {failure.message}")
         return target.provider.classify_error(None, failure.body)

@@ -137,7 +137,7 @@ def create_app(catalog: Catalog, settings: Settings, *, upstream: Upstream | Non
             name: {"ready": not spec.missing_env(), "missing_env": spec.missing_env()}
             for name, spec in catalog.providers.items()
         }
-        return JSONResponse({"status": "ok", "providers": providers})
+        return JSONResponse({"status": "ok", "providers": providers, "breakers": gateway.router.breakers.states()})
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)

@@ -55,10 +55,15 @@ class Catalog:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, Any] = field(default_factory=dict)
+    route_table: Any = None  # routing.RouteTable, compiled with the CEL rules
     problems: list[SpecError] = field(default_factory=list)
     files: dict[str, YamlFile] = field(default_factory=dict)
     #: Names of spec files that exist but failed to load (cross-references to them are not re-reported).
     broken: set[str] = field(default_factory=set)
+    #: Price keys whose pricing.d entry is broken (already reported).
+    broken_prices: set[str] = field(default_factory=set)
+    #: True when a pricing.d file could not be read at all: missing prices are then not reported.
+    broken_pricing: bool = False
 
     def raise_for_problems(self) -> None:
         if self.problems:
@@ -144,8 +149,8 @@ def _describe(error: ValidationError) -> tuple[str, str]:
         return pointer, message
     if error.validator == "pattern":
         described = error.schema.get("description")
-        fix = f" ({described})" if described else ""
-        return pointer, f"{error.instance!r} does not match the pattern {error.validator_value}{fix}"
+        fix = f": {described}" if described else ""
+        return pointer, f"{error.instance!r} does not match {error.validator_value}{fix}"
     return pointer, error.message
 
 
@@ -165,23 +170,41 @@ def _deep_merge(base: Any, override: Any) -> Any:
 
 
 def _resolve_extends(
-    name: str, docs: Mapping[str, YamlFile], problems: list[SpecError], trail: tuple[str, ...] = ()
+    name: str,
+    docs: Mapping[str, YamlFile],
+    problems: list[SpecError],
+    trail: tuple[str, ...] = (),
+    *,
+    broken: set[str] | frozenset[str] = frozenset(),
+    cycles: set[frozenset[str]] | None = None,
 ) -> dict[str, Any] | None:
+    """The spec with its `extends` chain merged in, or None (the problem is appended once).
+
+    A parent that exists but failed to load is not reported again; a cycle is reported once,
+    at the file where it is first found.
+    """
     doc = docs[name]
     data = dict(doc.data)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if parent in trail or parent == name:
-        cycle = " -> ".join((*trail, name, parent))
-        problems.append(doc.problem("/extends", f"extends cycle: {cycle}"))
+        members = (*trail, name)
+        loop = list(members[members.index(parent):])  # the files in the cycle, ending with this one
+        if cycles is None or frozenset(loop) not in cycles:
+            if cycles is not None:
+                cycles.add(frozenset(loop))
+            cycle = " -> ".join([name, *loop[:-1], name])
+            problems.append(doc.problem("/extends", f"extends cycle: {cycle}; remove `extends` from one of them"))
         return None
     if parent not in docs:
-        options = difflib.get_close_matches(parent, list(docs), n=1)
-        hint = f"; did you mean '{options[0]}'?" if options else ""
+        if parent in broken:
+            return None
+        options = difflib.get_close_matches(parent, [*docs, *broken], n=1)
+        hint = f"; did you mean '{options[0]}'?" if options else "; it must name a file in providers.d/ (without .yaml)"
         problems.append(doc.problem("/extends", f"extends unknown provider '{parent}'{hint}"))
         return None
-    base = _resolve_extends(parent, docs, problems, (*trail, name))
+    base = _resolve_extends(parent, docs, problems, (*trail, name), broken=broken, cycles=cycles)
     if base is None:
         return None
     base.pop("models", None)  # a models list is never inherited
@@ -195,22 +218,57 @@ def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]
         return docs
     for path in sorted(directory.glob("*.yaml")):
         doc, problem = read_yaml(path, _label(path, catalog.root))
-        if problem is not None:
+        if problem is not None or doc is None or not isinstance(doc.data, dict):
+            if problem is None:
+                assert doc is not None
+                problem = doc.problem("", "the file must hold a mapping (`key: value` lines)")
             catalog.problems.append(problem)
-            catalog.broken.add(path.stem)
-            continue
-        assert doc is not None
-        if not isinstance(doc.data, dict):
-            catalog.problems.append(doc.problem("", "the file must hold a mapping"))
+            if schema == "pricing":
+                catalog.broken_pricing = True
+            else:
+                catalog.broken.add(path.stem)
             continue
         schema_problems = _schema_problems(doc, schema)
         catalog.problems.extend(schema_problems)
         catalog.files[doc.label] = doc
-        if schema_problems:
+        if schema_problems and schema == "pricing":
+            _load_valid_prices(catalog, doc, schema_problems)
+        elif schema_problems:
             catalog.broken.add(path.stem)
         else:
             docs[path.stem] = doc
     return docs
+
+
+def _load_valid_prices(catalog: Catalog, doc: YamlFile, problems: list[SpecError]) -> None:
+    """Keep the sound entries of a pricing file with problems; the unsound ones are only remembered,
+    so a model priced by a broken entry is not also reported as unpriced."""
+    models = doc.data.get("models")
+    if not isinstance(models, dict):
+        catalog.broken_pricing = True
+        return
+    bad = set()
+    for problem in problems:
+        tokens = problem.pointer.split("/")
+        if len(tokens) >= 3 and tokens[1] == "models":
+            bad.add(tokens[2].replace("~1", "/").replace("~0", "~"))
+    for model, price in models.items():
+        if str(model) in bad or not isinstance(price, dict):
+            catalog.broken_prices.add(str(model))
+        else:
+            catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
+
+
+def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
+    """Keep routes.yaml and its compiled table; a bad CEL rule is a problem at its line."""
+    from .routing import RoutesError, compile_routes
+
+    try:
+        catalog.route_table = compile_routes(doc.data)
+    except RoutesError as exc:
+        catalog.problems.append(doc.problem(exc.pointer, exc.message))
+        return
+    catalog.routes = doc.data
 
 
 def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Catalog:
@@ -220,19 +278,43 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
     """
     catalog = Catalog(root=Path(root) if root is not None else default_root())
     provider_docs = _load_dir(catalog, "providers.d", "provider")
-    for name, doc in provider_docs.items():
-        merged = _resolve_extends(name, provider_docs, catalog.problems)
+    cycles: set[frozenset[str]] = set()
+    visiting: set[str] = set()
+
+    def compile_one(name: str) -> None:
+        """Compile a provider after the one it extends, so a broken base is reported once, not per child."""
+        if name in catalog.providers or name in catalog.broken or name in visiting:
+            return
+        visiting.add(name)
+        try:
+            _compile(name)
+        finally:
+            visiting.discard(name)
+
+    def _compile(name: str) -> None:
+        doc = provider_docs[name]
+        parent = doc.data.get("extends")
+        if isinstance(parent, str) and parent in provider_docs:
+            compile_one(parent)
+            if parent in catalog.broken:
+                catalog.broken.add(name)  # the base's problem is already reported
+                return
+        merged = _resolve_extends(name, provider_docs, catalog.problems, broken=catalog.broken, cycles=cycles)
         if merged is None:
             catalog.broken.add(name)
-            continue
+            return
         try:
             catalog.providers[name] = compile_provider(name, doc.label, merged, environ)
         except SpecCompileError as exc:
             catalog.problems.append(doc.problem(exc.pointer, exc.message))
             catalog.broken.add(name)
+
+    for name in provider_docs:
+        compile_one(name)
+    catalog.providers = {name: catalog.providers[name] for name in provider_docs if name in catalog.providers}
     for name, doc in _load_dir(catalog, "pricing.d", "pricing").items():
         for model, price in (doc.data.get("models") or {}).items():
-            catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": f"/models/{model}"}
+            catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
     routes_path = catalog.root / "routes.yaml"
     if routes_path.is_file():
         doc, problem = read_yaml(routes_path, _label(routes_path, catalog.root))
@@ -245,7 +327,7 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
             ]
             catalog.problems.extend(problems)
             if not problems:
-                catalog.routes = doc.data
+                _compile_routes(catalog, doc)
     from .crossref import cross_reference
 
     catalog.problems.extend(cross_reference(catalog))

@@ -37,7 +37,9 @@ def map_upstream_errors(url: str, started: float) -> Iterator[None]:
         yield
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
         waited = time.monotonic() - started
-        raise UpstreamTimeout(f"The upstream did not answer within {waited:.1f} s.") from exc
+        error = UpstreamTimeout(f"The upstream did not answer within {waited:.1f} s.")
+        error.duration = waited
+        raise error from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnection(f"Cannot connect to the upstream: {exc.os_error.strerror or exc}") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
@@ -68,25 +70,40 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    async def send(self, request: UpstreamRequest) -> UpstreamReply:
-        """A whole (non-streaming) exchange."""
+    def _timeout(self, read_timeout: float | None) -> aiohttp.ClientTimeout | None:
+        if read_timeout is None:
+            return None
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.sock_connect, sock_read=read_timeout)
+
+    async def send(self, request: UpstreamRequest, *, timeout: float | None = None) -> UpstreamReply:
+        """A whole (non-streaming) exchange; `timeout` overrides the read timeout."""
         session = self._session_or_start()
         started = time.monotonic()
         with map_upstream_errors(request.url, started):
             async with session.request(
-                request.method, request.url, data=orjson.dumps(request.body), headers=_with_json(request.headers)
+                request.method,
+                request.url,
+                data=orjson.dumps(request.body),
+                headers=_with_json(request.headers),
+                timeout=self._timeout(timeout),
             ) as response:
                 body = await response.read()
                 return UpstreamReply(response.status, response.headers, body)
 
     @asynccontextmanager
-    async def open_stream(self, request: UpstreamRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def open_stream(
+        self, request: UpstreamRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a streaming exchange; the caller reads `response.content` and must exit to release it."""
         session = self._session_or_start()
         started = time.monotonic()
         with map_upstream_errors(request.url, started):
             response = await session.request(
-                request.method, request.url, data=orjson.dumps(request.body), headers=_with_json(request.headers)
+                request.method,
+                request.url,
+                data=orjson.dumps(request.body),
+                headers=_with_json(request.headers),
+                timeout=self._timeout(timeout),
             )
         try:
             yield response

@@ -116,11 +116,30 @@ def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGat
     return RunningGateway(url, process, log_path)
 
 
+def spec_tree(tmp: Path, **defaults: object) -> Path:
+    """A copy of the shipped spec tree with routes.yaml `defaults` overridden."""
+    import shutil
+
+    import yaml
+
+    tree = tmp / "specs"
+    shutil.copytree(ROOT / "providers.d", tree / "providers.d")
+    shutil.copytree(ROOT / "pricing.d", tree / "pricing.d")
+    routes = yaml.safe_load((ROOT / "routes.yaml").read_text())
+    routes["defaults"] = {**routes.get("defaults", {}), **defaults}
+    (tree / "routes.yaml").write_text(yaml.safe_dump(routes, sort_keys=False))
+    return tree
+
+
 @pytest.fixture(scope="session")
 def gateway(fake_upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """A real `gaud-engine serve` process whose providers all point at the fake upstream."""
+    """A real `gaud-engine serve` process whose providers all point at the fake upstream.
+
+    Retries are off here (each test queues exactly the replies it needs); retry behaviour is
+    tested in-process with an injectable clock."""
     tmp = tmp_path_factory.mktemp("gateway")
     env = {
+        "GAUD_SPECS_DIR": str(spec_tree(tmp, retry="false", fallback="false")),
         **provider_env(fake_upstream_server.url),
         "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'gaud.db'}",
         "GAUD_LIMITS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),

@@ -84,10 +84,13 @@ def test_upstream_garbage_is_a_502_not_a_500(gateway, upstream):
 
 
 def test_upstream_unreachable_is_a_connection_error(tmp_path):
-    from .conftest import free_port, start_gateway
+    from .conftest import free_port, spec_tree, start_gateway
 
     dead = f"http://127.0.0.1:{free_port()}"
-    running = start_gateway({"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": dead}, tmp_path / "gw.log")
+    tree = spec_tree(tmp_path, retry="false")
+    running = start_gateway(
+        {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": dead, "GAUD_SPECS_DIR": str(tree)}, tmp_path / "gw.log"
+    )
     try:
         response = httpx.post(f"{running.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO})
         _assert_openai_error(response, 502, "connection")

@@ -1,0 +1,76 @@
+"""Circuit breakers, one per deployment: closed -> open -> half-open -> closed.
+
+Closed counts consecutive failures; at `failures` it opens. Open refuses every request until
+`cooldown` seconds passed, then half-open lets exactly one probe through: its success closes the
+breaker, its failure opens it again. The clock is injectable so tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Breaker", "BreakerBoard"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass
+class Breaker:
+    failures_to_open: int = 5
+    cooldown: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    state: str = CLOSED
+    consecutive_failures: int = 0
+    opened_at: float = 0.0
+    probe_in_flight: bool = False
+
+    def allow(self) -> bool:
+        """May a request go to this deployment now? In half-open, only the first caller may."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown:
+            self.state = HALF_OPEN
+            self.probe_in_flight = False
+        if self.state == HALF_OPEN and not self.probe_in_flight:
+            self.probe_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.state = CLOSED
+        self.consecutive_failures = 0
+        self.probe_in_flight = False
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        if self.state == HALF_OPEN or self.consecutive_failures >= self.failures_to_open:
+            self.state = OPEN
+            self.opened_at = self.clock()
+            self.probe_in_flight = False
+
+    def snapshot(self) -> dict[str, object]:
+        if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown:
+            return {"state": HALF_OPEN, "consecutive_failures": self.consecutive_failures}
+        return {"state": self.state, "consecutive_failures": self.consecutive_failures}
+
+
+class BreakerBoard:
+    """The breakers of every deployment, created on first use."""
+
+    def __init__(self, *, failures: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self.clock = clock
+        self._breakers: dict[str, Breaker] = {}
+
+    def __getitem__(self, deployment: str) -> Breaker:
+        breaker = self._breakers.get(deployment)
+        if breaker is None:
+            breaker = Breaker(self.failures, self.cooldown, self.clock)
+            self._breakers[deployment] = breaker
+        return breaker
+
+    def states(self) -> dict[str, dict[str, object]]:
+        return {name: b.snapshot() for name, b in sorted(self._breakers.items())}

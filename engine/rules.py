@@ -1,0 +1,160 @@
+"""CEL rules (routing `when`, `retry`, `fallback`), compiled once, behind one small facade.
+
+Two backends: the Rust-based `cel` package (common-expression-language; ~10 µs per evaluation
+here) when installed, and cel-python (`celpy`, the reference; ~400 µs) always. Both see the same
+activation: projected scalar facts and short string lists, every declared variable always bound.
+An evaluation error is returned as `RuleError`; callers treat it as no-match / do-not-retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+__all__ = ["BACKENDS", "Rule", "RuleCompileError", "RuleError", "compile_rule", "sample_activation"]
+
+log = logging.getLogger("gaud.rules")
+
+
+class RuleCompileError(ValueError):
+    """A CEL expression that does not parse or refers to an unknown variable."""
+
+
+class RuleError(Exception):
+    """A CEL expression failed at run time (type mismatch, missing field)."""
+
+
+#: The variables every rule may use, with the type of each leaf (for the sample activation).
+ACTIVATION_SHAPE: dict[str, Any] = {
+    "request": {
+        "model": "gpt-4o",
+        "n_messages": 2,
+        "n_tools": 0,
+        "estimated_tokens": 120,
+        "stream": False,
+        "user": "",
+        "tags": ["batch"],
+    },
+    "attempt": 1,
+    "deployment": {"provider": "openai", "model": "gpt-4o", "name": "openai/gpt-4o"},
+    "response": {"status": 0},
+    "error": {"kind": "rate_limit", "status": 429, "retry_after": 0.0},
+}
+
+
+def sample_activation() -> dict[str, Any]:
+    """An activation with every variable bound, used to smoke-test rules at load time."""
+    import copy
+
+    return copy.deepcopy(ACTIVATION_SHAPE)
+
+
+class _Program(Protocol):
+    def __call__(self, activation: Mapping[str, Any]) -> Any: ...
+
+
+def _compile_fast(expression: str) -> _Program:
+    import cel
+
+    try:
+        program = cel.compile(expression)
+    except (ValueError, RuntimeError) as exc:
+        raise RuleCompileError(str(exc).replace("\n", " ")) from None
+
+    def run(activation: Mapping[str, Any]) -> Any:
+        try:
+            return program.execute(dict(activation))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise RuleError(str(exc)) from None
+
+    return run
+
+
+def _compile_reference(expression: str) -> _Program:
+    import celpy
+
+    env = celpy.Environment()
+    try:
+        program = env.program(env.compile(expression))
+    except celpy.CELParseError as exc:
+        raise RuleCompileError(" ".join(str(exc).split())) from None
+
+    def run(activation: Mapping[str, Any]) -> Any:
+        try:
+            result = program.evaluate(celpy.json_to_cel(dict(activation)))
+        except celpy.CELEvalError as exc:
+            raise RuleError(str(exc)) from None
+        if isinstance(result, celpy.CELEvalError):
+            raise RuleError(str(result))
+        return _from_cel(result)
+
+    return run
+
+
+def _from_cel(value: Any) -> Any:
+    import celpy.celtypes as t
+
+    if isinstance(value, t.BoolType):
+        return bool(value)
+    if isinstance(value, (t.IntType, t.UintType)):
+        return int(value)
+    if isinstance(value, t.DoubleType):
+        return float(value)
+    if isinstance(value, t.StringType):
+        return str(value)
+    return value
+
+
+def _fast_available() -> bool:
+    try:
+        import cel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BACKENDS: dict[str, Any] = {"reference": _compile_reference}
+if _fast_available():
+    BACKENDS["fast"] = _compile_fast
+DEFAULT_BACKEND = "fast" if "fast" in BACKENDS else "reference"
+
+
+class Rule:
+    """One compiled CEL expression that must yield a bool."""
+
+    def __init__(self, expression: str, backend: str = DEFAULT_BACKEND) -> None:
+        self.expression = expression
+        self.backend = backend
+        self._run = BACKENDS[backend](expression)
+        try:
+            result = self._run(sample_activation())
+        except RuleError as exc:
+            raise RuleCompileError(f"fails on a sample request: {exc}") from None
+        if not isinstance(result, bool):
+            raise RuleCompileError(f"must give true or false, gave {type(result).__name__}")
+
+    def evaluate(self, activation: Mapping[str, Any]) -> bool:
+        """True/False; a run-time error raises RuleError (callers decide what it means)."""
+        result = self._run(activation)
+        if not isinstance(result, bool):
+            raise RuleError(f"gave {result!r}, not true or false")
+        return result
+
+    def matches(self, activation: Mapping[str, Any], *, on_error: bool = False) -> bool:
+        try:
+            return self.evaluate(activation)
+        except RuleError as exc:
+            log.warning("rule %r failed: %s", self.expression, exc)
+            return on_error
+
+    def __repr__(self) -> str:
+        return f"Rule({self.expression!r})"
+
+
+def compile_rule(expression: str, backend: str = DEFAULT_BACKEND) -> Rule:
+    """Compile a CEL expression; raises RuleCompileError with the parser's message.
+
+    Example: `compile_rule('error.kind == "rate_limit" && attempt <= 3')`.
+    """
+    return Rule(expression, backend)
