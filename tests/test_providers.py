@@ -418,7 +418,14 @@ INVALID_INPUTS = [
     ("content_dict", [{"role": "user", "content": {"type": "text", "text": "hi"}}], "messages[0].content"),
     ("part_without_type", [{"role": "user", "content": [{"text": "hi"}]}], "messages[0].content[0]"),
     ("text_part_not_string", [{"role": "user", "content": [{"type": "text", "text": 7}]}], "messages[0].content[0].text"),
-    ("tool_content_wrong_type", [USER_TEXT, {"role": "tool", "tool_call_id": "c1", "content": 3}], "messages[1].content"),
+    (
+        "tool_content_wrong_type",
+        [USER_TEXT, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "c1", "content": 3}],
+        "messages[2].content",
+    ),
+    ("tool_result_for_no_call", [USER_TEXT, {"role": "tool", "tool_call_id": "zzz", "content": "r"}], "messages[1].tool_call_id"),
     (
         "tool_call_arguments_invalid_json",
         [USER_TEXT, {"role": "assistant", "content": None, "tool_calls": [

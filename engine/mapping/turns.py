@@ -168,8 +168,14 @@ def message_items(
         if not isinstance(call_id, str) or not call_id:
             raise InvalidRequest(f"{param}.tool_call_id is required for role 'tool'", param=f"{param}.tool_call_id")
         call_id, _ = split_call_id(call_id, carry_sep)
+        call = call_table.get(call_id)
+        if call is None:
+            raise InvalidRequest(
+                f"{param}.tool_call_id '{call_id}' answers no tool call of an earlier assistant message",
+                param=f"{param}.tool_call_id",
+            )
         text = _text_of(content, f"{param}.content")
-        return [("tool_result", {"id": call_id, "text": text, "call": call_table.get(call_id, MISSING)})]
+        return [("tool_result", {"id": call_id, "text": text, "call": call})]
     items: list[tuple[str, dict[str, Any]]] = []
     if role == "assistant":
         reasoning = message.get("reasoning_content")
