@@ -65,7 +65,7 @@ def _compile_fast(expression: str) -> _Program:
     def run(activation: Mapping[str, Any]) -> Any:
         try:
             return program.execute(dict(activation))
-        except (RuntimeError, ValueError, TypeError) as exc:
+        except (RuntimeError, ValueError, TypeError, LookupError, ArithmeticError) as exc:
             raise RuleError(str(exc)) from None
 
     return run
