@@ -23,6 +23,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "log": {"level": "info"},
     "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},
     "limits": {"max_body_bytes": 20 * 1024 * 1024},
+    "auth": {"enabled": True},
+    # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.
+    "budgets": {"warn_at": [0.8]},
+    # Message contents are never stored unless store_content is true.
+    "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2},
     # Image URLs the gateway fetches itself (providers that accept only inline bytes).
     "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }

@@ -20,13 +20,14 @@ import orjson
 from .errors import AllFailed, GatewayError, Overloaded, ResponseParsing, error_for_kind
 from .images import ImageFetcher, inline_image_urls
 from .models import Target
+from .pricing import Price, cost_of, price_for
 from .routing import PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
 from .translate import build_request, completion_from_reply, error_from_reply, normalize_completion
 from .upstream import Upstream, iter_chunks
 
-__all__ = ["ChatResult", "Gateway", "StreamResult"]
+__all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 
 log = logging.getLogger("gaud.gateway")
 
@@ -34,6 +35,24 @@ log = logging.getLogger("gaud.gateway")
 BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing"})
 
 R = TypeVar("R", "ChatResult", "StreamResult")
+
+
+@dataclass
+class Exchange:
+    """What happened to one client request: filled in as it goes, audited at the end."""
+
+    request_id: str = ""
+    alias: str = ""
+    deployment: str | None = None
+    tried: list[str] = field(default_factory=list)
+    attempts: int = 0
+    usage: dict[str, Any] | None = None
+    cost: float = 0.0
+    error: GatewayError | None = None
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    stream: bool = False
+    upstream_seconds: float = 0.0
 
 
 @dataclass
@@ -71,11 +90,15 @@ class Gateway:
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
+        self._prices: dict[str, Price | None] = {}
 
     # -- the attempt loop -----------------------------------------------------------------------
-    async def _with_retries(self, body: dict[str, Any], attempt: Callable[[PlannedTarget], Awaitable[R]]) -> R:
+    async def _with_retries(
+        self, body: dict[str, Any], exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]
+    ) -> R:
         """Try each planned deployment, retrying and falling back as the route's rules say."""
         plan = self.router.plan(body)
+        exchange.alias = plan.alias
         failures: list[tuple[Target, GatewayError]] = []
         total = 0
         for planned in plan.targets:
@@ -88,6 +111,10 @@ class Gateway:
                     break
                 tries += 1
                 total += 1
+                exchange.attempts = total
+                if target.name not in exchange.tried:
+                    exchange.tried.append(target.name)
+                exchange.deployment = target.name
                 started = self.clock()
                 self.router.started(target.name)
                 try:
@@ -144,22 +171,51 @@ class Gateway:
         return body
 
     # -- non-streaming --------------------------------------------------------------------------
-    async def chat(self, body: dict[str, Any]) -> ChatResult:
-        return await self._with_retries(body, lambda planned: self._chat_once(planned, body))
+    def price(self, target: Target) -> Price | None:
+        key = target.name
+        if key not in self._prices:
+            self._prices[key] = price_for(self.catalog, target.provider.name, target.model)
+        return self._prices[key]
 
-    async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any]) -> ChatResult:
+    def _account(self, exchange: Exchange, target: Target, usage: dict[str, Any] | None) -> None:
+        exchange.usage = usage
+        price = self.price(target)
+        exchange.cost = cost_of(price, usage) if usage and price else 0.0
+
+    def estimate_cost(self, body: dict[str, Any]) -> float:
+        """A cost to reserve against budgets before the call: the prompt estimate plus the
+        requested output (or the first candidate's max output, at most 4096 tokens)."""
+        plan = self.router.plan(body)
+        target = plan.targets[0].target if plan.targets else None
+        price = self.price(target) if target is not None else None
+        if price is None or target is None:
+            return 0.0
+        output = body.get("max_completion_tokens") or body.get("max_tokens") or min(target.info.max_output_tokens or 4096, 4096)
+        usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
+        return cost_of(price, usage)
+
+    async def chat(self, body: dict[str, Any], exchange: Exchange | None = None) -> ChatResult:
+        exchange = exchange or Exchange()
+        return await self._with_retries(body, exchange, lambda planned: self._chat_once(planned, body, exchange))
+
+    async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
         if target.provider.endpoints["chat"].stream_only:
-            return ChatResult(await self._chat_from_stream(planned, body))
-        request = build_request(target, await self._for_target(target, body), stream=False)
-        reply = await self.upstream.send(request, timeout=planned.timeout)
-        if reply.status >= 400:
-            raise error_from_reply(target, reply.status, reply.body, reply.headers)
-        try:
-            raw = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
-            raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
-        return ChatResult(completion_from_reply(target, raw, requested_model=body["model"]))
+            completion = await self._chat_from_stream(planned, body)
+        else:
+            request = build_request(target, await self._for_target(target, body), stream=False)
+            sent = time.perf_counter()
+            reply = await self.upstream.send(request, timeout=planned.timeout)
+            exchange.upstream_seconds += time.perf_counter() - sent
+            if reply.status >= 400:
+                raise error_from_reply(target, reply.status, reply.body, reply.headers)
+            try:
+                raw = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
+            completion = completion_from_reply(target, raw, requested_model=body["model"])
+        self._account(exchange, target, completion.get("usage"))
+        return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.6f}"})
 
     async def _chat_from_stream(self, planned: PlannedTarget, body: dict[str, Any]) -> dict[str, Any]:
         """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
@@ -178,18 +234,21 @@ class Gateway:
         return normalize_completion(out, target, state.raw_usage or None, body["model"])
 
     # -- streaming ------------------------------------------------------------------------------
-    async def chat_stream(self, body: dict[str, Any]) -> StreamResult:
+    async def chat_stream(self, body: dict[str, Any], exchange: Exchange | None = None) -> StreamResult:
         """Open an upstream stream and read it up to the first delta before answering, so a
         failure before the first byte is an ordinary error that can be retried or fall back."""
-        return await self._with_retries(body, lambda planned: self._stream_once(planned, body))
+        exchange = exchange or Exchange()
+        exchange.stream = True
+        return await self._with_retries(body, exchange, lambda planned: self._stream_once(planned, body, exchange))
 
-    async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any]) -> StreamResult:
+    async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> StreamResult:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stack = AsyncExitStack()
         try:
             response = await self._open(stack, planned, body)
-            pieces = self._relay(planned.target, response, body["model"], include_usage)
+            pieces = self._relay(planned.target, response, body["model"], include_usage, exchange)
             first = await pieces.__anext__()
+            exchange.first_byte = time.monotonic()
         except BaseException:
             await stack.aclose()
             raise
@@ -240,7 +299,7 @@ class Gateway:
         return target.provider.classify_error(None, failure.body)
 
     async def _relay(
-        self, target: Target, response: Any, requested_model: str, include_usage: bool
+        self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange
     ) -> AsyncIterator[bytes]:
         spec = target.provider
         state = StreamState()
@@ -255,7 +314,12 @@ class Gateway:
         except GatewayError as exc:
             if not sent:
                 raise
+            self._account(exchange, target, spec.usage_of(state.raw_usage))  # usage so far is still billed
+            exchange.error = exc
             yield writer.error(exc.to_openai())
             return
-        usage = spec.usage_of(state.raw_usage) if include_usage else None
-        yield writer.finish(spec.finish_reason(state.raw_finish, state.has_tool_calls), usage)
+        usage = spec.usage_of(state.raw_usage)
+        self._account(exchange, target, usage)
+        if usage is not None:
+            usage["cost"] = round(exchange.cost, 8)
+        yield writer.finish(spec.finish_reason(state.raw_finish, state.has_tool_calls), usage if include_usage else None)

@@ -1,7 +1,9 @@
-"""The ASGI app: OpenAI-compatible routes over the gateway. Thin: parsing, errors, headers."""
+"""The ASGI app: OpenAI-compatible routes over the gateway. Thin: parsing, auth, errors, headers,
+and the accounting that wraps every chat request (budget reservation, audit record)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,11 +19,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .accounting import AuditWriter, Budgets, Reservation
+from .auth import LOCAL_USER, Authenticator
 from .config import Settings
 from .errors import GatewayError, InvalidRequest, NotFound
-from .gateway import Gateway
+from .gateway import Exchange, Gateway
 from .images import ImageFetcher
 from .specs import Catalog
+from .store import Principal, Store
 from .upstream import Upstream
 
 __all__ = ["create_app"]
@@ -36,8 +41,8 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(exc: GatewayError) -> JSONResponse:
-    headers = {}
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
     return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
@@ -95,7 +100,58 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-def create_app(catalog: Catalog, settings: Settings, *, upstream: Upstream | None = None) -> Starlette:
+class Accounting:
+    """Budget reservation before a chat request and the audit record after it."""
+
+    def __init__(self, budgets: Budgets, audit: AuditWriter, *, store_content: bool) -> None:
+        self.budgets = budgets
+        self.audit = audit
+        self.store_content = store_content
+
+    async def finish(
+        self,
+        exchange: Exchange,
+        principal: Principal,
+        reservation: Reservation | None,
+        status: int,
+        error: GatewayError | None,
+        body: dict[str, Any] | None,
+    ) -> None:
+        if reservation is not None:
+            self.budgets.settle(reservation, exchange.cost)
+        error = error or exchange.error
+        usage = exchange.usage or {}
+        now = time.monotonic()
+        content = None
+        if self.store_content and body is not None:
+            content = orjson.dumps({"messages": body.get("messages")}).decode()
+        await self.audit.add(
+            {
+                "request_id": exchange.request_id,
+                "ts": time.time(),
+                "user_id": principal.user_id,
+                "user_name": principal.user_name,
+                "alias": exchange.alias or (body.get("model") if isinstance(body, dict) else None),
+                "deployment": exchange.deployment,
+                "tried": ",".join(exchange.tried) or None,
+                "attempts": exchange.attempts,
+                "status": status,
+                "error_kind": error.kind if error is not None else None,
+                "prompt_tokens": usage.get("prompt_tokens", 0),
+                "completion_tokens": usage.get("completion_tokens", 0),
+                "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+                "cost": exchange.cost,
+                "latency_ms": (now - exchange.started) * 1000,
+                "ttft_ms": (exchange.first_byte - exchange.started) * 1000 if exchange.first_byte else None,
+                "stream": exchange.stream,
+                "content": content,
+            }
+        )
+
+
+def create_app(
+    catalog: Catalog, settings: Settings, *, upstream: Upstream | None = None, store: Store | None = None
+) -> Starlette:
     """The gateway as an ASGI app. `catalog` must already be loaded and free of problems."""
     upstream = upstream or Upstream(
         connect_timeout=float(settings.get("upstream.connect_timeout")),
@@ -108,59 +164,150 @@ def create_app(catalog: Catalog, settings: Settings, *, upstream: Upstream | Non
         max_bytes=int(settings.get("images.max_bytes")),
         timeout=float(settings.get("images.timeout")),
     )
+    store = store or Store(str(settings.get("database.url")))
     gateway = Gateway(catalog, upstream, images)
+    auth_enabled = bool(settings.get("auth.enabled"))
+    authenticator = Authenticator(store, enabled=auth_enabled)
+    budgets = Budgets(store, warn_at=tuple(settings.get("budgets.warn_at") or ()))
+    audit = AuditWriter(
+        store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay"))
+    )
+    accounting = Accounting(budgets, audit, store_content=bool(settings.get("audit.store_content")))
     max_body = int(settings.get("limits.max_body_bytes"))
     started = time.time()
 
     async def chat_completions(request: Request) -> Response:
+        exchange = Exchange(request_id=request.scope.get("state", {}).get("request_id", ""))
         try:
-            body = await read_json(request, max_body)
-            if body.get("stream"):
-                result = await gateway.chat_stream(body)
-                return StreamingResponse(
-                    result.body,
-                    media_type="text/event-stream",
-                    headers={"cache-control": "no-cache", "x-accel-buffering": "no", **result.headers},
-                )
-            chat = await gateway.chat(body)
-            return JSONResponse(chat.completion, headers=chat.headers)
+            principal = await authenticator.principal(request.headers)
         except GatewayError as exc:
             return error_response(exc)
+        body: dict[str, Any] | None = None
+        reservation: Reservation | None = None
+        status, error = 200, None
+        try:
+            body = await read_json(request, max_body)
+            exchange.stream = bool(body.get("stream"))
+            reservation = await budgets.reserve(principal, gateway.estimate_cost(body))
+            headers = {}
+            warning = budgets.warning(principal)
+            if warning:
+                headers["x-gaud-budget-warning"] = warning
+                log.warning("budget warning for user %s: %s", principal.user_name, warning)
+            if exchange.stream:
+                result = await gateway.chat_stream(body, exchange)
+                return StreamingResponse(
+                    _accounted(result.body, accounting, exchange, principal, reservation, body),
+                    media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers, **result.headers},
+                )
+            chat = await gateway.chat(body, exchange)
+            return JSONResponse(chat.completion, headers={**headers, **chat.headers})
+        except GatewayError as exc:
+            status, error = exc.status, exc
+            return error_response(exc)
         except ClientDisconnect:
+            status = 499
             return Response(status_code=499)
+        finally:
+            if not exchange.stream or status != 200 or error is not None:
+                await accounting.finish(exchange, principal, reservation, status, error, body)
 
     async def list_models(request: Request) -> Response:
+        try:
+            await authenticator.principal(request.headers)
+        except GatewayError as exc:
+            return error_response(exc)
         return JSONResponse({"object": "list", "data": model_list(catalog, int(started))})
 
     async def health(request: Request) -> Response:
-        providers = {
-            name: {"ready": not spec.missing_env(), "missing_env": spec.missing_env()}
-            for name, spec in catalog.providers.items()
-        }
-        return JSONResponse({"status": "ok", "providers": providers, "breakers": gateway.router.breakers.states()})
+        if request.query_params.get("detail") not in (None, "", "0"):
+            if auth_enabled:
+                try:
+                    await authenticator.admin(request.headers)
+                except GatewayError as exc:
+                    return error_response(exc)
+            providers = {
+                name: {"ready": not spec.missing_env(), "missing_env": spec.missing_env()}
+                for name, spec in catalog.providers.items()
+            }
+            return JSONResponse({"status": "ok", "providers": providers, "breakers": gateway.router.breakers.states()})
+        return JSONResponse({"status": "ok"})
+
+    async def admin_keys(request: Request) -> Response:
+        try:
+            await authenticator.admin(request.headers)
+            if request.method == "GET":
+                keys = await asyncio.to_thread(store.list_keys)
+                return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
+            body = await read_json(request, 64 * 1024)
+            user = body.get("user")
+            role = body.get("role", "member")
+            if not isinstance(user, str) or not user.strip():
+                raise InvalidRequest("'user' is required.", param="user")
+            if role not in ("admin", "member"):
+                raise InvalidRequest("'role' must be admin or member.", param="role")
+            fields = {"role": role}
+            for name in ("budget_daily", "budget_monthly"):
+                value = body.get(name)
+                if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                    raise InvalidRequest(f"'{name}' must be a non-negative number of USD.", param=name)
+                fields[name] = value
+            key, info = await asyncio.to_thread(store.create_key, user.strip(), **fields)
+            return JSONResponse({"key": key, **_key_json(info)}, status_code=201)
+        except GatewayError as exc:
+            return error_response(exc)
+
+    async def admin_revoke(request: Request) -> Response:
+        try:
+            await authenticator.admin(request.headers)
+            revoked = await asyncio.to_thread(store.revoke_key, request.path_params["lookup"])
+            if not revoked:
+                raise NotFound("No active key with that id.", code="key_not_found")
+            return JSONResponse({"revoked": True})
+        except GatewayError as exc:
+            return error_response(exc)
+
+    async def admin_usage(request: Request) -> Response:
+        try:
+            await authenticator.admin(request.headers)
+            since = request.query_params.get("since")
+            rows = await asyncio.to_thread(
+                store.usage, user=request.query_params.get("user"), since=float(since) if since else None
+            )
+            return JSONResponse({"object": "list", "data": rows})
+        except ValueError:
+            return error_response(InvalidRequest("'since' must be a Unix time in seconds.", param="since"))
+        except GatewayError as exc:
+            return error_response(exc)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         if status == 405:
-            return JSONResponse(
-                {"error": {"message": f"Method {request.method} is not allowed here.", "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}},
-                status_code=405,
-            )
+            error = InvalidRequest(f"Method {request.method} is not allowed here.", code="method_not_allowed", status=405)
+            return error_response(error)
         return error_response(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(
-            {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}},
-            status_code=500,
-        )
+        body = {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}}
+        return JSONResponse(body, status_code=500)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(store.migrate)
+        if auth_enabled:
+            await asyncio.to_thread(_first_admin, store)
+        else:
+            user_id = await asyncio.to_thread(store.ensure_user, LOCAL_USER, role="admin")
+            authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
+        audit.start()
         try:
             yield
         finally:
+            await audit.close()  # every queued audit record is written before exit
             await upstream.close()
+            store.close()
 
     app = Starlette(
         routes=[
@@ -168,19 +315,64 @@ def create_app(catalog: Catalog, settings: Settings, *, upstream: Upstream | Non
             Route("/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
+            Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
+            Route("/admin/usage", admin_usage, methods=["GET"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: server_error},
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
     app.state.gateway = gateway
+    app.state.store = store
+    app.state.audit = audit
     return app
+
+
+async def _accounted(
+    body: AsyncIterator[bytes],
+    accounting: Accounting,
+    exchange: Exchange,
+    principal: Principal,
+    reservation: Reservation | None,
+    request_body: dict[str, Any],
+) -> AsyncIterator[bytes]:
+    """Stream the body; when it ends (or the client leaves), settle the budget and audit it."""
+    status = 200
+    try:
+        async for piece in body:
+            yield piece
+    except BaseException:
+        status = 499
+        raise
+    finally:
+        await asyncio.shield(accounting.finish(exchange, principal, reservation, status, None, request_body))
+
+
+def _first_admin(store: Store) -> None:
+    """On first start with auth on and no users: create an admin and print its key, once."""
+    if store.count_users() == 0:
+        key, _ = store.create_key("admin", role="admin")
+        print(f"Created the first admin user. Its API key (shown once, store it now):\n  {key}", flush=True)
+
+
+def _key_json(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.lookup,
+        "prefix": f"sk-gaud-{info.lookup}",
+        "user": info.user_name,
+        "role": info.role,
+        "created_at": info.created_at,
+        "revoked": info.revoked_at is not None,
+        "budget_daily": info.budget_daily,
+        "budget_monthly": info.budget_monthly,
+    }
 
 
 def model_list(catalog: Catalog, created: int) -> list[dict[str, Any]]:
     """Aliases from routes.yaml, then every provider/model, in OpenAI's list shape."""
     seen: dict[str, dict[str, Any]] = {}
-    for alias in (catalog.routes.get("aliases") or {}):
+    for alias in catalog.routes.get("aliases") or {}:
         seen[alias] = {"id": alias, "object": "model", "created": created, "owned_by": "gaud-engine"}
     for name, spec in catalog.providers.items():
         for model_id in spec.models:

@@ -99,6 +99,7 @@ class RunningGateway:
 
 def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGateway:
     port = free_port()
+    env = {"GAUD_DATABASE_URL": f"sqlite:///{log_path.parent / 'gaud.db'}", **env}
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", "--port", str(port), *args],
@@ -140,6 +141,7 @@ def gateway(fake_upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPat
     tmp = tmp_path_factory.mktemp("gateway")
     env = {
         "GAUD_SPECS_DIR": str(spec_tree(tmp, retry="false", fallback="false")),
+        "GAUD_AUTH_ENABLED": "false",
         **provider_env(fake_upstream_server.url),
         "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'gaud.db'}",
         "GAUD_LIMITS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),

@@ -184,9 +184,11 @@ def test_models_and_health(gateway):
     ids = {m["id"] for m in models["data"]}
     assert {"claude-sonnet-4", "anthropic/claude-sonnet-4-20250514", "gemini/gemini-2.5-flash"} <= ids
     assert models["object"] == "list"
-    health = httpx.get(f"{gateway.url}/health").json()
+    assert httpx.get(f"{gateway.url}/health").json() == {"status": "ok"}
+    health = httpx.get(f"{gateway.url}/health?detail=1").json()
     assert health["status"] == "ok"
     assert health["providers"]["anthropic"]["ready"] is True
+    assert "breakers" in health
 
 
 def test_sdk_models_list(client):

@@ -129,7 +129,7 @@ def test_spec_only_provider_translates_request_and_reply(spec_tree):
 
 
 def test_spec_only_provider_served_end_to_end(spec_tree, upstream, tmp_path):
-    running = start_gateway({"GAUD_SPECS_DIR": str(spec_tree), "OLLAMA_BASE_URL": upstream.url}, tmp_path / "gw.log")
+    running = start_gateway({"GAUD_SPECS_DIR": str(spec_tree), "OLLAMA_BASE_URL": upstream.url, "GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}"}, tmp_path / "gw.log")
     try:
         client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
         upstream.reply(json=REPLY)

@@ -89,7 +89,7 @@ def test_upstream_unreachable_is_a_connection_error(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     tree = spec_tree(tmp_path, retry="false")
     running = start_gateway(
-        {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": dead, "GAUD_SPECS_DIR": str(tree)}, tmp_path / "gw.log"
+        {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": dead, "GAUD_SPECS_DIR": str(tree), "GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}"}, tmp_path / "gw.log"
     )
     try:
         response = httpx.post(f"{running.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO})

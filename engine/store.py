@@ -1,0 +1,312 @@
+"""Users, API keys (argon2-hashed), and the audit log, on SQLite by default or PostgreSQL.
+
+SQLAlchemy Core keeps one schema and one set of queries for both databases. Migrations are
+ordered named functions recorded in `schema_migrations` and run on start. Calls are synchronous;
+the server runs them in a thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+__all__ = ["KEY_PREFIX", "KeyInfo", "Principal", "Store"]
+
+KEY_PREFIX = "sk-gaud-"
+_LOOKUP_CHARS = 12
+
+metadata = sa.MetaData()
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("budget_daily", sa.Float, nullable=True),
+    sa.Column("budget_monthly", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("lookup", sa.String(32), nullable=False, unique=True),
+    sa.Column("hash", sa.String(200), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("user_id", sa.Integer, nullable=True, index=True),
+    sa.Column("user_name", sa.String(200), nullable=True),
+    sa.Column("alias", sa.String(200), nullable=True),
+    sa.Column("deployment", sa.String(300), nullable=True),
+    sa.Column("tried", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error_kind", sa.String(50), nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cached_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("ttft_ms", sa.Float, nullable=True),
+    sa.Column("stream", sa.Boolean, nullable=False, default=False),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+    sa.Column("content", sa.Text, nullable=True),
+)
+
+AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
+
+
+def m001_initial(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[users, api_keys, audit_log])
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [m001_initial]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the user behind an API key (or the anonymous local user)."""
+
+    user_id: int | None
+    user_name: str
+    role: str
+    key_id: int | None = None
+    budget_daily: float | None = None
+    budget_monthly: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    lookup: str
+    user_name: str
+    role: str
+    created_at: float
+    revoked_at: float | None
+    budget_daily: float | None
+    budget_monthly: float | None
+
+
+def _engine_for(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """The gateway's database. Example: `store = Store("sqlite:///gaud.db"); store.migrate()`."""
+
+    def __init__(self, url: str, *, hasher: PasswordHasher | None = None, key_cache_seconds: float = 60.0) -> None:
+        self.url = url
+        self.engine = _engine_for(url)
+        self.hasher = hasher or PasswordHasher()
+        self._dummy_hash = self.hasher.hash("gaud-dummy-key")
+        self._key_cache: dict[bytes, tuple[float, Principal]] = {}
+        self._key_cache_seconds = key_cache_seconds
+        self._lock = threading.Lock()
+
+    # -- schema -----------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; returns the names applied."""
+        applied: list[str] = []
+        with self.engine.begin() as conn:
+            metadata.create_all(conn, tables=[schema_migrations])
+            done = {row[0] for row in conn.execute(sa.select(schema_migrations.c.name))}
+            for migration in MIGRATIONS:
+                if migration.__name__ not in done:
+                    migration(conn)
+                    conn.execute(schema_migrations.insert().values(name=migration.__name__, applied_at=time.time()))
+                    applied.append(migration.__name__)
+        return applied
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- users and keys ---------------------------------------------------------------------------
+    def count_users(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
+
+    def ensure_user(
+        self, name: str, *, role: str = "member", budget_daily: float | None = None, budget_monthly: float | None = None
+    ) -> int:
+        """The id of user `name`, created if missing; given role/budgets update an existing one."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
+            if row is None:
+                result = conn.execute(
+                    users.insert().values(
+                        name=name, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly, created_at=time.time()
+                    )
+                )
+                return int(result.inserted_primary_key[0])
+            changes: dict[str, Any] = {"role": role}
+            if budget_daily is not None:
+                changes["budget_daily"] = budget_daily
+            if budget_monthly is not None:
+                changes["budget_monthly"] = budget_monthly
+            conn.execute(users.update().where(users.c.id == row[0]).values(**changes))
+            return int(row[0])
+
+    def create_key(self, user_name: str, **user_fields: Any) -> tuple[str, KeyInfo]:
+        """A new key for a user (created if needed). The plaintext is returned once, never stored."""
+        user_id = self.ensure_user(user_name, **user_fields)
+        lookup = secrets.token_hex(_LOOKUP_CHARS // 2)
+        key = f"{KEY_PREFIX}{lookup}{secrets.token_urlsafe(24)}"
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(lookup=lookup, hash=self.hasher.hash(key), user_id=user_id, created_at=time.time())
+            )
+        info = next(k for k in self.list_keys() if k.lookup == lookup)
+        return key, info
+
+    def list_keys(self) -> list[KeyInfo]:
+        query = sa.select(
+            api_keys.c.id, api_keys.c.lookup, users.c.name, users.c.role, api_keys.c.created_at, api_keys.c.revoked_at,
+            users.c.budget_daily, users.c.budget_monthly,
+        ).join(users, users.c.id == api_keys.c.user_id).order_by(api_keys.c.id)
+        with self.engine.connect() as conn:
+            return [KeyInfo(*row) for row in conn.execute(query)]
+
+    def revoke_key(self, key_or_lookup: str) -> bool:
+        """Revoke by the key itself, its shown prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
+        lookup = key_or_lookup[len(KEY_PREFIX):] if key_or_lookup.startswith(KEY_PREFIX) else key_or_lookup
+        lookup = lookup[:_LOOKUP_CHARS]
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                api_keys.update()
+                .where(api_keys.c.lookup == lookup, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        with self._lock:
+            self._key_cache.clear()
+        return result.rowcount > 0
+
+    def cached_principal(self, key: str) -> Principal | None:
+        """The principal of a key verified in the last minute, without touching the database."""
+        digest = hashlib.sha256(key.encode("utf-8", "replace")).digest()
+        with self._lock:
+            cached = self._key_cache.get(digest)
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+    def verify_key(self, key: str) -> Principal | None:
+        """The principal of a valid, unrevoked key; None otherwise. One argon2 check per new key,
+        then a short in-memory cache keyed by a SHA-256 of the key (never the key itself)."""
+        cached = self.cached_principal(key)
+        if cached is not None:
+            return cached
+        principal = self._verify_uncached(key)
+        if principal is not None:
+            digest = hashlib.sha256(key.encode("utf-8", "replace")).digest()
+            with self._lock:
+                self._key_cache[digest] = (time.monotonic() + self._key_cache_seconds, principal)
+        return principal
+
+    def _verify_uncached(self, key: str) -> Principal | None:
+        lookup = key[len(KEY_PREFIX):len(KEY_PREFIX) + _LOOKUP_CHARS] if key.startswith(KEY_PREFIX) else ""
+        row = None
+        if len(lookup) == _LOOKUP_CHARS:
+            query = sa.select(
+                api_keys.c.id, api_keys.c.hash, api_keys.c.revoked_at, users.c.id, users.c.name, users.c.role,
+                users.c.budget_daily, users.c.budget_monthly,
+            ).join(users, users.c.id == api_keys.c.user_id).where(api_keys.c.lookup == lookup)
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+        # Always run one argon2 verification so an unknown prefix costs the same time.
+        stored = row[1] if row is not None else self._dummy_hash
+        try:
+            valid = self.hasher.verify(stored, key)
+        except (VerificationError, InvalidHashError):
+            valid = False
+        if row is None or not valid or row[2] is not None:
+            return None
+        return Principal(user_id=row[3], user_name=row[4], role=row[5], key_id=row[0], budget_daily=row[6], budget_monthly=row[7])
+
+    # -- audit and spend --------------------------------------------------------------------------
+    def write_audit(self, records: Iterable[dict[str, Any]]) -> int:
+        rows = [{f: r.get(f) for f in AUDIT_FIELDS} for r in records]
+        for row in rows:
+            for name in ("attempts", "prompt_tokens", "completion_tokens", "cached_tokens"):
+                row[name] = row[name] or 0
+            row["cost"] = row["cost"] or 0.0
+            row["stream"] = bool(row["stream"])
+            row["cache_hit"] = bool(row["cache_hit"])
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(audit_log.insert(), rows)
+        return len(rows)
+
+    def spent_since(self, user_id: int, since: float) -> float:
+        query = sa.select(sa.func.coalesce(sa.func.sum(audit_log.c.cost), 0.0)).where(
+            audit_log.c.user_id == user_id, audit_log.c.ts >= since
+        )
+        with self.engine.connect() as conn:
+            return float(conn.execute(query).scalar_one())
+
+    def audit_records(self, *, user: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        query = sa.select(audit_log).order_by(audit_log.c.id)
+        if user is not None:
+            query = query.where(audit_log.c.user_name == user)
+        if since is not None:
+            query = query.where(audit_log.c.ts >= since)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def usage(self, *, user: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Totals per user and deployment: requests, tokens, cost."""
+        query = sa.select(
+            audit_log.c.user_name,
+            audit_log.c.deployment,
+            sa.func.count().label("requests"),
+            sa.func.coalesce(sa.func.sum(audit_log.c.prompt_tokens), 0).label("prompt_tokens"),
+            sa.func.coalesce(sa.func.sum(audit_log.c.completion_tokens), 0).label("completion_tokens"),
+            sa.func.coalesce(sa.func.sum(audit_log.c.cached_tokens), 0).label("cached_tokens"),
+            sa.func.coalesce(sa.func.sum(audit_log.c.cost), 0.0).label("cost"),
+        ).group_by(audit_log.c.user_name, audit_log.c.deployment).order_by(audit_log.c.user_name, audit_log.c.deployment)
+        if user is not None:
+            query = query.where(audit_log.c.user_name == user)
+        if since is not None:
+            query = query.where(audit_log.c.ts >= since)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
