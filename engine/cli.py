@@ -6,12 +6,16 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .config import load_settings
 from .errors import SpecError
 from .specs import Catalog, default_root, load_catalog
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["main"]
 
@@ -163,6 +167,158 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}")
     uvicorn.run(app, host=bind_host, port=bind_port, log_level=level if level != "debug" else "debug",
                 access_log=False, loop="auto", http="auto", server_header=False)
+
+
+def _store(config_file: str | None) -> Store:
+    from .store import Store
+
+    try:
+        settings = load_settings(config_file)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    store = Store(str(settings.get("database.url")))
+    store.migrate()
+    return store
+
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False), envvar="GAUD_CONFIG",
+    help="YAML config file (GAUD_DATABASE_URL overrides its database).",
+)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke gateway API keys."""
+
+
+@keys.command("create")
+@click.option("--user", required=True, help="User name (created if new).")
+@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
+@click.option("--budget-daily", type=float, default=None, help="Daily limit in USD.")
+@click.option("--budget-monthly", type=float, default=None, help="Monthly limit in USD.")
+@CONFIG_OPTION
+def keys_create(user: str, role: str, budget_daily: float | None, budget_monthly: float | None, config_file: str | None) -> None:
+    """Create an API key; it is shown once and stored only as a hash.
+
+    \b
+    Example usage:
+        gaud-engine keys create --user alice --budget-daily 5
+    """
+    key, info = _store(config_file).create_key(user, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly)
+    click.echo(f"Key for {info.user_name} ({info.role}), shown once:\n  {key}")
+
+
+@keys.command("list")
+@CONFIG_OPTION
+def keys_list(config_file: str | None) -> None:
+    """List keys (their prefixes, never the keys).
+
+    \b
+    Example usage:
+        gaud-engine keys list
+    """
+    rows = _store(config_file).list_keys()
+    if not rows:
+        click.echo("no keys")
+        return
+    click.echo(f"{'prefix':<22} {'user':<16} {'role':<7} {'daily':>8} {'monthly':>8}  status")
+    for k in rows:
+        daily = f"{k.budget_daily:g}" if k.budget_daily is not None else "-"
+        monthly = f"{k.budget_monthly:g}" if k.budget_monthly is not None else "-"
+        status = "revoked" if k.revoked_at else "active"
+        click.echo(f"sk-gaud-{k.lookup:<14} {k.user_name:<16} {k.role:<7} {daily:>8} {monthly:>8}  {status}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+@CONFIG_OPTION
+def keys_revoke(prefix: str, config_file: str | None) -> None:
+    """Revoke a key by its prefix (as `keys list` shows it).
+
+    \b
+    Example usage:
+        gaud-engine keys revoke sk-gaud-1a2b3c4d5e6f
+    """
+    if not _store(config_file).revoke_key(prefix):
+        raise click.ClickException(f"no active key with prefix {prefix}")
+    click.echo(f"revoked {prefix}")
+
+
+def _since(value: str | None) -> float | None:
+    """'2026-11-01', '24h', '7d' or a Unix time -> Unix time."""
+    import calendar
+    import re
+    import time as _time
+
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+)([hd])", value)
+    if match:
+        return _time.time() - int(match[1]) * (3600 if match[2] == "h" else 86400)
+    try:
+        return calendar.timegm(_time.strptime(value, "%Y-%m-%d"))
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD, 24h, 7d or a Unix time", param_hint="--since") from None
+
+
+@main.command()
+@click.option("--user", default=None, help="Only this user.")
+@click.option("--since", default=None, help="YYYY-MM-DD, 24h, 7d, or a Unix time.")
+@CONFIG_OPTION
+def usage(user: str | None, since: str | None, config_file: str | None) -> None:
+    """Print requests, tokens and cost per user and model from the audit log.
+
+    \b
+    Example usage:
+        gaud-engine usage --since 7d
+    """
+    rows = _store(config_file).usage(user=user, since=_since(since))
+    if not rows:
+        click.echo("no usage")
+        return
+    click.echo(f"{'user':<16} {'deployment':<44} {'requests':>8} {'prompt':>10} {'completion':>10} {'cached':>8} {'cost USD':>11}")
+    for r in rows:
+        click.echo(
+            f"{r['user_name'] or '-':<16} {r['deployment'] or '-':<44} {r['requests']:>8} {r['prompt_tokens']:>10} "
+            f"{r['completion_tokens']:>10} {r['cached_tokens']:>8} {r['cost']:>11.6f}"
+        )
+
+
+@main.command()
+@click.argument("model")
+@click.option("--input", "input_tokens", type=int, required=True, help="Prompt tokens (cached ones included).")
+@click.option("--output", "output_tokens", type=int, required=True, help="Completion tokens.")
+@click.option("--cached", type=int, default=0, show_default=True, help="Prompt tokens read from the cache.")
+@click.option("--cache-write", type=int, default=0, show_default=True, help="Prompt tokens written to the cache.")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to use instead of the bundled one.")
+def price(model: str, input_tokens: int, output_tokens: int, cached: int, cache_write: int, specs_dir: str | None) -> None:
+    """Print what a request costs: MODEL is an alias, provider/model or model id.
+
+    \b
+    Example usage:
+        gaud-engine price claude-sonnet-4 --input 20000 --output 500 --cached 18000
+    """
+    from .errors import GatewayError
+    from .models import resolve_model
+    from .pricing import cost_of, price_for
+
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    try:
+        target = resolve_model(catalog, model)[0]
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    found = price_for(catalog, target.provider.name, target.model)
+    if found is None:
+        raise click.ClickException(f"no price for {target.name} in pricing.d/")
+    usage_ = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+              "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": cache_write}}
+    click.echo(f"{target.name}: ${cost_of(found, usage_):.6f}")
 
 
 @main.group()
