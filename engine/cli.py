@@ -302,7 +302,7 @@ def price(model: str, input_tokens: int, output_tokens: int, cached: int, cache_
 
     \b
     Example usage:
-        gaud-engine price claude-sonnet-4 --input 20000 --output 500 --cached 18000
+        gaud-engine price smart --input 20000 --output 500 --cached 18000
     """
     from .errors import GatewayError
     from .models import resolve_model
