@@ -49,10 +49,16 @@ class Exchange:
     usage: dict[str, Any] | None = None
     cost: float = 0.0
     error: GatewayError | None = None
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
     stream: bool = False
-    upstream_seconds: float = 0.0
+    #: Time spent waiting on upstreams (to the first delta, for streams) and in retry backoff.
+    outside_seconds: float = 0.0
+
+    def overhead_ms(self) -> float:
+        """Time spent in the gateway itself, so far (to the first byte, for streams)."""
+        end = self.first_byte if self.first_byte is not None else time.perf_counter()
+        return max(0.0, (end - self.started - self.outside_seconds) * 1000)
 
 
 @dataclass
@@ -129,6 +135,7 @@ class Gateway:
                         delay = plan.policy.backoff.delay(tries, error.retry_after, self.rng)
                         if delay is not None and breaker.state != "open":
                             log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
+                            exchange.outside_seconds += delay
                             await self.sleep(delay)
                             continue
                     if plan.policy.fallback is not None and plan.policy.fallback.matches(facts):
@@ -206,7 +213,7 @@ class Gateway:
             request = build_request(target, await self._for_target(target, body), stream=False)
             sent = time.perf_counter()
             reply = await self.upstream.send(request, timeout=planned.timeout)
-            exchange.upstream_seconds += time.perf_counter() - sent
+            exchange.outside_seconds += time.perf_counter() - sent
             if reply.status >= 400:
                 raise error_from_reply(target, reply.status, reply.body, reply.headers)
             try:
@@ -244,11 +251,13 @@ class Gateway:
     async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> StreamResult:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stack = AsyncExitStack()
+        sent = time.perf_counter()
         try:
             response = await self._open(stack, planned, body)
             pieces = self._relay(planned.target, response, body["model"], include_usage, exchange)
             first = await pieces.__anext__()
-            exchange.first_byte = time.monotonic()
+            exchange.first_byte = time.perf_counter()
+            exchange.outside_seconds += exchange.first_byte - sent
         except BaseException:
             await stack.aclose()
             raise

@@ -121,7 +121,7 @@ class Accounting:
             self.budgets.settle(reservation, exchange.cost)
         error = error or exchange.error
         usage = exchange.usage or {}
-        now = time.monotonic()
+        now = time.perf_counter()
         content = None
         if self.store_content and body is not None:
             content = orjson.dumps({"messages": body.get("messages")}).decode()
@@ -196,13 +196,16 @@ def create_app(
                 log.warning("budget warning for user %s: %s", principal.user_name, warning)
             if exchange.stream:
                 result = await gateway.chat_stream(body, exchange)
+                headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
                 return StreamingResponse(
                     _accounted(result.body, accounting, exchange, principal, reservation, body),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers, **result.headers},
                 )
             chat = await gateway.chat(body, exchange)
-            return JSONResponse(chat.completion, headers={**headers, **chat.headers})
+            content = orjson.dumps(chat.completion)
+            headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
+            return Response(content, media_type="application/json", headers={**headers, **chat.headers})
         except GatewayError as exc:
             status, error = exc.status, exc
             return error_response(exc)

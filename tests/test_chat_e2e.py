@@ -42,6 +42,8 @@ def test_non_stream_text(client, upstream, gateway, model, provider, fixture, pa
     assert body["choices"][0]["message"]["content"]
     assert raw.headers["x-request-id"]
     assert raw.headers["x-gaud-deployment"].startswith(f"{provider}/")
+    overhead = float(raw.headers["x-gaud-overhead-ms"])
+    assert 0 <= overhead < raw.elapsed.total_seconds() * 1000
     assert upstream.last().path == path
 
     upstream.reply_fixture(provider, fixture)
@@ -157,6 +159,16 @@ def test_image_url_fetched_and_inlined_for_gemini(client, upstream):
     parts = generate.body["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(image).decode()}}
     oracle_check.assert_gemini_request(generate.body)
+
+
+def test_stream_reports_overhead_to_first_byte(upstream, gateway):
+    upstream.reply_fixture("anthropic", "stream_text.sse", delay=0.2)
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions",
+                      json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}) as response:
+        overhead = float(response.headers["x-gaud-overhead-ms"])
+        response.read()
+    # The upstream's 200 ms wait is not the gateway's overhead.
+    assert 0 <= overhead < 200
 
 
 def test_include_usage_reports_cached_tokens(upstream, gateway):
