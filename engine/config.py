@@ -22,7 +22,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "database": {"url": "sqlite:///gaud.db"},
     "log": {"level": "info"},
     "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},
-    "limits": {"max_body_bytes": 20 * 1024 * 1024},
+    "limits": {
+        "max_body_bytes": 20 * 1024 * 1024,
+        "max_messages": 2048,
+        "max_message_chars": 4_000_000,
+        "max_images": 100,
+        "max_image_bytes": 20 * 1024 * 1024,
+        "max_tools": 256,
+        "max_depth": 64,
+        "max_n": 8,
+        # strip | refuse: what to do with control characters (NUL, ESC, ...) in message text.
+        "control_chars": "strip",
+    },
     "auth": {"enabled": True},
     # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.
     "budgets": {"warn_at": [0.8]},

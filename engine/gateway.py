@@ -24,6 +24,7 @@ from .pricing import Price, cost_of, price_for
 from .routing import PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
+from .validation import Limits, validate_request
 from .translate import build_request, completion_from_reply, error_from_reply, normalize_completion
 from .upstream import Upstream, iter_chunks
 
@@ -52,6 +53,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
     stream: bool = False
+    estimated_tokens: int | None = None
     #: Time spent waiting on upstreams (to the first delta, for streams) and in retry backoff.
     outside_seconds: float = 0.0
 
@@ -88,6 +90,7 @@ class Gateway:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
@@ -97,6 +100,7 @@ class Gateway:
         self.clock = clock
         self.rng = rng or random.Random()
         self._prices: dict[str, Price | None] = {}
+        self.limits = limits or Limits()
 
     # -- the attempt loop -----------------------------------------------------------------------
     async def _with_retries(
@@ -105,6 +109,7 @@ class Gateway:
         """Try each planned deployment, retrying and falling back as the route's rules say."""
         plan = self.router.plan(body)
         exchange.alias = plan.alias
+        exchange.estimated_tokens = plan.facts["estimated_tokens"]
         failures: list[tuple[Target, GatewayError]] = []
         total = 0
         for planned in plan.targets:
@@ -201,16 +206,18 @@ class Gateway:
         usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
         return cost_of(price, usage)
 
-    async def chat(self, body: dict[str, Any], exchange: Exchange | None = None) -> ChatResult:
+    async def chat(self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False) -> ChatResult:
         exchange = exchange or Exchange()
+        body = body if validated else validate_request(body, self.limits)
         return await self._with_retries(body, exchange, lambda planned: self._chat_once(planned, body, exchange))
 
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
         if target.provider.endpoints["chat"].stream_only:
-            completion = await self._chat_from_stream(planned, body)
+            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens)
         else:
-            request = build_request(target, await self._for_target(target, body), stream=False)
+            request = build_request(target, await self._for_target(target, body), stream=False, validated=True,
+                                    estimated_tokens=exchange.estimated_tokens)
             sent = time.perf_counter()
             reply = await self.upstream.send(request, timeout=planned.timeout)
             exchange.outside_seconds += time.perf_counter() - sent
@@ -224,13 +231,15 @@ class Gateway:
         self._account(exchange, target, completion.get("usage"))
         return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.6f}"})
 
-    async def _chat_from_stream(self, planned: PlannedTarget, body: dict[str, Any]) -> dict[str, Any]:
+    async def _chat_from_stream(
+        self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+    ) -> dict[str, Any]:
         """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
         target = planned.target
         assembler = MessageAssembler(target.provider.special_tokens)
         state = StreamState()
         async with AsyncExitStack() as stack:
-            response = await self._open(stack, planned, body)
+            response = await self._open(stack, planned, body, estimated_tokens)
             async for deltas in self._deltas(target, response, state):
                 assembler.add(deltas)
         out = {
@@ -241,11 +250,14 @@ class Gateway:
         return normalize_completion(out, target, state.raw_usage or None, body["model"])
 
     # -- streaming ------------------------------------------------------------------------------
-    async def chat_stream(self, body: dict[str, Any], exchange: Exchange | None = None) -> StreamResult:
+    async def chat_stream(
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False
+    ) -> StreamResult:
         """Open an upstream stream and read it up to the first delta before answering, so a
         failure before the first byte is an ordinary error that can be retried or fall back."""
         exchange = exchange or Exchange()
         exchange.stream = True
+        body = body if validated else validate_request(body, self.limits)
         return await self._with_retries(body, exchange, lambda planned: self._stream_once(planned, body, exchange))
 
     async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> StreamResult:
@@ -253,7 +265,7 @@ class Gateway:
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
-            response = await self._open(stack, planned, body)
+            response = await self._open(stack, planned, body, exchange.estimated_tokens)
             pieces = self._relay(planned.target, response, body["model"], include_usage, exchange)
             first = await pieces.__anext__()
             exchange.first_byte = time.perf_counter()
@@ -273,9 +285,12 @@ class Gateway:
 
         return StreamResult(body_bytes())
 
-    async def _open(self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any]) -> Any:
+    async def _open(
+        self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+    ) -> Any:
         target = planned.target
-        request = build_request(target, await self._for_target(target, body), stream=True)
+        request = build_request(target, await self._for_target(target, body), stream=True, validated=True,
+                                estimated_tokens=estimated_tokens)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
         if response.status >= 400:
             payload = await response.read()

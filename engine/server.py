@@ -28,6 +28,7 @@ from .images import ImageFetcher
 from .specs import Catalog
 from .store import Principal, Store
 from .upstream import Upstream
+from .validation import Limits, validate_request
 
 __all__ = ["create_app"]
 
@@ -165,7 +166,10 @@ def create_app(
         timeout=float(settings.get("images.timeout")),
     )
     store = store or Store(str(settings.get("database.url")))
-    gateway = Gateway(catalog, upstream, images)
+    limits = Limits(**{f: settings.get(f"limits.{f}") for f in Limits.__dataclass_fields__})
+    if limits.control_chars not in ("strip", "refuse"):
+        raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
+    gateway = Gateway(catalog, upstream, images, limits=limits)
     auth_enabled = bool(settings.get("auth.enabled"))
     authenticator = Authenticator(store, enabled=auth_enabled)
     budgets = Budgets(store, warn_at=tuple(settings.get("budgets.warn_at") or ()))
@@ -186,7 +190,7 @@ def create_app(
         reservation: Reservation | None = None
         status, error = 200, None
         try:
-            body = await read_json(request, max_body)
+            body = validate_request(await read_json(request, max_body), limits)
             exchange.stream = bool(body.get("stream"))
             reservation = await budgets.reserve(principal, gateway.estimate_cost(body))
             headers = {}
@@ -195,14 +199,14 @@ def create_app(
                 headers["x-gaud-budget-warning"] = warning
                 log.warning("budget warning for user %s: %s", principal.user_name, warning)
             if exchange.stream:
-                result = await gateway.chat_stream(body, exchange)
+                result = await gateway.chat_stream(body, exchange, validated=True)
                 headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
                 return StreamingResponse(
                     _accounted(result.body, accounting, exchange, principal, reservation, body),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers, **result.headers},
                 )
-            chat = await gateway.chat(body, exchange)
+            chat = await gateway.chat(body, exchange, validated=True)
             content = orjson.dumps(chat.completion)
             headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
             return Response(content, media_type="application/json", headers={**headers, **chat.headers})

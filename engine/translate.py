@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from .errors import GatewayError, InvalidRequest, ResponseParsing
-from .mapping.turns import message_items
+from .validation import check_for_model, estimate_prompt_tokens, validate_request
 from .models import Target
 from .pointer import MISSING, get
 from .streaming import strip_tokens
@@ -35,48 +35,21 @@ class UpstreamRequest:
     stream: bool
 
 
-def _check_basics(body: Any) -> None:
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    messages = body.get("messages", MISSING)
-    if messages is MISSING:
-        raise InvalidRequest("'messages' is a required property.", param="messages", code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    # Every message is checked here, whatever the provider, so a pass-through spec gets the same
-    # precise 400s as a translating one.
-    calls: dict[str, Any] = {}
-    for i, message in enumerate(messages):
-        message_items(message, i, "~", calls)
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise InvalidRequest(f"'{name}' must be a number.", param=name)
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise InvalidRequest("'tools' must be an array.", param="tools")
-        for i, tool in enumerate(tools):
-            fn = tool.get("function") if isinstance(tool, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-                raise InvalidRequest(f"tools[{i}].function.name is required.", param=f"tools[{i}].function.name")
-            params = fn.get("parameters")
-            if params is not None and not isinstance(params, dict):
-                raise InvalidRequest(
-                    f"tools[{i}].function.parameters must be a JSON Schema object.", param=f"tools[{i}].function.parameters"
-                )
+def build_request(
+    target: Target,
+    body: dict[str, Any],
+    *,
+    stream: bool,
+    validated: bool = False,
+    estimated_tokens: int | None = None,
+) -> UpstreamRequest:
+    """Map an OpenAI request for one deployment. `stream` is what the upstream is asked for.
 
-
-def build_request(target: Target, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
-    """Map an OpenAI request for one deployment. `stream` is what the upstream is asked for."""
-    _check_basics(body)
+    Unless `validated` (the gateway validates once per request), the body is validated first.
+    """
+    if not validated:
+        body = validate_request(body)
+    check_for_model(body, target.info, estimate_prompt_tokens(body) if estimated_tokens is None else estimated_tokens)
     spec = target.provider
     spec.reject_if_unsupported(body)
     ctx = {"model": target.model, "stream": stream, "model_info": target.info.as_context(), "provider": spec.name}
