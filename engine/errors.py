@@ -16,6 +16,7 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
         ├── Overloaded            503
         ├── UpstreamTimeout       504 timeout_error           upstream_timeout
         ├── Upstream5xx, UpstreamConnection, ResponseParsing
+        ├── InvalidOutput         502                         invalid_output (strict json_schema)
         └── AllFailed             status of the last error    all_failed
 
 Load-time problems in spec files are `SpecError` (file, line, JSON pointer), outside that tree.
@@ -34,6 +35,7 @@ __all__ = [
     "ContextWindowExceeded",
     "ERROR_KINDS",
     "GatewayError",
+    "InvalidOutput",
     "InvalidRequest",
     "NotFound",
     "Overloaded",
@@ -150,6 +152,12 @@ class ResponseParsing(UpstreamError):
     kind, code = "response_parsing", "response_parsing"
 
 
+class InvalidOutput(UpstreamError):
+    """The reply does not match the strict JSON Schema the request asked for."""
+
+    kind, code = "invalid_output", "invalid_output"
+
+
 class AllFailed(UpstreamError):
     kind, code = "all_failed", "all_failed"
 
@@ -170,6 +178,7 @@ _BY_KIND: dict[str, type[GatewayError]] = {
         UpstreamTimeout,
         UpstreamConnection,
         ResponseParsing,
+        InvalidOutput,
         AllFailed,
     )
 }

@@ -24,7 +24,7 @@ from .pricing import Price, cost_of, price_for
 from .routing import PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
-from .validation import Limits, validate_request
+from .validation import Limits, check_structured_output, validate_request
 from .translate import build_request, completion_from_reply, error_from_reply, normalize_completion
 from .upstream import Upstream, iter_chunks
 
@@ -229,6 +229,7 @@ class Gateway:
                 raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
             completion = completion_from_reply(target, raw, requested_model=body["model"])
         self._account(exchange, target, completion.get("usage"))
+        check_structured_output(body, completion)
         return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.6f}"})
 
     async def _chat_from_stream(

@@ -173,9 +173,11 @@ class ProviderSpec:
         if raw is MISSING or raw is None:
             return "tool_calls" if has_tool_calls else "stop"
         try:
-            return self.finish_reasons.get(raw, self.finish_reasons["_default"])
+            reason = self.finish_reasons.get(raw, self.finish_reasons["_default"])
         except TypeError:
-            return self.finish_reasons["_default"]
+            reason = self.finish_reasons["_default"]
+        # A forced tool turned into content (structured output) leaves no call to report.
+        return "stop" if reason == "tool_calls" and not has_tool_calls else reason
 
     def classify_error(self, status: int | None, body: Any, *, retry_after: float | None = None) -> GatewayError:
         kind, upstream_message = self.errors.kind_of(status, body)

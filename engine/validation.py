@@ -16,11 +16,11 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from .errors import ContextWindowExceeded, InvalidRequest
+from .errors import ContextWindowExceeded, InvalidOutput, InvalidRequest
 from .mapping.turns import message_items
 from .provider import ModelInfo
 
-__all__ = ["Limits", "check_for_model", "estimate_prompt_tokens", "validate_request"]
+__all__ = ["Limits", "check_for_model", "check_structured_output", "estimate_prompt_tokens", "validate_request"]
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -245,3 +245,31 @@ def check_for_model(body: dict[str, Any], info: ModelInfo, estimated_tokens: int
             value = body.get(name)
             if isinstance(value, int) and value > info.max_output_tokens:
                 raise _fail(f"'{name}' is {value}, above the {info.max_output_tokens} that {info.id} allows.", name)
+
+
+@lru_cache(maxsize=256)
+def _output_validator(schema_json: bytes) -> Draft202012Validator:
+    return Draft202012Validator(orjson.loads(schema_json))
+
+
+def check_structured_output(body: dict[str, Any], completion: dict[str, Any]) -> None:
+    """With `response_format: json_schema` and `strict: true`, the reply must be JSON matching the
+    schema; otherwise an `invalid_output` error that retry rules can act on."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return
+    spec = fmt.get("json_schema") or {}
+    if not spec.get("strict") or not isinstance(spec.get("schema"), dict):
+        return
+    for choice in completion.get("choices") or []:
+        content = (choice.get("message") or {}).get("content")
+        try:
+            value = orjson.loads(content) if isinstance(content, str) else None
+        except orjson.JSONDecodeError:
+            value = None
+        if value is None:
+            raise InvalidOutput("The reply is not the JSON that response_format asked for.")
+        error = next(_output_validator(orjson.dumps(spec["schema"], option=orjson.OPT_SORT_KEYS)).iter_errors(value), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise InvalidOutput(f"The reply does not match the response_format schema at {where}: {error.message}")

@@ -291,6 +291,10 @@ def test_finish_reason_table(cat: Catalog, provider: str, raw_reason: Any, expec
         holder = holder[key]
     holder[path[-1]] = raw_reason
     out = reply_to_openai(cat, provider, raw)
+    if expected == "tool_calls" and not out["choices"][0]["message"].get("tool_calls"):
+        # A tool-use finish with no tool call left in the message (e.g. the forced structured-output
+        # tool turned into content) is reported as `stop`: clients look for the calls otherwise.
+        expected = "stop"
     assert out["choices"][0]["finish_reason"] == expected
 
 

@@ -49,6 +49,10 @@ ROUTES = {
                 {"provider": "gemini", "model": "gemini-2.5-flash"},
             ],
         },
+        "strict": {
+            "retry": 'error.kind == "invalid_output" && attempt <= 2',
+            "candidates": [{"provider": "openai", "model": "gpt-4o"}],
+        },
         "dead-first": {
             "retry": 'error.kind == "connection" && attempt <= 1',
             "candidates": [
@@ -281,3 +285,19 @@ def test_stream_reset_after_bytes_ends_with_error_event(run, upstream):
     result, body = run({"model": "chain", "messages": HELLO, "stream": True}, stream=True)
     assert len(upstream.requests) == 1
     assert b'"code":"connection"' in body
+
+
+def test_retry_rule_can_act_on_a_non_conforming_structured_reply(run, upstream):
+    def reply(content: str) -> dict:
+        return {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}
+
+    upstream.reply(json=reply('{"harbour": 7}'))
+    upstream.reply(json=reply('{"harbour": "Brest"}'))
+    schema = {"type": "object", "properties": {"harbour": {"type": "string"}}, "required": ["harbour"]}
+    body = {"model": "strict", "messages": HELLO,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "t", "strict": True, "schema": schema}}}
+    result, _ = run(body)
+    assert served(result) == ("openai/gpt-4o", "2")
+    assert result.completion["choices"][0]["message"]["content"] == '{"harbour": "Brest"}'

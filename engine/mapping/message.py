@@ -77,6 +77,8 @@ def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
         name: (spec["kind"], compile_pointer(spec["from"])) for name, spec in ids.get("carry_preceding", {}).items()
     }
     extra_sources = [compile_first_of(s) for s in rule.get("also_from", [])]
+    # A tool the spec itself forced (structured output by tool call): its arguments are the content.
+    content_tool: str | None = rule.get("content_tool")
 
     def field(kind: str, name: str, part: Any, ctx: dict[str, Any]) -> Any:
         getter = fields.get(kind, {}).get(name)
@@ -102,7 +104,11 @@ def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
                 if isinstance(text, str):
                     {"text": texts, "reasoning": reasoning, "refusal": refusals}[kind].append(text)
             elif kind == "tool_call":
-                calls.append(_tool_call(part, ctx, last_of_kind))
+                call = _tool_call(part, ctx, last_of_kind)
+                if content_tool is not None and call["function"]["name"] == content_tool:
+                    texts.append(call["function"]["arguments"])
+                else:
+                    calls.append(call)
             last_of_kind[kind] = part
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
         if reasoning:

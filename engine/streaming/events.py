@@ -62,6 +62,7 @@ class StreamState:
     last_tool_key: Any = None
     next_tool_index: int = 0
     vars: dict[str, Any] = field(default_factory=dict)
+    content_keys: set[Any] = field(default_factory=set)
     done: bool = False
     new_call_id: Callable[[str], str] = new_call_id
 
@@ -166,10 +167,19 @@ def _tool_start(arg: dict[str, Any]) -> Action:
     carry = {n: compile_source(s) for n, s in arg.get("carry", {}).items()}
     consumed = [s.partition("/")[2] for s in arg.get("carry", {}).values() if s.startswith("@state/")]
     carry_sep: str = arg.get("carry_sep", "~")
+    content_tool: str | None = arg.get("content_tool")
 
     def start(obj: Any, state: StreamState, out: list[Delta]) -> None:
         ctx = _ctx(state)
         if when is not None and not when(obj, ctx):
+            return
+        name = name_of(obj, ctx)
+        if content_tool is not None and name == content_tool:
+            # Structured output by forced tool: this call's arguments stream as content.
+            state.content_keys.add(key_of(obj, ctx) if key_of else None)
+            args = args_of(obj, ctx) if args_of else MISSING
+            if args is not MISSING:
+                out.append(("text", orjson.dumps(args).decode()))
             return
         index = state.next_tool_index
         state.next_tool_index += 1
@@ -184,7 +194,6 @@ def _tool_start(arg: dict[str, Any]) -> Action:
             state.vars.pop(name, None)
         args = args_of(obj, ctx) if args_of else MISSING
         arguments = orjson.dumps(args).decode() if args is not MISSING else ""
-        name = name_of(obj, ctx)
         out.append(("tool_start", index, encode_carry(call_id, packed, carry_sep), name if isinstance(name, str) else ""))
         if arguments:
             out.append(("tool_args", index, arguments))
@@ -202,6 +211,9 @@ def _tool_args(arg: dict[str, Any]) -> Action:
         if not isinstance(fragment, str) or not fragment:
             return
         key = key_of(obj, ctx) if key_of else state.last_tool_key
+        if key in state.content_keys:
+            out.append(("text", fragment))
+            return
         index = state.tool_index.get(key)
         if index is None:
             raise StreamFailure("response_parsing", f"tool-call arguments for an unknown call {key!r}")
