@@ -138,13 +138,23 @@ def _check_messages(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
 
 def _check_tools(body: dict[str, Any], limits: Limits) -> None:
     tools = body.get("tools")
-    if tools is None:
-        return
+    names: set[str] = set()
+    if tools is not None:
+        _check_tool_list(tools, names, limits)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if wanted not in names:
+            raise _fail(f"tool_choice names the function {wanted!r}, which is not in 'tools'.", "tool_choice")
+    elif choice is not None and choice not in ("auto", "none", "required"):
+        raise _fail("tool_choice must be 'auto', 'none', 'required' or a named function.", "tool_choice")
+
+
+def _check_tool_list(tools: Any, names: set[str], limits: Limits) -> None:
     if not isinstance(tools, list):
         raise _fail("'tools' must be an array.", "tools")
     if len(tools) > limits.max_tools:
         raise _fail(f"'tools' has more than {limits.max_tools} entries.", "tools", "array_above_max_length")
-    names = set()
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             raise _fail(f"tools[{i}] must be a function tool.", f"tools[{i}].type")
@@ -163,13 +173,6 @@ def _check_tools(body: dict[str, Any], limits: Limits) -> None:
         if fn.get("parameters") is not None:
             _depth(fn["parameters"], limits.max_depth, f"tools[{i}].function.parameters")
             _check_schema(fn["parameters"], f"tools[{i}].function.parameters")
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict):
-        wanted = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
-        if wanted not in names:
-            raise _fail(f"tool_choice names the function {wanted!r}, which is not in 'tools'.", "tool_choice")
-    elif choice is not None and choice not in ("auto", "none", "required"):
-        raise _fail("tool_choice must be 'auto', 'none', 'required' or a named function.", "tool_choice")
 
 
 def _check_scalars(body: dict[str, Any], limits: Limits) -> None:

@@ -142,6 +142,7 @@ def gateway(fake_upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPat
     env = {
         "GAUD_SPECS_DIR": str(spec_tree(tmp, retry="false", fallback="false")),
         "GAUD_AUTH_ENABLED": "false",
+        "GAUD_LIMITS_CONTROL_CHARS": "refuse",
         **provider_env(fake_upstream_server.url),
         "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'gaud.db'}",
         "GAUD_LIMITS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
