@@ -35,6 +35,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "control_chars": "strip",
     },
     "auth": {"enabled": True},
+    # Shared state (rate limits, cache) for several gateway instances; in-process when unset.
+    "redis": {"url": None},
+    # Defaults for every API key; a user's own rpm/tpm (keys create --rpm/--tpm) win.
+    "ratelimits": {"key_rpm": None, "key_tpm": None},
+    "cache": {"max_entries": 1000, "default_ttl": 600.0},
     # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.
     "budgets": {"warn_at": [0.8]},
     # Message contents are never stored unless store_content is true.

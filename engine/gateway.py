@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .errors import AllFailed, GatewayError, Overloaded, ResponseParsing, error_for_kind
+from .errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, error_for_kind
 from .images import ImageFetcher, inline_image_urls
 from .models import Target
 from .pricing import Price, cost_of, price_for
+from .ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
 from .routing import PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
@@ -50,6 +51,7 @@ class Exchange:
     usage: dict[str, Any] | None = None
     cost: float = 0.0
     error: GatewayError | None = None
+    cache_hit: bool = False
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
     stream: bool = False
@@ -91,6 +93,7 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         limits: Limits | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
@@ -101,6 +104,7 @@ class Gateway:
         self.rng = rng or random.Random()
         self._prices: dict[str, Price | None] = {}
         self.limits = limits or Limits()
+        self.limiter = limiter or MemoryRateLimiter()
 
     # -- the attempt loop -----------------------------------------------------------------------
     async def _with_retries(
@@ -129,6 +133,7 @@ class Gateway:
                 started = self.clock()
                 self.router.started(target.name)
                 try:
+                    await self._take_deployment_limits(planned, exchange)
                     result = await attempt(planned)
                 except GatewayError as error:
                     self.router.finished(target.name, None)
@@ -153,6 +158,20 @@ class Gateway:
                     result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
                     return result
         raise self._all_failed(plan.alias, failures)
+
+    async def _take_deployment_limits(self, planned: PlannedTarget, exchange: Exchange) -> None:
+        """A deployment's own rpm/tpm (routes.yaml): over it, the attempt fails as `rate_limit`."""
+        if not planned.rpm and not planned.tpm:
+            return
+        name = planned.target.name
+        takes: list[tuple[str, Limit, float]] = []
+        if planned.rpm:
+            takes.append((f"deployment:{name}:rpm", Limit(float(planned.rpm)), 1.0))
+        if planned.tpm:
+            takes.append((f"deployment:{name}:tpm", Limit(float(planned.tpm)), float(exchange.estimated_tokens or 1)))
+        decisions = await self.limiter.take_many(takes)
+        if not decisions[0].allowed:
+            raise RateLimited(f"{name} is at its configured rate limit.", retry_after=retry_after(decisions))
 
     @staticmethod
     def _all_failed(alias: str, failures: list[tuple[Target, GatewayError]]) -> GatewayError:

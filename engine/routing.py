@@ -78,6 +78,8 @@ class Candidate:
     timeout: float | None = None
     api_base: str | None = None
     when: Rule | None = None
+    rpm: float | None = None
+    tpm: float | None = None
 
 
 @dataclass
@@ -88,12 +90,15 @@ class Route:
     policy: Policy
     when: Rule | None = None
     description: str = ""
+    cache: dict[str, Any] | None = None
 
 
 @dataclass
 class PlannedTarget:
     target: Target
     timeout: float | None = None
+    rpm: float | None = None
+    tpm: float | None = None
 
 
 @dataclass
@@ -244,6 +249,8 @@ def compile_routes(raw: dict[str, Any]) -> RouteTable:
                 timeout=c.get("timeout"),
                 api_base=c.get("api_base"),
                 when=_rule(c.get("when"), f"{where}/candidates/{i}/when"),
+                rpm=c.get("rpm"),
+                tpm=c.get("tpm"),
             )
             for i, c in enumerate(route.get("candidates", []))
         ]
@@ -254,6 +261,7 @@ def compile_routes(raw: dict[str, Any]) -> RouteTable:
             policy=_policy(route, policy, where),
             when=_rule(route.get("when"), f"{where}/when"),
             description=route.get("description", ""),
+            cache=route.get("cache"),
         )
     breaker = defaults.get("breaker") or {}
     return RouteTable(
@@ -332,7 +340,7 @@ class Router:
             eligible.append((candidate, target))
         if not eligible:
             raise NotFound(f"No deployment of '{route.name}' applies to this request.", param="model")
-        planned = [PlannedTarget(t, c.timeout) for c, t in self._order(route, eligible)]
+        planned = [PlannedTarget(t, c.timeout, c.rpm, c.tpm) for c, t in self._order(route, eligible)]
         if explain:
             self._note_open_breakers(planned, notes)
         return Plan(route.name, route, planned, route.policy, facts, notes)

@@ -28,7 +28,10 @@ from .images import ImageFetcher
 from .specs import Catalog
 from .store import Principal, Store
 from .upstream import Upstream
-from .validation import Limits, validate_request
+from .cache import MemoryCache, RedisCache, ResponseCache
+from .guards import Admission, Guards
+from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from .validation import Limits, estimate_prompt_tokens, validate_request
 
 __all__ = ["create_app"]
 
@@ -43,7 +46,7 @@ class JSONResponse(Response):
 
 
 def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
-    headers = dict(headers or {})
+    headers = {**getattr(exc, "headers", {}), **(headers or {})}
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
     return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
@@ -145,6 +148,7 @@ class Accounting:
                 "latency_ms": (now - exchange.started) * 1000,
                 "ttft_ms": (exchange.first_byte - exchange.started) * 1000 if exchange.first_byte else None,
                 "stream": exchange.stream,
+                "cache_hit": exchange.cache_hit,
                 "content": content,
             }
         )
@@ -169,7 +173,15 @@ def create_app(
     limits = Limits(**{f: settings.get(f"limits.{f}") for f in Limits.__dataclass_fields__})
     if limits.control_chars not in ("strip", "refuse"):
         raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
-    gateway = Gateway(catalog, upstream, images, limits=limits)
+    limiter, cache = _shared_state(settings)
+    gateway = Gateway(catalog, upstream, images, limits=limits, limiter=limiter)
+    guards = Guards(
+        limiter,
+        cache,
+        key_rpm=settings.get("ratelimits.key_rpm"),
+        key_tpm=settings.get("ratelimits.key_tpm"),
+        default_ttl=float(settings.get("cache.default_ttl")),
+    )
     auth_enabled = bool(settings.get("auth.enabled"))
     authenticator = Authenticator(store, enabled=auth_enabled)
     budgets = Budgets(store, warn_at=tuple(settings.get("budgets.warn_at") or ()))
@@ -188,12 +200,23 @@ def create_app(
             return error_response(exc)
         body: dict[str, Any] | None = None
         reservation: Reservation | None = None
+        admission: Admission | None = None
         status, error = 200, None
         try:
             body = validate_request(await read_json(request, max_body), limits)
             exchange.stream = bool(body.get("stream"))
+            tokens = estimate_prompt_tokens(body) + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+            admission = await guards.admit(principal, tokens)
+            headers = dict(admission.headers)
+            route = gateway.router.table.routes.get(body["model"])
+            cached = guards.cache_plan(body, request.headers, principal, route.cache if route else None)
+            if cached is not None:
+                hit = await guards.cache.get(cached.key)
+                if hit is not None:
+                    exchange.cache_hit, exchange.alias = True, body["model"]
+                    exchange.usage = hit.get("usage")
+                    return JSONResponse(hit, headers={**headers, "x-gaud-cache": "hit", "x-gaud-cost": "0.000000"})
             reservation = await budgets.reserve(principal, gateway.estimate_cost(body))
-            headers = {}
             warning = budgets.warning(principal)
             if warning:
                 headers["x-gaud-budget-warning"] = warning
@@ -202,11 +225,14 @@ def create_app(
                 result = await gateway.chat_stream(body, exchange, validated=True)
                 headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
                 return StreamingResponse(
-                    _accounted(result.body, accounting, exchange, principal, reservation, body),
+                    _accounted(result.body, accounting, exchange, principal, reservation, body, guards, admission),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers, **result.headers},
                 )
             chat = await gateway.chat(body, exchange, validated=True)
+            if cached is not None:
+                await guards.cache.set(cached.key, chat.completion, cached.ttl)
+                headers["x-gaud-cache"] = "miss"
             content = orjson.dumps(chat.completion)
             headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
             return Response(content, media_type="application/json", headers={**headers, **chat.headers})
@@ -218,6 +244,8 @@ def create_app(
             return Response(status_code=499)
         finally:
             if not exchange.stream or status != 200 or error is not None:
+                if admission is not None:
+                    await guards.settle(admission, _total_tokens(exchange))
                 await accounting.finish(exchange, principal, reservation, status, error, body)
 
     async def list_models(request: Request) -> Response:
@@ -314,6 +342,8 @@ def create_app(
         finally:
             await audit.close()  # every queued audit record is written before exit
             await upstream.close()
+            await limiter.aclose()
+            await cache.aclose()
             store.close()
 
     app = Starlette(
@@ -343,8 +373,10 @@ async def _accounted(
     principal: Principal,
     reservation: Reservation | None,
     request_body: dict[str, Any],
+    guards: Guards,
+    admission: Admission | None,
 ) -> AsyncIterator[bytes]:
-    """Stream the body; when it ends (or the client leaves), settle the budget and audit it."""
+    """Stream the body; when it ends (or the client leaves), settle budget and tokens, audit it."""
     status = 200
     try:
         async for piece in body:
@@ -353,7 +385,26 @@ async def _accounted(
         status = 499
         raise
     finally:
-        await asyncio.shield(accounting.finish(exchange, principal, reservation, status, None, request_body))
+
+        async def settle() -> None:
+            if admission is not None:
+                await guards.settle(admission, _total_tokens(exchange))
+            await accounting.finish(exchange, principal, reservation, status, None, request_body)
+
+        await asyncio.shield(settle())
+
+
+def _total_tokens(exchange: Exchange) -> int | None:
+    usage = exchange.usage
+    return int(usage.get("total_tokens") or 0) if usage else None
+
+
+def _shared_state(settings: Settings) -> tuple[RateLimiter, ResponseCache]:
+    """Rate-limit buckets and cache in Redis when `redis.url` is set, else in this process."""
+    url = settings.get("redis.url")
+    if url:
+        return RedisRateLimiter(url), RedisCache(url)
+    return MemoryRateLimiter(), MemoryCache(int(settings.get("cache.max_entries")))
 
 
 def _first_admin(store: Store) -> None:

@@ -41,6 +41,8 @@ users = sa.Table(
     sa.Column("budget_daily", sa.Float, nullable=True),
     sa.Column("budget_monthly", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("rpm_limit", sa.Float, nullable=True),
+    sa.Column("tpm_limit", sa.Float, nullable=True),
 )
 api_keys = sa.Table(
     "api_keys",
@@ -84,7 +86,15 @@ def m001_initial(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[users, api_keys, audit_log])
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [m001_initial]
+def m002_user_rate_limits(conn: sa.Connection) -> None:
+    """Per-user requests and tokens per minute (a database made by m001 before they existed)."""
+    existing = {c["name"] for c in sa.inspect(conn).get_columns("users")}
+    for column in ("rpm_limit", "tpm_limit"):
+        if column not in existing:
+            conn.execute(sa.text(f"ALTER TABLE users ADD COLUMN {column} FLOAT"))
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [m001_initial, m002_user_rate_limits]
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,8 @@ class Principal:
     key_id: int | None = None
     budget_daily: float | None = None
     budget_monthly: float | None = None
+    rpm_limit: float | None = None
+    tpm_limit: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -168,23 +180,23 @@ class Store:
             return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
 
     def ensure_user(
-        self, name: str, *, role: str = "member", budget_daily: float | None = None, budget_monthly: float | None = None
+        self,
+        name: str,
+        *,
+        role: str = "member",
+        budget_daily: float | None = None,
+        budget_monthly: float | None = None,
+        rpm_limit: float | None = None,
+        tpm_limit: float | None = None,
     ) -> int:
-        """The id of user `name`, created if missing; given role/budgets update an existing one."""
+        """The id of user `name`, created if missing; given role/limits update an existing one."""
+        limits = {"budget_daily": budget_daily, "budget_monthly": budget_monthly, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit}
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
             if row is None:
-                result = conn.execute(
-                    users.insert().values(
-                        name=name, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly, created_at=time.time()
-                    )
-                )
+                result = conn.execute(users.insert().values(name=name, role=role, created_at=time.time(), **limits))
                 return int(result.inserted_primary_key[0])
-            changes: dict[str, Any] = {"role": role}
-            if budget_daily is not None:
-                changes["budget_daily"] = budget_daily
-            if budget_monthly is not None:
-                changes["budget_monthly"] = budget_monthly
+            changes: dict[str, Any] = {"role": role, **{k: v for k, v in limits.items() if v is not None}}
             conn.execute(users.update().where(users.c.id == row[0]).values(**changes))
             return int(row[0])
 
@@ -248,7 +260,7 @@ class Store:
         if len(lookup) == _LOOKUP_CHARS:
             query = sa.select(
                 api_keys.c.id, api_keys.c.hash, api_keys.c.revoked_at, users.c.id, users.c.name, users.c.role,
-                users.c.budget_daily, users.c.budget_monthly,
+                users.c.budget_daily, users.c.budget_monthly, users.c.rpm_limit, users.c.tpm_limit,
             ).join(users, users.c.id == api_keys.c.user_id).where(api_keys.c.lookup == lookup)
             with self.engine.connect() as conn:
                 row = conn.execute(query).first()
@@ -260,7 +272,10 @@ class Store:
             valid = False
         if row is None or not valid or row[2] is not None:
             return None
-        return Principal(user_id=row[3], user_name=row[4], role=row[5], key_id=row[0], budget_daily=row[6], budget_monthly=row[7])
+        return Principal(
+            user_id=row[3], user_name=row[4], role=row[5], key_id=row[0], budget_daily=row[6], budget_monthly=row[7],
+            rpm_limit=row[8], tpm_limit=row[9],
+        )
 
     # -- audit and spend --------------------------------------------------------------------------
     def write_audit(self, records: Iterable[dict[str, Any]]) -> int:
