@@ -144,7 +144,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
 
     import uvicorn
 
-    from .server import create_app
+    from .server import GracefulServer, create_app
 
     try:
         settings = load_settings(config_file, **{"server.host": host, "server.port": port, "specs.dir": specs_dir})
@@ -165,8 +165,12 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     app = create_app(catalog, settings)
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}")
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level=level if level != "debug" else "debug",
-                access_log=False, loop="auto", http="auto", server_header=False)
+    config = uvicorn.Config(
+        app, host=bind_host, port=bind_port, log_level=level, access_log=False, loop="auto", http="auto",
+        server_header=False, timeout_graceful_shutdown=float(settings.get("server.shutdown_timeout")),
+    )
+    GracefulServer(config).run()
+
 
 
 def _store(config_file: str | None) -> Store:
@@ -197,15 +201,27 @@ def keys() -> None:
 @click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
 @click.option("--budget-daily", type=float, default=None, help="Daily limit in USD.")
 @click.option("--budget-monthly", type=float, default=None, help="Monthly limit in USD.")
+@click.option("--rpm", type=float, default=None, help="Requests per minute (default: ratelimits.key_rpm).")
+@click.option("--tpm", type=float, default=None, help="Tokens per minute (default: ratelimits.key_tpm).")
 @CONFIG_OPTION
-def keys_create(user: str, role: str, budget_daily: float | None, budget_monthly: float | None, config_file: str | None) -> None:
+def keys_create(
+    user: str,
+    role: str,
+    budget_daily: float | None,
+    budget_monthly: float | None,
+    rpm: float | None,
+    tpm: float | None,
+    config_file: str | None,
+) -> None:
     """Create an API key; it is shown once and stored only as a hash.
 
     \b
     Example usage:
         gaud-engine keys create --user alice --budget-daily 5
     """
-    key, info = _store(config_file).create_key(user, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly)
+    key, info = _store(config_file).create_key(
+        user, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly, rpm_limit=rpm, tpm_limit=tpm
+    )
     click.echo(f"Key for {info.user_name} ({info.role}), shown once:\n  {key}")
 
 

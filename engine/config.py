@@ -17,7 +17,8 @@ import yaml
 __all__ = ["DEFAULTS", "Settings", "load_settings"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "server": {"host": "127.0.0.1", "port": 8400},
+    # shutdown_timeout: seconds in-flight requests get to finish after SIGTERM.
+    "server": {"host": "127.0.0.1", "port": 8400, "shutdown_timeout": 30.0},
     "specs": {"dir": None},
     "database": {"url": "sqlite:///gaud.db"},
     "log": {"level": "info"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -33,7 +35,7 @@ from .guards import Admission, Guards
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from .validation import Limits, estimate_prompt_tokens, validate_request
 
-__all__ = ["create_app"]
+__all__ = ["GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
 
@@ -437,3 +439,13 @@ def model_list(catalog: Catalog, created: int) -> list[dict[str, Any]]:
             key = f"{name}/{model_id}"
             seen[key] = {"id": key, "object": "model", "created": created, "owned_by": name}
     return list(seen.values())
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown (exit status 143). By then the gateway
+    has finished its requests and flushed its audit log, so it exits 0 instead."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
