@@ -140,10 +140,9 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     Example usage:
         ANTHROPIC_API_KEY=sk-... gaud-engine serve --port 8400
     """
-    import logging
-
     import uvicorn
 
+    from .logs import configure_logging
     from .server import GracefulServer, create_app
 
     try:
@@ -161,7 +160,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         status = "ready" if not missing else f"no credentials (set {', '.join(missing)})"
         click.echo(f"provider {name:<12} {status}")
     level = str(settings.get("log.level")).lower()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, str(settings.get("log.format")))
     app = create_app(catalog, settings)
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}")

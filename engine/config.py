@@ -21,7 +21,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "server": {"host": "127.0.0.1", "port": 8400, "shutdown_timeout": 30.0},
     "specs": {"dir": None},
     "database": {"url": "sqlite:///gaud.db"},
-    "log": {"level": "info"},
+    # format: auto (text in a terminal, JSON lines otherwise) | json | text
+    "log": {"level": "info", "format": "auto"},
+    # /metrics needs an admin key when auth is on, unless require_admin is false.
+    "metrics": {"require_admin": True},
     "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},
     "limits": {
         "max_body_bytes": 20 * 1024 * 1024,

@@ -19,6 +19,7 @@ import orjson
 
 from .errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, error_for_kind
 from .images import ImageFetcher, inline_image_urls
+from .metrics import Metrics
 from .models import Target
 from .pricing import Price, cost_of, price_for
 from .ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
@@ -94,6 +95,7 @@ class Gateway:
         rng: random.Random | None = None,
         limits: Limits | None = None,
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
@@ -105,6 +107,7 @@ class Gateway:
         self._prices: dict[str, Price | None] = {}
         self.limits = limits or Limits()
         self.limiter = limiter or MemoryRateLimiter()
+        self.metrics = metrics
 
     # -- the attempt loop -----------------------------------------------------------------------
     async def _with_retries(
@@ -146,14 +149,21 @@ class Gateway:
                         if delay is not None and breaker.state != "open":
                             log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
                             exchange.outside_seconds += delay
+                            if self.metrics is not None:
+                                self.metrics.retries.labels(target.name).inc()
                             await self.sleep(delay)
                             continue
                     if plan.policy.fallback is not None and plan.policy.fallback.matches(facts):
                         log.info("falling back from %s after %s", target.name, error.kind)
+                        if self.metrics is not None:
+                            self.metrics.fallbacks.labels(target.name).inc()
                         break
                     raise
                 else:
-                    self.router.finished(target.name, self.clock() - started)
+                    latency = self.clock() - started
+                    self.router.finished(target.name, latency)
+                    if self.metrics is not None:
+                        self.metrics.upstream_latency.labels(target.name).observe(latency)
                     breaker.record_success()
                     result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
                     return result

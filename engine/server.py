@@ -27,6 +27,7 @@ from .config import Settings
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
+from .metrics import Metrics
 from .specs import Catalog
 from .store import Principal, Store
 from .upstream import Upstream
@@ -38,6 +39,7 @@ from .validation import Limits, estimate_prompt_tokens, validate_request
 __all__ = ["GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
+request_log = logging.getLogger("gaud.request")
 
 
 class JSONResponse(Response):
@@ -109,9 +111,10 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
 class Accounting:
     """Budget reservation before a chat request and the audit record after it."""
 
-    def __init__(self, budgets: Budgets, audit: AuditWriter, *, store_content: bool) -> None:
+    def __init__(self, budgets: Budgets, audit: AuditWriter, metrics: Metrics, *, store_content: bool) -> None:
         self.budgets = budgets
         self.audit = audit
+        self.metrics = metrics
         self.store_content = store_content
 
     async def finish(
@@ -123,6 +126,7 @@ class Accounting:
         error: GatewayError | None,
         body: dict[str, Any] | None,
     ) -> None:
+        self.metrics.in_flight.dec()
         if reservation is not None:
             self.budgets.settle(reservation, exchange.cost)
         error = error or exchange.error
@@ -131,8 +135,7 @@ class Accounting:
         content = None
         if self.store_content and body is not None:
             content = orjson.dumps({"messages": body.get("messages")}).decode()
-        await self.audit.add(
-            {
+        record = {
                 "request_id": exchange.request_id,
                 "ts": time.time(),
                 "user_id": principal.user_id,
@@ -152,8 +155,15 @@ class Accounting:
                 "stream": exchange.stream,
                 "cache_hit": exchange.cache_hit,
                 "content": content,
-            }
+        }
+        overhead = exchange.overhead_ms() if status < 400 and not exchange.cache_hit else None
+        self.metrics.record(record, overhead)
+        request_log.info(
+            "%s %s %s", record["status"], record["alias"], record["deployment"] or "-",
+            extra={"fields": {k: v for k, v in record.items() if k not in ("content", "ts")} | {
+                "overhead_ms": round(overhead, 3) if overhead is not None else None}},
         )
+        await self.audit.add(record)
 
 
 def create_app(
@@ -190,7 +200,10 @@ def create_app(
     audit = AuditWriter(
         store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay"))
     )
-    accounting = Accounting(budgets, audit, store_content=bool(settings.get("audit.store_content")))
+    metrics = Metrics(lambda: gateway.router.breakers.states())
+    gateway.metrics = metrics
+    accounting = Accounting(budgets, audit, metrics, store_content=bool(settings.get("audit.store_content")))
+    metrics_need_admin = auth_enabled and bool(settings.get("metrics.require_admin"))
     max_body = int(settings.get("limits.max_body_bytes"))
     started = time.time()
 
@@ -200,6 +213,7 @@ def create_app(
             principal = await authenticator.principal(request.headers)
         except GatewayError as exc:
             return error_response(exc)
+        metrics.in_flight.inc()
         body: dict[str, Any] | None = None
         reservation: Reservation | None = None
         admission: Admission | None = None
@@ -208,12 +222,17 @@ def create_app(
             body = validate_request(await read_json(request, max_body), limits)
             exchange.stream = bool(body.get("stream"))
             tokens = estimate_prompt_tokens(body) + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
-            admission = await guards.admit(principal, tokens)
+            try:
+                admission = await guards.admit(principal, tokens)
+            except GatewayError:
+                metrics.rate_limited.labels("key").inc()
+                raise
             headers = dict(admission.headers)
             route = gateway.router.table.routes.get(body["model"])
             cached = guards.cache_plan(body, request.headers, principal, route.cache if route else None)
             if cached is not None:
                 hit = await guards.cache.get(cached.key)
+                metrics.cache.labels("hit" if hit is not None else "miss").inc()
                 if hit is not None:
                     exchange.cache_hit, exchange.alias = True, body["model"]
                     exchange.usage = hit.get("usage")
@@ -249,6 +268,14 @@ def create_app(
                 if admission is not None:
                     await guards.settle(admission, _total_tokens(exchange))
                 await accounting.finish(exchange, principal, reservation, status, error, body)
+
+    async def metrics_route(request: Request) -> Response:
+        if metrics_need_admin:
+            try:
+                await authenticator.admin(request.headers)
+            except GatewayError as exc:
+                return error_response(exc)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def list_models(request: Request) -> Response:
         try:
@@ -354,6 +381,7 @@ def create_app(
             Route("/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_route, methods=["GET"]),
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
             Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
             Route("/admin/usage", admin_usage, methods=["GET"]),
@@ -365,6 +393,7 @@ def create_app(
     app.state.gateway = gateway
     app.state.store = store
     app.state.audit = audit
+    app.state.metrics = metrics
     return app
 
 

@@ -156,6 +156,8 @@ class Store:
         self._key_cache: dict[bytes, tuple[float, Principal]] = {}
         self._key_cache_seconds = key_cache_seconds
         self._lock = threading.Lock()
+        #: Bumped by every revocation: a check begun before one must not cache what it read.
+        self._revocations = 0
 
     # -- schema -----------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -231,6 +233,7 @@ class Store:
                 .values(revoked_at=time.time())
             )
         with self._lock:
+            self._revocations += 1
             self._key_cache.clear()
         return result.rowcount > 0
 
@@ -247,11 +250,14 @@ class Store:
         cached = self.cached_principal(key)
         if cached is not None:
             return cached
+        with self._lock:
+            revocations = self._revocations
         principal = self._verify_uncached(key)
         if principal is not None:
             digest = hashlib.sha256(key.encode("utf-8", "replace")).digest()
             with self._lock:
-                self._key_cache[digest] = (time.monotonic() + self._key_cache_seconds, principal)
+                if self._revocations == revocations:  # else the row read may predate a revocation
+                    self._key_cache[digest] = (time.monotonic() + self._key_cache_seconds, principal)
         return principal
 
     def _verify_uncached(self, key: str) -> Principal | None:
