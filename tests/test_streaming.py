@@ -167,3 +167,43 @@ def test_client_disconnect_cancels_upstream(upstream, gateway):
             if line.startswith("data: "):
                 break  # the client goes away after the first chunk
     assert upstream.disconnected.wait(5), "the upstream request was not cancelled"
+
+
+def test_non_stream_request_served_from_a_streamed_upstream(upstream, tmp_path):
+    """A spec may say its upstream only streams (`endpoints.chat.stream_only`): a non-stream
+    request is then assembled from the stream into one chat.completion."""
+    import asyncio
+    import shutil
+
+    from engine import load_catalog
+    from engine.gateway import Gateway
+    from engine.upstream import Upstream
+
+    from .conftest import ROOT, provider_env
+    from .oracles import oracle_check
+
+    shutil.copytree(ROOT / "providers.d", tmp_path / "providers.d")
+    (tmp_path / "providers.d" / "streamy.yaml").write_text(
+        "extends: anthropic\n"
+        "api:\n  endpoints:\n    chat: {stream_only: true}\n"
+        "models:\n  claude-sonnet-4-20250514: {context_window: 200000, max_output_tokens: 64000, capabilities: [tools], free: true}\n"
+    )
+    catalog = load_catalog(tmp_path, environ=provider_env(upstream.url))
+    assert catalog.providers["streamy"].endpoints["chat"].stream_only
+    upstream.reply_fixture("anthropic", "stream_tool_use.sse")
+
+    async def go():
+        gateway = Gateway(catalog, Upstream())
+        try:
+            return await gateway.chat({"model": "streamy/claude-sonnet-4-20250514", "messages": HELLO})
+        finally:
+            await gateway.upstream.close()
+
+    completion = asyncio.run(go()).completion
+    oracle_check.assert_openai(completion, "CreateChatCompletionResponse")
+    assert upstream.last().body["stream"] is True
+    message = completion["choices"][0]["message"]
+    assert message["content"] == "Checking both harbours."
+    assert [json.loads(c["function"]["arguments"])["harbour"] for c in message["tool_calls"]] == ["Brest", "Saint-Malo"]
+    assert completion["choices"][0]["finish_reason"] == "tool_calls"
+    assert completion["usage"]["prompt_tokens"] == 520 and completion["usage"]["completion_tokens"] == 88
