@@ -109,6 +109,13 @@ class Gateway:
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
 
+    def reload(self, catalog: Catalog) -> None:
+        """Serve a new catalog from now on. Requests already planned finish on the old one; breaker
+        states, latency averages and in-flight counts carry over."""
+        self.router = self.router.rebound(catalog)
+        self.catalog = catalog
+        self._prices = {}
+
     # -- the attempt loop -----------------------------------------------------------------------
     async def _with_retries(
         self, body: dict[str, Any], exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]

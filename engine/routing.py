@@ -290,6 +290,12 @@ class Router:
         self._turn: dict[str, int] = {}
         self.price_of = price_of or self._list_price
 
+    def rebound(self, catalog: Catalog) -> Router:
+        """A router for a reloaded catalog that keeps this one's live state."""
+        new = Router(catalog, rng=self.rng)
+        new.breakers, new.in_flight, new.latency, new._turn = self.breakers, self.in_flight, self.latency, self._turn
+        return new
+
     def _list_price(self, provider: str, model: str) -> float | None:
         from .pricing import price_for
 

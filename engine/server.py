@@ -28,7 +28,7 @@ from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
 from .metrics import Metrics
-from .specs import Catalog
+from .specs import Catalog, load_catalog
 from .store import Principal, Store
 from .upstream import Upstream
 from .cache import MemoryCache, RedisCache, ResponseCache
@@ -282,7 +282,7 @@ def create_app(
             await authenticator.principal(request.headers)
         except GatewayError as exc:
             return error_response(exc)
-        return JSONResponse({"object": "list", "data": model_list(catalog, int(started))})
+        return JSONResponse({"object": "list", "data": model_list(gateway.catalog, int(started))})
 
     async def health(request: Request) -> Response:
         if request.query_params.get("detail") not in (None, "", "0"):
@@ -293,7 +293,7 @@ def create_app(
                     return error_response(exc)
             providers = {
                 name: {"ready": not spec.missing_env(), "missing_env": spec.missing_env()}
-                for name, spec in catalog.providers.items()
+                for name, spec in gateway.catalog.providers.items()
             }
             return JSONResponse({"status": "ok", "providers": providers, "breakers": gateway.router.breakers.states()})
         return JSONResponse({"status": "ok"})
@@ -345,6 +345,33 @@ def create_app(
         except GatewayError as exc:
             return error_response(exc)
 
+    reload_lock = asyncio.Lock()
+
+    async def reload_specs() -> list[str]:
+        """Load and validate the spec tree again; swap it in only when it is clean."""
+        async with reload_lock:
+            fresh = await asyncio.to_thread(load_catalog, gateway.catalog.root)
+            if fresh.problems:
+                problems = [str(p) for p in fresh.problems]
+                log.error("reload refused, the old config keeps serving: %s", "; ".join(problems))
+                return problems
+            gateway.reload(fresh)
+            log.info("reloaded %d providers and %d aliases", len(fresh.providers), len(fresh.routes.get("aliases") or {}))
+            return []
+
+    async def admin_reload(request: Request) -> Response:
+        try:
+            await authenticator.admin(request.headers)
+        except GatewayError as exc:
+            return error_response(exc)
+        problems = await reload_specs()
+        if problems:
+            error = InvalidRequest("The specs have problems; the old config keeps serving.", code="invalid_specs")
+            body = error.to_openai()
+            body["error"]["problems"] = problems
+            return JSONResponse(body, status_code=400)
+        return JSONResponse({"reloaded": True, "providers": sorted(gateway.catalog.providers)})
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         if status == 405:
@@ -366,6 +393,11 @@ def create_app(
             user_id = await asyncio.to_thread(store.ensure_user, LOCAL_USER, role="admin")
             authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
         audit.start()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs()))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
+            log.debug("SIGHUP reload not available in this process")
         try:
             yield
         finally:
@@ -385,6 +417,7 @@ def create_app(
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
             Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
             Route("/admin/usage", admin_usage, methods=["GET"]),
+            Route("/admin/reload", admin_reload, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: server_error},
         lifespan=lifespan,

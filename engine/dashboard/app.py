@@ -1,0 +1,531 @@
+"""The admin dashboard: server-rendered pages under /ui, an admin key to log in, no JavaScript.
+
+Logging in exchanges an admin API key for a random session id in an HttpOnly, SameSite=Strict
+cookie; the key itself is never stored or sent back. Sessions live in this process for 8 hours
+and end early when the key they were opened with is revoked or its user is no longer an admin.
+Every form that changes state carries a per-session token and must come from this origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..auth import LOCAL_USER
+from ..store import KEY_PREFIX, Principal, Store
+from . import queries
+from .charts import format_count, format_money, stacked_bars
+
+__all__ = ["SESSION_COOKIE", "Sessions", "dashboard_app"]
+
+log = logging.getLogger("gaud.dashboard")
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "gaud_dashboard"
+SESSION_SECONDS = 8 * 3600
+MAX_FORM_BYTES = 16 * 1024
+LOOKUP = re.compile(r"[0-9a-f]{12}")
+HOUR, DAY = 3600, 86400
+
+SECURITY_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    # same-origin keeps the Referer on our own form posts (one of the CSRF checks) and off elsewhere.
+    (b"referrer-policy", b"same-origin"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
+]
+
+
+class SecurityHeaders:
+    """The same strict headers on every dashboard response, pages and redirects alike."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    principal: Principal
+    csrf: str
+    expires: float
+
+
+class Sessions:
+    """Session id -> who logged in, in memory. Only a SHA-256 of each id is kept."""
+
+    def __init__(
+        self, *, seconds: float = SESSION_SECONDS, clock: Callable[[], float] = time.time, limit: int = 10_000
+    ) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.limit = limit
+        self._sessions: dict[bytes, Session] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(session_id: str) -> bytes:
+        return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()
+
+    def create(self, principal: Principal) -> tuple[str, Session]:
+        session_id = secrets.token_urlsafe(32)
+        session = Session(principal, secrets.token_urlsafe(32), self.clock() + self.seconds)
+        with self._lock:
+            now = self.clock()
+            for digest in [d for d, s in self._sessions.items() if s.expires <= now]:
+                del self._sessions[digest]
+            while len(self._sessions) >= self.limit:  # drop the oldest
+                del self._sessions[min(self._sessions, key=lambda d: self._sessions[d].expires)]
+            self._sessions[self._digest(session_id)] = session
+        return session_id, session
+
+    def get(self, session_id: str | None) -> Session | None:
+        if not session_id:
+            return None
+        digest = self._digest(session_id)
+        with self._lock:
+            session = self._sessions.get(digest)
+            if session is not None and session.expires <= self.clock():
+                del self._sessions[digest]
+                return None
+        return session
+
+    def drop(self, session_id: str | None) -> None:
+        if session_id:
+            with self._lock:
+                self._sessions.pop(self._digest(session_id), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+@dataclass
+class Viewer:
+    """Who is looking at a page, and the token their forms must carry."""
+
+    principal: Principal
+    csrf: str
+    session_id: str | None = None
+
+
+# -- request helpers ------------------------------------------------------------------------------
+
+
+class FormError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A small urlencoded form body (no multipart: the dashboard's forms are plain fields)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise FormError(415, "Forms must be sent as application/x-www-form-urlencoded.")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormError(413, "The form is too large.")
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise FormError(400, "The form could not be read.") from None
+    return {name: values[0] for name, values in parsed.items()}
+
+
+def same_origin(request: Request) -> bool:
+    """Origin (else Referer), when the browser sent one, names this host. `null` never does."""
+    host = request.headers.get("host", "").lower()
+    for header in ("origin", "referer"):
+        value = request.headers.get(header)
+        if value is None:
+            continue
+        if value == "null":
+            return False
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host
+    return True
+
+
+def _money_field(form: dict[str, str], name: str) -> float | None:
+    raw = form.get(name, "").strip().lstrip("$")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FormError(400, f"{name.replace('_', ' ').capitalize()} must be a number of USD.") from None
+    if not math.isfinite(value) or value < 0:
+        raise FormError(400, f"{name.replace('_', ' ').capitalize()} must be a non-negative number of USD.")
+    return value
+
+
+def _fmt_time(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _fmt_share(share: float | None) -> str:
+    return "" if share is None else f"{share:.0%}"
+
+
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(money=format_money, count=format_count, time=_fmt_time, share=_fmt_share)
+    env.globals.update(KEY_PREFIX=KEY_PREFIX)
+    return env
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def dashboard_app(
+    store: Store,
+    gateway: Any,
+    *,
+    auth_enabled: bool = True,
+    sessions: Sessions | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The dashboard as an ASGI app, to mount at /ui: `Mount("/ui", app=dashboard_app(...))`.
+
+    `gateway` is the running Gateway (its catalog, routes and circuit breakers are shown).
+    With `auth_enabled` false the gateway serves everyone as the local admin, and so does this:
+    no login, and every page says so.
+    """
+    env = _templates()
+    sessions = sessions or Sessions(clock=clock)
+    local_csrf = secrets.token_urlsafe(32)  # the forms' token when auth is off (no sessions)
+    stylesheet = (HERE / "static" / "dashboard.css").read_bytes()
+    engine = store.engine
+
+    def base(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")
+
+    def render(request: Request, template: str, viewer: Viewer | None, status: int = 200, **context: Any) -> HTMLResponse:
+        html = env.get_template(template).render(
+            base=base(request), viewer=viewer, auth_enabled=auth_enabled, now=clock(), active=template.split(".")[0],
+            **context,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def to_login(request: Request) -> RedirectResponse:
+        return RedirectResponse(f"{base(request)}/login", status_code=303)
+
+    async def viewer_of(request: Request) -> Viewer | None:
+        if not auth_enabled:
+            return Viewer(Principal(user_id=None, user_name=LOCAL_USER, role="admin"), local_csrf)
+        session_id = request.cookies.get(SESSION_COOKIE)
+        session = sessions.get(session_id)
+        if session is None:
+            return None
+        key_id = session.principal.key_id
+        if key_id is not None:
+            active, role = await asyncio.to_thread(queries.session_key_status, engine, key_id)
+            if not active or role != "admin":
+                log.info("dashboard session of %s ended: its key was revoked or is no longer admin",
+                         session.principal.user_name)
+                sessions.drop(session_id)
+                return None
+        return Viewer(session.principal, session.csrf, session_id)
+
+    Handler = Callable[[Request, Viewer], Awaitable[Response]]
+
+    def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """A page for admins: without a session, the login page."""
+
+        async def endpoint(request: Request) -> Response:
+            viewer = await viewer_of(request)
+            if viewer is None:
+                return to_login(request)
+            return await handler(request, viewer)
+
+        return endpoint
+
+    def action(handler: Callable[[Request, Viewer, dict[str, str]], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """A form post that changes state: an admin session, this origin, the session's token."""
+
+        async def endpoint(request: Request) -> Response:
+            viewer = await viewer_of(request)
+            if viewer is None:
+                return to_login(request)
+            if not same_origin(request):
+                log.warning("dashboard: refused a cross-origin %s %s", request.method, request.url.path)
+                return render(request, "error.html", viewer, 403, message="Refused: this form was not sent from this site.")
+            try:
+                form = await read_form(request)
+            except FormError as exc:
+                return render(request, "error.html", viewer, exc.status, message=exc.message)
+            if not hmac.compare_digest(form.get("csrf", "").encode(), viewer.csrf.encode()):
+                return render(request, "error.html", viewer, 403,
+                              message="Refused: the form's token is missing or stale. Reload the page and try again.")
+            return await handler(request, viewer, form)
+
+        return endpoint
+
+    # -- login ------------------------------------------------------------------------------------
+    async def login_page(request: Request) -> Response:
+        if not auth_enabled or await viewer_of(request) is not None:
+            return RedirectResponse(f"{base(request)}/", status_code=303)
+        return render(request, "login.html", None)
+
+    async def login(request: Request) -> Response:
+        if not auth_enabled:
+            return RedirectResponse(f"{base(request)}/", status_code=303)
+        if not same_origin(request):
+            return render(request, "login.html", None, 403, error="Refused: this form was not sent from this site.")
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            return render(request, "login.html", None, exc.status, error=exc.message)
+        key = form.get("key", "").strip()
+        principal = None
+        if key:
+            principal = store.cached_principal(key) or await asyncio.to_thread(store.verify_key, key)
+        if principal is None:
+            log.warning("dashboard: failed login from %s", request.client.host if request.client else "?")
+            return render(request, "login.html", None, 401, error="Invalid or revoked key.")
+        if not principal.is_admin:
+            log.warning("dashboard: user %s tried to log in without an admin key", principal.user_name)
+            return render(request, "login.html", None, 403,
+                          error=f"The key of user {principal.user_name} is not an admin key. The dashboard needs an admin key.")
+        session_id, _ = sessions.create(principal)
+        log.info("dashboard: %s logged in", principal.user_name)
+        response = RedirectResponse(f"{base(request)}/", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE, session_id, max_age=int(sessions.seconds), path=base(request) or "/",
+            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+        sessions.drop(viewer.session_id)
+        response = to_login(request) if auth_enabled else RedirectResponse(f"{base(request)}/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=base(request) or "/", httponly=True, samesite="strict")
+        return response
+
+    # -- overview ---------------------------------------------------------------------------------
+    def usage_section(title: str, start: float, bucket: int, count: int, fmt: str, label_every: int) -> dict[str, Any]:
+        by_user = queries.time_series(engine, by="user", start=start, bucket_seconds=bucket, buckets=count)
+        by_model = queries.time_series(engine, by="model", start=start, bucket_seconds=bucket, buckets=count)
+        starts = by_user.bucket_starts
+
+        def chart(name: str, data: dict[str, list[float]], money: bool) -> Any:
+            return stacked_bars(name, starts, data, money=money, bucket_format=fmt, label_every=label_every)
+
+        requests = sum(sum(v) for v in by_user.requests.values())
+        cost = sum(sum(v) for v in by_user.cost.values())
+        return {
+            "title": title,
+            "requests": requests,
+            "cost": cost,
+            "charts": [
+                chart("Cost per user", by_user.cost, True),
+                chart("Requests per user", by_user.requests, False),  # type: ignore[arg-type]
+                chart("Cost per model", by_model.cost, True),
+                chart("Requests per model", by_model.requests, False),  # type: ignore[arg-type]
+            ],
+        }
+
+    def overview_data(now: float) -> dict[str, Any]:
+        hour_start = math.floor(now / HOUR) * HOUR - 23 * HOUR
+        week_start = queries.day_start(now) - 6 * DAY
+        days = usage_section("Last 7 days, per day (UTC)", week_start, DAY, 7, "%a %d", 1)
+        hours = usage_section("Last 24 hours, per hour (UTC)", hour_start, HOUR, 24, "%H:00", 3)
+        rows = queries.totals(engine, since=week_start)
+        return {"sections": [days, hours], "totals": rows, "since": week_start,
+                "errors": sum(r.errors for r in rows)}
+
+    async def overview(request: Request, viewer: Viewer) -> Response:
+        data = await asyncio.to_thread(overview_data, clock())
+        return render(request, "overview.html", viewer, **data)
+
+    # -- keys and budgets -------------------------------------------------------------------------
+    def keys_data() -> dict[str, Any]:
+        keys = sorted(store.list_keys(), key=lambda k: (k.revoked_at is not None, -k.created_at))
+        return {"keys": keys, "users": queries.spend_by_user(engine, now=clock())}
+
+    async def keys_page(request: Request, viewer: Viewer, status: int = 200, **extra: Any) -> Response:
+        notice = None
+        revoked = request.query_params.get("revoked", "")
+        if LOOKUP.fullmatch(revoked):
+            notice = f"Key {KEY_PREFIX}{revoked}… revoked. Requests with it are refused from now on."
+        elif request.query_params.get("budgets") == "1":
+            notice = "Budgets updated. Running gateways apply them within a minute."
+        context = {"notice": notice, "created": None, "error": None, "form": {}, **extra}
+        data = await asyncio.to_thread(keys_data)
+        return render(request, "keys.html", viewer, status, **data, **context)
+
+    async def create_key(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+        user = form.get("user", "").strip()
+        role = form.get("role", "member")
+        try:
+            if not user or len(user) > 200 or not user.isprintable():
+                raise FormError(400, "A user name (1 to 200 printable characters) is required.")
+            if role not in ("admin", "member"):
+                raise FormError(400, "The role must be admin or member.")
+            fields: dict[str, Any] = {"role": role}
+            for name in ("budget_daily", "budget_monthly"):
+                fields[name] = _money_field(form, name)
+        except FormError as exc:
+            return await keys_page(request, viewer, exc.status, error=exc.message, form=form)
+        key, info = await asyncio.to_thread(store.create_key, user, **fields)
+        log.info("dashboard: %s created a %s key %s%s for user %s", viewer.principal.user_name, role, KEY_PREFIX,
+                 info.lookup, user)
+        # Shown in this response only: never stored, never put in a URL.
+        return await keys_page(request, viewer, 201, created={"key": key, "info": info})
+
+    async def revoke_key(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+        lookup = request.path_params["lookup"]
+        if not LOOKUP.fullmatch(lookup):
+            return render(request, "error.html", viewer, 404, message="No such key.")
+        revoked = await asyncio.to_thread(store.revoke_key, lookup)
+        if not revoked:
+            return await keys_page(request, viewer, 404, error=f"No active key {KEY_PREFIX}{lookup}….")
+        log.info("dashboard: %s revoked key %s%s", viewer.principal.user_name, KEY_PREFIX, lookup)
+        return RedirectResponse(f"{base(request)}/keys?{urlencode({'revoked': lookup})}", status_code=303)
+
+    async def set_budgets(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+        user = form.get("user", "")
+        try:
+            daily, monthly = _money_field(form, "budget_daily"), _money_field(form, "budget_monthly")
+            if daily is None and monthly is None:
+                raise FormError(400, "Give a daily or a monthly budget (blank leaves it as it is).")
+            role = await asyncio.to_thread(queries.user_role, engine, user)
+            if role is None:
+                raise FormError(404, "No such user.")
+        except FormError as exc:
+            return await keys_page(request, viewer, exc.status, error=exc.message)
+        await asyncio.to_thread(store.ensure_user, user, role=role, budget_daily=daily, budget_monthly=monthly)
+        log.info("dashboard: %s set budgets of %s: daily %s, monthly %s", viewer.principal.user_name, user, daily, monthly)
+        return RedirectResponse(f"{base(request)}/keys?budgets=1", status_code=303)
+
+    # -- health -----------------------------------------------------------------------------------
+    def health_data() -> dict[str, Any]:
+        catalog = gateway.catalog
+        router = gateway.router
+        providers = [
+            {"name": name, "description": spec.description, "missing": spec.missing_env(), "models": len(spec.models)}
+            for name, spec in sorted(catalog.providers.items())
+        ]
+        routes, warnings, deployments = [], [], {}
+        for alias, route in sorted(router.table.routes.items()):
+            candidates = []
+            for c in route.candidates:
+                name = f"{c.provider}/{c.model}"
+                spec = catalog.providers.get(c.provider)
+                status = "not loaded" if spec is None else ("no credentials" if spec.missing_env() else "ready")
+                if status != "ready":
+                    warnings.append(f"route {alias}: candidate {name} is {status}")
+                deployments.setdefault(name, set()).add(alias)
+                candidates.append({
+                    "name": name, "weight": c.weight, "timeout": c.timeout, "status": status,
+                    "when": c.when.expression if c.when is not None else None, "rpm": c.rpm, "tpm": c.tpm,
+                })
+            routes.append({"alias": alias, "strategy": route.strategy, "description": route.description,
+                           "candidates": candidates, "cache": route.cache})
+        breakers = router.breakers.states()
+        for name in breakers:
+            deployments.setdefault(name, set())
+        rows = []
+        for name in sorted(deployments):
+            snapshot = breakers.get(name)
+            latency = router.latency.get(name)
+            rows.append({
+                "name": name,
+                "aliases": sorted(deployments[name]),
+                "state": snapshot["state"] if snapshot else "closed",
+                "seen": snapshot is not None,
+                "failures": snapshot["consecutive_failures"] if snapshot else 0,
+                "in_flight": router.in_flight.get(name, 0),
+                "latency_ms": latency * 1000 if latency is not None else None,
+            })
+        table = router.table
+        return {
+            "providers": providers, "routes": routes, "deployments": rows,
+            "problems": [str(p) for p in catalog.problems], "warnings": warnings,
+            "defaults": {"strategy": table.default_strategy, "breaker_failures": table.breaker_failures,
+                         "breaker_cooldown": table.breaker_cooldown},
+            "spec_root": str(catalog.root),
+        }
+
+    async def health(request: Request, viewer: Viewer) -> Response:
+        refresh = request.query_params.get("refresh", "")
+        seconds = int(refresh) if refresh.isdigit() and 5 <= int(refresh) <= 3600 else None
+        return render(request, "health.html", viewer, refresh=seconds, **health_data())
+
+    async def css(request: Request) -> Response:
+        return Response(stylesheet, media_type="text/css", headers={"cache-control": "max-age=300"})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        message = "Method not allowed." if status == 405 else "No such page."
+        return render(request, "error.html", None, status, message=message)
+
+    app = Starlette(
+        routes=[
+            Route("/", page(overview), methods=["GET"]),
+            Route("/login", login_page, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", action(logout), methods=["POST"]),
+            Route("/keys", page(keys_page), methods=["GET"]),
+            Route("/keys", action(create_key), methods=["POST"]),
+            Route("/keys/{lookup}/revoke", action(revoke_key), methods=["POST"]),
+            Route("/budgets", action(set_budgets), methods=["POST"]),
+            Route("/health", page(health), methods=["GET"]),
+            Route("/static/dashboard.css", css, methods=["GET"]),
+        ],
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={HTTPException: not_found},
+    )
+    app.state.sessions = sessions
+    return app
