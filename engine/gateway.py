@@ -121,6 +121,9 @@ class Gateway:
         self, body: dict[str, Any], exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]
     ) -> R:
         """Try each planned deployment, retrying and falling back as the route's rules say."""
+        sync = getattr(self.router.breakers, "sync", None)
+        if sync is not None:  # breakers shared with other instances
+            await sync()
         plan = self.router.plan(body)
         exchange.alias = plan.alias
         exchange.estimated_tokens = plan.facts["estimated_tokens"]

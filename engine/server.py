@@ -18,12 +18,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .accounting import AuditWriter, Budgets, Reservation
+from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
+from .dashboard import dashboard_app
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
@@ -111,7 +113,9 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
 class Accounting:
     """Budget reservation before a chat request and the audit record after it."""
 
-    def __init__(self, budgets: Budgets, audit: AuditWriter, metrics: Metrics, *, store_content: bool) -> None:
+    def __init__(
+        self, budgets: Budgets | RedisBudgets, audit: AuditWriter, metrics: Metrics, *, store_content: bool
+    ) -> None:
         self.budgets = budgets
         self.audit = audit
         self.metrics = metrics
@@ -196,7 +200,18 @@ def create_app(
     )
     auth_enabled = bool(settings.get("auth.enabled"))
     authenticator = Authenticator(store, enabled=auth_enabled)
-    budgets = Budgets(store, warn_at=tuple(settings.get("budgets.warn_at") or ()))
+    warn_at = tuple(settings.get("budgets.warn_at") or ())
+    redis_url = settings.get("redis.url")
+    budgets: Budgets | RedisBudgets
+    if redis_url:
+        # Several instances: budgets and breaker states live in Redis too.
+        budgets = RedisBudgets(redis_url, store, warn_at=warn_at)
+        table = gateway.router.table
+        gateway.router.breakers = SharedBreakerBoard(
+            redis_url, failures=table.breaker_failures, cooldown=table.breaker_cooldown
+        )
+    else:
+        budgets = Budgets(store, warn_at=warn_at)
     audit = AuditWriter(
         store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay"))
     )
@@ -405,6 +420,9 @@ def create_app(
             await upstream.close()
             await limiter.aclose()
             await cache.aclose()
+            for shared in (budgets, gateway.router.breakers):
+                if hasattr(shared, "aclose"):
+                    await shared.aclose()
             store.close()
 
     app = Starlette(
@@ -417,6 +435,7 @@ def create_app(
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
             Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
             Route("/admin/usage", admin_usage, methods=["GET"]),
+            Mount("/ui", app=dashboard_app(store, gateway, auth_enabled=auth_enabled)),
             Route("/admin/reload", admin_reload, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: server_error},
