@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .embeddings import build_embeddings_request, embeddings_from_reply
 from .errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, error_for_kind
 from .images import ImageFetcher, inline_image_urls
 from .metrics import Metrics
@@ -288,6 +289,28 @@ class Gateway:
             "choices": [{"message": assembler.message(), "finish_reason": state.raw_finish}],
         }
         return normalize_completion(out, target, state.raw_usage or None, body["model"])
+
+    # -- embeddings -----------------------------------------------------------------------------
+    async def embeddings(self, body: dict[str, Any], exchange: Exchange | None = None) -> ChatResult:
+        """An OpenAI embeddings request (already validated) with the same routing and retries."""
+        exchange = exchange or Exchange()
+        return await self._with_retries(body, exchange, lambda planned: self._embed_once(planned, body, exchange))
+
+    async def _embed_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
+        target = planned.target
+        request = build_embeddings_request(target, body)
+        sent = time.perf_counter()
+        reply = await self.upstream.send(request, timeout=planned.timeout)
+        exchange.outside_seconds += time.perf_counter() - sent
+        if reply.status >= 400:
+            raise error_from_reply(target, reply.status, reply.body, reply.headers)
+        try:
+            raw = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
+        result = embeddings_from_reply(target, raw, body)
+        self._account(exchange, target, {"prompt_tokens": result["usage"]["prompt_tokens"], "completion_tokens": 0})
+        return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.6f}"})
 
     # -- streaming ------------------------------------------------------------------------------
     async def chat_stream(

@@ -15,7 +15,7 @@ from .errors import GatewayError, InvalidRequest, error_for_kind
 from .mapping import Mapper, compile_condition, compile_first_of, compile_rules
 from .pointer import MISSING, compile_pointer
 
-__all__ = ["Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "compile_provider"]
+__all__ = ["EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "compile_provider"]
 
 _JINJA = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
@@ -104,6 +104,17 @@ class ErrorTable:
 
 
 @dataclass
+class EmbeddingMaps:
+    """The compiled `embeddings:` section: OpenAI embeddings request <-> the provider's."""
+
+    request_mapper: Mapper
+    reply_mapper: Mapper
+    usage_from: tuple[str | int, ...]
+    usage_mapper: Mapper
+    token_input: bool = True
+
+
+@dataclass
 class ProviderSpec:
     """Everything the engine needs about one provider, compiled once at load."""
 
@@ -124,11 +135,14 @@ class ProviderSpec:
     finish_reasons: dict[Any, str]
     finish_if_tool_calls: bool
     errors: ErrorTable
+    embeddings: EmbeddingMaps | None
     stream: Any  # streaming.StreamSpec, compiled lazily to keep this module free of stream code
     special_tokens: tuple[str, ...]
     raw: dict[str, Any]
     env_values: dict[str, str] = field(default_factory=dict)
     _header_cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    auth: Any = None  # credentials.AuthSpec: `api.auth`, the credential strategy
+    _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -149,7 +163,9 @@ class ProviderSpec:
         ep = self.endpoints[endpoint]
         template = ep.stream_path if stream and ep.stream_path is not None else ep.path
         base = (api_base or self.api_base()).rstrip("/")
-        return base + template.render(model=model, env=self.env_values, api_base=base)
+        url = base + template.render(model=model, env=self.env_values, api_base=base)
+        query = self.auth.static_query(self.env_values) if self.auth is not None else ""
+        return url + ("&" if "?" in url else "?") + query if query else url
 
     def headers_for(self, model: str, api_base: str | None = None) -> dict[str, str]:
         key = (model, api_base or "")
@@ -161,6 +177,27 @@ class ProviderSpec:
             cached = {name: value for name, value in rendered.items() if value.strip() and not value.endswith(" ")}
             self._header_cache[key] = cached
         return cached
+
+    def headers_for_token(self, model: str, api_base: str | None = None, token: str | None = None) -> dict[str, str]:
+        """Headers for a request carrying `token` from the credential manager: `api.headers` with
+        `api.auth.headers` (which see `credentials.access_token`) laid over them; with no token,
+        `headers_for()`. Cached per model until the token changes."""
+        if token is None or self.auth is None:
+            return self.headers_for(model, api_base)
+        key = (model, api_base or "")
+        cached = self._token_header_cache.get(key)
+        if cached is None or cached[0] != token:
+            context = {"model": model, "env": self.env_values, "api_base": api_base or self.api_base(),
+                       "credentials": {"access_token": token}}
+            replaced = {name.lower() for name in self.auth.headers}
+            headers = {n: v for n, v in self.headers_for(model, api_base).items() if n.lower() not in replaced}
+            for name, template in self.auth.headers.items():
+                value = template.render(context) if template is not None else ""
+                if value.strip() and not value.endswith(" "):
+                    headers[name] = value
+            cached = (token, headers)
+            self._token_header_cache[key] = cached
+        return cached[1]
 
     def reject_if_unsupported(self, body: dict[str, Any]) -> None:
         for when, message, param in self.rejects:
@@ -231,6 +268,21 @@ def _compiled(pointer: str, rules: list[dict[str, Any]]) -> Mapper:
         raise SpecCompileError(pointer, f"cannot compile rules: {exc}") from None
 
 
+def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
+    if not section:
+        return None
+    request = section.get("request") or {}
+    response = section.get("response") or {}
+    usage = response.get("usage") or {}
+    return EmbeddingMaps(
+        request_mapper=_compiled("/embeddings/request/map", request.get("map", [{"to": "", "from": ""}])),
+        reply_mapper=_compiled("/embeddings/response/map", response.get("map", [{"to": "", "from": ""}])),
+        usage_from=compile_pointer(usage.get("from", "/usage")),
+        usage_mapper=_compiled("/embeddings/response/usage/map", usage.get("map", [{"to": "", "from": ""}])),
+        token_input=bool(request.get("token_input", True)),
+    )
+
+
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
     from .streaming import compile_stream
@@ -246,6 +298,12 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
     headers = {
         h: _template(str(t), f"/api/headers/{h}") for h, t in (api.get("headers") or {}).items() if t is not None
     }
+    auth = None
+    if api.get("auth"):
+        from .credentials import compile_auth
+
+        auth = compile_auth(name, api["auth"], env)
+        headers.update(auth.static_headers)
     endpoints = {}
     for ep_name, ep in (api.get("endpoints") or {}).items():
         endpoints[ep_name] = Endpoint(
@@ -280,10 +338,12 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         finish_reasons=finish,
         finish_if_tool_calls=bool(response.get("finish_if_tool_calls", False)),
         errors=ErrorTable(spec.get("errors") or {}),
+        embeddings=_embedding_maps(spec.get("embeddings")),
         stream=None,
         special_tokens=tuple(spec.get("special_tokens") or ()),
         raw=spec,
         env_values=env_values,
+        auth=auth,
     )
     if spec.get("stream"):
         try:

@@ -26,6 +26,7 @@ from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
 from .dashboard import dashboard_app
+from .embeddings import validate_embeddings_request
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
@@ -284,6 +285,40 @@ def create_app(
                     await guards.settle(admission, _total_tokens(exchange))
                 await accounting.finish(exchange, principal, reservation, status, error, body)
 
+    async def embeddings(request: Request) -> Response:
+        exchange = Exchange(request_id=request.scope.get("state", {}).get("request_id", ""))
+        try:
+            principal = await authenticator.principal(request.headers)
+        except GatewayError as exc:
+            return error_response(exc)
+        metrics.in_flight.inc()
+        body: dict[str, Any] | None = None
+        reservation: Reservation | None = None
+        admission: Admission | None = None
+        status, error = 200, None
+        try:
+            body = validate_embeddings_request(await read_json(request, max_body))
+            tokens = sum(len(i) // 4 + 1 if isinstance(i, str) else len(i) for i in body["input"])
+            try:
+                admission = await guards.admit(principal, tokens)
+            except GatewayError:
+                metrics.rate_limited.labels("key").inc()
+                raise
+            reservation = await budgets.reserve(principal, 0.0)
+            result = await gateway.embeddings(body, exchange)
+            headers = {**admission.headers, **result.headers, "x-gaud-overhead-ms": f"{exchange.overhead_ms():.3f}"}
+            return JSONResponse(result.completion, headers=headers)
+        except GatewayError as exc:
+            status, error = exc.status, exc
+            return error_response(exc)
+        except ClientDisconnect:
+            status = 499
+            return Response(status_code=499)
+        finally:
+            if admission is not None:
+                await guards.settle(admission, _total_tokens(exchange))
+            await accounting.finish(exchange, principal, reservation, status, error, None)
+
     async def metrics_route(request: Request) -> Response:
         if metrics_need_admin:
             try:
@@ -429,6 +464,8 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics_route, methods=["GET"]),

@@ -157,6 +157,19 @@ def _op_omit_keys(rule: dict[str, Any]) -> Step:
     return omit_keys
 
 
+def _op_concat(rule: dict[str, Any]) -> Step:
+    """Join strings from `pieces` (sources or literals), e.g. a resource name `models/<model>`."""
+    parts = [compile_template(p) for p in rule["pieces"]]
+
+    def concat(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        pieces = [part(value, ctx) for part in parts]
+        if any(p is MISSING for p in pieces):
+            return MISSING
+        return "".join(str(p) for p in pieces)
+
+    return concat
+
+
 def _op_collect_text(rule: dict[str, Any]) -> Step:
     from .turns import compile_collect_text
 
@@ -188,6 +201,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
     "clamp": _op_clamp,
     "object_schema": _op_object_schema,
     "omit_keys": _op_omit_keys,
+    "concat": _op_concat,
 }
 
 
