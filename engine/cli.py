@@ -376,5 +376,135 @@ def routes_explain(request_json: str, specs_dir: str | None) -> None:
         raise click.ClickException(exc.message) from None
 
 
+# -- upstream sign-in: login, logout, status (engine.credentials) ------------------------------
+SIGN_IN_SPECS_OPTION = click.option(
+    "--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+    help="Spec tree to use instead of the bundled one.",
+)
+
+
+def _credential_manager(config_file: str | None):  # type: ignore[no-untyped-def]
+    from .credentials import CredentialManager, VaultError
+
+    try:
+        return CredentialManager(_store(config_file))
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _provider_spec(specs_dir: str | None, provider: str):  # type: ignore[no-untyped-def]
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    spec = catalog.providers.get(provider)
+    if spec is None:
+        known = ", ".join(sorted(catalog.providers)) or "none"
+        problem = "has problems (run `gaud-engine validate`)" if provider in catalog.broken else "is not a provider"
+        raise click.ClickException(f"{provider} {problem}; providers: {known}")
+    return spec
+
+
+def _when(timestamp: float) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M UTC", _time.gmtime(timestamp))
+
+
+def _expiry(info: dict[str, object]) -> str:
+    import time as _time
+
+    expires = info.get("expires_at")
+    if not info.get("signed_in"):
+        return "-"
+    if not isinstance(expires, (int, float)):
+        return "never" + (" (short-lived tokens exchanged as needed)" if info.get("exchange") else "")
+    if info.get("refreshable"):
+        return f"{_when(expires)} (refreshed automatically)"
+    return f"{'expired ' if expires < _time.time() else ''}{_when(expires)}"
+
+
+@main.command()
+@click.argument("provider")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for a browser sign-in.")
+@SIGN_IN_SPECS_OPTION
+@CONFIG_OPTION
+def login(provider: str, no_browser: bool, timeout: float, specs_dir: str | None, config_file: str | None) -> None:
+    """Sign in to PROVIDER with the flow its spec declares (`api.auth`); tokens are stored encrypted.
+
+    A browser sign-in prints a URL (opened unless --no-browser) and waits for the redirect on a
+    local port; a device sign-in prints a code to enter at a URL and waits. Tokens are refreshed
+    automatically afterwards. The key that encrypts them: GAUD_SECRET_KEY, else a key file
+    created (mode 0600) next to the SQLite database.
+
+    \b
+    Example usage:
+        gaud-engine login acme
+        gaud-engine login acme --no-browser
+    """
+    import asyncio
+    import webbrowser
+
+    from .credentials import VaultError
+    from .errors import GatewayError
+
+    spec = _provider_spec(specs_dir, provider)
+    manager = _credential_manager(config_file)
+    opener = None if no_browser else (lambda url: webbrowser.open(url))
+    try:
+        info = asyncio.run(manager.login(spec, echo=click.echo, open_url=opener, timeout=timeout))
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Signed in to {provider}; expires: {_expiry(info)}.")
+
+
+@main.command()
+@click.argument("provider")
+@SIGN_IN_SPECS_OPTION
+@CONFIG_OPTION
+def logout(provider: str, specs_dir: str | None, config_file: str | None) -> None:
+    """Forget the tokens stored for PROVIDER; requests fall back to its env API key, if any.
+
+    \b
+    Example usage:
+        gaud-engine logout acme
+    """
+    import asyncio
+
+    from .credentials import VaultError
+
+    spec = _provider_spec(specs_dir, provider)
+    try:
+        deleted = asyncio.run(_credential_manager(config_file).logout(spec))
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Signed out of {provider}." if deleted else f"Not signed in to {provider}; nothing to do.")
+
+
+@main.command()
+@SIGN_IN_SPECS_OPTION
+@CONFIG_OPTION
+def status(specs_dir: str | None, config_file: str | None) -> None:
+    """Show which providers are signed in and when their tokens expire.
+
+    Method `env` means the provider reads its keys from environment variables only.
+
+    \b
+    Example usage:
+        gaud-engine status
+    """
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    rows = _credential_manager(config_file).status(catalog.providers)
+    click.echo(f"{'provider':<16} {'method':<12} {'signed in':<10} expires")
+    problems = []
+    for info in rows:
+        signed = {True: "yes", False: "no", None: "-"}[info["signed_in"]]
+        click.echo(f"{info['provider']:<16} {info['method']:<12} {signed:<10} {_expiry(info)}")
+        if info["problem"]:
+            problems.append(f"{info['provider']}: {info['problem']}")
+    for problem in problems:
+        click.echo(problem, err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

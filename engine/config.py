@@ -44,6 +44,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Defaults for every API key; a user's own rpm/tpm (keys create --rpm/--tpm) win.
     "ratelimits": {"key_rpm": None, "key_tpm": None},
     "cache": {"max_entries": 1000, "default_ttl": 600.0},
+    # Add each upstream's own model list to GET /v1/models (fetched at start and on reload).
+    "models": {"refresh_from_upstream": False},
     # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.
     "budgets": {"warn_at": [0.8]},
     # Message contents are never stored unless store_content is true.

@@ -136,6 +136,7 @@ class ProviderSpec:
     finish_if_tool_calls: bool
     errors: ErrorTable
     embeddings: EmbeddingMaps | None
+    models_list: dict[str, Any] | None
     stream: Any  # streaming.StreamSpec, compiled lazily to keep this module free of stream code
     special_tokens: tuple[str, ...]
     raw: dict[str, Any]
@@ -339,6 +340,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         finish_if_tool_calls=bool(response.get("finish_if_tool_calls", False)),
         errors=ErrorTable(spec.get("errors") or {}),
         embeddings=_embedding_maps(spec.get("embeddings")),
+        models_list=spec.get("models_list"),
         stream=None,
         special_tokens=tuple(spec.get("special_tokens") or ()),
         raw=spec,

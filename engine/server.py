@@ -31,6 +31,7 @@ from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
 from .metrics import Metrics
+from .upstream_models import fetch_upstream_models
 from .specs import Catalog, load_catalog
 from .store import Principal, Store
 from .upstream import Upstream
@@ -332,7 +333,7 @@ def create_app(
             await authenticator.principal(request.headers)
         except GatewayError as exc:
             return error_response(exc)
-        return JSONResponse({"object": "list", "data": model_list(gateway.catalog, int(started))})
+        return JSONResponse({"object": "list", "data": model_list(gateway.catalog, int(started), upstream_models)})
 
     async def health(request: Request) -> Response:
         if request.query_params.get("detail") not in (None, "", "0"):
@@ -395,6 +396,14 @@ def create_app(
         except GatewayError as exc:
             return error_response(exc)
 
+    upstream_models: dict[str, list[str]] = {}
+    refresh_models = bool(settings.get("models.refresh_from_upstream"))
+
+    async def refresh_upstream_models() -> None:
+        if refresh_models:
+            upstream_models.clear()
+            upstream_models.update(await fetch_upstream_models(gateway.catalog))
+
     reload_lock = asyncio.Lock()
 
     async def reload_specs() -> list[str]:
@@ -406,6 +415,7 @@ def create_app(
                 log.error("reload refused, the old config keeps serving: %s", "; ".join(problems))
                 return problems
             gateway.reload(fresh)
+            await refresh_upstream_models()
             log.info("reloaded %d providers and %d aliases", len(fresh.providers), len(fresh.routes.get("aliases") or {}))
             return []
 
@@ -443,6 +453,7 @@ def create_app(
             user_id = await asyncio.to_thread(store.ensure_user, LOCAL_USER, role="admin")
             authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
         audit.start()
+        await refresh_upstream_models()
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs()))
@@ -547,15 +558,22 @@ def _key_json(info: Any) -> dict[str, Any]:
     }
 
 
-def model_list(catalog: Catalog, created: int) -> list[dict[str, Any]]:
-    """Aliases from routes.yaml, then every provider/model, in OpenAI's list shape."""
+def model_list(
+    catalog: Catalog, created: int, upstream_models: dict[str, list[str]] | None = None
+) -> list[dict[str, Any]]:
+    """What callers can ask for, in OpenAI's list shape: aliases with a usable deployment, then
+    provider/model for every provider with credentials (from the specs, and from the upstreams'
+    own lists when refreshed)."""
+    ready = {name for name, spec in catalog.providers.items() if not spec.missing_env()}
     seen: dict[str, dict[str, Any]] = {}
-    for alias in catalog.routes.get("aliases") or {}:
-        seen[alias] = {"id": alias, "object": "model", "created": created, "owned_by": "gaud-engine"}
-    for name, spec in catalog.providers.items():
-        for model_id in spec.models:
+    for alias, route in (catalog.routes.get("aliases") or {}).items():
+        if any(c["provider"] in ready for c in route.get("candidates", [])):
+            seen[alias] = {"id": alias, "object": "model", "created": created, "owned_by": "gaud-engine"}
+    for name in sorted(ready):
+        ids = list(catalog.providers[name].models) + list((upstream_models or {}).get(name, []))
+        for model_id in ids:
             key = f"{name}/{model_id}"
-            seen[key] = {"id": key, "object": "model", "created": created, "owned_by": name}
+            seen.setdefault(key, {"id": key, "object": "model", "created": created, "owned_by": name})
     return list(seen.values())
 
 

@@ -96,6 +96,24 @@ def m002_user_rate_limits(conn: sa.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [m001_initial, m002_user_rate_limits]
 
+#: Upstream sign-ins (engine.credentials): one sealed record per provider; the blob is Fernet
+#: ciphertext (or a marker when the tokens live in the OS keyring), never a plaintext token.
+credentials = sa.Table(
+    "credentials",
+    metadata,
+    sa.Column("provider", sa.String(100), primary_key=True),
+    sa.Column("blob", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+def m003_credentials(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[credentials])
+
+
+MIGRATIONS.append(m003_credentials)
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -331,3 +349,35 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    # -- upstream credentials (sealed by engine.credentials before they get here) -----------------
+    def save_credentials(self, provider: str, blob: str, expires_at: float | None) -> None:
+        """Insert or replace a provider's sealed credentials record."""
+        values = {"blob": blob, "expires_at": expires_at, "updated_at": time.time()}
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    query = credentials.update().where(credentials.c.provider == provider).values(**values)
+                    if conn.execute(query).rowcount == 0:
+                        conn.execute(credentials.insert().values(provider=provider, **values))
+                return
+            except sa.exc.IntegrityError:  # another process inserted it between the two statements
+                if attempt == 2:
+                    raise
+
+    def load_credentials(self, provider: str) -> dict[str, Any] | None:
+        """{provider, blob, expires_at, updated_at}, or None when nobody is signed in."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(credentials).where(credentials.c.provider == provider)).first()
+        return dict(row._mapping) if row is not None else None
+
+    def delete_credentials(self, provider: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(credentials.delete().where(credentials.c.provider == provider)).rowcount > 0
+
+    def list_credentials(self) -> list[dict[str, Any]]:
+        """Who is signed in: {provider, expires_at, updated_at} per provider (no blobs)."""
+        query = sa.select(credentials.c.provider, credentials.c.expires_at, credentials.c.updated_at).order_by(
+            credentials.c.provider
+        )
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -213,3 +214,28 @@ def test_upstream_error_reaches_sdk_as_openai_error(client, upstream):
         client.chat.completions.create(model="claude-sonnet-4", messages=HELLO)
     assert info.value.response.headers["retry-after"] == "17"
     assert info.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_models_list_hides_providers_without_credentials_and_adds_upstream_lists(upstream, tmp_path):
+    from .conftest import spec_tree, start_gateway
+
+    tree = spec_tree(tmp_path)
+    env = {"GEMINI_API_KEY": "g-key", "GEMINI_BASE_URL": upstream.url, "GAUD_SPECS_DIR": str(tree),
+           "GAUD_AUTH_ENABLED": "false", "GAUD_MODELS_REFRESH_FROM_UPSTREAM": "true"}
+    upstream.reply_fixture("gemini", "models_list.json")  # fetched once at start
+    running = start_gateway(env, tmp_path / "gw.log")
+    try:
+        ids = {m["id"] for m in httpx.get(f"{running.url}/v1/models").json()["data"]}
+    finally:
+        running.process.terminate()
+        running.process.wait(10)
+    assert upstream.requests[0].path == "/v1beta/models"
+    assert upstream.requests[0].headers["x-goog-api-key"] == "g-key"
+    assert "fast" in ids and "gemini/gemini-2.5-flash" in ids
+    # From the upstream's own list, names stripped of their "models/" prefix:
+    listed = {f"gemini/{m['name'][len('models/'):]}" for m in json.loads(
+        (Path(__file__).parent / "providers" / "gemini" / "replies" / "models_list.json").read_text())["models"]}
+    assert listed <= ids
+    # No credentials for the others: their models and aliases are not offered.
+    assert not any(i.startswith(("anthropic/", "openai/", "copilot/")) for i in ids)
+    assert "claude-sonnet-4" not in ids and "gpt-4o" not in ids

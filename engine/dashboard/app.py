@@ -56,8 +56,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (
         b"content-security-policy",
-        b"default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-        b"frame-ancestors 'none'; base-uri 'none'",
+        (
+            b"default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+            b"frame-ancestors 'none'; base-uri 'none'"
+        ),
     ),
 ]
 
@@ -338,6 +340,7 @@ def dashboard_app(
             log.warning("dashboard: user %s tried to log in without an admin key", principal.user_name)
             return render(request, "login.html", None, 403,
                           error=f"The key of user {principal.user_name} is not an admin key. The dashboard needs an admin key.")
+        sessions.drop(request.cookies.get(SESSION_COOKIE))  # a new id on every login
         session_id, _ = sessions.create(principal)
         log.info("dashboard: %s logged in", principal.user_name)
         response = RedirectResponse(f"{base(request)}/", status_code=303)
@@ -457,15 +460,19 @@ def dashboard_app(
             {"name": name, "description": spec.description, "missing": spec.missing_env(), "models": len(spec.models)}
             for name, spec in sorted(catalog.providers.items())
         ]
-        routes, warnings, deployments = [], [], {}
+        routes: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        deployments: dict[str, set[str]] = {}
         for alias, route in sorted(router.table.routes.items()):
             candidates = []
             for c in route.candidates:
                 name = f"{c.provider}/{c.model}"
                 spec = catalog.providers.get(c.provider)
                 status = "not loaded" if spec is None else ("no credentials" if spec.missing_env() else "ready")
-                if status != "ready":
-                    warnings.append(f"route {alias}: candidate {name} is {status}")
+                if spec is None:
+                    warnings.append(f"route {alias}: candidate {name}: its provider is not loaded")
+                elif spec.missing_env():
+                    warnings.append(f"route {alias}: candidate {name}: no credentials (set {', '.join(spec.missing_env())})")
                 deployments.setdefault(name, set()).add(alias)
                 candidates.append({
                     "name": name, "weight": c.weight, "timeout": c.timeout, "status": status,
@@ -501,7 +508,15 @@ def dashboard_app(
     async def health(request: Request, viewer: Viewer) -> Response:
         refresh = request.query_params.get("refresh", "")
         seconds = int(refresh) if refresh.isdigit() and 5 <= int(refresh) <= 3600 else None
-        return render(request, "health.html", viewer, refresh=seconds, **health_data())
+        sync_error = None
+        sync = getattr(gateway.router.breakers, "sync", None)
+        if sync is not None:  # breaker states shared between instances: fetch the latest first
+            try:
+                await sync()
+            except Exception as exc:  # noqa: BLE001 - whatever Redis raised, the page shows this instance's view
+                log.warning("dashboard: could not fetch shared breaker states: %s", exc)
+                sync_error = f"Shared breaker states could not be fetched ({type(exc).__name__}); showing this instance's view."
+        return render(request, "health.html", viewer, refresh=seconds, sync_error=sync_error, **health_data())
 
     async def css(request: Request) -> Response:
         return Response(stylesheet, media_type="text/css", headers={"cache-control": "max-age=300"})

@@ -1,0 +1,357 @@
+"""The OAuth 2.0 and token-exchange exchanges themselves, over httpx (they are off the hot path).
+
+- Authorization code with PKCE (RFC 7636): S256 challenge, a random `state`, a one-shot HTTP
+  server on the loopback interface for the redirect (RFC 8252).
+- Device authorization (RFC 8628): poll at the server's interval, +5 s on `slow_down`.
+- Refresh (RFC 6749 section 6) and exchange (a long-lived token traded for a short-lived one).
+
+Every URL, client id, scope and field name comes from the compiled `AuthSpec`. No token is logged,
+and none is put in an exception message (server error text is redacted by the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+
+from ..errors import AuthenticationFailed, UpstreamConnection, UpstreamTimeout
+from ..pointer import MISSING, get
+from .spec import AuthSpec, ExchangeSpec
+
+__all__ = [
+    "DEVICE_GRANT",
+    "OAuthError",
+    "TokenSet",
+    "device_login",
+    "exchange_token",
+    "pkce_login",
+    "pkce_pair",
+    "refresh_token",
+]
+
+log = logging.getLogger("gaud.credentials")
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+Echo = Callable[[str], None]
+Opener = Callable[[str], Any]
+
+
+class OAuthError(Exception):
+    """An error reply from an authorization or exchange server: its `error` code, description, status."""
+
+    def __init__(self, code: str, description: str, status: int) -> None:
+        super().__init__(f"{code}: {description}" if description else code)
+        self.code = code
+        self.description = description
+        self.status = status
+
+
+@dataclass
+class TokenSet:
+    access_token: str
+    refresh_token: str | None
+    expires_at: float | None
+
+    def __repr__(self) -> str:  # never show the tokens
+        return f"TokenSet(expires_at={self.expires_at!r}, refreshable={self.refresh_token is not None})"
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge): 86 unreserved characters, base64url(SHA-256) unpadded."""
+    verifier = secrets.token_urlsafe(64)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or url
+
+
+async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return await client.request(method, url, **kwargs)
+    except httpx.TimeoutException:
+        raise UpstreamTimeout(f"The sign-in server {_host(url)} did not answer in time.") from None
+    except httpx.HTTPError as exc:
+        raise UpstreamConnection(f"Cannot reach the sign-in server {_host(url)}: {type(exc).__name__}.") from None
+
+
+async def _post(client: httpx.AsyncClient, auth: AuthSpec, url: str, params: dict[str, str]) -> httpx.Response:
+    headers = {"Accept": "application/json"}
+    if auth.token_request == "json":
+        return await _send(client, "POST", url, json=params, headers=headers)
+    return await _send(client, "POST", url, data=params, headers=headers)
+
+
+def _body(response: httpx.Response) -> Any:
+    """The reply as a dict: JSON, or a form-encoded body (what some servers send by default)."""
+    text = response.text
+    content_type = response.headers.get("content-type", "")
+    if "x-www-form-urlencoded" in content_type:
+        return dict(parse_qsl(text))
+    try:
+        return json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is MISSING:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_of(auth: AuthSpec, status: int, body: Any) -> OAuthError | None:
+    code = get(body, auth.fields["error"])
+    if code is MISSING and status < 400:
+        return None
+    description = _text(get(body, auth.fields["error_description"]))
+    return OAuthError(str(code) if code is not MISSING else f"http_{status}", description, status)
+
+
+def token_set(auth: AuthSpec, status: int, body: Any, now: float, previous_refresh: str | None = None) -> TokenSet:
+    """A token reply read through the spec's field pointers; raises OAuthError for an error reply."""
+    error = _error_of(auth, status, body)
+    if error is not None:
+        raise error
+    access = get(body, auth.fields["access_token"])
+    if not isinstance(access, str) or not access:
+        raise OAuthError("invalid_reply", "the reply carries no access token", status)
+    refresh = get(body, auth.fields["refresh_token"])
+    expires_in = _number(get(body, auth.fields["expires_in"]))
+    expires_at = _number(get(body, auth.fields["expires_at"]))
+    return TokenSet(
+        access_token=access,
+        refresh_token=refresh if isinstance(refresh, str) and refresh else previous_refresh,
+        expires_at=now + expires_in if expires_in is not None else expires_at,
+    )
+
+
+async def refresh_token(client: httpx.AsyncClient, auth: AuthSpec, refresh: str, now: float) -> TokenSet:
+    """A new access token for a refresh token (which the server may rotate)."""
+    params = {"grant_type": "refresh_token", "refresh_token": refresh, "client_id": auth.client_id}
+    response = await _post(client, auth, auth.token_url, params)
+    return token_set(auth, response.status_code, _body(response), now, previous_refresh=refresh)
+
+
+async def exchange_token(
+    client: httpx.AsyncClient, spec: ExchangeSpec, token: str, env: Mapping[str, str], now: float
+) -> tuple[str, float | None]:
+    """(short-lived token, its expiry as Unix time or None) for a long-lived token."""
+    headers = {"Accept": "application/json", **spec.render_headers(token, env)}
+    response = await _send(client, spec.method, spec.url, headers=headers)
+    body = _body(response)
+    if response.status_code >= 400:
+        message = body.get("message") if isinstance(body, dict) else None
+        raise OAuthError(f"http_{response.status_code}", _text(message), response.status_code)
+    short = get(body, spec.token_field)
+    if not isinstance(short, str) or not short:
+        raise OAuthError("invalid_reply", "the exchange reply carries no token", response.status_code)
+    expires: float | None = None
+    if spec.expires_at_field is not None:
+        expires = _number(get(body, spec.expires_at_field))
+    elif spec.expires_in_field is not None:
+        seconds = _number(get(body, spec.expires_in_field))
+        expires = now + seconds if seconds is not None else None
+    return short, expires
+
+
+# -- authorization code with PKCE -----------------------------------------------------------------
+_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>gaud-engine</title>"
+    "<body style='font-family:sans-serif;margin:3em'><p>{}</p></body>"
+)
+
+
+class _Callback:
+    """A one-shot HTTP listener on the loopback interface that catches the authorization redirect."""
+
+    def __init__(self, path: str, state: str) -> None:
+        self.path = path
+        self.state = state
+        self.reply: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self.servers: list[asyncio.Server] = []
+
+    async def start(self, host: str, port: int) -> int:
+        first = "127.0.0.1" if host == "localhost" else host
+        self.servers.append(await asyncio.start_server(self._handle, first, port))
+        bound = int(self.servers[0].sockets[0].getsockname()[1])
+        if host == "localhost":  # browsers may resolve localhost to ::1 first
+            try:
+                self.servers.append(await asyncio.start_server(self._handle, "::1", bound))
+            except OSError:
+                pass
+        return bound
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+    async def _respond(self, writer: asyncio.StreamWriter, status: int, text: str) -> None:
+        body = _PAGE.format(text).encode()
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}[status]
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            target = urlsplit(parts[1]) if len(parts) >= 2 else urlsplit("")
+            if not parts or parts[0] != "GET" or target.path != self.path or self.reply.done():
+                await self._respond(writer, 404, "Nothing here.")
+                return
+            params = dict(parse_qsl(target.query))
+            self.reply.set_result(params)
+            if params.get("state") != self.state:
+                await self._respond(writer, 400, "This reply is not for the sign-in in progress; see the terminal.")
+            elif "code" not in params:
+                await self._respond(writer, 400, "The sign-in did not succeed; see the terminal.")
+            else:
+                await self._respond(writer, 200, "Signed in. You can close this tab and go back to the terminal.")
+        except (TimeoutError, ConnectionError, UnicodeError):
+            pass
+        finally:
+            writer.close()
+
+
+async def pkce_login(
+    client: httpx.AsyncClient,
+    auth: AuthSpec,
+    *,
+    echo: Echo,
+    open_url: Opener | None,
+    timeout: float,
+    clock: Callable[[], float],
+) -> TokenSet:
+    """Browser sign-in: print (and open) the authorization URL, catch the redirect, trade the code."""
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    callback = _Callback(auth.redirect_path, state)
+    port = await callback.start(auth.redirect_host, auth.redirect_port)
+    redirect_uri = auth.redirect_uri(port)
+    try:
+        params = {
+            **auth.extra_authorize_params,
+            "response_type": "code",
+            "client_id": auth.client_id,
+            "redirect_uri": redirect_uri,
+            **({"scope": auth.scope} if auth.scope else {}),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": state,
+        }
+        url = auth.authorize_url + ("&" if "?" in auth.authorize_url else "?") + urlencode(params)
+        echo(f"Open this URL in a browser to sign in to {auth.provider}:\n\n  {url}\n")
+        if open_url is not None:
+            await asyncio.to_thread(open_url, url)
+        echo(f"Waiting for the sign-in on {redirect_uri} (Ctrl-C to cancel)...")
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(callback.reply), timeout)
+        except TimeoutError:
+            raise AuthenticationFailed(
+                f"No sign-in reply came within {timeout:g} s; run `gaud-engine login {auth.provider}` again."
+            ) from None
+    finally:
+        await callback.close()
+    if reply.get("state") != state:
+        raise AuthenticationFailed(
+            f"The sign-in reply was not for this login (state mismatch); run `gaud-engine login {auth.provider}` again."
+        )
+    if "error" in reply or not reply.get("code"):
+        reason = reply.get("error", "no code") + (f": {reply['error_description']}" if reply.get("error_description") else "")
+        raise AuthenticationFailed(f"The sign-in to {auth.provider} was refused ({reason}).")
+    token_params = {
+        "grant_type": "authorization_code",
+        "code": reply["code"],
+        "redirect_uri": redirect_uri,
+        "client_id": auth.client_id,
+        "code_verifier": verifier,
+    }
+    if auth.token_request_state:
+        token_params["state"] = state
+    response = await _post(client, auth, auth.token_url, token_params)
+    return token_set(auth, response.status_code, _body(response), clock())
+
+
+# -- device authorization -------------------------------------------------------------------------
+async def device_login(
+    client: httpx.AsyncClient,
+    auth: AuthSpec,
+    *,
+    echo: Echo,
+    open_url: Opener | None,
+    sleep: Callable[[float], Awaitable[Any]],
+    clock: Callable[[], float],
+) -> TokenSet:
+    """Device sign-in: show the verification URI and user code, then poll until the user approves."""
+    fields = auth.fields
+    params = {"client_id": auth.client_id, **({"scope": auth.scope} if auth.scope else {})}
+    response = await _post(client, auth, auth.device_authorization_url, params)
+    body = _body(response)
+    error = _error_of(auth, response.status_code, body)
+    device_code = get(body, fields["device_code"])
+    user_code = get(body, fields["user_code"])
+    uri = get(body, fields["verification_uri"])
+    if error is not None or not isinstance(device_code, str) or not isinstance(user_code, str) or not isinstance(uri, str):
+        reason = str(error) if error is not None else "the reply lacks the device code, user code or URI"
+        raise AuthenticationFailed(f"The device sign-in to {auth.provider} could not start ({reason}).")
+    complete = get(body, fields["verification_uri_complete"])
+    interval = _number(get(body, fields["interval"]))
+    interval = auth.poll_interval if interval is None else max(0.0, interval)
+    lifetime = _number(get(body, fields["expires_in"])) or 900.0
+    echo(f"To sign in to {auth.provider}, open {uri} and enter the code {user_code}")
+    if isinstance(complete, str) and complete:
+        echo(f"(or open {complete})")
+    if open_url is not None:
+        await asyncio.to_thread(open_url, complete if isinstance(complete, str) and complete else uri)
+    echo("Waiting for the sign-in (Ctrl-C to cancel)...")
+    waited = 0.0
+    poll = {"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": auth.client_id}
+    while True:
+        if waited >= lifetime:
+            raise AuthenticationFailed(
+                f"The code expired before the sign-in finished; run `gaud-engine login {auth.provider}` again."
+            )
+        await sleep(interval)
+        waited += interval
+        response = await _post(client, auth, auth.token_url, poll)
+        body = _body(response)
+        code = get(body, fields["error"])
+        if code == "authorization_pending":
+            continue
+        if code == "slow_down":
+            asked = _number(get(body, fields["interval"]))
+            interval = max(interval + 5.0, asked or 0.0)
+            log.info("sign-in server asked to slow down: polling every %g s", interval)
+            continue
+        if code == "expired_token":
+            raise AuthenticationFailed(
+                f"The code expired before the sign-in finished; run `gaud-engine login {auth.provider}` again."
+            )
+        if code == "access_denied":
+            raise AuthenticationFailed(f"The sign-in to {auth.provider} was declined.")
+        return token_set(auth, response.status_code, body, clock())
