@@ -140,25 +140,23 @@ class AuditWriter:
         await self.queue.put(record)
 
     async def _run(self) -> None:
+        # One wake-up per batch, not per record: wait for the first record, give the rest of the
+        # batch `max_delay` to arrive, then take everything queued (no task per record).
         while True:
             first = await self.queue.get()
-            if first is None:  # close() asked to stop; everything before it was written
-                return
-            batch, stop = [first], False
-            deadline = time.monotonic() + self.max_delay
-            while len(batch) < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
+            batch: list[dict[str, Any]] = []
+            stop = first is None
+            if not stop:
+                batch.append(first)  # type: ignore[arg-type]
+                await asyncio.sleep(self.max_delay)
+            while not stop and not self.queue.empty() and len(batch) < self.batch_size:
+                item = self.queue.get_nowait()
                 if item is None:
                     stop = True
-                    break
-                batch.append(item)
-            await self._write(batch)
+                else:
+                    batch.append(item)
+            if batch:
+                await self._write(batch)
             if stop:
                 return
 

@@ -24,7 +24,7 @@ from .metrics import Metrics
 from .models import Target
 from .pricing import Price, cost_of, price_for
 from .ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
-from .routing import PlannedTarget, Router, activation
+from .routing import Plan, PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
 from .validation import Limits, check_structured_output, validate_request
@@ -118,14 +118,19 @@ class Gateway:
         self._prices = {}
 
     # -- the attempt loop -----------------------------------------------------------------------
+    async def plan(self, body: dict[str, Any]) -> Plan:
+        """The deployments for a request (breaker states shared by other instances pulled first)."""
+        sync = getattr(self.router.breakers, "sync", None)
+        if sync is not None:
+            await sync()
+        return self.router.plan(body)
+
     async def _with_retries(
-        self, body: dict[str, Any], exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]
+        self, body: dict[str, Any], exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]],
+        plan: Plan | None = None,
     ) -> R:
         """Try each planned deployment, retrying and falling back as the route's rules say."""
-        sync = getattr(self.router.breakers, "sync", None)
-        if sync is not None:  # breakers shared with other instances
-            await sync()
-        plan = self.router.plan(body)
+        plan = plan or await self.plan(body)
         exchange.alias = plan.alias
         exchange.estimated_tokens = plan.facts["estimated_tokens"]
         failures: list[tuple[Target, GatewayError]] = []
@@ -234,10 +239,9 @@ class Gateway:
         price = self.price(target)
         exchange.cost = cost_of(price, usage) if usage and price else 0.0
 
-    def estimate_cost(self, body: dict[str, Any]) -> float:
+    def estimate_cost(self, body: dict[str, Any], plan: Plan) -> float:
         """A cost to reserve against budgets before the call: the prompt estimate plus the
         requested output (or the first candidate's max output, at most 4096 tokens)."""
-        plan = self.router.plan(body)
         target = plan.targets[0].target if plan.targets else None
         price = self.price(target) if target is not None else None
         if price is None or target is None:
@@ -246,10 +250,12 @@ class Gateway:
         usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
         return cost_of(price, usage)
 
-    async def chat(self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False) -> ChatResult:
+    async def chat(
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None
+    ) -> ChatResult:
         exchange = exchange or Exchange()
         body = body if validated else validate_request(body, self.limits)
-        return await self._with_retries(body, exchange, lambda planned: self._chat_once(planned, body, exchange))
+        return await self._with_retries(body, exchange, lambda planned: self._chat_once(planned, body, exchange), plan)
 
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
@@ -270,7 +276,7 @@ class Gateway:
             completion = completion_from_reply(target, raw, requested_model=body["model"])
         self._account(exchange, target, completion.get("usage"))
         check_structured_output(body, completion)
-        return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.6f}"})
+        return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
     async def _chat_from_stream(
         self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
@@ -310,18 +316,18 @@ class Gateway:
             raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
         result = embeddings_from_reply(target, raw, body)
         self._account(exchange, target, {"prompt_tokens": result["usage"]["prompt_tokens"], "completion_tokens": 0})
-        return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.6f}"})
+        return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
     # -- streaming ------------------------------------------------------------------------------
     async def chat_stream(
-        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None
     ) -> StreamResult:
         """Open an upstream stream and read it up to the first delta before answering, so a
         failure before the first byte is an ordinary error that can be retried or fall back."""
         exchange = exchange or Exchange()
         exchange.stream = True
         body = body if validated else validate_request(body, self.limits)
-        return await self._with_retries(body, exchange, lambda planned: self._stream_once(planned, body, exchange))
+        return await self._with_retries(body, exchange, lambda planned: self._stream_once(planned, body, exchange), plan)
 
     async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> StreamResult:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -364,20 +370,25 @@ class Gateway:
         """Upstream bytes -> lists of neutral deltas, through the spec's framing and event table."""
         stream = target.provider.stream
         framer = stream.new_framer()
+        frames = 0
         try:
             async for chunk in iter_chunks(response):
                 for event, data in framer.feed(chunk):
+                    frames += 1
                     deltas = stream.handle(event, data, state)
                     if deltas:
                         yield deltas
                     if state.done:
                         return
             for event, data in framer.close():
+                frames += 1
                 deltas = stream.handle(event, data, state)
                 if deltas:
                     yield deltas
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
+        if frames == 0:  # a 200 whose body is not a stream at all (JSON, an HTML error page)
+            raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
 
     @staticmethod
     def _stream_error(target: Target, failure: StreamFailure) -> GatewayError:

@@ -329,7 +329,8 @@ class Store:
         if since is not None:
             query = query.where(audit_log.c.ts >= since)
         with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            # str(): SQLAlchemy's column labels are str subclasses, which orjson refuses as keys.
+            return [{str(k): v for k, v in row._mapping.items()} for row in conn.execute(query)]
 
     def usage(self, *, user: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         """Totals per user and deployment: requests, tokens, cost."""
@@ -347,7 +348,8 @@ class Store:
         if since is not None:
             query = query.where(audit_log.c.ts >= since)
         with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            # str(): SQLAlchemy's column labels are str subclasses, which orjson refuses as keys.
+            return [{str(k): v for k, v in row._mapping.items()} for row in conn.execute(query)]
 
     # -- upstream credentials (sealed by engine.credentials before they get here) -----------------
     def save_credentials(self, provider: str, blob: str, expires_at: float | None) -> None:
@@ -380,4 +382,5 @@ class Store:
             credentials.c.provider
         )
         with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            # str(): SQLAlchemy's column labels are str subclasses, which orjson refuses as keys.
+            return [{str(k): v for k, v in row._mapping.items()} for row in conn.execute(query)]

@@ -55,7 +55,7 @@ def test_cache_hit_miss_and_scope(guarded, upstream):
                        headers={"cache-control": "max-age=60"})
     assert again.status_code == 200
     assert again.headers["x-gaud-cache"] == "hit"
-    assert again.headers["x-gaud-cost"] == "0.000000"
+    assert again.headers["x-gaud-cost"] == "0.00000000"
     assert again.json() == first.json()
     assert len(upstream.requests) == 1
     # A different temperature is a different key; no opt-in means no caching at all.

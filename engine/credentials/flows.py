@@ -159,8 +159,9 @@ async def exchange_token(
     response = await _send(client, spec.method, spec.url, headers=headers)
     body = _body(response)
     if response.status_code >= 400:
-        message = body.get("message") if isinstance(body, dict) else None
-        raise OAuthError(f"http_{response.status_code}", _text(message), response.status_code)
+        texts = [body.get(k) for k in ("error_description", "message", "error")] if isinstance(body, dict) else []
+        message = next((t for t in texts if isinstance(t, str) and t), "")
+        raise OAuthError(f"http_{response.status_code}", message, response.status_code)
     short = get(body, spec.token_field)
     if not isinstance(short, str) or not short:
         raise OAuthError("invalid_reply", "the exchange reply carries no token", response.status_code)
@@ -251,7 +252,13 @@ async def pkce_login(
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     callback = _Callback(auth.redirect_path, state)
-    port = await callback.start(auth.redirect_host, auth.redirect_port)
+    try:
+        port = await callback.start(auth.redirect_host, auth.redirect_port)
+    except OSError as exc:
+        await callback.close()
+        raise AuthenticationFailed(
+            f"Cannot listen on {auth.redirect_host}:{auth.redirect_port} for the sign-in reply ({exc.strerror or exc})."
+        ) from None
     redirect_uri = auth.redirect_uri(port)
     try:
         params = {

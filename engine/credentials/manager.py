@@ -136,7 +136,7 @@ class CredentialManager:
             if entry.failure is not None:
                 raise _copy(entry.failure)
             return entry.token
-        lock = self._locks.setdefault(spec.name, asyncio.Lock())
+        lock = self._locks.get(spec.name) or self._locks.setdefault(spec.name, asyncio.Lock())
         async with lock:
             now = self.clock()
             entry = self._entries.get(spec.name)
@@ -211,17 +211,25 @@ class CredentialManager:
                     record["exchanged"] = await self._exchange(spec, auth, str(record["access_token"]), now, hint=login)
                     changed = True
         except AuthenticationFailed as error:
+            blob = await self._persist(name, record, blob, changed)  # a refresh before the failure rotated tokens
             return _Entry(None, None, now, blob=blob, failure=error)
         except GatewayError:
+            blob = await self._persist(name, record, blob, changed)
             token = self._final(auth, record)
             if token is not None and not self._expired(auth, record, now):
                 log.warning("could not renew the %s credentials; using the current token a little longer", name)
                 return _Entry(token, now + _RETRY_SECONDS, now, blob=blob, record=record)
             raise
-        if changed:
-            blob = self.vault.seal(name, record)
-            await asyncio.to_thread(self.store.save_credentials, name, blob, record.get("expires_at"))
+        blob = await self._persist(name, record, blob, changed)
         return _Entry(self._final(auth, record), self._renew_at(auth, record), now, blob=blob, record=record)
+
+    async def _persist(self, name: str, record: dict[str, Any], blob: str, changed: bool) -> str:
+        """Seal and store the record if it changed (a refresh token may have rotated); the blob now stored."""
+        if not changed:
+            return blob
+        sealed = self.vault.seal(name, record)
+        await asyncio.to_thread(self.store.save_credentials, name, sealed, record.get("expires_at"))
+        return sealed
 
     @staticmethod
     def _final(auth: AuthSpec, record: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,286 @@
+"""The Store on SQLite (always, a temporary file) and on PostgreSQL (when GAUD_TEST_POSTGRES_URL
+names a database the tests may create schemas in): migrations, keys, audit log, usage, spend."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+
+from engine.store import KEY_PREFIX, MIGRATIONS, Store, api_keys
+
+PG_URL = os.environ.get("GAUD_TEST_POSTGRES_URL")
+ALL_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
+KEY_SHAPE = re.compile(r"^sk-gaud-[0-9a-f]{12}[A-Za-z0-9_-]{32}$")
+
+
+class CountingHasher(PasswordHasher):
+    """argon2id, counting verifications and the hashes checked. Cheap parameters keep the tests
+    fast; the production parameters are checked once, in test_default_hasher_is_argon2id."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.verified: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.verified.append(hash if isinstance(hash, str) else hash.decode())
+        return super().verify(hash, password)
+
+
+def _pg_store(url: str, hasher: PasswordHasher) -> Iterator[Store]:
+    """A Store in a fresh schema of the given database, dropped afterwards."""
+    pytest.importorskip("psycopg")
+    schema = f"gaud_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in url else "?"
+    store = Store(f"{url}{sep}options=-csearch_path%3D{schema}", hasher=hasher)
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> Iterator[Store]:
+    """A migrated Store; the hasher counts verifications (`store.hasher.verified`)."""
+    hasher = CountingHasher()
+    if request.param == "sqlite":
+        created = Store(f"sqlite:///{tmp_path / 'store.db'}", hasher=hasher)
+        assert created.migrate() == ALL_MIGRATIONS
+        yield created
+        created.close()
+        return
+    if not PG_URL:
+        pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
+    for created in _pg_store(PG_URL, hasher):
+        assert created.migrate() == ALL_MIGRATIONS
+        yield created
+
+
+def _rows(store: Store, table: sa.Table) -> list[dict]:
+    with store.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(table))]
+
+
+def test_migrate_is_idempotent(store):
+    # The fixture applied every migration already; a second (and third) run applies nothing.
+    assert store.migrate() == []
+    assert store.migrate() == []
+    with store.engine.connect() as conn:
+        names = [r[0] for r in conn.execute(sa.text("SELECT name FROM schema_migrations"))]
+    assert sorted(names) == sorted(ALL_MIGRATIONS) and ALL_MIGRATIONS[0] == "m001_initial"
+    assert {"users", "api_keys", "audit_log", "schema_migrations"} <= set(sa.inspect(store.engine).get_table_names())
+
+
+def test_migrate_from_a_second_store_on_the_same_database(store):
+    other = Store(store.url)
+    try:
+        assert other.migrate() == []
+    finally:
+        other.close()
+
+
+def test_create_key_shape_and_only_a_hash_is_stored(store):
+    key, info = store.create_key("alice", budget_daily=5.0)
+    assert KEY_SHAPE.match(key), key
+    assert key.startswith(KEY_PREFIX)
+    assert info.lookup == key[len(KEY_PREFIX):len(KEY_PREFIX) + 12]
+    assert (info.user_name, info.role, info.budget_daily, info.budget_monthly, info.revoked_at) == ("alice", "member", 5.0, None, None)
+
+    (row,) = _rows(store, api_keys)
+    assert row["lookup"] == info.lookup
+    assert row["hash"].startswith("$argon2id$")
+    # Nothing stored holds the key or its secret part, in any column of any table.
+    secret = key[len(KEY_PREFIX) + 12:]
+    for table in ("users", "api_keys", "audit_log", "schema_migrations"):
+        with store.engine.connect() as conn:
+            for r in conn.execute(sa.text(f"SELECT * FROM {table}")):
+                for value in r:
+                    assert key not in str(value) and secret not in str(value), table
+    assert PasswordHasher().verify(row["hash"], key)
+
+
+def test_default_hasher_is_argon2id(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'default.db'}")
+    try:
+        store.migrate()
+        key, _ = store.create_key("grace")
+        (row,) = _rows(store, api_keys)
+        assert row["hash"].startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+        assert store.verify_key(key).user_name == "grace"
+    finally:
+        store.close()
+
+
+def test_keys_are_unique_and_a_user_can_have_several(store):
+    keys = [store.create_key("bob")[0] for _ in range(3)]
+    assert len(set(keys)) == 3
+    assert len({k[8:20] for k in keys}) == 3
+    assert [k.user_name for k in store.list_keys()] == ["bob"] * 3
+    assert store.count_users() == 1
+
+
+def test_verify_returns_the_principal(store):
+    key, info = store.create_key("carol", role="admin", budget_daily=2.0, budget_monthly=30.0)
+    principal = store.verify_key(key)
+    assert principal is not None
+    assert (principal.user_name, principal.role, principal.is_admin) == ("carol", "admin", True)
+    assert (principal.budget_daily, principal.budget_monthly, principal.key_id) == (2.0, 30.0, info.id)
+
+
+def test_verify_looks_the_key_up_by_prefix_and_checks_one_hash(store):
+    created = [store.create_key(f"user{i}") for i in range(4)]
+    key, info = created[2]
+    stored = {r["lookup"]: r["hash"] for r in _rows(store, api_keys)}
+    statements: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        store.hasher.verified.clear()
+        assert store.verify_key(key).user_name == "user2"
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    # One argon2 check, against this key's hash only: no scan over the other keys.
+    assert store.hasher.verified == [stored[info.lookup]]
+    (select,) = [(s, p) for s, p in statements if "api_keys" in s]
+    assert re.search(r"WHERE api_keys\.lookup = ", select[0]), select[0]
+    params = select[1].values() if isinstance(select[1], dict) else select[1]
+    assert info.lookup in params
+    assert key not in str(params)
+
+
+def test_unknown_and_wrong_keys_are_rejected_at_one_hash_cost(store):
+    key, _info = store.create_key("dave")
+    wrong_secret = key[:20] + ("A" if key[20] != "A" else "B") + key[21:]
+    unknown_prefix = KEY_PREFIX + "0" * 12 + key[20:]
+    for candidate in (wrong_secret, unknown_prefix, "sk-gaud-short", "not-a-gaud-key", ""):
+        store.hasher.verified.clear()
+        assert store.verify_key(candidate) is None, candidate
+        # An unknown prefix still runs one (dummy) argon2 verification: same time as a wrong secret.
+        assert len(store.hasher.verified) == 1
+    assert store.verify_key(key) is not None
+
+
+def test_revoke_by_key_prefix_or_lookup(store):
+    a, _a_info = store.create_key("erin")
+    b, b_info = store.create_key("erin")
+    c, c_info = store.create_key("erin")
+    assert store.verify_key(a) and store.verify_key(b) and store.verify_key(c)  # also cached now
+    assert store.revoke_key(a) is True  # the whole key
+    assert store.revoke_key(f"sk-gaud-{b_info.lookup}") is True  # the prefix `keys list` shows
+    assert store.revoke_key(c_info.lookup) is True  # the bare lookup id
+    for revoked in (a, b, c):
+        assert store.verify_key(revoked) is None  # the cache was cleared by the revocation
+    assert store.revoke_key(a) is False  # already revoked
+    assert store.revoke_key("sk-gaud-000000000000") is False
+    assert all(k.revoked_at is not None for k in store.list_keys())
+
+
+def test_a_revocation_during_a_verification_is_not_cached(store):
+    """A check that read the key's row just before it was revoked must not leave it cached."""
+    key, _ = store.create_key("hank")
+    entered, release = threading.Event(), threading.Event()
+    verify = store.hasher.verify
+
+    def slow_verify(hash, password):
+        entered.set()
+        release.wait(10)
+        return verify(hash, password)
+
+    store.hasher.verify = slow_verify
+    results = []
+    worker = threading.Thread(target=lambda: results.append(store.verify_key(key)))
+    worker.start()
+    try:
+        assert entered.wait(10)  # the row (not yet revoked) has been read
+        assert store.revoke_key(key)
+    finally:
+        release.set()
+        worker.join(10)
+    del store.hasher.verify
+    assert len(results) == 1  # that one check may still say yes: it began before the revocation
+    assert store.cached_principal(key) is None
+    assert store.verify_key(key) is None
+
+
+def test_ensure_user_updates_role_and_budgets(store):
+    uid = store.ensure_user("frank", budget_daily=1.0)
+    assert store.ensure_user("frank", role="admin", budget_monthly=10.0) == uid
+    _key, info = store.create_key("frank", role="admin")
+    assert (info.role, info.budget_daily, info.budget_monthly) == ("admin", 1.0, 10.0)
+
+
+def _record(request_id: str, ts: float, user_id: int | None, user: str, deployment: str, cost: float, **extra) -> dict:
+    return {"request_id": request_id, "ts": ts, "user_id": user_id, "user_name": user, "alias": deployment.split("/")[1],
+            "deployment": deployment, "status": 200, "cost": cost, **extra}
+
+
+def test_usage_aggregates_per_user_and_deployment(store):
+    alice = store.ensure_user("alice")
+    bob = store.ensure_user("bob")
+    now = time.time()
+    written = store.write_audit([
+        _record("r1", now - 10, alice, "alice", "anthropic/claude-sonnet-4-20250514", 0.000414,
+                prompt_tokens=18, completion_tokens=24),
+        _record("r2", now - 5, alice, "alice", "anthropic/claude-sonnet-4-20250514", 0.013368,
+                prompt_tokens=20_069, completion_tokens=15, cached_tokens=18_000, stream=True),
+        _record("r3", now - 4, alice, "alice", "openai/gpt-4o", 0.0001875, prompt_tokens=19, completion_tokens=14),
+        _record("r4", now - 3, bob, "bob", "openai/gpt-4o", 0.0001875, prompt_tokens=19, completion_tokens=14),
+        # A failed request: counted, no tokens, no cost (the missing fields default to 0).
+        {"request_id": "r5", "ts": now - 2, "user_id": bob, "user_name": "bob", "deployment": "openai/gpt-4o",
+         "status": 429, "error_kind": "budget_exceeded"},
+    ])
+    assert written == 5
+    rows = {(r["user_name"], r["deployment"]): r for r in store.usage()}
+    assert set(rows) == {("alice", "anthropic/claude-sonnet-4-20250514"), ("alice", "openai/gpt-4o"), ("bob", "openai/gpt-4o")}
+    sonnet = rows[("alice", "anthropic/claude-sonnet-4-20250514")]
+    assert (sonnet["requests"], sonnet["prompt_tokens"], sonnet["completion_tokens"], sonnet["cached_tokens"]) == (2, 20_087, 39, 18_000)
+    assert sonnet["cost"] == pytest.approx(0.000414 + 0.013368)  # 0.013782
+    bob_row = rows[("bob", "openai/gpt-4o")]
+    assert (bob_row["requests"], bob_row["prompt_tokens"], bob_row["cost"]) == (2, 19, pytest.approx(0.0001875))
+    assert [r["user_name"] for r in store.usage(user="bob")] == ["bob"]
+    recent = store.usage(since=now - 4.5)
+    assert sum(r["requests"] for r in recent) == 3
+    records = store.audit_records(user="alice")
+    assert [r["request_id"] for r in records] == ["r1", "r2", "r3"]
+    assert records[1]["stream"] is True and records[0]["stream"] is False
+    failed = store.audit_records(user="bob")[-1]
+    assert (failed["cost"], failed["prompt_tokens"], failed["error_kind"], failed["cache_hit"]) == (0.0, 0, "budget_exceeded", False)
+
+
+def test_spent_since(store):
+    alice = store.ensure_user("alice")
+    bob = store.ensure_user("bob")
+    assert store.spent_since(alice, 0) == 0.0
+    store.write_audit([
+        _record("a1", 1_000.0, alice, "alice", "openai/gpt-4o", 0.25),
+        _record("a2", 2_000.0, alice, "alice", "openai/gpt-4o", 0.50),
+        _record("a3", 3_000.0, alice, "alice", "openai/gpt-4o", 1.00),
+        _record("b1", 2_500.0, bob, "bob", "openai/gpt-4o", 4.00),
+    ])
+    assert store.spent_since(alice, 0) == pytest.approx(1.75)
+    assert store.spent_since(alice, 2_000.0) == pytest.approx(1.50)  # the boundary is included
+    assert store.spent_since(alice, 2_000.1) == pytest.approx(1.00)
+    assert store.spent_since(alice, 3_000.1) == 0.0
+    assert store.spent_since(bob, 0) == pytest.approx(4.00)
+
+
+def test_write_audit_of_nothing(store):
+    assert store.write_audit([]) == 0
+    assert store.audit_records() == []
+    assert store.usage() == []
