@@ -28,7 +28,7 @@ from .routing import Plan, PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
 from .validation import Limits, check_structured_output, validate_request
-from .translate import build_request, completion_from_reply, error_from_reply, normalize_completion
+from .translate import UpstreamRequest, build_request, completion_from_reply, error_from_reply, normalize_completion
 from .upstream import Upstream, iter_chunks
 
 __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
@@ -97,6 +97,7 @@ class Gateway:
         limits: Limits | None = None,
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
+        credentials: Any = None,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
@@ -109,6 +110,7 @@ class Gateway:
         self.limits = limits or Limits()
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
+        self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
 
     def reload(self, catalog: Catalog) -> None:
         """Serve a new catalog from now on. Requests already planned finish on the old one; breaker
@@ -221,6 +223,16 @@ class Gateway:
         ]
         return result
 
+    async def _signed(self, target: Target, request: UpstreamRequest) -> UpstreamRequest:
+        """Headers with the short-lived token of a signed-in provider (spec `api.auth`)."""
+        auth = target.provider.auth
+        if self.credentials is None or auth is None or not auth.dynamic:
+            return request
+        token = await self.credentials.access_token(target.provider)
+        if token is not None:
+            request.headers = target.provider.headers_for_token(target.model, target.api_base, token)
+        return request
+
     async def _for_target(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         """The request as this deployment needs it (remote images fetched when the spec says so)."""
         if target.provider.inline_image_urls:
@@ -264,6 +276,7 @@ class Gateway:
         else:
             request = build_request(target, await self._for_target(target, body), stream=False, validated=True,
                                     estimated_tokens=exchange.estimated_tokens)
+            request = await self._signed(target, request)
             sent = time.perf_counter()
             reply = await self.upstream.send(request, timeout=planned.timeout)
             exchange.outside_seconds += time.perf_counter() - sent
@@ -304,7 +317,7 @@ class Gateway:
 
     async def _embed_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
-        request = build_embeddings_request(target, body)
+        request = await self._signed(target, build_embeddings_request(target, body))
         sent = time.perf_counter()
         reply = await self.upstream.send(request, timeout=planned.timeout)
         exchange.outside_seconds += time.perf_counter() - sent
@@ -360,6 +373,7 @@ class Gateway:
         target = planned.target
         request = build_request(target, await self._for_target(target, body), stream=True, validated=True,
                                 estimated_tokens=estimated_tokens)
+        request = await self._signed(target, request)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
         if response.status >= 400:
             payload = await response.read()

@@ -304,7 +304,7 @@ def create_app(
     if limits.control_chars not in ("strip", "refuse"):
         raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
     limiter, cache = _shared_state(settings)
-    gateway = Gateway(catalog, upstream, images, limits=limits, limiter=limiter)
+    gateway = Gateway(catalog, upstream, images, limits=limits, limiter=limiter, credentials=_credentials(store, catalog))
     guards = Guards(
         limiter,
         cache,
@@ -618,6 +618,19 @@ def create_app(
 
 async def _answered_before_routing(request: Request) -> Response:  # pragma: no cover - never routed
     raise RuntimeError("POST chat requests are answered by GatewayApp")
+
+
+def _credentials(store: Store, catalog: Catalog) -> Any:
+    """A credential manager when some spec signs in or exchanges tokens; None otherwise."""
+    if not any(spec.auth is not None and spec.auth.dynamic for spec in catalog.providers.values()):
+        return None
+    from .credentials import CredentialManager
+
+    try:
+        return CredentialManager(store)
+    except Exception as exc:  # e.g. no GAUD_SECRET_KEY for a shared database
+        log.warning("signed-in providers are unavailable: %s", exc)
+        return None
 
 
 def _total_tokens(exchange: Exchange) -> int | None:
