@@ -60,6 +60,15 @@ class Metrics:
         self.in_flight = Gauge("gaud_in_flight_requests", "Chat requests being served.", registry=r)
         if breaker_states is not None:
             r.register(_BreakerCollector(breaker_states))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(...)` memoised: label lookups cost more than the increments."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -67,18 +76,18 @@ class Metrics:
     def record(self, record: dict[str, Any], overhead_ms: float | None) -> None:
         """Count one finished request from its audit record."""
         deployment = record.get("deployment") or "none"
-        self.requests.labels(record.get("alias") or "", deployment, str(record["status"])).inc()
+        self._child(self.requests, record.get("alias") or "", deployment, str(record["status"])).inc()
         if record.get("error_kind"):
-            self.errors.labels(record["error_kind"]).inc()
+            self._child(self.errors, record["error_kind"]).inc()
         user = record.get("user_name") or ""
         if record.get("deployment"):
             for kind in ("prompt", "completion", "cached"):
                 value = record.get(f"{kind}_tokens") or 0
                 if value:
-                    self.tokens.labels(user, deployment, kind).inc(value)
+                    self._child(self.tokens, user, deployment, kind).inc(value)
             if record.get("cost"):
-                self.cost.labels(user, deployment).inc(record["cost"])
+                self._child(self.cost, user, deployment).inc(record["cost"])
         if record.get("stream") and record.get("ttft_ms") is not None:
-            self.ttft.labels(deployment).observe(record["ttft_ms"] / 1000)
+            self._child(self.ttft, deployment).observe(record["ttft_ms"] / 1000)
         if overhead_ms is not None:
             self.overhead.observe(overhead_ms / 1000)

@@ -142,6 +142,7 @@ class ProviderSpec:
     raw: dict[str, Any]
     env_values: dict[str, str] = field(default_factory=dict)
     _header_cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    _url_cache: dict[tuple[str, str, bool, str], str] = field(default_factory=dict)
     auth: Any = None  # credentials.AuthSpec: `api.auth`, the credential strategy
     _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
 
@@ -161,6 +162,14 @@ class ProviderSpec:
 
     # -- request building ---------------------------------------------------------------------
     def url(self, endpoint: str, model: str, stream: bool, api_base: str | None = None) -> str:
+        """The upstream URL; rendered once per (endpoint, model, stream, base), then cached."""
+        key = (endpoint, model, stream, api_base or "")
+        cached = self._url_cache.get(key)
+        if cached is None:
+            cached = self._url_cache[key] = self._render_url(endpoint, model, stream, api_base)
+        return cached
+
+    def _render_url(self, endpoint: str, model: str, stream: bool, api_base: str | None) -> str:
         ep = self.endpoints[endpoint]
         template = ep.stream_path if stream and ep.stream_path is not None else ep.path
         base = (api_base or self.api_base()).rstrip("/")
