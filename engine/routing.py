@@ -195,13 +195,15 @@ class RoutesError(ValueError):
 
 
 def _rule(expression: str | None, pointer: str) -> Rule | None:
-    """Compile on every backend, so a rule that only one of them accepts is refused at load."""
+    """Compile on every backend, so a rule that only one of them accepts is refused at load
+    (`validate`); a serving process compiles on the default backend only (`rules.CHECK_PORTABILITY`)."""
     if expression is None:
         return None
+    from . import rules
     from .rules import BACKENDS, DEFAULT_BACKEND
 
     compiled = {}
-    for backend in BACKENDS:
+    for backend in BACKENDS if rules.CHECK_PORTABILITY else [DEFAULT_BACKEND]:
         try:
             compiled[backend] = compile_rule(expression, backend)
         except RuleCompileError as exc:

@@ -119,6 +119,10 @@ if _fast_available():
     BACKENDS["fast"] = _compile_fast
 DEFAULT_BACKEND = "fast" if "fast" in BACKENDS else "reference"
 
+#: Compile every rule on every backend at load (what `validate` does). `serve` turns it off:
+#: the reference backend then is never imported in a serving process (~7 MB).
+CHECK_PORTABILITY = True
+
 
 class Rule:
     """One compiled CEL expression that must yield a bool."""
