@@ -276,20 +276,24 @@ class Gateway:
         else:
             request = build_request(target, await self._for_target(target, body), stream=False, validated=True,
                                     estimated_tokens=exchange.estimated_tokens)
-            request = await self._signed(target, request)
-            sent = time.perf_counter()
-            reply = await self.upstream.send(request, timeout=planned.timeout)
-            exchange.outside_seconds += time.perf_counter() - sent
-            if reply.status >= 400:
-                raise error_from_reply(target, reply.status, reply.body, reply.headers)
-            try:
-                raw = orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
-                raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
+            raw = await self._exchange_json(planned, await self._signed(target, request), exchange)
             completion = completion_from_reply(target, raw, requested_model=body["model"])
         self._account(exchange, target, completion.get("usage"))
         check_structured_output(body, completion)
         return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.8f}"})
+
+    async def _exchange_json(self, planned: PlannedTarget, request: UpstreamRequest, exchange: Exchange) -> Any:
+        """Send one non-streaming request; the parsed JSON reply, or the classified error."""
+        target = planned.target
+        sent = time.perf_counter()
+        reply = await self.upstream.send(request, timeout=planned.timeout)
+        exchange.outside_seconds += time.perf_counter() - sent
+        if reply.status >= 400:
+            raise error_from_reply(target, reply.status, reply.body, reply.headers)
+        try:
+            return orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
 
     async def _chat_from_stream(
         self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
@@ -318,16 +322,7 @@ class Gateway:
     async def _embed_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
         request = await self._signed(target, build_embeddings_request(target, body))
-        sent = time.perf_counter()
-        reply = await self.upstream.send(request, timeout=planned.timeout)
-        exchange.outside_seconds += time.perf_counter() - sent
-        if reply.status >= 400:
-            raise error_from_reply(target, reply.status, reply.body, reply.headers)
-        try:
-            raw = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
-            raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
-        result = embeddings_from_reply(target, raw, body)
+        result = embeddings_from_reply(target, await self._exchange_json(planned, request, exchange), body)
         self._account(exchange, target, {"prompt_tokens": result["usage"]["prompt_tokens"], "completion_tokens": 0})
         return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
