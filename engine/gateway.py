@@ -382,13 +382,22 @@ class Gateway:
         frames = 0
         try:
             async for chunk in iter_chunks(response):
-                for event, data in framer.feed(chunk):
-                    frames += 1
-                    deltas = stream.handle(event, data, state)
-                    if deltas:
-                        yield deltas
-                    if state.done:
-                        return
+                # All frames of one upstream read go out together: one client write, not one per frame.
+                batch: list[Any] = []
+                try:
+                    for event, data in framer.feed(chunk):
+                        frames += 1
+                        batch.extend(stream.handle(event, data, state))
+                        if state.done:
+                            break
+                except StreamFailure:
+                    if batch:  # what came before the failure still reaches the client first
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
+                if state.done:
+                    return
             for event, data in framer.close():
                 frames += 1
                 deltas = stream.handle(event, data, state)

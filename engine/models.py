@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from .errors import NotFound
@@ -23,7 +24,7 @@ class Target:
     info: ModelInfo
     api_base: str | None = None
 
-    @property
+    @cached_property
     def name(self) -> str:
         return f"{self.provider.name}/{self.model}"
 

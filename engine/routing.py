@@ -290,7 +290,19 @@ class Router:
         self.in_flight: dict[str, int] = {}
         self.latency: dict[str, float] = {}
         self._turn: dict[str, int] = {}
+        self._targets: dict[tuple[str, str, str | None], Target] = {}
         self.price_of = price_of or self._list_price
+
+    def _target(self, candidate: Candidate) -> Target:
+        """The deployment of a route candidate, resolved once per catalog."""
+        key = (candidate.provider, candidate.model, candidate.api_base)
+        target = self._targets.get(key)
+        if target is None:
+            target = resolve_model(self.catalog, f"{candidate.provider}/{candidate.model}")[0]
+            if candidate.api_base:
+                target = Target(target.provider, target.model, target.info, candidate.api_base)
+            self._targets[key] = target
+        return target
 
     def rebound(self, catalog: Catalog) -> Router:
         """A router for a reloaded catalog that keeps this one's live state."""
@@ -335,9 +347,7 @@ class Router:
             spec = self.catalog.providers.get(candidate.provider)
             if spec is None:
                 continue
-            target = resolve_model(self.catalog, f"{candidate.provider}/{candidate.model}")[0]
-            if candidate.api_base:
-                target = Target(target.provider, target.model, target.info, candidate.api_base)
+            target = self._target(candidate)
             if candidate.when is not None:
                 matched = candidate.when.matches(act)
                 if explain:
