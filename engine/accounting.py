@@ -14,17 +14,18 @@ from typing import Any
 from .errors import BudgetExceeded
 from .store import Principal, Store
 
-__all__ = ["AuditWriter", "Budgets", "Reservation"]
+__all__ = ["AuditWriter", "Budgets", "Reservation", "day_start", "month_start"]
 
 log = logging.getLogger("gaud.accounting")
 
 
-def _day_start(now: float) -> float:
+def day_start(now: float) -> float:
+    """Midnight UTC of the day containing `now`: budgets count days in UTC."""
     t = time.gmtime(now)
     return float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)))
 
 
-def _month_start(now: float) -> float:
+def month_start(now: float) -> float:
     t = time.gmtime(now)
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
 
@@ -62,7 +63,7 @@ class Budgets:
 
     async def _load(self, user_id: int) -> _Spend:
         now = self.clock()
-        day, month = _day_start(now), _month_start(now)
+        day, month = day_start(now), month_start(now)
         spend = self._spend.get(user_id)
         if spend is not None and spend.day_start == day and spend.month_start == month:
             return spend

@@ -143,15 +143,11 @@ class RedisCache:
     """
 
     def __init__(self, url_or_client: Any, prefix: str = "gaud:cache:") -> None:
-        import redis.asyncio  # lazy: the engine imports without the redis package
-        import redis.exceptions
+        import redis.exceptions  # lazy: the engine imports without the redis package
 
-        if isinstance(url_or_client, str):
-            self.client = redis.asyncio.Redis.from_url(url_or_client)
-            self._owns_client = True
-        else:
-            self.client = url_or_client
-            self._owns_client = False
+        from ._redis import connect
+
+        self.client, self._owns_client = connect(url_or_client)
         self.prefix = prefix
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
 

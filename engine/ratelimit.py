@@ -249,14 +249,9 @@ class RedisRateLimiter:
     """
 
     def __init__(self, url_or_client: Any, clock: Callable[[], float] | None = None, prefix: str = "gaud:rl:") -> None:
-        if isinstance(url_or_client, str):
-            import redis.asyncio  # lazy: the engine imports without the redis package
+        from ._redis import connect
 
-            self.client = redis.asyncio.Redis.from_url(url_or_client)
-            self._owns_client = True
-        else:
-            self.client = url_or_client
-            self._owns_client = False
+        self.client, self._owns_client = connect(url_or_client)
         self.clock = clock
         self.prefix = prefix
         self._script = self.client.register_script(_TAKE_SCRIPT)

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from .accounting import Reservation, _day_start, _month_start
+from ._redis import connect
+from .accounting import Reservation, day_start, month_start
 from .breaker import OPEN, Breaker, BreakerBoard
 from .errors import BudgetExceeded
 from .store import Principal, Store
@@ -58,14 +59,6 @@ return 1
 """
 
 
-def _client(url_or_client: Any) -> Any:
-    if isinstance(url_or_client, str):
-        import redis.asyncio as redis
-
-        return redis.Redis.from_url(url_or_client)
-    return url_or_client
-
-
 class RedisBudgets:
     """The same interface as `accounting.Budgets`, with spend and reservations in Redis."""
 
@@ -79,7 +72,7 @@ class RedisBudgets:
         prefix: str = "gaud:budget:",
         reservation_ttl: float = 600.0,
     ) -> None:
-        self.redis = _client(url_or_client)
+        self.redis, _ = connect(url_or_client)
         self.store = store
         self.warn_at = warn_at
         self.clock = clock
@@ -90,14 +83,14 @@ class RedisBudgets:
         self._last_spend: dict[int, tuple[float, float]] = {}
 
     def _keys(self, user_id: int, now: float) -> list[str]:
-        day, month = int(_day_start(now)), int(_month_start(now))
+        day, month = int(day_start(now)), int(month_start(now))
         base = f"{self.prefix}{user_id}"
         return [f"{base}:day:{day}:spent", f"{base}:day:{day}:reserved",
                 f"{base}:month:{month}:spent", f"{base}:month:{month}:reserved"]
 
     async def _seed(self, user_id: int, keys: list[str], now: float) -> None:
         """First use of a period in Redis: start from what the audit log already holds."""
-        for key, since in ((keys[0], _day_start(now)), (keys[2], _month_start(now))):
+        for key, since in ((keys[0], day_start(now)), (keys[2], month_start(now))):
             if await self.redis.exists(key):
                 continue
             spent = await asyncio.to_thread(self.store.spent_since, user_id, since) if self.store else 0.0
@@ -160,7 +153,7 @@ class SharedBreakerBoard(BreakerBoard):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(failures=failures, cooldown=cooldown, clock=clock)
-        self.redis = _client(url_or_client)
+        self.redis, _ = connect(url_or_client)
         self.key = key
         self._pending: set[asyncio.Task[Any]] = set()
 

@@ -21,9 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from engine.dashboard.charts import format_money, stacked_bars
+from engine.accounting import day_start, month_start
 from engine.dashboard.queries import (
-    day_start,
-    month_start,
     spend_by_user,
     time_series,
     totals,

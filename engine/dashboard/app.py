@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..accounting import day_start
 from ..auth import LOCAL_USER
 from ..store import KEY_PREFIX, Principal, Store
 from . import queries
@@ -381,7 +382,7 @@ def dashboard_app(
 
     def overview_data(now: float) -> dict[str, Any]:
         hour_start = math.floor(now / HOUR) * HOUR - 23 * HOUR
-        week_start = queries.day_start(now) - 6 * DAY
+        week_start = day_start(now) - 6 * DAY
         days = usage_section("Last 7 days, per day (UTC)", week_start, DAY, 7, "%a %d", 1)
         hours = usage_section("Last 24 hours, per hour (UTC)", hour_start, HOUR, 24, "%H:00", 3)
         rows = queries.totals(engine, since=week_start)

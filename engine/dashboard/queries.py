@@ -6,21 +6,18 @@ Every function is synchronous (the dashboard calls them in a thread) and takes t
 
 from __future__ import annotations
 
-import calendar
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..accounting import day_start, month_start
 from ..store import api_keys, audit_log, users
 
 __all__ = [
     "Series",
     "TotalsRow",
     "UserSpend",
-    "day_start",
-    "month_start",
     "session_key_status",
     "spend_by_user",
     "time_series",
@@ -31,17 +28,6 @@ __all__ = [
 #: else the alias asked for (cache hits, requests refused before routing).
 MODEL_LABEL = sa.func.coalesce(audit_log.c.deployment, audit_log.c.alias, "(none)")
 USER_LABEL = sa.func.coalesce(audit_log.c.user_name, "(unknown)")
-
-
-def day_start(now: float) -> float:
-    """Midnight UTC of the day containing `now` (budgets count days in UTC too)."""
-    t = time.gmtime(now)
-    return float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)))
-
-
-def month_start(now: float) -> float:
-    t = time.gmtime(now)
-    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
 
 
 @dataclass
