@@ -102,6 +102,53 @@ CASES = [
     ("copilot/gpt-4o", CACHED, 0.035),
     ("copilot/o3-mini", PLAIN, 0.0198),
     ("copilot/text-embedding-3-small", EMBED, 0.0002),
+    # DeepSeek (both modes): 0.28 / 0.42 / cache hit 0.028.
+    ("deepseek/deepseek-chat", PLAIN, 0.00364),  # 10_000*0.28 + 2_000*0.42 = 2_800 + 840
+    ("deepseek/deepseek-chat", CACHED, 0.001624),  # 2_000*0.28 + 8_000*0.028 + 2_000*0.42 = 560 + 224 + 840
+    ("deepseek/deepseek-reasoner", PLAIN, 0.00364),  # as deepseek-chat
+    ("deepseek/deepseek-reasoner", CACHED, 0.001624),
+    # Groq: no cached price, cache reads billed as input. Vendor-prefixed ids are keyed groq/<id>.
+    ("groq/llama-3.3-70b-versatile", PLAIN, 0.00748),  # 10_000*0.59 + 2_000*0.79 = 5_900 + 1_580
+    ("groq/llama-3.3-70b-versatile", CACHED, 0.00748),  # 2_000*0.59 + 8_000*0.59 + 2_000*0.79 = 1_180 + 4_720 + 1_580
+    ("groq/llama-3.1-8b-instant", PLAIN, 0.00066),  # 10_000*0.05 + 2_000*0.08 = 500 + 160
+    ("groq/llama-3.1-8b-instant", CACHED, 0.00066),
+    ("groq/openai/gpt-oss-120b", PLAIN, 0.0027),  # 10_000*0.15 + 2_000*0.6 = 1_500 + 1_200
+    ("groq/openai/gpt-oss-120b", CACHED, 0.0027),
+    ("groq/openai/gpt-oss-20b", PLAIN, 0.00135),  # 10_000*0.075 + 2_000*0.3 = 750 + 600
+    ("groq/openai/gpt-oss-20b", CACHED, 0.00135),
+    ("groq/qwen/qwen3-32b", PLAIN, 0.00408),  # 10_000*0.29 + 2_000*0.59 = 2_900 + 1_180
+    ("groq/qwen/qwen3-32b", CACHED, 0.00408),
+    ("groq/meta-llama/llama-4-scout-17b-16e-instruct", PLAIN, 0.00178),  # 10_000*0.11 + 2_000*0.34 = 1_100 + 680
+    ("groq/meta-llama/llama-4-scout-17b-16e-instruct", CACHED, 0.00178),
+    ("groq/moonshotai/kimi-k2-instruct-0905", PLAIN, 0.016),  # 10_000*1 + 2_000*3 = 10_000 + 6_000
+    ("groq/moonshotai/kimi-k2-instruct-0905", CACHED, 0.016),
+    # Mistral: no cached price.
+    ("mistral/mistral-large-2411", PLAIN, 0.032),  # 10_000*2 + 2_000*6 = 20_000 + 12_000
+    ("mistral/mistral-large-2411", CACHED, 0.032),
+    ("mistral/mistral-medium-2508", PLAIN, 0.008),  # 10_000*0.4 + 2_000*2 = 4_000 + 4_000
+    ("mistral/mistral-medium-2508", CACHED, 0.008),
+    ("mistral/mistral-small-2506", PLAIN, 0.0016),  # 10_000*0.1 + 2_000*0.3 = 1_000 + 600
+    ("mistral/mistral-small-2506", CACHED, 0.0016),
+    ("mistral/codestral-2508", PLAIN, 0.0048),  # 10_000*0.3 + 2_000*0.9 = 3_000 + 1_800
+    ("mistral/codestral-2508", CACHED, 0.0048),
+    ("mistral/magistral-medium-2509", PLAIN, 0.03),  # 10_000*2 + 2_000*5 = 20_000 + 10_000
+    ("mistral/magistral-medium-2509", CACHED, 0.03),
+    # OpenRouter passes the vendors' prices through; keyed openrouter/<id>.
+    ("openrouter/anthropic/claude-sonnet-4", PLAIN, 0.06),  # 10_000*3 + 2_000*15 = 30_000 + 30_000
+    ("openrouter/anthropic/claude-sonnet-4", CACHED_WRITTEN, 0.03915),  # 1_000*3 + 8_000*0.3 + 1_000*3.75 + 2_000*15 = 3_000 + 2_400 + 3_750 + 30_000
+    ("openrouter/openai/gpt-4o", PLAIN, 0.045),  # 10_000*2.5 + 2_000*10 = 25_000 + 20_000
+    ("openrouter/openai/gpt-4o", CACHED, 0.035),  # 2_000*2.5 + 8_000*1.25 + 2_000*10 = 5_000 + 10_000 + 20_000
+    ("openrouter/google/gemini-2.5-flash", PLAIN, 0.008),  # 10_000*0.3 + 2_000*2.5 = 3_000 + 5_000
+    ("openrouter/google/gemini-2.5-flash", CACHED, 0.00584),  # 2_000*0.3 + 8_000*0.03 + 2_000*2.5 = 600 + 240 + 5_000
+    # Cohere, per billed token; no cached price.
+    ("cohere/command-a-03-2025", PLAIN, 0.045),  # 10_000*2.5 + 2_000*10 = 25_000 + 20_000
+    ("cohere/command-a-03-2025", CACHED, 0.045),
+    ("cohere/command-r-plus-08-2024", PLAIN, 0.045),  # as command-a
+    ("cohere/command-r-plus-08-2024", CACHED, 0.045),
+    ("cohere/command-r-08-2024", PLAIN, 0.0027),  # 10_000*0.15 + 2_000*0.6 = 1_500 + 1_200
+    ("cohere/command-r-08-2024", CACHED, 0.0027),
+    ("cohere/command-r7b-12-2024", PLAIN, 0.000675),  # 10_000*0.0375 + 2_000*0.15 = 375 + 300
+    ("cohere/command-r7b-12-2024", CACHED, 0.000675),
 ]
 
 
@@ -112,13 +159,20 @@ def _shipped_model_ids() -> set[str]:
     return ids
 
 
+def _key(name: str) -> str:
+    """The pricing.d key that prices `provider/model`, looked up as the engine does: the
+    provider-specific `provider/model` entry first (vendor-prefixed ids such as groq/openai/gpt-oss-120b
+    are keyed so), else the bare model id."""
+    return name if name in _shipped_model_ids() else name.split("/", 1)[1]
+
+
 def test_every_shipped_model_has_hand_computed_cases():
     shipped = _shipped_model_ids()
-    tested = {name.split("/", 1)[1] for name, _, _ in CASES}
+    tested = {_key(name) for name, _, _ in CASES}
     assert shipped <= tested, f"no hand-computed cost for {sorted(shipped - tested)}"
     # Each one with and without cached tokens.
     for model in shipped:
-        uses = [u for name, u, _ in CASES if name.endswith("/" + model)]
+        uses = [u for name, u, _ in CASES if _key(name) == model]
         assert any(u is PLAIN or u is EMBED for u in uses), model
         assert any(u is CACHED or u is CACHED_WRITTEN or u is EMBED_CACHED for u in uses), model
 
@@ -126,7 +180,7 @@ def test_every_shipped_model_has_hand_computed_cases():
 @pytest.mark.parametrize(("name", "use", "expected"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_cost_matches_hand_computed_value(catalog, name, use, expected):
     provider, model = name.split("/", 1)
-    if model not in _shipped_model_ids():
+    if _key(name) not in _shipped_model_ids():
         pytest.skip(f"{model} is not in pricing.d/")
     price = price_for(catalog, provider, model)
     assert price is not None
@@ -189,12 +243,39 @@ CLI_CASES = [
     ("openai/text-embedding-3-large", 10_000, 0, 0, 0, "openai/text-embedding-3-large: $0.001300"),
     # `smart` routes to Claude Sonnet 4 first: 18_000*0.3 + 2_000*3 + 500*15 = 5_400 + 6_000 + 7_500
     ("smart", 20_000, 500, 18_000, 0, "anthropic/claude-sonnet-4-20250514: $0.018900"),
+    # The providers added as spec files only (values as in CASES above).
+    ("deepseek/deepseek-chat", 10_000, 2_000, 8_000, 0, "deepseek/deepseek-chat: $0.001624"),
+    ("deepseek-reasoner", 10_000, 2_000, 0, 0, "deepseek/deepseek-reasoner: $0.003640"),
+    ("groq/llama-3.3-70b-versatile", 10_000, 2_000, 0, 0, "groq/llama-3.3-70b-versatile: $0.007480"),
+    ("llama-3.1-8b-instant", 10_000, 2_000, 0, 0, "groq/llama-3.1-8b-instant: $0.000660"),
+    ("groq/openai/gpt-oss-120b", 10_000, 2_000, 0, 0, "groq/openai/gpt-oss-120b: $0.002700"),
+    ("groq/openai/gpt-oss-20b", 10_000, 2_000, 0, 0, "groq/openai/gpt-oss-20b: $0.001350"),
+    ("groq/qwen/qwen3-32b", 10_000, 2_000, 0, 0, "groq/qwen/qwen3-32b: $0.004080"),
+    ("groq/meta-llama/llama-4-scout-17b-16e-instruct", 10_000, 2_000, 0, 0,
+     "groq/meta-llama/llama-4-scout-17b-16e-instruct: $0.001780"),
+    ("groq/moonshotai/kimi-k2-instruct-0905", 10_000, 2_000, 0, 0, "groq/moonshotai/kimi-k2-instruct-0905: $0.016000"),
+    ("mistral-large-latest", 10_000, 2_000, 0, 0, "mistral/mistral-large-2411: $0.032000"),
+    ("mistral/mistral-medium-2508", 10_000, 2_000, 0, 0, "mistral/mistral-medium-2508: $0.008000"),
+    ("mistral-small-latest", 10_000, 2_000, 0, 0, "mistral/mistral-small-2506: $0.001600"),
+    ("codestral-latest", 10_000, 2_000, 0, 0, "mistral/codestral-2508: $0.004800"),
+    ("magistral-medium-latest", 10_000, 2_000, 0, 0, "mistral/magistral-medium-2509: $0.030000"),
+    ("openrouter/anthropic/claude-sonnet-4", 10_000, 2_000, 8_000, 1_000, "openrouter/anthropic/claude-sonnet-4: $0.039150"),
+    ("openrouter/openai/gpt-4o", 10_000, 2_000, 8_000, 0, "openrouter/openai/gpt-4o: $0.035000"),
+    ("openrouter/google/gemini-2.5-flash", 10_000, 2_000, 8_000, 0, "openrouter/google/gemini-2.5-flash: $0.005840"),
+    ("command-a-03-2025", 10_000, 2_000, 0, 0, "cohere/command-a-03-2025: $0.045000"),
+    ("cohere/command-r-plus-08-2024", 10_000, 2_000, 0, 0, "cohere/command-r-plus-08-2024: $0.045000"),
+    ("cohere/command-r-08-2024", 10_000, 2_000, 0, 0, "cohere/command-r-08-2024: $0.002700"),
+    ("command-r7b-12-2024", 10_000, 2_000, 0, 0, "cohere/command-r7b-12-2024: $0.000675"),
 ]
+
+
+def _line_key(line: str) -> str:
+    return _key(line.rsplit(": $", 1)[0])
 
 
 @pytest.mark.parametrize(("model", "inp", "out", "cached", "written", "line"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_price_command(model, inp, out, cached, written, line):
-    if line.split(":")[0].split("/", 1)[1] not in _shipped_model_ids():
+    if _line_key(line) not in _shipped_model_ids():
         pytest.skip("not in pricing.d/")
     args = ["price", model, "--input", str(inp), "--output", str(out), "--cached", str(cached), "--cache-write", str(written)]
     result = CliRunner().invoke(main, args)
@@ -203,7 +284,7 @@ def test_price_command(model, inp, out, cached, written, line):
 
 
 def test_price_command_covers_every_shipped_model():
-    assert _shipped_model_ids() <= {c[-1].split(":")[0].split("/", 1)[1] for c in CLI_CASES}
+    assert _shipped_model_ids() <= {_line_key(c[-1]) for c in CLI_CASES}
 
 
 def test_price_command_installed_entry_point():
