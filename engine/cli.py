@@ -150,6 +150,9 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     root = Path(settings.get("specs.dir")) if settings.get("specs.dir") else default_root()
+    from . import rules
+
+    rules.CHECK_PORTABILITY = False  # `validate` checks rules on both CEL backends; serving needs one
     catalog = load_catalog(root)
     if catalog.problems:
         for problem in catalog.problems:
@@ -504,6 +507,200 @@ def status(specs_dir: str | None, config_file: str | None) -> None:
             problems.append(f"{info['provider']}: {info['problem']}")
     for problem in problems:
         click.echo(problem, err=True)
+
+
+
+# -- spec authoring: test, record, new, manual (engine.recordings, engine.scaffold, engine.manual) --
+@main.group()
+def spec() -> None:
+    """Test, record, scaffold and document provider specs."""
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@spec.command("test")
+@click.argument("targets", nargs=-1, metavar="[SPEC_OR_DIR]...")
+@click.option("--update", is_flag=True, help="Rewrite each recording's `expect` with what the engine produces now.")
+def spec_test(targets: tuple[str, ...], update: bool) -> None:
+    """Replay recorded exchanges through the engine (no network) and show what differs.
+
+    SPEC_OR_DIR is a spec tree (default: the bundled one), its providers.d/, a spec file, a spec
+    name, or a recordings folder or file. Recordings live in tests/providers/NAME/recordings/ of
+    the tree, or where the spec's `recordings:` key says. Prints one line per exchange, with a diff under each
+    failure, then `N passed, M failed`; exits 1 on any failure. With --update, expectations that
+    differ are rewritten: review them (e.g. with git diff) before committing.
+
+    \b
+    Example usage:
+        gaud-engine spec test
+        gaud-engine spec test providers.d/acme.yaml
+        gaud-engine spec test acme --update
+    """
+    from .recordings import (
+        RecordingProblem, check, load_recordings, owner_of, recordings_dir, select, spec_names, write_expect,
+    )
+
+    catalogs: dict[Path, Catalog] = {}
+    passed = failed = updated = 0
+    for raw in targets or (str(default_root()),):
+        try:
+            chosen = select(raw, default_root())
+        except RecordingProblem as exc:
+            click.echo(f"FAIL  {exc}")
+            failed += 1
+            continue
+        if chosen.root not in catalogs:
+            catalogs[chosen.root] = load_catalog(chosen.root, environ={})
+        catalog = catalogs[chosen.root]
+        names = chosen.providers
+        if chosen.path is not None:
+            owner = owner_of(catalog, chosen.path)
+            if owner is None:
+                click.echo(f"FAIL  {_shown(chosen.path)}: not in the recordings folder of any spec under {_shown(chosen.root)}")
+                failed += 1
+                continue
+            names = [owner]
+        for name in names if names is not None else spec_names(catalog):
+            if name not in catalog.providers:
+                known = spec_names(catalog)
+                if name not in known:
+                    click.echo(f"FAIL  {name}: no such spec in {_shown(chosen.root / 'providers.d')}")
+                else:
+                    click.echo(f"FAIL  {name}: the spec has problems; run `gaud-engine validate`")
+                    for problem in catalog.problems:
+                        if Path(problem.file).stem == name:
+                            click.echo(f"      {problem}")
+                failed += 1
+                continue
+            folder = chosen.path or recordings_dir(catalog, name)
+            recordings = load_recordings(folder, name)
+            if not recordings:
+                click.echo(f"--    {name}: no recordings in {_shown(folder)}")
+                continue
+            for recording in recordings:
+                outcome = check(catalog, recording)
+                if outcome.ok:
+                    passed += 1
+                    click.echo(f"ok    {recording.name}")
+                elif update and outcome.actual is not None:
+                    write_expect(recording, outcome.actual)
+                    updated += 1
+                    click.echo(f"updated {recording.name}  ({_shown(recording.path)}: review the change)")
+                else:
+                    failed += 1
+                    click.echo(f"FAIL  {recording.name}  ({_shown(recording.path)})")
+                    for line in outcome.diff().splitlines():
+                        click.echo(f"      {line}")
+    if passed + failed + updated == 0:
+        click.echo("no recordings found")
+        sys.exit(1)
+    click.echo(f"{passed} passed, {failed} failed" + (f", {updated} updated" if update else ""))
+    sys.exit(1 if failed else 0)
+
+
+@spec.command("record")
+@click.option("--provider", required=True, help="The spec whose real upstream is asked.")
+@click.option("--model", default=None, help="Upstream model id (default: the spec's first model with tools).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to write to (default: the spec's recordings folder).")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to use instead of the bundled one.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for each reply.")
+def spec_record(provider: str, model: str | None, out_dir: str | None, specs_dir: str | None, timeout: float) -> None:
+    """Send a few fixed requests to PROVIDER's real upstream and store them as recordings.
+
+    A text question, a tool call and a stream, sent with the credentials in the environment
+    variables the spec declares (and its base URL variable, if set). Credentials are never
+    stored: no headers are written and every secret value is scrubbed from what is. Review the
+    files, then run `gaud-engine spec test`.
+
+    \b
+    Example usage:
+        ACME_API_KEY=sk-... gaud-engine spec record --provider acme
+    """
+    from .recordings import RecordingProblem, record, recordings_dir
+
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    if provider not in catalog.providers:
+        _provider_spec(specs_dir, provider)  # raises the usual "not a provider" error
+    out = Path(out_dir) if out_dir else recordings_dir(catalog, provider)
+    try:
+        written = record(catalog, provider, out, model=model, timeout=timeout, echo=click.echo)
+    except RecordingProblem as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{len(written)} exchanges recorded in {_shown(out)}; review them, then: gaud-engine spec test {provider}")
+
+
+@spec.command("new")
+@click.argument("name")
+@click.option("--like", default="openai", show_default=True, help="The existing spec the new one extends.")
+@click.option("--model", default="example-model", show_default=True, help="The upstream model id to start with.")
+@click.option("--dir", "root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Spec tree to write into (default: the current directory, if it has providers.d/).")
+def spec_new(name: str, like: str, model: str, root: str | None) -> None:
+    """Scaffold a provider spec that extends another, with its price, route and recordings folder.
+
+    Writes providers.d/NAME.yaml (its own NAME_API_KEY and NAME_BASE_URL variables),
+    pricing.d/NAME.yaml, an alias NAME in routes.yaml and an empty recordings folder; the result
+    passes `gaud-engine validate`. Then edit the placeholders (base URL, model, prices).
+
+    \b
+    Example usage:
+        gaud-engine spec new acme --like openai --model acme-large
+    """
+    from .scaffold import ScaffoldError, scaffold
+
+    if root is None:
+        if not (Path.cwd() / "providers.d").is_dir():
+            raise click.ClickException("the current directory is not a spec tree (no providers.d/); pass --dir")
+        root = "."
+    try:
+        result = scaffold(Path(root), name, like, model=model)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in result.created:
+        click.echo(f"created  {_shown(path)}")
+    for path in result.changed:
+        click.echo(f"changed  {_shown(path)}  (alias {name})")
+    click.echo(f"next: edit the placeholders in {_shown(result.created[0])} and {_shown(result.created[1])}, "
+               f"then `gaud-engine validate` and `gaud-engine spec test {name}`")
+
+
+@spec.command("manual")
+@click.argument("output", default="docs/spec-language.md", required=False)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if OUTPUT is not what would be written.")
+def spec_manual(output: str, check: bool) -> None:
+    """Write the spec-language manual from the JSON Schemas' descriptions and examples.
+
+    OUTPUT defaults to docs/spec-language.md; `-` prints it.
+
+    \b
+    Example usage:
+        gaud-engine spec manual
+        gaud-engine spec manual --check
+    """
+    from .manual import generate_manual
+
+    text = generate_manual()
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current != text:
+            click.echo(f"{output} is stale: run `gaud-engine spec manual {output}`", err=True)
+            sys.exit(1)
+        click.echo(f"{output} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -190,8 +190,8 @@ def _tool_start(arg: dict[str, Any]) -> Action:
         if not isinstance(call_id, str) or not call_id:
             call_id = state.new_call_id("call_")
         packed = {n: v for n, v in ((n, g(obj, ctx)) for n, g in carry.items()) if v is not MISSING}
-        for name in consumed:
-            state.vars.pop(name, None)
+        for var in consumed:  # not `name`: that is the tool's name, sent below
+            state.vars.pop(var, None)
         args = args_of(obj, ctx) if args_of else MISSING
         arguments = orjson.dumps(args).decode() if args is not MISSING else ""
         out.append(("tool_start", index, encode_carry(call_id, packed, carry_sep), name if isinstance(name, str) else ""))
