@@ -39,7 +39,7 @@ from .upstream import Upstream
 from .cache import MemoryCache, RedisCache, ResponseCache
 from .guards import Admission, Guards
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from .validation import Limits, validate_request
+from .validation import Limits, estimate_prompt_tokens, validate_request
 
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
@@ -75,10 +75,11 @@ _INTERNAL_ERROR = {"error": {"message": "Internal gateway error.", "type": "serv
 class _Responder:
     """Sends one response straight over ASGI (status, JSON or an SSE stream), with x-request-id."""
 
-    def __init__(self, send: Send, request_id: str) -> None:
+    def __init__(self, send: Send, request_id: str, ingress: Any = None) -> None:
         self.send = send
         self.request_id = request_id
         self.started = False
+        self.ingress = ingress  # engine.ingress.IngressSpec: errors in a client format's envelope
 
     def _start(self, status: int, media_type: str, headers: dict[str, str], length: int | None) -> Message:
         raw = [(b"content-type", media_type.encode()), (b"x-request-id", self.request_id.encode())]
@@ -97,7 +98,17 @@ class _Responder:
         headers = dict(getattr(exc, "headers", {}))
         if exc.retry_after is not None:
             headers["retry-after"] = str(max(1, round(exc.retry_after)))
+        if self.ingress is not None:
+            status, body = self.ingress.error_body(exc)
+            await self.json(status, body, headers)
+            return
         await self.json(exc.status, exc.to_openai(), headers)
+
+    async def internal_error(self) -> None:
+        if self.ingress is not None:
+            await self.error(GatewayError("Internal gateway error."))
+        else:
+            await self.json(500, _INTERNAL_ERROR)
 
     async def stream(self, pieces: AsyncIterator[bytes], receive: Receive, headers: dict[str, str]) -> bool:
         """Send an SSE body as it is produced. A client disconnect cancels the producer at once
@@ -339,7 +350,43 @@ def create_app(
     async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/chat/completions as a raw ASGI handler: the hot path skips starlette's
         routing, middleware and response classes (measured: about half the per-request cost)."""
-        out = _Responder(send, _request_id(scope))
+        await serve_chat(scope, receive, send, None)
+
+    def ingress_handler(name: str) -> ASGIApp:
+        """A client format's chat route (ingress.d/): its request is mapped to a canonical one,
+        served by the same pipeline, and the reply or stream mapped back. The spec is looked up
+        per request, so a reload's new mapping applies at once."""
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            await serve_chat(scope, receive, send, gateway.catalog.ingress.get(name) or ingress_specs[name])
+
+        return handler
+
+    def count_tokens_handler(name: str) -> ASGIApp:
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            spec = gateway.catalog.ingress.get(name) or ingress_specs[name]
+            out = _Responder(send, _request_id(scope), spec)
+            headers = Headers(scope=scope)
+            try:
+                await authenticator.principal(headers)
+                body = spec.to_canonical(await _read_json(headers, receive, max_body), count=True)
+                body.setdefault("max_tokens", 1)
+                body = validate_request(body, limits)
+                await out.json(200, spec.count_tokens(estimate_prompt_tokens(body)))
+            except GatewayError as exc:
+                await out.error(exc)
+            except ClientDisconnect:
+                return
+            except Exception:
+                log.exception("unhandled error on %s", scope["path"])
+                await out.internal_error()
+
+        return handler
+
+    async def serve_chat(scope: Scope, receive: Receive, send: Send, ingress: Any) -> None:
+        """One chat request through auth, validation, guards, budgets, the gateway and audit;
+        `ingress` (a client format's spec, or None for OpenAI chat) translates at both ends."""
+        out = _Responder(send, _request_id(scope), ingress)
         headers = Headers(scope=scope)
         exchange = Exchange(request_id=out.request_id)
         try:
@@ -353,7 +400,8 @@ def create_app(
         admission: Admission | None = None
         status, error = 200, None
         try:
-            body = validate_request(await _read_json(headers, receive, max_body), limits)
+            raw = await _read_json(headers, receive, max_body)
+            body = validate_request(raw if ingress is None else ingress.to_canonical(raw), limits)
             exchange.stream = bool(body.get("stream"))
             plan = await gateway.plan(body)
             tokens = plan.facts["estimated_tokens"] + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
@@ -370,7 +418,8 @@ def create_app(
                 if hit is not None:
                     exchange.cache_hit, exchange.alias = True, body["model"]
                     exchange.usage = hit.get("usage")
-                    await out.json(200, hit, {**reply_headers, "x-gaud-cache": "hit", "x-gaud-cost": "0.00000000"})
+                    reply = hit if ingress is None else ingress.from_canonical(hit, raw)
+                    await out.json(200, reply, {**reply_headers, "x-gaud-cache": "hit", "x-gaud-cost": "0.00000000"})
                     return
             reservation = await budgets.reserve(principal, gateway.estimate_cost(body, plan))
             warning = budgets.warning(principal)
@@ -380,7 +429,8 @@ def create_app(
             if exchange.stream:
                 result = await gateway.chat_stream(body, exchange, validated=True, plan=plan)
                 reply_headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
-                if not await out.stream(result.body, receive, {**reply_headers, **result.headers}):
+                events = result.body if ingress is None else ingress.stream_events(result.body, exchange.estimated_tokens, raw)
+                if not await out.stream(events, receive, {**reply_headers, **result.headers}):
                     status = 499  # the client went away; the upstream request was cancelled
                 return
             chat = await gateway.chat(body, exchange, validated=True, plan=plan)
@@ -388,7 +438,8 @@ def create_app(
                 await guards.cache.set(cached.key, chat.completion, cached.ttl)
                 reply_headers["x-gaud-cache"] = "miss"
             reply_headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
-            await out.json(200, chat.completion, {**reply_headers, **chat.headers})
+            reply = chat.completion if ingress is None else ingress.from_canonical(chat.completion, raw)
+            await out.json(200, reply, {**reply_headers, **chat.headers})
         except GatewayError as exc:
             status, error = exc.status, exc
             await out.error(exc)
@@ -398,7 +449,7 @@ def create_app(
             status = 500
             log.exception("unhandled error on %s", scope["path"])
             if not out.started:
-                await out.json(500, _INTERNAL_ERROR)
+                await out.internal_error()
         finally:
             if admission is not None:
                 await guards.settle(admission, _total_tokens(exchange))
@@ -589,11 +640,13 @@ def create_app(
                     await shared.aclose()
             store.close()
 
+    ingress_paths = [path for spec in catalog.ingress.values() for path in spec.routes.values()]
     app = Starlette(
         routes=[
             # POST is answered by GatewayApp before routing; these give other methods their 405.
             Route("/v1/chat/completions", _answered_before_routing, methods=["POST"]),
             Route("/chat/completions", _answered_before_routing, methods=["POST"]),
+            *(Route(path, _answered_before_routing, methods=["POST"]) for path in ingress_paths),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
@@ -613,7 +666,14 @@ def create_app(
     app.state.store = store
     app.state.audit = audit
     app.state.metrics = metrics
-    return GatewayApp(app, {"/v1/chat/completions": chat_completions, "/chat/completions": chat_completions})
+    fast_routes: dict[str, ASGIApp] = {"/v1/chat/completions": chat_completions, "/chat/completions": chat_completions}
+    # Client-facing formats (ingress.d/): routes fixed at start; their mappings follow reloads.
+    ingress_specs = dict(catalog.ingress)
+    for name, spec in ingress_specs.items():
+        fast_routes[spec.routes["chat"]] = ingress_handler(name)
+        if "count_tokens" in spec.routes:
+            fast_routes[spec.routes["count_tokens"]] = count_tokens_handler(name)
+    return GatewayApp(app, fast_routes)
 
 
 async def _answered_before_routing(request: Request) -> Response:  # pragma: no cover - never routed

@@ -44,7 +44,14 @@ def schema_dir() -> Path:
 @lru_cache(maxsize=None)
 def _validator(name: str) -> Draft202012Validator:
     schema = json.loads((schema_dir() / f"{name}.schema.json").read_text())
-    return Draft202012Validator(schema)
+    if name != "ingress":
+        return Draft202012Validator(schema)
+    # The ingress schema reuses the provider schema's rules and templates by reference.
+    from referencing import Registry, Resource
+
+    provider = json.loads((schema_dir() / "provider.schema.json").read_text())
+    registry = Registry().with_resource(provider["$id"], Resource.from_contents(provider))
+    return Draft202012Validator(schema, registry=registry)
 
 
 @dataclass
@@ -53,6 +60,8 @@ class Catalog:
 
     root: Path
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
+    #: Client-facing formats (ingress.d/), by file stem: engine.ingress.IngressSpec.
+    ingress: dict[str, Any] = field(default_factory=dict)
     pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, Any] = field(default_factory=dict)
     route_table: Any = None  # routing.RouteTable, compiled with the CEL rules
@@ -271,6 +280,24 @@ def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
     catalog.routes = doc.data
 
 
+def _load_ingress(catalog: Catalog) -> None:
+    """ingress.d/: client-facing formats; two specs may not claim one route."""
+    from .ingress import IngressCompileError, compile_ingress
+
+    claimed: dict[str, str] = {}
+    for name, doc in _load_dir(catalog, "ingress.d", "ingress").items():
+        try:
+            spec = compile_ingress(name, doc.label, doc.data)
+        except IngressCompileError as exc:
+            catalog.problems.append(doc.problem(exc.pointer, exc.message))
+            continue
+        for kind, path in spec.routes.items():
+            if path in claimed or path in ("/v1/chat/completions", "/chat/completions"):
+                catalog.problems.append(doc.problem(f"/routes/{kind}", f"route {path} is already served ({claimed.get(path, 'chat')})"))
+            claimed[path] = name
+        catalog.ingress[name] = spec
+
+
 def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Catalog:
     """Load and compile a spec tree. Problems are collected in `catalog.problems`.
 
@@ -328,6 +355,7 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
             catalog.problems.extend(problems)
             if not problems:
                 _compile_routes(catalog, doc)
+    _load_ingress(catalog)
     from .crossref import cross_reference
 
     catalog.problems.extend(cross_reference(catalog))

@@ -70,10 +70,14 @@ def _op_each(rule: dict[str, Any]) -> Step:
 def _op_sum(rule: dict[str, Any]) -> Step:
     """Add the numbers at several pointers; a missing addend counts 0."""
     addends = [compile_pointer(p) for p in rule["of"]]
+    subtrahends = [compile_pointer(p) for p in rule.get("minus", ())]
 
     def total(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
         found = [v for v in (get(value, t) for t in addends) if isinstance(v, (int, float))]
-        return sum(found) if found else MISSING
+        if not found:
+            return MISSING
+        less = [v for v in (get(value, t) for t in subtrahends) if isinstance(v, (int, float))]
+        return max(0, sum(found) - sum(less)) if less else sum(found)
 
     return total
 
@@ -188,6 +192,34 @@ def _op_parts_to_message(rule: dict[str, Any]) -> Step:
     return compile_parts_to_message(rule)
 
 
+def _op_bucket(rule: dict[str, Any]) -> Step:
+    """A number -> the label of the first `ranges` entry `[upto, label]` with value <= upto, else `above`."""
+    ranges = [(float(upto), label) for upto, label in rule["ranges"]]
+    above = rule.get("above", MISSING)
+
+    def bucket(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return MISSING
+        for upto, label in ranges:
+            if value <= upto:
+                return label
+        return above
+
+    return bucket
+
+
+def _op_turns_to_messages(rule: dict[str, Any]) -> Step:
+    from .client import compile_turns_to_messages
+
+    return compile_turns_to_messages(rule)
+
+
+def _op_message_to_parts(rule: dict[str, Any]) -> Step:
+    from .client import compile_message_to_parts
+
+    return compile_message_to_parts(rule)
+
+
 OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
     "table": _op_table,
     "each": _op_each,
@@ -202,6 +234,9 @@ OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
     "object_schema": _op_object_schema,
     "omit_keys": _op_omit_keys,
     "concat": _op_concat,
+    "bucket": _op_bucket,
+    "turns_to_messages": _op_turns_to_messages,
+    "message_to_parts": _op_message_to_parts,
 }
 
 
