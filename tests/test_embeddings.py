@@ -70,3 +70,17 @@ def test_embeddings_upstream_error(client, upstream):
     upstream.reply_fixture("gemini", "error_429_resource_exhausted.json")
     with pytest.raises(openai.RateLimitError):
         client.embeddings.create(model="gemini-embedding-001", input="tide")
+
+
+@pytest.mark.parametrize("provider", ["deepseek", "groq"])
+def test_an_extending_spec_can_drop_inherited_embeddings(catalog, provider):
+    from engine.embeddings import build_embeddings_request, validate_embeddings_request
+    from engine.errors import InvalidRequest
+    from engine.models import resolve_model
+
+    spec = catalog.providers[provider]
+    assert spec.embeddings is None and "embeddings" not in spec.endpoints
+    target = resolve_model(catalog, f"{provider}/{next(iter(spec.models))}")[0]
+    with pytest.raises(InvalidRequest) as info:
+        build_embeddings_request(target, validate_embeddings_request({"model": "x", "input": "tide"}))
+    assert "does not serve embeddings" in info.value.message
