@@ -519,6 +519,55 @@ def dashboard_app(
                 sync_error = f"Shared breaker states could not be fetched ({type(exc).__name__}); showing this instance's view."
         return render(request, "health.html", viewer, refresh=seconds, sync_error=sync_error, **health_data())
 
+    # -- upstream sign-in: the same flows as `gaud-engine login`, started from here ---------------
+    signins: dict[str, dict[str, Any]] = {}  # provider -> {"state", "lines", "error"}; no tokens
+
+    def signin_providers() -> list[Any]:
+        return [spec for spec in gateway.catalog.providers.values() if spec.auth is not None and spec.auth.signs_in]
+
+    async def signin_page(request: Request, viewer: Viewer) -> Response:
+        manager = gateway.credentials
+        rows = []
+        for spec in signin_providers():
+            signed_in = await manager.signed_in(spec) if manager is not None else False
+            rows.append({"name": spec.name, "type": spec.auth.type, "signed_in": signed_in,
+                         "flow": signins.get(spec.name)})
+        running = any(r["flow"] and r["flow"]["state"] == "running" for r in rows)
+        return render(request, "signin.html", viewer, providers=rows, available=manager is not None,
+                      refresh=3 if running else None)
+
+    async def start_signin(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+        manager = gateway.credentials
+        spec = next((s for s in signin_providers() if s.name == request.path_params["provider"]), None)
+        if manager is None or spec is None:
+            return render(request, "error.html", viewer, 404, message="No such provider with a sign-in flow.")
+        if (signins.get(spec.name) or {}).get("state") == "running":
+            return RedirectResponse(f"{base(request)}/signin", status_code=303)
+        flow: dict[str, Any] = {"state": "running", "lines": [], "error": None}
+        signins[spec.name] = flow
+
+        async def run() -> None:
+            try:
+                # The flow prints where to go and which code to enter: shown on the page, no tokens.
+                await manager.login(spec, echo=flow["lines"].append, open_url=lambda url: flow["lines"].append(url))
+                flow["state"] = "done"
+            except Exception as exc:  # noqa: BLE001 - the page shows why; the gateway keeps serving
+                flow["state"], flow["error"] = "failed", getattr(exc, "message", type(exc).__name__)
+
+        flow["task"] = asyncio.get_running_loop().create_task(run())
+        log.info("dashboard: %s started the sign-in to %s", viewer.principal.user_name, spec.name)
+        return RedirectResponse(f"{base(request)}/signin", status_code=303)
+
+    async def signout(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+        manager = gateway.credentials
+        spec = next((s for s in signin_providers() if s.name == request.path_params["provider"]), None)
+        if manager is None or spec is None:
+            return render(request, "error.html", viewer, 404, message="No such provider with a sign-in flow.")
+        await manager.logout(spec)
+        signins.pop(spec.name, None)
+        log.info("dashboard: %s signed out of %s", viewer.principal.user_name, spec.name)
+        return RedirectResponse(f"{base(request)}/signin", status_code=303)
+
     async def css(request: Request) -> Response:
         return Response(stylesheet, media_type="text/css", headers={"cache-control": "max-age=300"})
 
@@ -538,6 +587,9 @@ def dashboard_app(
             Route("/keys/{lookup}/revoke", action(revoke_key), methods=["POST"]),
             Route("/budgets", action(set_budgets), methods=["POST"]),
             Route("/health", page(health), methods=["GET"]),
+            Route("/signin", page(signin_page), methods=["GET"]),
+            Route("/signin/{provider}", action(start_signin), methods=["POST"]),
+            Route("/signout/{provider}", action(signout), methods=["POST"]),
             Route("/static/dashboard.css", css, methods=["GET"]),
         ],
         middleware=[Middleware(SecurityHeaders)],
