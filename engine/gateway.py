@@ -81,6 +81,12 @@ class StreamResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def ensure_stream_events(target: Target, state: StreamState) -> None:
+    """A 200 whose body held no stream event at all (JSON, an HTML error page) is not a reply."""
+    if state.frames == 0:
+        raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
+
+
 class Gateway:
     """Serves OpenAI chat requests from a catalog of specs through one upstream pool."""
 
@@ -379,34 +385,25 @@ class Gateway:
         """Upstream bytes -> lists of neutral deltas, through the spec's framing and event table."""
         stream = target.provider.stream
         framer = stream.new_framer()
-        frames = 0
         try:
             async for chunk in iter_chunks(response):
                 # All frames of one upstream read go out together: one client write, not one per frame.
-                batch: list[Any] = []
                 try:
-                    for event, data in framer.feed(chunk):
-                        frames += 1
-                        batch.extend(stream.handle(event, data, state))
-                        if state.done:
-                            break
-                except StreamFailure:
-                    if batch:  # what came before the failure still reaches the client first
-                        yield batch
+                    batch = stream.read(framer, chunk, state)
+                except StreamFailure as failure:
+                    if failure.partial:  # what came before the failure still reaches the client first
+                        yield failure.partial
                     raise
                 if batch:
                     yield batch
                 if state.done:
                     return
-            for event, data in framer.close():
-                frames += 1
-                deltas = stream.handle(event, data, state)
-                if deltas:
-                    yield deltas
+            batch = stream.close(framer, state)
+            if batch:
+                yield batch
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
-        if frames == 0:  # a 200 whose body is not a stream at all (JSON, an HTML error page)
-            raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
+        ensure_stream_events(target, state)
 
     @staticmethod
     def _stream_error(target: Target, failure: StreamFailure) -> GatewayError:

@@ -212,29 +212,24 @@ def _error(exc: GatewayError) -> dict[str, Any]:
 
 def _frames(target: Target, raw: bytes, state: StreamState) -> Iterator[list[Any]]:
     """The upstream stream -> lists of deltas, as the gateway reads it (`Gateway._deltas`: the
-    same framer, event table and failures), here in one read with no network."""
-    from .gateway import Gateway
+    same StreamSpec.read, failures and checks), here in one read with no network."""
+    from .gateway import Gateway, ensure_stream_events
 
     stream = target.provider.stream
     framer = stream.new_framer()
-    frames = 0
     try:
-        for event, data in framer.feed(raw):
-            frames += 1
-            deltas = stream.handle(event, data, state)
-            if deltas:
-                yield deltas
-            if state.done:
-                return
-        for event, data in framer.close():
-            frames += 1
-            deltas = stream.handle(event, data, state)
-            if deltas:
-                yield deltas
+        batch = stream.read(framer, raw, state)
+        if batch:
+            yield batch
+        if not state.done:
+            batch = stream.close(framer, state)
+            if batch:
+                yield batch
     except StreamFailure as failure:
+        if failure.partial:
+            yield failure.partial
         raise Gateway._stream_error(target, failure) from None
-    if frames == 0:
-        raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
+    ensure_stream_events(target, state)
 
 
 def _chunks(target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str]) -> list[dict[str, Any]]:

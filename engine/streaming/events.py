@@ -44,6 +44,8 @@ class StreamFailure(Exception):
         self.kind = kind
         self.message = message
         self.body = body
+        #: Deltas from frames read before the failing one (they still reach the client first).
+        self.partial: list[Delta] = []
 
 
 class _Done(Exception):
@@ -64,6 +66,7 @@ class StreamState:
     vars: dict[str, Any] = field(default_factory=dict)
     content_keys: set[Any] = field(default_factory=set)
     done: bool = False
+    frames: int = 0
     new_call_id: Callable[[str], str] = new_call_id
 
     @property
@@ -72,7 +75,7 @@ class StreamState:
 
 
 class StreamSpec:
-    """A compiled `stream:` section."""
+    """A compiled `stream:` section. `read(framer, chunk, state)` interprets one upstream read."""
 
     def __init__(self, framing: str, key: str, done_data: str | None, handlers: dict[Any, list[Action]]) -> None:
         self.framing = framing
@@ -109,6 +112,27 @@ class StreamSpec:
         except _Done:
             state.done = True
         return out
+
+    def read(self, framer: Any, chunk: bytes, state: StreamState) -> list[Delta]:
+        """The deltas of every frame in one upstream read (`b""` with `end=True`: what the framer
+        still holds). Stops at a `done` frame; a failure carries the deltas before it."""
+        return self._frames(framer.feed(chunk), state)
+
+    def close(self, framer: Any, state: StreamState) -> list[Delta]:
+        return self._frames(framer.close(), state)
+
+    def _frames(self, frames: Any, state: StreamState) -> list[Delta]:
+        batch: list[Delta] = []
+        try:
+            for event, data in frames:
+                state.frames += 1
+                batch.extend(self.handle(event, data, state))
+                if state.done:
+                    break
+        except StreamFailure as failure:
+            failure.partial = batch
+            raise
+        return batch
 
 
 def _run(actions: list[Action], obj: Any, state: StreamState, out: list[Delta]) -> None:
