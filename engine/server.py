@@ -502,7 +502,22 @@ def create_app(
             await authenticator.principal(request.headers)
         except GatewayError as exc:
             return error_response(exc)
-        return JSONResponse({"object": "list", "data": model_list(gateway.catalog, int(started), upstream_models)})
+        ready = await ready_providers()
+        return JSONResponse({"object": "list", "data": model_list(gateway.catalog, int(started), upstream_models, ready)})
+
+    async def ready_providers() -> set[str]:
+        """Providers with credentials: their environment keys, or a sign-in (`gaud-engine login`)."""
+        ready = set()
+        for name, spec in gateway.catalog.providers.items():
+            if not spec.missing_env():
+                ready.add(name)
+            elif gateway.credentials is not None and spec.auth is not None and spec.auth.signs_in:
+                try:
+                    if await gateway.credentials.signed_in(spec):
+                        ready.add(name)
+                except GatewayError:
+                    pass
+        return ready
 
     async def health(request: Request) -> Response:
         if request.query_params.get("detail") not in (None, "", "0"):
@@ -511,8 +526,9 @@ def create_app(
                     await authenticator.admin(request.headers)
                 except GatewayError as exc:
                     return error_response(exc)
+            ready = await ready_providers()
             providers = {
-                name: {"ready": not spec.missing_env(), "missing_env": spec.missing_env()}
+                name: {"ready": name in ready, "missing_env": spec.missing_env()}
                 for name, spec in gateway.catalog.providers.items()
             }
             return JSONResponse({"status": "ok", "providers": providers, "breakers": gateway.router.breakers.states()})
@@ -728,12 +744,16 @@ def _key_json(info: Any) -> dict[str, Any]:
 
 
 def model_list(
-    catalog: Catalog, created: int, upstream_models: dict[str, list[str]] | None = None
+    catalog: Catalog,
+    created: int,
+    upstream_models: dict[str, list[str]] | None = None,
+    ready: set[str] | None = None,
 ) -> list[dict[str, Any]]:
     """What callers can ask for, in OpenAI's list shape: aliases with a usable deployment, then
     provider/model for every provider with credentials (from the specs, and from the upstreams'
-    own lists when refreshed)."""
-    ready = {name for name, spec in catalog.providers.items() if not spec.missing_env()}
+    own lists when refreshed). `ready` defaults to the providers whose environment keys are set."""
+    if ready is None:
+        ready = {name for name, spec in catalog.providers.items() if not spec.missing_env()}
     seen: dict[str, dict[str, Any]] = {}
     for alias, route in (catalog.routes.get("aliases") or {}).items():
         if any(c["provider"] in ready for c in route.get("candidates", [])):

@@ -44,3 +44,32 @@ def test_device_sign_in_from_the_dashboard(server, tree, tmp_path):  # noqa: F81
     finally:
         gw.process.terminate()
         gw.process.wait(10)
+
+
+def test_a_signed_in_provider_counts_as_ready(server, tree, tmp_path):  # noqa: F811
+    """Without its environment key, a provider is offered once someone signed in to it."""
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    server.device_interval = 0.01
+    spec_file = tree / "providers.d" / "acme-device.yaml"
+    spec_file.write_text(spec_file.read_text().replace("ACME_API_KEY: {secret: true,", "ACME_API_KEY: {secret: true, required: true,"))
+    db = f"sqlite:///{tmp_path / 'gaud.db'}"
+    env = {"GAUD_SPECS_DIR": str(tree), "GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": db}
+    gw = start_gateway(env, tmp_path / "gw.log")
+    try:
+        assert not any(m["id"].startswith("acme-device/") for m in httpx.get(f"{gw.url}/v1/models").json()["data"])
+        login = CliRunner().invoke(main, ["login", "acme-device", "--no-browser"],
+                                   env={"GAUD_SPECS_DIR": str(tree), "GAUD_DATABASE_URL": db})
+        assert login.exit_code == 0, login.output
+        deadline = time.monotonic() + 40  # the gateway re-reads stored sign-ins every 30 s at most
+        while time.monotonic() < deadline:
+            ids = {m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]}
+            if "acme-device/m1" in ids:
+                break
+        assert "acme-device/m1" in ids
+        assert httpx.get(f"{gw.url}/health?detail=1").json()["providers"]["acme-device"]["ready"] is True
+    finally:
+        gw.process.terminate()
+        gw.process.wait(10)
