@@ -4,6 +4,7 @@ and the accounting that wraps every chat request (budget reservation, audit reco
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -639,6 +640,10 @@ def create_app(
             authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
         audit.start()
         await refresh_upstream_models()
+        # Specs, schemas and modules live as long as the process: move them out of the cyclic
+        # collector's view so collections during load scan only per-request objects.
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs()))
