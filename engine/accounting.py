@@ -149,7 +149,8 @@ class AuditWriter:
             stop = first is None
             if not stop:
                 batch.append(first)  # type: ignore[arg-type]
-                await asyncio.sleep(self.max_delay)
+                if self.queue.qsize() < self.batch_size:  # a full batch waiting is written at once
+                    await asyncio.sleep(self.max_delay)
             while not stop and not self.queue.empty() and len(batch) < self.batch_size:
                 item = self.queue.get_nowait()
                 if item is None:

@@ -644,8 +644,6 @@ def create_app(
         # collector's view so collections during load scan only per-request objects.
         gc.collect()
         gc.freeze()
-        # Young collections every ~700 allocations cost more than they free at gateway rates.
-        gc.set_threshold(20_000, 20, 20)
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs()))
