@@ -16,7 +16,7 @@ from .models import Target
 from .pointer import get
 from .translate import UpstreamRequest
 
-__all__ = ["build_embeddings_request", "embeddings_from_reply", "validate_embeddings_request"]
+__all__ = ["build_embeddings_request", "embeddings_from_reply", "estimate_input_tokens", "validate_embeddings_request"]
 
 
 def validate_embeddings_request(body: Any) -> dict[str, Any]:
@@ -43,6 +43,11 @@ def validate_embeddings_request(body: Any) -> dict[str, Any]:
     if all(isinstance(i, int) for i in items):  # one array of token ids
         items = [items]
     return {**body, "input": items}
+
+
+def estimate_input_tokens(inputs: list[Any]) -> int:
+    """About 4 characters per token for text; token-id arrays count themselves."""
+    return sum(len(i) // 4 + 1 if isinstance(i, str) else len(i) for i in inputs)
 
 
 def build_embeddings_request(target: Target, body: dict[str, Any]) -> UpstreamRequest:
@@ -86,7 +91,7 @@ def embeddings_from_reply(target: Target, raw: Any, body: dict[str, Any]) -> dic
             item["embedding"] = _pack(vector)
     raw_usage = get(raw, spec.embeddings.usage_from)
     usage = spec.embeddings.usage_mapper(raw_usage, {}) if isinstance(raw_usage, dict) else {}
-    prompt = usage.get("prompt_tokens") or sum(len(i) // 4 + 1 if isinstance(i, str) else len(i) for i in body["input"])
+    prompt = usage.get("prompt_tokens") or estimate_input_tokens(body["input"])
     return {
         "object": "list",
         "data": data,

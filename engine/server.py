@@ -28,7 +28,7 @@ from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
 from .dashboard import dashboard_app
-from .embeddings import validate_embeddings_request
+from .embeddings import estimate_input_tokens, validate_embeddings_request
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
@@ -406,11 +406,7 @@ def create_app(
             exchange.stream = bool(body.get("stream"))
             plan = await gateway.plan(body)
             tokens = plan.facts["estimated_tokens"] + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
-            try:
-                admission = await guards.admit(principal, tokens)
-            except GatewayError:
-                metrics.rate_limited.labels("key").inc()
-                raise
+            admission = await admit(principal, tokens)
             reply_headers = dict(admission.headers)
             cached = guards.cache_plan(body, headers, principal, plan.route.cache if plan.route else None)
             if cached is not None:
@@ -469,12 +465,8 @@ def create_app(
         status, error = 200, None
         try:
             body = validate_embeddings_request(await read_json(request, max_body))
-            tokens = sum(len(i) // 4 + 1 if isinstance(i, str) else len(i) for i in body["input"])
-            try:
-                admission = await guards.admit(principal, tokens)
-            except GatewayError:
-                metrics.rate_limited.labels("key").inc()
-                raise
+            tokens = estimate_input_tokens(body["input"])
+            admission = await admit(principal, tokens)
             reservation = await budgets.reserve(principal, 0.0)
             result = await gateway.embeddings(body, exchange)
             headers = {**admission.headers, **result.headers, "x-gaud-overhead-ms": f"{exchange.overhead_ms():.3f}"}
@@ -505,6 +497,14 @@ def create_app(
             return error_response(exc)
         ready = await ready_providers()
         return JSONResponse({"object": "list", "data": model_list(gateway.catalog, int(started), upstream_models, ready)})
+
+    async def admit(principal: Principal, tokens: int) -> Admission:
+        """The caller's rate limits; a refusal is counted in the metrics before it is raised."""
+        try:
+            return await guards.admit(principal, tokens)
+        except GatewayError:
+            metrics.rate_limited.labels("key").inc()
+            raise
 
     async def ready_providers() -> set[str]:
         """Providers with credentials: their environment keys, or a sign-in (`gaud-engine login`)."""
