@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
-from engine.store import KEY_PREFIX, MIGRATIONS, Store, api_keys
+from engine.store import AUDIT_ROWS_PER_INSERT, KEY_PREFIX, MIGRATIONS, Store, api_keys
 
 PG_URL = os.environ.get("GAUD_TEST_POSTGRES_URL")
 ALL_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
@@ -278,6 +278,20 @@ def test_spent_since(store):
     assert store.spent_since(alice, 2_000.1) == pytest.approx(1.00)
     assert store.spent_since(alice, 3_000.1) == 0.0
     assert store.spent_since(bob, 0) == pytest.approx(4.00)
+
+
+def test_write_audit_of_many_rows_keeps_every_row_and_its_order(store):
+    """More rows than one INSERT holds: every row lands once, in order, with its own values."""
+    alice = store.ensure_user("alice")
+    n = AUDIT_ROWS_PER_INSERT * 2 + 7
+    records = [_record(f"r{i}", 1_000.0 + i, alice, "alice", "openai/gpt-4o", i / 1000, prompt_tokens=i,
+                       stream=i % 2 == 0) for i in range(n)]
+    assert store.write_audit(records) == n
+    assert store.write_audit(records[:3]) == 3  # a smaller batch after: its own statement
+    rows = store.audit_records()
+    assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(n)] + ["r0", "r1", "r2"]
+    assert [(r["prompt_tokens"], r["stream"]) for r in rows[:n]] == [(i, i % 2 == 0) for i in range(n)]
+    assert store.spent_since(alice, 0) == pytest.approx(sum(i / 1000 for i in range(n)) + 0.001 + 0.002)
 
 
 def test_write_audit_of_nothing(store):
