@@ -130,23 +130,26 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
               help="YAML config file (GAUD_* variables override it).")
 @click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
               help="Spec tree to serve instead of the bundled one.")
-def serve(host: str | None, port: int | None, config_file: str | None, specs_dir: str | None) -> None:
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Worker processes sharing the port (one per core).  [default: 1]")
+def serve(host: str | None, port: int | None, config_file: str | None, specs_dir: str | None,
+          workers: int | None) -> None:
     """Run the gateway.
 
     Provider keys and base URLs come from the environment variables each spec declares
-    (e.g. ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL).
+    (e.g. ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL). With several workers, set redis.url to share
+    rate limits, budgets in flight, the cache and breaker states between them.
 
     \b
     Example usage:
         ANTHROPIC_API_KEY=sk-... gaud-engine serve --port 8400
+        gaud-engine serve --workers 2
     """
-    import uvicorn
-
     from .logs import configure_logging
-    from .server import GracefulServer, create_app
 
     try:
-        settings = load_settings(config_file, **{"server.host": host, "server.port": port, "specs.dir": specs_dir})
+        settings = load_settings(config_file, **{"server.host": host, "server.port": port, "specs.dir": specs_dir,
+                                                 "server.workers": workers})
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     root = Path(settings.get("specs.dir")) if settings.get("specs.dir") else default_root()
@@ -164,15 +167,27 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         click.echo(f"provider {name:<12} {status}")
     level = str(settings.get("log.level")).lower()
     configure_logging(level, str(settings.get("log.format")))
-    app = create_app(catalog, settings)
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
-    click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}")
-    config = uvicorn.Config(
-        app, host=bind_host, port=bind_port, log_level=level, access_log=False, loop="auto", http="auto",
+    n_workers = int(settings.get("server.workers"))
+    options = dict(
+        host=bind_host, port=bind_port, log_level=level, access_log=False, loop="auto", http="auto",
         server_header=False, timeout_graceful_shutdown=float(settings.get("server.shutdown_timeout")),
+        proxy_headers=bool(settings.get("server.proxy_headers")),
+        forwarded_allow_ips=settings.get("server.forwarded_allow_ips"),
     )
-    GracefulServer(config).run()
+    suffix = f" ({n_workers} workers)" if n_workers > 1 else ""
+    click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}{suffix}")
+    if n_workers > 1:
+        from .workers import serve_workers
 
+        serve_workers(settings, config_file, n_workers, **options)
+        return
+    import uvicorn
+
+    from .server import GracefulServer, create_app
+
+    app = create_app(catalog, settings)
+    GracefulServer(uvicorn.Config(app, **options)).run()
 
 
 def _store(config_file: str | None) -> Store:

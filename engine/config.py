@@ -18,7 +18,9 @@ __all__ = ["DEFAULTS", "Settings", "load_settings"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     # shutdown_timeout: seconds in-flight requests get to finish after SIGTERM.
-    "server": {"host": "127.0.0.1", "port": 8400, "shutdown_timeout": 30.0},
+    # proxy_headers: trust X-Forwarded-For/-Proto from forwarded_allow_ips (behind a reverse proxy).
+    "server": {"host": "127.0.0.1", "port": 8400, "shutdown_timeout": 30.0, "workers": 1,
+               "proxy_headers": False, "forwarded_allow_ips": "127.0.0.1"},
     "specs": {"dir": None},
     "database": {"url": "sqlite:///gaud.db"},
     # format: auto (text in a terminal, JSON lines otherwise) | json | text

@@ -1,0 +1,78 @@
+"""`gaud-engine serve --workers N`: the gateway in N processes sharing one listening socket.
+
+The parent prepares what must happen once (migrations, the first admin key), then uvicorn's
+supervisor starts N workers; each builds its app from the environment (`worker_app`), so the
+settings and specs a worker sees are the ones the parent was started with. The kernel spreads
+connections over the workers. State that lives in the database (keys, audit log, spend, sign-ins,
+dashboard sessions) is shared; rate limits, budgets in flight, the response cache and breaker
+states are shared only through `redis.url`, as between instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+
+__all__ = ["prepare_store", "serve_workers", "worker_app"]
+
+log = logging.getLogger("gaud.server")
+
+#: Where the parent leaves its config file path for the workers (also the CLI's own variable).
+CONFIG_ENV = "GAUD_CONFIG"
+
+
+def prepare_store(settings: Settings) -> None:
+    """What must run once before workers start: migrations and, with auth on, the first admin."""
+    from .server import _first_admin
+    from .store import Store
+
+    store = Store(str(settings.get("database.url")))
+    try:
+        store.migrate()
+        if settings.get("auth.enabled"):
+            _first_admin(store)
+    finally:
+        store.close()
+
+
+def worker_app() -> Any:
+    """The app of one worker process (a uvicorn factory): settings from the environment."""
+    from . import rules
+    from .logs import configure_logging
+    from .server import create_app
+    from .specs import default_root, load_catalog
+
+    settings = load_settings(os.environ.get(CONFIG_ENV) or None)
+    rules.CHECK_PORTABILITY = False
+    configure_logging(str(settings.get("log.level")).lower(), str(settings.get("log.format")))
+    root = Path(settings.get("specs.dir")) if settings.get("specs.dir") else default_root()
+    catalog = load_catalog(root)
+    catalog.raise_for_problems()  # the parent checked the same files; they changed in between
+    return create_app(catalog, settings)
+
+
+def serve_workers(settings: Settings, config_file: str | None, workers: int, **uvicorn_options: Any) -> None:
+    """Run `workers` processes on one socket until a signal stops them."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    prepare_store(settings)
+    if not settings.get("redis.url"):
+        log.warning(
+            "%d workers without redis.url: rate limits, budgets in flight, the cache and circuit "
+            "breakers are kept per worker", workers,
+        )
+    # Workers are spawned, not forked: they read the settings the parent was given from the
+    # environment (CLI options included).
+    if config_file:
+        os.environ[CONFIG_ENV] = str(config_file)
+    for name in ("server.host", "server.port", "specs.dir"):
+        value = settings.get(name)
+        if value is not None:
+            os.environ["GAUD_" + name.upper().replace(".", "_")] = str(value)
+    config = uvicorn.Config("engine.workers:worker_app", factory=True, workers=workers, **uvicorn_options)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
