@@ -1,4 +1,5 @@
-"""Users, API keys (argon2-hashed), and the audit log, on SQLite by default or PostgreSQL.
+"""Users, API keys (argon2-hashed), the audit log, upstream sign-ins and dashboard sessions, on
+SQLite by default or PostgreSQL.
 
 SQLAlchemy Core keeps one schema and one set of queries for both databases. Migrations are
 ordered named functions recorded in `schema_migrations` and run on start. Calls are synchronous;
@@ -115,6 +116,28 @@ def m003_credentials(conn: sa.Connection) -> None:
 
 
 MIGRATIONS.append(m003_credentials)
+
+#: Admin dashboard sessions (engine.dashboard), shared by every process on this database. The
+#: session id lives only in the browser's cookie: a row is keyed by its SHA-256 (hex).
+dashboard_sessions = sa.Table(
+    "dashboard_sessions",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.Integer, nullable=True),
+    sa.Column("user_id", sa.Integer, nullable=True),
+    sa.Column("user_name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("csrf", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False, index=True),
+)
+
+
+def m004_dashboard_sessions(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[dashboard_sessions])
+
+
+MIGRATIONS.append(m004_dashboard_sessions)
 
 
 @dataclass(frozen=True)
@@ -413,3 +436,48 @@ class Store:
         with self.engine.connect() as conn:
             # str(): SQLAlchemy's column labels are str subclasses, which orjson refuses as keys.
             return [{str(k): v for k, v in row._mapping.items()} for row in conn.execute(query)]
+
+    # -- dashboard sessions (engine.dashboard.Sessions hashes the ids before they get here) -------
+    def save_dashboard_session(
+        self, digest: str, principal: Principal, csrf: str, *, now: float, expires: float, limit: int
+    ) -> None:
+        """Store a session. Expired ones are deleted first and, when `limit` are live, the oldest.
+
+        The limit holds per call: processes creating sessions at the same moment may each pass it by one.
+        """
+        table = dashboard_sessions
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.expires <= now))
+            live = int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+            if live >= limit:
+                oldest = sa.select(table.c.digest).order_by(table.c.created_at, table.c.digest).limit(live - limit + 1)
+                conn.execute(table.delete().where(table.c.digest.in_(oldest)))
+            conn.execute(table.insert().values(
+                digest=digest, key_id=principal.key_id, user_id=principal.user_id, user_name=principal.user_name,
+                role=principal.role, csrf=csrf, created_at=now, expires=expires,
+            ))
+
+    def dashboard_session(self, digest: str, *, now: float) -> tuple[Principal, str, float] | None:
+        """(principal, csrf token, expiry) of a live session; an expired one is deleted."""
+        table = dashboard_sessions
+        query = sa.select(table.c.key_id, table.c.user_id, table.c.user_name, table.c.role, table.c.csrf,
+                          table.c.expires).where(table.c.digest == digest)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        if row.expires <= now:
+            self.drop_dashboard_session(digest)
+            return None
+        principal = Principal(user_id=row.user_id, user_name=row.user_name, role=row.role, key_id=row.key_id)
+        return principal, row.csrf, row.expires
+
+    def drop_dashboard_session(self, digest: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(dashboard_sessions.delete().where(dashboard_sessions.c.digest == digest)).rowcount > 0
+
+    def count_dashboard_sessions(self, *, now: float) -> int:
+        """Sessions not yet expired."""
+        query = sa.select(sa.func.count()).select_from(dashboard_sessions).where(dashboard_sessions.c.expires > now)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())

@@ -7,6 +7,7 @@ playwright (`apt-get install chromium`, `pip install playwright`; no `playwright
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -322,6 +323,135 @@ def test_chart_geometry_and_money():
     assert len(chart.bars) == 7  # six named series and "others", all in the first bucket
     assert abs(sum(b.height for b in chart.bars) - 45 * chart.plot_height / float(chart.y_ticks[-1][1])) < 0.01
     assert stacked_bars("t", [0.0], {}, money=True, bucket_format="%H").empty
+
+
+# -- sessions in the database, shared by processes ------------------------------------------------
+
+
+def two_dashboards(store: Store, **options):
+    """Two dashboard apps, each on its own Store over one database: two worker processes."""
+    from starlette.testclient import TestClient
+
+    from engine.dashboard import dashboard_app
+
+    other = Store(store.url)
+    clients = [TestClient(dashboard_app(s, SimpleNamespace(), **options), follow_redirects=False) for s in (store, other)]
+    return clients, other
+
+
+def test_a_session_from_one_process_works_in_another_until_logout(query_store):
+    from engine.dashboard import SESSION_COOKIE
+
+    admin, _ = query_store.create_key("root", role="admin")
+    (a, b), other = two_dashboards(query_store)
+    try:
+        assert a.post("/login", data={"key": admin}).status_code == 303
+        cookie = a.cookies[SESSION_COOKIE]
+        b.cookies.set(SESSION_COOKIE, cookie)
+        page = b.get("/keys")  # the other process never saw the login
+        assert page.status_code == 200 and "root (admin)" in page.text
+        token = CSRF.search(page.text).group(1)
+        assert token == CSRF.search(a.get("/keys").text).group(1)  # one form token for the session
+        created = b.post("/keys", data={"user": "made-on-b", "csrf": token})
+        assert created.status_code == 201
+
+        assert b.post("/logout", data={"csrf": token}).status_code == 303
+        assert a.cookies[SESSION_COOKIE] == cookie  # a still sends it, and is refused: logged out everywhere
+        assert a.get("/keys").status_code == 303 and a.get("/").status_code == 303
+    finally:
+        a.close()
+        b.close()
+        other.close()
+
+
+def test_a_session_ends_everywhere_when_its_key_is_revoked_in_another_process(query_store):
+    from engine.dashboard import SESSION_COOKIE
+
+    admin, info = query_store.create_key("root", role="admin")
+    (a, b), other = two_dashboards(query_store)
+    try:
+        a.post("/login", data={"key": admin})
+        b.cookies.set(SESSION_COOKIE, a.cookies[SESSION_COOKIE])
+        assert b.get("/").status_code == 200
+        assert other.revoke_key(info.lookup)
+        assert a.get("/").status_code == 303 and b.get("/").status_code == 303
+        with query_store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM dashboard_sessions")).scalar_one() == 0
+    finally:
+        a.close()
+        b.close()
+        other.close()
+
+
+def test_sessions_expire_after_8_hours_and_expired_ones_are_purged(query_store):
+    from engine.dashboard import Sessions
+
+    now = [1_700_000_000.0]
+    sessions = Sessions(query_store, clock=lambda: now[0])
+    elsewhere = Sessions(Store(query_store.url), clock=lambda: now[0])
+    try:
+        root = query_store.verify_key(query_store.create_key("root", role="admin")[0])
+        first, session = sessions.create(root)
+        assert session.expires == now[0] + 8 * 3600
+        now[0] += 8 * 3600 - 1
+        found = elsewhere.get(first)
+        assert (found.principal.user_name, found.principal.key_id, found.csrf) == ("root", root.key_id, session.csrf)
+        second, _ = sessions.create(root)
+        now[0] += 1
+        assert elsewhere.get(first) is None  # expired: refused and deleted
+        assert elsewhere.get(second) is not None and sessions.count() == 1
+        now[0] += 8 * 3600
+        assert sessions.count() == 0
+        third, _ = elsewhere.create(root)  # creating one deletes the expired rows
+        with query_store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM dashboard_sessions")).scalar_one() == 1
+        assert sessions.get(third) is not None
+    finally:
+        elsewhere.store.close()
+
+
+def test_a_dashboard_clock_expires_its_sessions(query_store):
+    from starlette.testclient import TestClient
+
+    from engine.dashboard import dashboard_app
+
+    now = [1_700_000_000.0]
+    admin, _ = query_store.create_key("root", role="admin")
+    with TestClient(dashboard_app(query_store, SimpleNamespace(), clock=lambda: now[0]), follow_redirects=False) as ui:
+        assert ui.post("/login", data={"key": admin}).status_code == 303
+        now[0] += 8 * 3600 - 1
+        assert ui.get("/keys").status_code == 200
+        now[0] += 1
+        assert ui.get("/keys").status_code == 303
+
+
+def test_live_sessions_are_capped_by_dropping_the_oldest(query_store):
+    from engine.dashboard import Sessions
+
+    now = [1_700_000_000.0]
+    sessions = Sessions(query_store, clock=lambda: now[0], limit=3)
+    root = query_store.verify_key(query_store.create_key("root", role="admin")[0])
+    ids = []
+    for _ in range(5):
+        ids.append(sessions.create(root)[0])
+        now[0] += 1
+    assert [sessions.get(i) is not None for i in ids] == [False, False, True, True, True]
+    assert sessions.count() == 3
+
+
+def test_the_database_holds_only_a_digest_of_the_session_id(query_store):
+    from engine.dashboard import Sessions
+
+    sessions = Sessions(query_store)
+    root = query_store.verify_key(query_store.create_key("root", role="admin")[0])
+    session_id, session = sessions.create(root)
+    with query_store.engine.connect() as conn:
+        (row,) = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM dashboard_sessions"))]
+    assert row["digest"] == hashlib.sha256(session_id.encode()).hexdigest()
+    assert (row["user_name"], row["role"], row["key_id"], row["csrf"]) == ("root", "admin", root.key_id, session.csrf)
+    assert all(session_id not in str(value) for value in row.values())
+    sessions.drop(session_id)
+    assert sessions.get(session_id) is None and sessions.count() == 0
 
 
 # -- in a real browser ----------------------------------------------------------------------------

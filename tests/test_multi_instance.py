@@ -1,10 +1,11 @@
 """Two gateway processes on one PostgreSQL and one Redis share keys, budgets, rate limits, the
-response cache and circuit-breaker state. Runs when GAUD_TEST_POSTGRES_URL and
+response cache, circuit-breaker state and dashboard sessions. Runs when GAUD_TEST_POSTGRES_URL and
 GAUD_TEST_REDIS_URL are set (.ci/run starts both from Debian's packages)."""
 
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -35,7 +36,7 @@ def cluster(upstream, tmp_path):
     redis.Redis.from_url(redis_url).flushdb()
     engine = sa.create_engine(PG.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE IF EXISTS audit_log, api_keys, credentials, users, schema_migrations CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS audit_log, api_keys, credentials, dashboard_sessions, users, schema_migrations CASCADE"))
     engine.dispose()
 
     tree = spec_tree(tmp_path, retry="false", breaker={"failures": 2, "cooldown": 300})
@@ -53,6 +54,7 @@ def cluster(upstream, tmp_path):
         "limited": store.create_key("limited", rpm_limit=6)[0],
         "budget": store.create_key("budget", budget_daily=0.05)[0],
         "plain": store.create_key("plain")[0],
+        "admin": store.create_key("root", role="admin")[0],
     }
     store.close()
     env = {**provider_env(upstream.url), "GAUD_SPECS_DIR": str(tree), "GAUD_DATABASE_URL": PG,
@@ -129,3 +131,17 @@ def test_budget_holds_across_instances(cluster, upstream):
     store.close()
     assert len(records) == 40
     assert sorted(r["status"] for r in records) == sorted(r.status_code for r in results)
+
+
+def test_a_dashboard_session_opened_on_one_instance_works_on_the_other(cluster):
+    (a, b), keys = cluster
+    with httpx.Client(base_url=a.url, timeout=20) as on_a, httpx.Client(base_url=b.url, timeout=20) as on_b:
+        assert on_a.post("/ui/login", data={"key": keys["admin"]}).status_code == 303
+        cookie = on_a.cookies["gaud_dashboard"]
+        on_b.cookies.set("gaud_dashboard", cookie)
+        page = on_b.get("/ui/keys")
+        assert page.status_code == 200 and "root (admin)" in page.text
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        assert on_b.post("/ui/logout", data={"csrf": token}).status_code == 303
+        assert on_a.cookies["gaud_dashboard"] == cookie
+        assert on_a.get("/ui/keys").status_code == 303  # logged out on B: refused on A

@@ -3,6 +3,7 @@ names a database the tests may create schemas in): migrations, keys, audit log, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -14,7 +15,16 @@ import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
-from engine.store import AUDIT_ROWS_PER_INSERT, KEY_PREFIX, MIGRATIONS, Store, api_keys
+import engine.store
+from engine.store import (
+    AUDIT_ROWS_PER_INSERT,
+    KEY_PREFIX,
+    MIGRATIONS,
+    Store,
+    api_keys,
+    dashboard_sessions,
+    m004_dashboard_sessions,
+)
 
 PG_URL = os.environ.get("GAUD_TEST_POSTGRES_URL")
 ALL_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
@@ -53,20 +63,24 @@ def _pg_store(url: str, hasher: PasswordHasher) -> Iterator[Store]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path) -> Iterator[Store]:
-    """A migrated Store; the hasher counts verifications (`store.hasher.verified`)."""
+def empty_store(request, tmp_path) -> Iterator[Store]:
+    """A Store on an empty database (nothing migrated); the hasher counts verifications."""
     hasher = CountingHasher()
     if request.param == "sqlite":
         created = Store(f"sqlite:///{tmp_path / 'store.db'}", hasher=hasher)
-        assert created.migrate() == ALL_MIGRATIONS
         yield created
         created.close()
         return
     if not PG_URL:
         pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    for created in _pg_store(PG_URL, hasher):
-        assert created.migrate() == ALL_MIGRATIONS
-        yield created
+    yield from _pg_store(PG_URL, hasher)
+
+
+@pytest.fixture
+def store(empty_store) -> Store:
+    """A migrated Store; the hasher counts verifications (`store.hasher.verified`)."""
+    assert empty_store.migrate() == ALL_MIGRATIONS
+    return empty_store
 
 
 def _rows(store: Store, table: sa.Table) -> list[dict]:
@@ -90,6 +104,25 @@ def test_migrate_from_a_second_store_on_the_same_database(store):
         assert other.migrate() == []
     finally:
         other.close()
+
+
+def test_migrate_a_database_of_the_previous_version_adds_dashboard_sessions(empty_store, monkeypatch):
+    older = MIGRATIONS[:MIGRATIONS.index(m004_dashboard_sessions)]
+    monkeypatch.setattr(engine.store, "MIGRATIONS", older)  # the release before dashboard sessions
+    assert empty_store.migrate() == [m.__name__ for m in older]
+    key, _ = empty_store.create_key("root", role="admin")
+    assert "dashboard_sessions" not in sa.inspect(empty_store.engine).get_table_names()
+    monkeypatch.undo()
+
+    assert empty_store.migrate() == ALL_MIGRATIONS[len(older):]
+    assert ALL_MIGRATIONS[len(older)] == "m004_dashboard_sessions"
+    root = empty_store.verify_key(key)  # what was there is kept
+    assert root is not None and root.is_admin
+    digest = hashlib.sha256(b"session id").hexdigest()
+    empty_store.save_dashboard_session(digest, root, "form-token", now=100.0, expires=200.0, limit=10)
+    assert empty_store.dashboard_session(digest, now=150.0) == (root, "form-token", 200.0)
+    assert empty_store.dashboard_session(digest, now=200.0) is None
+    assert _rows(empty_store, dashboard_sessions) == []  # the expired row was deleted
 
 
 def test_create_key_shape_and_only_a_hash_is_stored(store):

@@ -1,8 +1,10 @@
 """The admin dashboard: server-rendered pages under /ui, an admin key to log in, no JavaScript.
 
 Logging in exchanges an admin API key for a random session id in an HttpOnly, SameSite=Strict
-cookie; the key itself is never stored or sent back. Sessions live in this process for 8 hours
-and end early when the key they were opened with is revoked or its user is no longer an admin.
+cookie; the key itself is never stored or sent back. Sessions live in the database (only a
+SHA-256 of each id is stored), so every worker process and instance using it accepts them. They
+last 8 hours and end early at logout, or when the key they were opened with is revoked or its
+user is no longer an admin.
 Every form that changes state carries a per-session token and must come from this origin.
 """
 
@@ -15,7 +17,6 @@ import logging
 import math
 import re
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -97,51 +98,51 @@ class Session:
 
 
 class Sessions:
-    """Session id -> who logged in, in memory. Only a SHA-256 of each id is kept."""
+    """Session id -> who logged in, in the store's database, shared by every process using it.
+
+    Only a SHA-256 of each id is stored. Calls are synchronous (the dashboard runs them in a
+    thread). `limit` caps the live sessions: creating one past it drops the oldest.
+    """
 
     def __init__(
-        self, *, seconds: float = SESSION_SECONDS, clock: Callable[[], float] = time.time, limit: int = 10_000
+        self,
+        store: Store,
+        *,
+        seconds: float = SESSION_SECONDS,
+        clock: Callable[[], float] = time.time,
+        limit: int = 10_000,
     ) -> None:
+        self.store = store
         self.seconds = seconds
         self.clock = clock
         self.limit = limit
-        self._sessions: dict[bytes, Session] = {}
-        self._lock = threading.Lock()
 
     @staticmethod
-    def _digest(session_id: str) -> bytes:
-        return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()
+    def _digest(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
     def create(self, principal: Principal) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)
-        session = Session(principal, secrets.token_urlsafe(32), self.clock() + self.seconds)
-        with self._lock:
-            now = self.clock()
-            for digest in [d for d, s in self._sessions.items() if s.expires <= now]:
-                del self._sessions[digest]
-            while len(self._sessions) >= self.limit:  # drop the oldest
-                del self._sessions[min(self._sessions, key=lambda d: self._sessions[d].expires)]
-            self._sessions[self._digest(session_id)] = session
+        now = self.clock()
+        session = Session(principal, secrets.token_urlsafe(32), now + self.seconds)
+        self.store.save_dashboard_session(
+            self._digest(session_id), principal, session.csrf, now=now, expires=session.expires, limit=self.limit
+        )
         return session_id, session
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        digest = self._digest(session_id)
-        with self._lock:
-            session = self._sessions.get(digest)
-            if session is not None and session.expires <= self.clock():
-                del self._sessions[digest]
-                return None
-        return session
+        found = self.store.dashboard_session(self._digest(session_id), now=self.clock())
+        return Session(*found) if found is not None else None
 
     def drop(self, session_id: str | None) -> None:
         if session_id:
-            with self._lock:
-                self._sessions.pop(self._digest(session_id), None)
+            self.store.drop_dashboard_session(self._digest(session_id))
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    def count(self) -> int:
+        """Live sessions, in every process."""
+        return self.store.count_dashboard_sessions(now=self.clock())
 
 
 @dataclass
@@ -246,7 +247,8 @@ def dashboard_app(
     no login, and every page says so.
     """
     env = _templates()
-    sessions = sessions or Sessions(clock=clock)
+    if sessions is None:
+        sessions = Sessions(store, clock=clock)
     local_csrf = secrets.token_urlsafe(32)  # the forms' token when auth is off (no sessions)
     stylesheet = (HERE / "static" / "dashboard.css").read_bytes()
     engine = store.engine
@@ -264,21 +266,28 @@ def dashboard_app(
     def to_login(request: Request) -> RedirectResponse:
         return RedirectResponse(f"{base(request)}/login", status_code=303)
 
+    def live_session(session_id: str) -> Session | None:
+        """The session, while it lasts and its key is still an unrevoked admin key (in a thread)."""
+        session = sessions.get(session_id)
+        if session is None or session.principal.key_id is None:
+            return session
+        active, role = queries.session_key_status(engine, session.principal.key_id)
+        if not active or role != "admin":
+            log.info("dashboard session of %s ended: its key was revoked or is no longer admin",
+                     session.principal.user_name)
+            sessions.drop(session_id)
+            return None
+        return session
+
     async def viewer_of(request: Request) -> Viewer | None:
         if not auth_enabled:
             return Viewer(Principal(user_id=None, user_name=LOCAL_USER, role="admin"), local_csrf)
         session_id = request.cookies.get(SESSION_COOKIE)
-        session = sessions.get(session_id)
+        if not session_id:
+            return None
+        session = await asyncio.to_thread(live_session, session_id)
         if session is None:
             return None
-        key_id = session.principal.key_id
-        if key_id is not None:
-            active, role = await asyncio.to_thread(queries.session_key_status, engine, key_id)
-            if not active or role != "admin":
-                log.info("dashboard session of %s ended: its key was revoked or is no longer admin",
-                         session.principal.user_name)
-                sessions.drop(session_id)
-                return None
         return Viewer(session.principal, session.csrf, session_id)
 
     Handler = Callable[[Request, Viewer], Awaitable[Response]]
@@ -341,8 +350,8 @@ def dashboard_app(
             log.warning("dashboard: user %s tried to log in without an admin key", principal.user_name)
             return render(request, "login.html", None, 403,
                           error=f"The key of user {principal.user_name} is not an admin key. The dashboard needs an admin key.")
-        sessions.drop(request.cookies.get(SESSION_COOKIE))  # a new id on every login
-        session_id, _ = sessions.create(principal)
+        await asyncio.to_thread(sessions.drop, request.cookies.get(SESSION_COOKIE))  # a new id on every login
+        session_id, _ = await asyncio.to_thread(sessions.create, principal)
         log.info("dashboard: %s logged in", principal.user_name)
         response = RedirectResponse(f"{base(request)}/", status_code=303)
         response.set_cookie(
@@ -352,7 +361,7 @@ def dashboard_app(
         return response
 
     async def logout(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
-        sessions.drop(viewer.session_id)
+        await asyncio.to_thread(sessions.drop, viewer.session_id)
         response = to_login(request) if auth_enabled else RedirectResponse(f"{base(request)}/", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=base(request) or "/", httponly=True, samesite="strict")
         return response
