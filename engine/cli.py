@@ -145,7 +145,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         ANTHROPIC_API_KEY=sk-... gaud-engine serve --port 8400
         gaud-engine serve --workers 2
     """
-    from .logs import configure_logging
+    from .logs import logging_from_settings
 
     try:
         settings = load_settings(config_file, **{"server.host": host, "server.port": port, "specs.dir": specs_dir,
@@ -165,8 +165,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         missing = spec.missing_env()
         status = "ready" if not missing else f"no credentials (set {', '.join(missing)})"
         click.echo(f"provider {name:<12} {status}")
-    level = str(settings.get("log.level")).lower()
-    configure_logging(level, str(settings.get("log.format")))
+    level = logging_from_settings(settings)
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     n_workers = int(settings.get("server.workers"))
     options = dict(

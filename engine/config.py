@@ -24,7 +24,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "specs": {"dir": None},
     "database": {"url": "sqlite:///gaud.db"},
     # format: auto (text in a terminal, JSON lines otherwise) | json | text
-    "log": {"level": "info", "format": "auto"},
+    # flush_interval: seconds info lines may wait to be written in one batch (0: each at once);
+    # warnings and errors are always written at once.
+    "log": {"level": "info", "format": "auto", "flush_interval": 0.2},
     # /metrics needs an admin key when auth is on, unless require_admin is false.
     "metrics": {"require_admin": True},
     "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},

@@ -42,13 +42,13 @@ def prepare_store(settings: Settings) -> None:
 def worker_app() -> Any:
     """The app of one worker process (a uvicorn factory): settings from the environment."""
     from . import rules
-    from .logs import configure_logging
+    from .logs import logging_from_settings
     from .server import create_app
     from .specs import default_root, load_catalog
 
     settings = load_settings(os.environ.get(CONFIG_ENV) or None)
     rules.CHECK_PORTABILITY = False
-    configure_logging(str(settings.get("log.level")).lower(), str(settings.get("log.format")))
+    logging_from_settings(settings)
     root = Path(settings.get("specs.dir")) if settings.get("specs.dir") else default_root()
     catalog = load_catalog(root)
     catalog.raise_for_problems()  # the parent checked the same files; they changed in between

@@ -96,6 +96,15 @@ class RunningGateway:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def logs_with(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it holds `text`: request lines are written in batches (log.flush_interval)."""
+        deadline = time.monotonic() + timeout
+        while text not in (logs := self.logs()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s:\n{logs[-2000:]}")
+            time.sleep(0.02)  # polling a file the gateway appends to, not waiting for readiness
+        return logs
+
 
 def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGateway:
     port = free_port()

@@ -51,7 +51,7 @@ def test_one_json_log_line_per_request_without_contents_or_secrets(gateway, upst
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "gemini-2.5-flash", "messages": HELLO},
                           headers={"x-request-id": "trace-observability-1"})
     assert response.status_code == 200
-    logs = gateway.logs()
+    logs = gateway.logs_with("trace-observability-1")
     lines = [json.loads(l) for l in logs.splitlines() if l.startswith("{")]
     mine = [l for l in lines if l.get("request_id") == "trace-observability-1"]
     assert len(mine) == 1

@@ -103,10 +103,11 @@ def test_secrets_never_in_logs(gateway, upstream):
     from .conftest import TEST_SECRETS
 
     upstream.reply(status=401, json={"error": {"type": "authentication_error", "message": f"invalid x-api-key {TEST_SECRETS['ANTHROPIC_API_KEY']}"}})
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO})
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO},
+                          headers={"x-request-id": "trace-secrets-1"})
     error = _assert_openai_error(response, 401, "invalid_api_key")
     assert TEST_SECRETS["ANTHROPIC_API_KEY"] not in error["message"]
     assert "[redacted]" in error["message"]
-    logs = gateway.logs()
+    logs = gateway.logs_with("trace-secrets-1")  # this request's own line is in
     for secret in TEST_SECRETS.values():
         assert secret not in logs
