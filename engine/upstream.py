@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .errors import UpstreamConnection, UpstreamTimeout
 from .translate import UpstreamRequest
@@ -55,13 +56,25 @@ class Upstream:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+
+    def _url(self, url: str) -> URL:
+        """Parsed once per URL: a deployment's URL repeats for every request (yarl parsing is not free)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:  # URLs with per-request parts must not grow this forever
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
 
     def _session_or_start(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30, ttl_dns_cache=300)
+            # No cookie jar: cookies an upstream sets for one user's request must not ride along
+            # on another's (and the jar's per-request filtering costs time).
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self.timeout, json_serialize=lambda o: orjson.dumps(o).decode(),
-                auto_decompress=True,
+                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -82,7 +95,7 @@ class Upstream:
         with map_upstream_errors(request.url, started):
             async with session.request(
                 request.method,
-                request.url,
+                self._url(request.url),
                 data=orjson.dumps(request.body),
                 headers=_with_json(request.headers),
                 timeout=self._timeout(timeout),
@@ -100,7 +113,7 @@ class Upstream:
         with map_upstream_errors(request.url, started):
             response = await session.request(
                 request.method,
-                request.url,
+                self._url(request.url),
                 data=orjson.dumps(request.body),
                 headers=_with_json(request.headers),
                 timeout=self._timeout(timeout),

@@ -111,3 +111,31 @@ def test_secrets_never_in_logs(gateway, upstream):
     logs = gateway.logs_with("trace-secrets-1")  # this request's own line is in
     for secret in TEST_SECRETS.values():
         assert secret not in logs
+
+
+
+def test_cookies_an_upstream_sets_are_not_sent_on_later_requests(fake_upstream_server):
+    """One user's upstream session cookie must not ride along on another user's request."""
+    import asyncio
+
+    from engine.translate import UpstreamRequest
+    from engine.upstream import Upstream
+
+    # By host name: aiohttp's default jar ignores cookies from IP addresses, names it keeps.
+    url = fake_upstream_server.url.replace("127.0.0.1", "localhost") + "/v1/messages"
+    fake_upstream_server.clear()
+    fake_upstream_server.reply_fixture("anthropic", "messages_text.json", headers={"set-cookie": "session=user-a; Path=/"})
+    fake_upstream_server.reply_fixture("anthropic", "messages_text.json")
+
+    async def two_requests() -> None:
+        upstream = Upstream()
+        try:
+            for _ in range(2):
+                reply = await upstream.send(UpstreamRequest("POST", url, {}, {"model": "m"}, False))
+                assert reply.status == 200
+        finally:
+            await upstream.close()
+
+    asyncio.run(two_requests())
+    assert len(fake_upstream_server.requests) == 2
+    assert "cookie" not in {name.lower() for name in fake_upstream_server.requests[-1].headers}
