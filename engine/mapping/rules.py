@@ -57,6 +57,21 @@ def compile_rule_value(rule: dict[str, Any]) -> Getter:
 
     when = compile_condition(rule["when"]) if "when" in rule else None
 
+    if when is not None and "from" in rule and "default" not in rule and "const" not in rule:
+        # A rule that reads a field the request lacks does nothing whatever `when` says, and
+        # most optional fields are absent: look first (neither side has effects).
+        def value_of_present(src: Any, ctx: dict[str, Any]) -> Any:
+            value = pick(src, ctx)
+            if value is MISSING or not when(src, ctx):
+                return MISSING
+            for step in steps:
+                value = step(value, src, ctx)
+                if value is MISSING:
+                    return MISSING
+            return value
+
+        return value_of_present
+
     def value_of(src: Any, ctx: dict[str, Any]) -> Any:
         if when is not None and not when(src, ctx):
             return MISSING

@@ -33,16 +33,33 @@ def compile_source(source: str) -> Getter:
         return lambda src, ctx: src if src is not None else MISSING
     if source.startswith("@"):
         name, _, rest = source[1:].partition("/")
-        tokens = compile_pointer("/" + rest) if rest else ()
+        if not rest:
+            def from_context_name(src: Any, ctx: dict[str, Any]) -> Any:
+                value = ctx.get(name)
+                return MISSING if value is None else value
+
+            return from_context_name
+        tokens = compile_pointer("/" + rest)
 
         def from_context(src: Any, ctx: dict[str, Any]) -> Any:
             value = ctx.get(name, MISSING)
             if value is MISSING or value is None:
                 return MISSING
-            return get(value, tokens) if tokens else value
+            return get(value, tokens)
 
         return from_context
     tokens = compile_pointer(source)
+    if len(tokens) == 1 and isinstance(tokens[0], str):
+        # The common case, `/field`: what `get` does for one key, without its loop.
+        key = tokens[0]
+
+        def field(src: Any, ctx: dict[str, Any]) -> Any:
+            if isinstance(src, dict):
+                value = src.get(key)
+                return MISSING if value is None else value
+            return MISSING
+
+        return field
     return lambda src, ctx: get(src, tokens)
 
 
@@ -138,22 +155,36 @@ def compile_condition(cond: Any) -> Predicate:
     """`when:` — `{has: P}`, `{not_has: P}`, `{eq: [P, v]}`, `{ne: [P, v]}`, `{in: [P, [..]]}`,
     `{not_in: [P, [..]]}`, `{all: [..]}`, `{any: [..]}`; a list means all of them."""
     if isinstance(cond, list):
-        return compile_condition({"all": cond})
-    preds: list[Predicate] = []
-    for op, arg in cond.items():
-        preds.append(_compile_one_condition(op, arg))
+        return _all_of([compile_condition(c) for c in cond])
+    return _all_of([_compile_one_condition(op, arg) for op, arg in cond.items()])
+
+
+def _all_of(preds: list[Predicate]) -> Predicate:
     if len(preds) == 1:
         return preds[0]
-    return lambda src, ctx: all(p(src, ctx) for p in preds)
+
+    def all_of(src: Any, ctx: dict[str, Any]) -> bool:
+        for pred in preds:
+            if not pred(src, ctx):
+                return False
+        return True
+
+    return all_of
 
 
 def _compile_one_condition(op: str, arg: Any) -> Predicate:
     if op == "all":
-        parts = [compile_condition(c) for c in arg]
-        return lambda src, ctx: all(p(src, ctx) for p in parts)
+        return _all_of([compile_condition(c) for c in arg])
     if op == "any":
         parts = [compile_condition(c) for c in arg]
-        return lambda src, ctx: any(p(src, ctx) for p in parts)
+
+        def any_of(src: Any, ctx: dict[str, Any]) -> bool:
+            for pred in parts:
+                if pred(src, ctx):
+                    return True
+            return False
+
+        return any_of
     if op in ("has", "not_has"):
         getter = compile_source(arg)
         if op == "has":
@@ -165,13 +196,24 @@ def _compile_one_condition(op: str, arg: Any) -> Predicate:
         return lambda src, ctx: _same(getter(src, ctx), expected)
     if op == "ne":
         return lambda src, ctx: not _same(getter(src, ctx), expected)
-    if op == "in":
-        return lambda src, ctx: any(_same(getter(src, ctx), e) for e in expected)
-    if op == "not_in":
-        return lambda src, ctx: not any(_same(getter(src, ctx), e) for e in expected)
+    if op in ("in", "not_in"):
+        def is_in(src: Any, ctx: dict[str, Any]) -> bool:
+            value = getter(src, ctx)
+            if value is MISSING:
+                return False
+            for candidate in expected:
+                if _same(value, candidate):
+                    return True
+            return False
+
+        if op == "in":
+            return is_in
+        return lambda src, ctx: not is_in(src, ctx)
     raise ValueError(f"unknown condition {op!r}")
 
 
 def _same(value: Any, expected: Any) -> bool:
-    # JSON has no bool/int identity: `true == 1` must be false here.
-    return type(value) is type(expected) and value == expected if isinstance(expected, bool) else value == expected
+    # JSON has no bool/int identity: `true == 1` must be false here, whichever side is the bool.
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return type(value) is type(expected) and value == expected
+    return bool(value == expected)

@@ -1,0 +1,84 @@
+"""The rule primitives in isolation: sources, conditions, and how `from`, `default` and `when` combine."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.mapping.rules import compile_rules
+from engine.mapping.templates import compile_condition, compile_source
+from engine.pointer import MISSING
+
+DOC = {"a": 1, "flag": True, "zero": 0, "none": None, "nested": {"b": "x", "list": [10, 20]}, "type": "json_schema"}
+CTX = {"model": "m-1", "stream": False, "info": {"limit": 5}, "empty": None}
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("/a", 1),
+    ("/none", MISSING),  # JSON null counts as missing
+    ("/absent", MISSING),
+    ("/nested/b", "x"),
+    ("/nested/list/1", 20),
+    ("/nested/list/5", MISSING),
+    ("/a/b", MISSING),  # a path through a scalar
+    ("@model", "m-1"),
+    ("@stream", False),
+    ("@empty", MISSING),
+    ("@absent", MISSING),
+    ("@info/limit", 5),
+    ("@info/absent", MISSING),
+])
+def test_sources(source, expected):
+    assert compile_source(source)(DOC, CTX) == expected if expected is not MISSING else \
+        compile_source(source)(DOC, CTX) is MISSING
+
+
+def test_a_field_source_on_something_not_an_object_is_missing():
+    assert compile_source("/a")([1, 2], CTX) is MISSING
+    assert compile_source("/a")("text", CTX) is MISSING
+
+
+@pytest.mark.parametrize(("cond", "expected"), [
+    ({"has": "/a"}, True),
+    ({"has": "/none"}, False),
+    ({"not_has": "/absent"}, True),
+    ({"eq": ["/flag", True]}, True),
+    ({"eq": ["/a", True]}, False),  # 1 is not true in JSON
+    ({"eq": ["/zero", False]}, False),
+    ({"ne": ["/a", 2]}, True),
+    ({"in": ["/type", ["json_schema", "json_object"]]}, True),
+    ({"in": ["/absent", ["json_schema"]]}, False),
+    ({"not_in": ["/type", ["text"]]}, True),
+    ({"not_in": ["/absent", ["text"]]}, True),
+    ({"not_in": ["/flag", [1]]}, True),
+    ([{"has": "/a"}, {"eq": ["@model", "m-1"]}], True),
+    ([{"has": "/a"}, {"eq": ["@model", "other"]}], False),
+    ({"has": "/a", "not_has": "/a"}, False),
+    ({"any": [{"has": "/absent"}, {"eq": ["/a", 1]}]}, True),
+    ({"any": [{"has": "/absent"}, {"eq": ["/a", 2]}]}, False),
+    ({"all": [{"has": "/a"}, {"any": [{"has": "/nested/b"}]}]}, True),
+])
+def test_conditions(cond, expected):
+    assert compile_condition(cond)(DOC, CTX) is expected
+
+
+@pytest.mark.parametrize(("rule", "expected"), [
+    ({"to": "/x", "from": "/a", "when": {"eq": ["@stream", True]}}, {}),
+    ({"to": "/x", "from": "/a", "when": {"eq": ["@stream", False]}}, {"x": 1}),
+    ({"to": "/x", "from": "/absent", "when": {"eq": ["@stream", False]}}, {}),
+    ({"to": "/x", "from": "/absent", "default": 7, "when": {"eq": ["@stream", False]}}, {"x": 7}),
+    ({"to": "/x", "from": "/absent", "default": 7, "when": {"eq": ["@stream", True]}}, {}),
+    ({"to": "/x", "from": ["/absent", "/a"], "when": {"has": "/flag"}}, {"x": 1}),
+    ({"to": "/x", "const": "c", "when": {"has": "/absent"}}, {}),
+    ({"to": "/x", "from": "/a", "op": "table", "table": {"1": "one", "_default": "_omit"}, "when": {"has": "/a"}}, {}),
+])
+def test_one_rule(rule, expected):
+    assert compile_rules([rule])(DOC, dict(CTX)) == expected
+
+
+def test_when_sees_what_earlier_rules_wrote():
+    mapper = compile_rules([
+        {"to": "/thinking", "from": "/flag"},
+        {"to": "/temperature", "from": "/a", "when": {"not_has": "@out/thinking"}},
+        {"to": "/top_k", "from": "/a", "when": {"has": "@out/thinking"}},
+    ])
+    assert mapper(DOC, dict(CTX)) == {"thinking": True, "top_k": 1}
