@@ -168,12 +168,12 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     level = logging_from_settings(settings)
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     n_workers = int(settings.get("server.workers"))
-    options = dict(
-        host=bind_host, port=bind_port, log_level=level, access_log=False, loop="auto", http="auto",
-        server_header=False, timeout_graceful_shutdown=float(settings.get("server.shutdown_timeout")),
-        proxy_headers=bool(settings.get("server.proxy_headers")),
-        forwarded_allow_ips=settings.get("server.forwarded_allow_ips"),
-    )
+    options = {
+        "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": "auto",
+        "server_header": False, "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
+        "proxy_headers": bool(settings.get("server.proxy_headers")),
+        "forwarded_allow_ips": settings.get("server.forwarded_allow_ips"),
+    }
     suffix = f" ({n_workers} workers)" if n_workers > 1 else ""
     click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}{suffix}")
     if n_workers > 1:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
+import random
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -62,12 +62,16 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
 
 
+_ids = random.Random()  # seeded from os.urandom; spawned workers each seed their own
+
+
 def _request_id(scope: Scope) -> str:
     """The client's own `x-request-id` when it sent a sane one, else a new random id."""
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
             return value.decode()
-    return os.urandom(16).hex()
+    # Unique, not secret: a per-process PRNG seeded from the OS, without a getrandom(2) per request.
+    return f"{_ids.getrandbits(128):032x}"
 
 
 _INTERNAL_ERROR = {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}}
