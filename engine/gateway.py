@@ -28,7 +28,15 @@ from .routing import Plan, PlannedTarget, Router, activation
 from .specs import Catalog
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
 from .validation import Limits, check_structured_output, validate_request
-from .translate import UpstreamRequest, build_request, completion_from_reply, error_from_reply, normalize_completion
+from .translate import (
+    UpstreamRequest,
+    build_request,
+    completion_from_reply,
+    error_from_reply,
+    normalize_completion,
+    stream_usage,
+    with_usage,
+)
 from .upstream import Upstream, iter_chunks
 
 __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
@@ -284,7 +292,7 @@ class Gateway:
                                     estimated_tokens=exchange.estimated_tokens)
             raw = await self._exchange_json(planned, await self._signed(target, request), exchange)
             completion = completion_from_reply(target, raw, requested_model=body["model"])
-        self._account(exchange, target, completion.get("usage"))
+        self._account(exchange, target, with_usage(completion, exchange.estimated_tokens)["usage"])
         check_structured_output(body, completion)
         return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
@@ -418,21 +426,30 @@ class Gateway:
         state = StreamState()
         writer = ChunkWriter(model=target.model or requested_model, created=int(time.time()), special_tokens=spec.special_tokens)
         sent = False
+        finished = False
+
+        def usage_so_far() -> dict[str, Any]:
+            return stream_usage(spec, state.raw_usage, writer.output_chars, exchange.estimated_tokens)
+
         try:
             async for deltas in self._deltas(target, response, state):
                 piece = writer.write(deltas, state.id, state.model)
                 if piece:
                     sent = True
                     yield piece
+            finished = True
         except GatewayError as exc:
             if not sent:
                 raise
-            self._account(exchange, target, spec.usage_of(state.raw_usage))  # usage so far is still billed
+            finished = True
+            self._account(exchange, target, usage_so_far())  # what was generated is still billed
             exchange.error = exc
             yield writer.error(exc.to_openai())
             return
-        usage = spec.usage_of(state.raw_usage)
+        finally:
+            if not finished and sent:  # the client went away mid-stream: bill what was generated
+                self._account(exchange, target, usage_so_far())
+        usage = usage_so_far()
         self._account(exchange, target, usage)
-        if usage is not None:
-            usage["cost"] = round(exchange.cost, 8)
+        usage["cost"] = round(exchange.cost, 8)
         yield writer.finish(spec.finish_reason(state.raw_finish, state.has_tool_calls), usage if include_usage else None)

@@ -33,8 +33,15 @@ import yaml
 from .errors import GatewayError, ResponseParsing
 from .models import Target, resolve_model
 from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
-from .translate import build_request, completion_from_reply, error_from_reply, normalize_completion
-from .validation import check_structured_output, validate_request
+from .translate import (
+    build_request,
+    completion_from_reply,
+    error_from_reply,
+    normalize_completion,
+    stream_usage,
+    with_usage,
+)
+from .validation import check_structured_output, estimate_prompt_tokens, validate_request
 
 if TYPE_CHECKING:
     from .specs import Catalog
@@ -232,7 +239,9 @@ def _frames(target: Target, raw: bytes, state: StreamState) -> Iterator[list[Any
     ensure_stream_events(target, state)
 
 
-def _chunks(target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str]) -> list[dict[str, Any]]:
+def _chunks(
+    target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str], prompt_estimate: int
+) -> list[dict[str, Any]]:
     """The OpenAI chunks (data objects, `[DONE]` left out) the gateway writes for a stream."""
     spec = target.provider
     state = StreamState(new_call_id=new_call_id)
@@ -248,7 +257,7 @@ def _chunks(target: Target, raw: bytes, requested_model: str, new_call_id: Calla
             raise  # before the first byte: an ordinary error reply
         pieces.append(writer.error(exc.to_openai()))
     else:
-        usage = spec.usage_of(state.raw_usage)
+        usage = stream_usage(spec, state.raw_usage, writer.output_chars, prompt_estimate)
         pieces.append(writer.finish(spec.finish_reason(state.raw_finish, state.has_tool_calls), usage))
     chunks = []
     for line in b"".join(pieces).decode().split("\n"):
@@ -257,7 +266,9 @@ def _chunks(target: Target, raw: bytes, requested_model: str, new_call_id: Calla
     return chunks
 
 
-def _assembled(target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str]) -> dict[str, Any]:
+def _assembled(
+    target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str], prompt_estimate: int
+) -> dict[str, Any]:
     """A non-stream reply served from a stream (`endpoints.chat.stream_only`)."""
     state = StreamState(new_call_id=new_call_id)
     assembler = MessageAssembler(target.provider.special_tokens)
@@ -265,7 +276,7 @@ def _assembled(target: Target, raw: bytes, requested_model: str, new_call_id: Ca
         assembler.add(deltas)
     out = {"id": state.id, "model": state.model,
            "choices": [{"message": assembler.message(), "finish_reason": state.raw_finish}]}
-    return normalize_completion(out, target, state.raw_usage or None, requested_model)
+    return with_usage(normalize_completion(out, target, state.raw_usage or None, requested_model), prompt_estimate)
 
 
 def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = None) -> dict[str, Any]:
@@ -307,9 +318,9 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
                 raise RecordingProblem("a streamed request needs `upstream.stream`: the raw text of the stream")
             raw = upstream["stream"].encode()
             if stream:
-                out["chunks"] = _chunks(target, raw, body["model"], new_call_id)
+                out["chunks"] = _chunks(target, raw, body["model"], new_call_id, estimate_prompt_tokens(body))
             else:
-                out["response"] = _assembled(target, raw, body["model"], new_call_id)
+                out["response"] = _assembled(target, raw, body["model"], new_call_id, estimate_prompt_tokens(body))
         else:
             if "body" not in upstream:
                 raise RecordingProblem("a non-stream request needs `upstream.body`: the upstream's JSON reply")
@@ -320,6 +331,7 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
                 except orjson.JSONDecodeError:
                     raise ResponseParsing(f"{spec.name} returned a reply that is not JSON") from None
             completion = completion_from_reply(target, reply, requested_model=body["model"], new_call_id=new_call_id)
+            with_usage(completion, estimate_prompt_tokens(body))
             check_structured_output(body, completion)
             out["response"] = completion
     except GatewayError as exc:

@@ -122,6 +122,53 @@ def normalize_completion(out: dict[str, Any], target: Target, raw_usage: Any, re
     return out
 
 
+#: Characters per token when a count must be estimated (the routing estimate uses the same).
+CHARS_PER_TOKEN = 4
+
+
+def estimated_usage(prompt_tokens: int | None, output_chars: int) -> dict[str, Any]:
+    """Usage for a reply whose upstream reported none: the prompt estimate made before the call
+    and ~4 characters per output token. Marked `estimated` so clients and the log can tell; billed
+    like reported usage, so a silent upstream cannot be used to spend without being charged."""
+    prompt = int(prompt_tokens or 0)
+    completion = -(-output_chars // CHARS_PER_TOKEN)  # ceiling: any output costs at least one token
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "estimated": True}
+
+
+def with_usage(completion: dict[str, Any], prompt_estimate: int | None) -> dict[str, Any]:
+    """The completion, with estimated usage if the upstream reported none."""
+    if not completion.get("usage"):
+        completion["usage"] = estimated_usage(prompt_estimate, output_chars(completion))
+    return completion
+
+
+def stream_usage(spec: Any, raw_usage: dict[str, Any], output_chars: int, prompt_estimate: int | None) -> dict[str, Any]:
+    """A stream's usage as reported; estimated where the upstream reported nothing, or no output
+    yet (a stream cut short before its final usage event)."""
+    usage = spec.usage_of(raw_usage) if raw_usage else None
+    if usage is None:
+        return estimated_usage(prompt_estimate, output_chars)
+    if not usage["completion_tokens"] and output_chars:
+        completion = estimated_usage(0, output_chars)["completion_tokens"]
+        usage.update(completion_tokens=completion, total_tokens=usage["prompt_tokens"] + completion, estimated=True)
+    return usage
+
+
+def output_chars(completion: dict[str, Any]) -> int:
+    """Characters a completion generated: content, reasoning and tool-call names and arguments."""
+    chars = 0
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        for name in ("content", "reasoning_content"):
+            if isinstance(message.get(name), str):
+                chars += len(message[name])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            chars += len(function.get("name") or "") + len(function.get("arguments") or "")
+    return chars
+
+
 def parse_retry_after(headers: Any) -> float | None:
     """Seconds from `retry-after` (or `retry-after-ms`), if the upstream sent one."""
     if headers is None:

@@ -161,12 +161,43 @@ def test_client_disconnect_cancels_upstream(upstream, gateway):
     ] * 200
     upstream.reply(frames=slow, content_type="text/event-stream", frame_delay=0.02)
     with httpx.stream(
-        "POST", f"{gateway.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True}
+        "POST", f"{gateway.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO, "stream": True},
+        headers={"x-request-id": "trace-disconnect-1"},
     ) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 break  # the client goes away after the first chunk
     assert upstream.disconnected.wait(5), "the upstream request was not cancelled"
+    # What was generated before the client left is billed: the prompt as reported by the
+    # upstream's first event, the output (never reported: the stream was cut) estimated.
+    line = _request_line(gateway, "trace-disconnect-1")
+    assert line["status"] == 499
+    assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0 and line["cost"] > 0
+
+
+def _request_line(gateway, request_id: str) -> dict:
+    logs = gateway.logs_with(request_id)
+    return next(json.loads(l) for l in logs.splitlines() if l.startswith("{") and request_id in l and '"gaud.request"' in l)
+
+
+def test_a_stream_without_upstream_usage_is_billed_from_an_estimate(upstream, gateway):
+    """An upstream that reports no usage must not make a stream free: usage is estimated from the
+    prompt and the streamed text, marked `estimated`, and billed."""
+    import openai
+
+    upstream.reply_fixture("openai", "stream_text.sse")  # content only, no usage chunk
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o", messages=HELLO, stream=True, stream_options={"include_usage": True},
+        extra_headers={"x-request-id": "trace-no-usage-1"},
+    ))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert usage.completion_tokens == -(-len(text) // 4) and usage.prompt_tokens > 0
+    assert usage.model_extra["estimated"] is True and usage.model_extra["cost"] > 0
+    line = _request_line(gateway, "trace-no-usage-1")
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
+    assert line["cost"] == pytest.approx(usage.model_extra["cost"])
 
 
 def test_non_stream_request_served_from_a_streamed_upstream(upstream, tmp_path):
