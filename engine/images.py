@@ -15,8 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import httpx
-
 from .errors import InvalidRequest
 
 __all__ = ["ImageFetcher", "inline_image_urls"]
@@ -59,6 +57,8 @@ class ImageFetcher:
 
     async def fetch(self, url: str, param: str) -> tuple[str, bytes]:
         """(media type, bytes) of an image URL, following at most `max_redirects` checked redirects."""
+        import httpx  # here, not at the top: see engine/upstream_models.py
+
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
             for _ in range(self.max_redirects + 1):
                 await self._check_host(url, param)

@@ -2,6 +2,10 @@
 
 Off the hot path (httpx): fetched at start and on reload when `models.refresh_from_upstream` is
 on; a provider that fails to answer simply contributes nothing.
+
+httpx is imported where it is used, here and in the other modules off the hot path: importing it
+also loads its command-line tool's libraries when they are installed (rich, pygments), ~16 MB
+resident in every worker that never calls it (measured).
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-import httpx
-
 from .pointer import compile_pointer, get
 
 if TYPE_CHECKING:
+    import httpx
+
     from .provider import ProviderSpec
     from .specs import Catalog
 
@@ -44,6 +48,8 @@ async def _one(client: httpx.AsyncClient, spec: ProviderSpec) -> list[str]:
 async def fetch_upstream_models(catalog: Catalog, *, timeout: float = 10.0) -> dict[str, list[str]]:
     """Model ids per provider, for every provider that has credentials and a models endpoint."""
     specs = [s for s in catalog.providers.values() if s.models_list and "models" in s.endpoints and not s.missing_env()]
+    import httpx
+
     async with httpx.AsyncClient(timeout=timeout) as client:
         results = await asyncio.gather(*(_one(client, s) for s in specs), return_exceptions=True)
     found: dict[str, list[str]] = {}

@@ -19,14 +19,15 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
-
-import httpx
 
 from ..errors import AuthenticationFailed, UpstreamConnection, UpstreamTimeout
 from ..pointer import MISSING, get
 from .spec import AuthSpec, ExchangeSpec
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "DEVICE_GRANT",
@@ -78,6 +79,8 @@ def _host(url: str) -> str:
 
 
 async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    import httpx  # here, not at the top: see engine/upstream_models.py
+
     try:
         return await client.request(method, url, **kwargs)
     except httpx.TimeoutException:

@@ -21,18 +21,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from ..errors import AuthenticationFailed, GatewayError, UpstreamError
 from .flows import OAuthError, device_login, exchange_token, pkce_login, refresh_token
 from .spec import AuthSpec
 from .vault import Vault, VaultError, open_vault
 
 if TYPE_CHECKING:
+    import httpx
+
     from ..provider import ProviderSpec
     from ..store import Store
 
 __all__ = ["CredentialManager"]
+
+
+def _new_client() -> httpx.AsyncClient:
+    import httpx  # here, not at the top: see engine/upstream_models.py
+
+    return httpx.AsyncClient(timeout=30.0)
 
 log = logging.getLogger("gaud.credentials")
 
@@ -113,7 +119,7 @@ class CredentialManager:
     ) -> None:
         self.store = store
         self.vault = vault or open_vault(store.url, environ, secret_key)
-        self._http = http or (lambda: httpx.AsyncClient(timeout=30.0))
+        self._http = http or _new_client
         self.clock = clock
         self.sleep = sleep
         self.recheck_seconds = recheck_seconds
