@@ -176,6 +176,9 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     }
     suffix = f" ({n_workers} workers)" if n_workers > 1 else ""
     click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}{suffix}")
+    from .process import limit_malloc_arenas
+
+    limit_malloc_arenas()
     if n_workers > 1:
         from .workers import serve_workers
 

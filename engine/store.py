@@ -179,6 +179,7 @@ def _engine_for(url: str) -> sa.Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA cache_size=-512")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 

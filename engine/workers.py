@@ -43,9 +43,11 @@ def worker_app() -> Any:
     """The app of one worker process (a uvicorn factory): settings from the environment."""
     from . import rules
     from .logs import logging_from_settings
+    from .process import limit_malloc_arenas
     from .server import create_app
     from .specs import default_root, load_catalog
 
+    limit_malloc_arenas()
     settings = load_settings(os.environ.get(CONFIG_ENV) or None)
     rules.CHECK_PORTABILITY = False
     logging_from_settings(settings)
