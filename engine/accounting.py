@@ -1,20 +1,28 @@
 """Budgets (reserve before the call, settle after) and the audit log writer (batched, off the
-hot path, flushed on shutdown)."""
+hot path, flushed on shutdown; spilled to a file when the database is unreachable at shutdown
+and imported from it at the next start)."""
 
 from __future__ import annotations
 
 import asyncio
 import calendar
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .errors import BudgetExceeded
 from .store import Principal, Store
 
-__all__ = ["AuditWriter", "Budgets", "Reservation", "day_start", "month_start"]
+__all__ = [
+    "AuditWriter", "Budgets", "Reservation", "audit_spill_dir", "day_start", "import_spilled", "month_start",
+    "spill_records",
+]
 
 log = logging.getLogger("gaud.accounting")
 
@@ -122,15 +130,34 @@ class Budgets:
 
 
 class AuditWriter:
-    """Queues audit records and writes them in batches from a background task."""
+    """Queues audit records and writes them in batches from a background task.
 
-    def __init__(self, store: Store, *, batch_size: int = 500, max_delay: float = 0.2, max_queue: int = 50_000) -> None:
+    A failed write is retried, never dropped. At shutdown the writer gets `close(timeout)`
+    seconds; a batch the database still refuses after that goes to a spill file in `spill_dir`
+    (JSON lines), and so does everything after it, which `import_spilled` writes at the next start.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = 500,
+        max_delay: float = 0.2,
+        max_queue: int = 50_000,
+        spill_dir: Path | None = None,
+        retry_delay: float = 1.0,
+    ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.max_delay = max_delay
+        self.spill_dir = spill_dir
+        self.retry_delay = retry_delay
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._give_up_at: float | None = None  # set by close()
+        self._spilling = False
         self.written = 0
+        self.spilled = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -164,16 +191,94 @@ class AuditWriter:
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         while True:
+            if self._spilling:  # the database failed past the shutdown deadline: do not wait on it again
+                await self._spill(batch)
+                return
             try:
                 self.written += await asyncio.to_thread(self.store.write_audit, batch)
                 return
-            except Exception:  # a database hiccup must not lose records: retry
-                log.exception("audit write failed; retrying in 1 s")
-                await asyncio.sleep(1.0)
+            except Exception:  # a database hiccup must not lose records: retry, or spill at shutdown
+                if self._give_up_at is not None and time.monotonic() >= self._give_up_at and self.spill_dir:
+                    self._spilling = True
+                    log.exception("audit write failed at shutdown")
+                    continue
+                log.exception("audit write failed; retrying in %g s", self.retry_delay)
+                await asyncio.sleep(self.retry_delay)
 
-    async def close(self) -> None:
-        """Write everything queued so far, then stop."""
+    async def _spill(self, batch: list[dict[str, Any]]) -> None:
+        assert self.spill_dir is not None
+        try:
+            path = await asyncio.to_thread(spill_records, self.spill_dir, batch)
+        except OSError as exc:
+            log.critical("the audit database and the spill folder %s both failed (%s): %d audit records are lost",
+                         self.spill_dir, exc, len(batch))
+            return
+        self.spilled += len(batch)
+        log.error("the audit database is unreachable: %d records saved to %s (imported at the next start)",
+                  len(batch), path)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued so far, then stop; after `timeout` seconds of failing writes,
+        spill what is left (with a `spill_dir`; without one, keep retrying)."""
         if self._task is not None:
+            self._give_up_at = time.monotonic() + timeout
             await self.queue.put(None)
             await self._task
             self._task = None
+
+
+SPILL_PATTERN = "gaud-audit-spill-*.jsonl"
+
+
+def audit_spill_dir(settings: Any) -> Path:
+    """`audit.spill_dir`, else beside a SQLite database file, else the working directory."""
+    from .store import sqlite_folder
+
+    configured = settings.get("audit.spill_dir")
+    if configured:
+        return Path(configured)
+    return sqlite_folder(str(settings.get("database.url"))) or Path.cwd()
+
+
+def spill_records(folder: Path, records: list[dict[str, Any]]) -> Path:
+    """Write records to a new spill file (JSON lines, fsynced, renamed into place whole)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"gaud-audit-spill-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{id(records):x}.jsonl"
+    final = folder / name
+    temp = folder / f".{name}.tmp"
+    with temp.open("wb") as out:
+        for record in records:
+            out.write(orjson.dumps(record, default=str) + b"\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, final)
+    return final
+
+
+def import_spilled(store: Store, folder: Path) -> int:
+    """Write the records of every spill file in `folder` to the database, then delete the file.
+
+    A file is first renamed to a name only this process uses, so two processes starting
+    together never import the same records twice. A file that cannot be read is left (renamed
+    back) and logged. Returns the number of records imported.
+    """
+    imported = 0
+    if not folder.is_dir():
+        return 0
+    for path in sorted(folder.glob(SPILL_PATTERN)):
+        claimed = path.with_name(f".{path.name}.importing-{os.getpid()}")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            continue  # another process claimed it
+        try:
+            records = [orjson.loads(line) for line in claimed.read_bytes().splitlines() if line.strip()]
+            store.write_audit(records)
+        except Exception:  # noqa: BLE001 - keep the file for the next start, say why
+            os.rename(claimed, path)
+            log.exception("could not import the audit spill file %s; it is kept", path)
+            continue
+        claimed.unlink()
+        imported += len(records)
+        log.info("imported %d audit records from %s", len(records), path.name)
+    return imported

@@ -53,7 +53,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.
     "budgets": {"warn_at": [0.8]},
     # Message contents are never stored unless store_content is true.
-    "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2},
+    # spill_dir: where records the database refuses at shutdown are saved (and imported from at
+    # the next start); unset: beside a SQLite database file, else the working directory.
+    # spill_after: seconds of failing writes at shutdown before the rest is spilled.
+    "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2, "spill_dir": None, "spill_after": 10.0},
     # Image URLs the gateway fetches itself (providers that accept only inline bytes).
     "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .accounting import AuditWriter, Budgets, Reservation
+from .accounting import AuditWriter, Budgets, Reservation, audit_spill_dir, import_spilled
 from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
@@ -342,8 +342,10 @@ def create_app(
         )
     else:
         budgets = Budgets(store, warn_at=warn_at)
+    spill_dir = audit_spill_dir(settings)
     audit = AuditWriter(
-        store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay"))
+        store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay")),
+        spill_dir=spill_dir,
     )
     metrics = Metrics(lambda: gateway.router.breakers.states())
     gateway.metrics = metrics
@@ -637,6 +639,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(store.migrate)
+        await asyncio.to_thread(import_spilled, store, spill_dir)  # records a past shutdown could not write
         if auth_enabled:
             await asyncio.to_thread(_first_admin, store)
         else:
@@ -656,7 +659,8 @@ def create_app(
         try:
             yield
         finally:
-            await audit.close()  # every queued audit record is written before exit
+            # Every queued audit record is written before exit (or spilled, past spill_after).
+            await audit.close(float(settings.get("audit.spill_after")))
             await upstream.close()
             await limiter.aclose()
             await cache.aclose()

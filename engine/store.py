@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -187,6 +188,14 @@ def _engine_for(url: str) -> sa.Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_folder(url: str) -> Path | None:
+    """The folder of a SQLite database file; None for other databases and in-memory SQLite."""
+    parsed = sa.engine.make_url(url)
+    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).resolve().parent
 
 
 class Store:

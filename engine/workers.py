@@ -26,13 +26,16 @@ CONFIG_ENV = "GAUD_CONFIG"
 
 
 def prepare_store(settings: Settings) -> None:
-    """What must run once before workers start: migrations and, with auth on, the first admin."""
+    """What must run once before workers start: migrations, audit records spilled at the last
+    shutdown and, with auth on, the first admin."""
+    from .accounting import audit_spill_dir, import_spilled
     from .server import _first_admin
     from .store import Store
 
     store = Store(str(settings.get("database.url")))
     try:
         store.migrate()
+        import_spilled(store, audit_spill_dir(settings))
         if settings.get("auth.enabled"):
             _first_admin(store)
     finally:

@@ -66,12 +66,10 @@ def _fernet_key(value: str) -> bytes:
 
 def key_file_for(database_url: str) -> Path | None:
     """`gaud-secret.key` beside a SQLite database file; None for other databases and in-memory SQLite."""
-    import sqlalchemy as sa
+    from ..store import sqlite_folder
 
-    url = sa.engine.make_url(database_url)
-    if not url.drivername.startswith("sqlite") or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database).resolve().parent / KEY_FILE_NAME
+    folder = sqlite_folder(database_url)
+    return folder / KEY_FILE_NAME if folder is not None else None
 
 
 def _read_or_create(path: Path) -> str:
