@@ -274,7 +274,7 @@ def import_spilled(store: Store, folder: Path) -> int:
         try:
             records = [orjson.loads(line) for line in claimed.read_bytes().splitlines() if line.strip()]
             store.write_audit(records)
-        except Exception:  # noqa: BLE001 - keep the file for the next start, say why
+        except Exception:  # keep the file for the next start, and say why
             os.rename(claimed, path)
             log.exception("could not import the audit spill file %s; it is kept", path)
             continue
