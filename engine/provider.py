@@ -13,6 +13,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import GatewayError, InvalidRequest, error_for_kind
 from .mapping import Mapper, compile_condition, compile_first_of, compile_rules
+from .mapping.templates import Getter, compile_source
 from .pointer import MISSING, compile_pointer
 
 __all__ = ["EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "compile_provider"]
@@ -85,6 +86,17 @@ class ErrorTable:
                 raise SpecCompileError(f"/errors/by_message/{i}/pattern", f"bad regular expression: {exc}") from None
         self.by_code: dict[str, str] = {str(k): v for k, v in spec.get("by_code", {}).items()}
         self.by_status: dict[str, str] = {str(k): v for k, v in spec.get("by_status", {}).items()}
+        self._delay_sources = [_compile_item_source(entry) for entry in spec.get("retry_after_from", [])]
+
+    def retry_after(self, body: Any) -> float | None:
+        """Seconds to wait that the error body asks for (`retry_after_from`), if any."""
+        if body is None:
+            return None
+        for source in self._delay_sources:
+            seconds = parse_duration(source(body, {}))
+            if seconds is not None:
+                return seconds
+        return None
 
     def kind_of(self, status: int | None, body: Any) -> tuple[str, str]:
         """(kind, upstream message) for a status and a parsed error body (or None)."""
@@ -101,6 +113,47 @@ class ErrorTable:
                 if key in self.by_status:
                     return self.by_status[key], text
         return self.by_status.get("_default", "upstream_5xx"), text
+
+
+def _compile_item_source(entry: Any) -> Getter:
+    """A source string, or `{in, where, from}`: `from` in the first item of the array `in` that
+    matches `where`."""
+    if isinstance(entry, str):
+        return compile_source(entry)
+    items_of = compile_source(entry["in"])
+    where = compile_condition(entry["where"]) if "where" in entry else None
+    value_of = compile_source(entry["from"])
+
+    def found(src: Any, ctx: dict[str, Any]) -> Any:
+        items = items_of(src, ctx)
+        if not isinstance(items, list):
+            return MISSING
+        for item in items:
+            if where is None or where(item, ctx):
+                value = value_of(item, ctx)
+                if value is not MISSING:
+                    return value
+        return MISSING
+
+    return found
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from 21, 1.5, "21s", "1.5s", "500ms" or "2m"; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.match(value)
+    if match is None:
+        return None
+    number, unit = float(match[1]), match[2] or "s"
+    return number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
 
 
 @dataclass
@@ -230,6 +283,8 @@ class ProviderSpec:
         kind, upstream_message = self.errors.kind_of(status, body)
         detail = self.redact(upstream_message) if upstream_message else f"HTTP {status}"
         message = f"{self.name} error: {detail}"
+        if retry_after is None:  # a retry-after header wins over a delay in the body
+            retry_after = self.errors.retry_after(body)
         return error_for_kind(kind, message, retry_after=retry_after, upstream_status=status)
 
     def redact(self, text: str) -> str:

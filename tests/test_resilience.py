@@ -151,6 +151,26 @@ def test_retry_after_is_honoured(run, upstream):
     assert result.headers["x-gaud-attempts"] == "2"
 
 
+def test_a_retry_delay_in_the_error_body_is_honoured(run, upstream):
+    """Gemini says how long to wait in the body (google.rpc.RetryInfo `retryDelay: 21s`), not in a
+    header: the spec's `errors.retry_after_from` finds it."""
+    upstream.reply_fixture("gemini", "error_429_resource_exhausted.json")
+    upstream.reply_fixture("gemini", "generate_text.json")
+    result, _ = run({"model": "gemini/gemini-2.5-flash", "messages": HELLO})
+    assert run.clock.sleeps == [21.0]
+    assert served(result) == ("gemini/gemini-2.5-flash", "2")
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (21, 21.0), (1.5, 1.5), ("21s", 21.0), ("1.5s", 1.5), ("500ms", 0.5), ("2m", 120.0), (" 3s ", 3.0),
+    ("soon", None), (True, None), (-1, None), (None, None), ({"seconds": 3}, None),
+])
+def test_delays_in_error_bodies(value, seconds):
+    from engine.provider import parse_duration
+
+    assert parse_duration(value) == seconds
+
+
 def test_retry_after_too_long_falls_back_instead(run, upstream):
     upstream.reply_fixture("anthropic", "error_429_rate_limit.json", headers={"retry-after": "120"})
     upstream.reply_fixture("gemini", "generate_text.json")
