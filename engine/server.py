@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .accounting import AuditWriter, Budgets, Reservation, audit_spill_dir, import_spilled
+from .asgi_headers import ResponseHeaders
 from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
@@ -198,26 +199,6 @@ class GatewayApp:
                 await handler(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-class RequestIdMiddleware:
-    """Adds `x-request-id` to every response: the client's own if it sent a sane one."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _request_id(scope).encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -690,7 +671,7 @@ def create_app(
         exception_handlers={HTTPException: not_found, Exception: server_error},
         lifespan=lifespan,
     )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ResponseHeaders, headers=lambda scope: [(b"x-request-id", _request_id(scope).encode())])
     app.state.gateway = gateway
     app.state.store = store
     app.state.audit = audit

@@ -31,9 +31,9 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..accounting import day_start
+from ..asgi_headers import ResponseHeaders
 from ..auth import LOCAL_USER
 from ..store import KEY_PREFIX, Principal, Store
 from . import queries
@@ -64,27 +64,6 @@ SECURITY_HEADERS = [
         ),
     ),
 ]
-
-
-class SecurityHeaders:
-    """The same strict headers on every dashboard response, pages and redirects alike."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -601,7 +580,7 @@ def dashboard_app(
             Route("/signout/{provider}", action(signout), methods=["POST"]),
             Route("/static/dashboard.css", css, methods=["GET"]),
         ],
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(ResponseHeaders, headers=lambda scope: SECURITY_HEADERS)],
         exception_handlers={HTTPException: not_found},
     )
     app.state.sessions = sessions
