@@ -170,7 +170,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     n_workers = int(settings.get("server.workers"))
     options = {
         "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": "auto",
-        "server_header": False, "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
+        "server_header": False, "ws": "none", "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
         "proxy_headers": bool(settings.get("server.proxy_headers")),
         "forwarded_allow_ips": settings.get("server.forwarded_allow_ips"),
     }

@@ -28,14 +28,13 @@ from .asgi_headers import ResponseHeaders
 from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
-from .dashboard import dashboard_app
 from .embeddings import estimate_input_tokens, validate_embeddings_request
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
 from .metrics import Metrics
 from .upstream_models import fetch_upstream_models
-from .specs import Catalog, load_catalog
+from .specs import Catalog, load_catalog, release_validators
 from .store import Principal, Store
 from .upstream import Upstream
 from .cache import MemoryCache, RedisCache, ResponseCache
@@ -182,6 +181,22 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+class _LazyDashboard:
+    """The /ui app, built (and engine.dashboard imported) on its first request."""
+
+    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool) -> None:
+        self._args = (store, gateway, auth_enabled)
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            from .dashboard import dashboard_app
+
+            store, gateway, auth_enabled = self._args
+            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled)
+        await self.app(scope, receive, send)
 
 
 class GatewayApp:
@@ -630,6 +645,7 @@ def create_app(
         await refresh_upstream_models()
         # Specs, schemas and modules live as long as the process: move them out of the cyclic
         # collector's view so collections during load scan only per-request objects.
+        release_validators()
         gc.collect()
         gc.freeze()
         loop = asyncio.get_running_loop()
@@ -665,7 +681,7 @@ def create_app(
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
             Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
             Route("/admin/usage", admin_usage, methods=["GET"]),
-            Mount("/ui", app=dashboard_app(store, gateway, auth_enabled=auth_enabled)),
+            Mount("/ui", app=_LazyDashboard(store, gateway, auth_enabled=auth_enabled)),
             Route("/admin/reload", admin_reload, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: server_error},

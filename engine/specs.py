@@ -54,6 +54,12 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=registry)
 
 
+def release_validators() -> None:
+    """Drop the compiled spec-schema validators (a long-running server needs them only to load
+    or reload specs; a reload compiles them again)."""
+    _validator.cache_clear()
+
+
 @dataclass
 class Catalog:
     """Everything loaded from one spec tree."""
