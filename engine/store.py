@@ -84,6 +84,8 @@ audit_log = sa.Table(
 AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
 #: Rows per INSERT statement: 50 x 19 bind parameters stays under every SQLite build's limit (999).
 AUDIT_ROWS_PER_INSERT = 50
+#: Concurrent argon2 computations per process (each takes the hasher's memory_cost, 64 MiB).
+ARGON2_AT_ONCE = 2
 
 
 def m001_initial(conn: sa.Connection) -> None:
@@ -209,6 +211,9 @@ class Store:
         self._key_cache: dict[bytes, tuple[float, Principal]] = {}
         self._key_cache_seconds = key_cache_seconds
         self._lock = threading.Lock()
+        #: argon2 hashes take 64 MiB each: at most this many at once, however many keys arrive
+        #: together (a burst of wrong keys must not become a burst of memory).
+        self._argon2_slots = threading.BoundedSemaphore(ARGON2_AT_ONCE)
         self._audit_inserts: dict[int, tuple[str, Callable[[list[dict[str, Any]]], Any]]] = {}
         #: Bumped by every revocation: a check begun before one must not cache what it read.
         self._revocations = 0
@@ -263,7 +268,7 @@ class Store:
         key = f"{KEY_PREFIX}{lookup}{secrets.token_urlsafe(24)}"
         with self.engine.begin() as conn:
             conn.execute(
-                api_keys.insert().values(lookup=lookup, hash=self.hasher.hash(key), user_id=user_id, created_at=time.time())
+                api_keys.insert().values(lookup=lookup, hash=self._hash(key), user_id=user_id, created_at=time.time())
             )
         info = next(k for k in self.list_keys() if k.lookup == lookup)
         return key, info
@@ -325,19 +330,24 @@ class Store:
             with self.engine.connect() as conn:
                 row = conn.execute(query).first()
         # Always run one argon2 verification so an unknown prefix costs the same time.
-        if row is None and self._dummy_hash is None:
-            self._dummy_hash = self.hasher.hash("gaud-dummy-key")
-        stored = row[1] if row is not None else self._dummy_hash
-        try:
-            valid = self.hasher.verify(stored, key)
-        except (VerificationError, InvalidHashError):
-            valid = False
+        with self._argon2_slots:
+            if row is None and self._dummy_hash is None:
+                self._dummy_hash = self.hasher.hash("gaud-dummy-key")
+            stored = row[1] if row is not None else self._dummy_hash
+            try:
+                valid = self.hasher.verify(stored, key)
+            except (VerificationError, InvalidHashError):
+                valid = False
         if row is None or not valid or row[2] is not None:
             return None
         return Principal(
             user_id=row[3], user_name=row[4], role=row[5], key_id=row[0], budget_daily=row[6], budget_monthly=row[7],
             rpm_limit=row[8], tpm_limit=row[9],
         )
+
+    def _hash(self, key: str) -> str:
+        with self._argon2_slots:
+            return self.hasher.hash(key)
 
     # -- audit and spend --------------------------------------------------------------------------
     def write_audit(self, records: Iterable[dict[str, Any]]) -> int:

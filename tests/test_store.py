@@ -331,3 +331,32 @@ def test_write_audit_of_nothing(store):
     assert store.write_audit([]) == 0
     assert store.audit_records() == []
     assert store.usage() == []
+
+
+def test_argon2_runs_at_most_a_few_at_once(tmp_path):
+    """Each argon2 hash takes 64 MiB: a burst of key checks (wrong keys included) must queue."""
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    class Watching(PasswordHasher):
+        def verify(self, hash, password):
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.02)  # long enough for the threads to overlap
+            with lock:
+                running -= 1
+            return super().verify(hash, password)
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}", hasher=Watching(time_cost=1, memory_cost=1024, parallelism=1))
+    store.migrate()
+    key, _ = store.create_key("ivy")
+    keys = [key, "sk-gaud-" + "0" * 44, key[:-1] + ("x" if key[-1] != "x" else "y")] * 4
+    threads = [threading.Thread(target=store.verify_key, args=(k,)) for k in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert most == engine.store.ARGON2_AT_ONCE
