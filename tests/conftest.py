@@ -106,6 +106,30 @@ class RunningGateway:
         return logs
 
 
+def pg_store(url: str, **store_options: object) -> Iterator[object]:
+    """A Store in a fresh schema of the PostgreSQL database at `url`, dropped afterwards
+    (for `yield from` in a fixture). Tests on one database never see each other's rows."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from engine.store import Store
+
+    pytest.importorskip("psycopg")
+    schema = f"gaud_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    store = Store(f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}", **store_options)  # type: ignore[arg-type]
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGateway:
     port = free_port()
     env = {"GAUD_DATABASE_URL": f"sqlite:///{log_path.parent / 'gaud.db'}", **env}

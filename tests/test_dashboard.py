@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,8 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine.dashboard.charts import format_money, stacked_bars
 from engine.accounting import day_start, month_start
+from engine.dashboard.charts import format_money, stacked_bars
 from engine.dashboard.queries import (
     spend_by_user,
     time_series,
@@ -30,7 +29,7 @@ from engine.dashboard.queries import (
 )
 from engine.store import KEY_PREFIX, Store
 
-from .conftest import provider_env, spec_tree, start_gateway
+from .conftest import pg_store, provider_env, spec_tree, start_gateway
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -264,20 +263,9 @@ def query_store(request, tmp_path) -> Iterator[Store]:
     url = os.environ.get("GAUD_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    pytest.importorskip("psycopg")
-    schema = f"gaud_dash_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    store = Store(f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}")
-    try:
+    for store in pg_store(url):
         store.migrate()
         yield store
-    finally:
-        store.close()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def test_time_buckets_and_totals(query_store):

@@ -8,7 +8,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +24,8 @@ from engine.store import (
     dashboard_sessions,
     m004_dashboard_sessions,
 )
+
+from .conftest import pg_store
 
 PG_URL = os.environ.get("GAUD_TEST_POSTGRES_URL")
 ALL_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
@@ -44,24 +45,6 @@ class CountingHasher(PasswordHasher):
         return super().verify(hash, password)
 
 
-def _pg_store(url: str, hasher: PasswordHasher) -> Iterator[Store]:
-    """A Store in a fresh schema of the given database, dropped afterwards."""
-    pytest.importorskip("psycopg")
-    schema = f"gaud_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in url else "?"
-    store = Store(f"{url}{sep}options=-csearch_path%3D{schema}", hasher=hasher)
-    try:
-        yield store
-    finally:
-        store.close()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_store(request, tmp_path) -> Iterator[Store]:
     """A Store on an empty database (nothing migrated); the hasher counts verifications."""
@@ -73,7 +56,7 @@ def empty_store(request, tmp_path) -> Iterator[Store]:
         return
     if not PG_URL:
         pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    yield from _pg_store(PG_URL, hasher)
+    yield from pg_store(PG_URL, hasher=hasher)
 
 
 @pytest.fixture
