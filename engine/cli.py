@@ -12,7 +12,7 @@ import click
 
 from .config import load_settings
 from .errors import SpecError
-from .specs import Catalog, default_root, load_catalog
+from .specs import Catalog, default_root, load_catalog, serving_root
 
 if TYPE_CHECKING:
     from .store import Store
@@ -152,7 +152,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
                                                  "server.workers": workers})
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    root = Path(settings.get("specs.dir")) if settings.get("specs.dir") else default_root()
+    root = serving_root(settings)
     from . import rules
 
     rules.CHECK_PORTABILITY = False  # `validate` checks rules on both CEL backends; serving needs one

@@ -36,6 +36,12 @@ def default_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def serving_root(settings: Any) -> Path:
+    """The spec tree a server loads: the `specs.dir` setting (or --specs), else `default_root()`."""
+    configured = settings.get("specs.dir")
+    return Path(configured) if configured else default_root()
+
+
 def schema_dir() -> Path:
     bundled = Path(__file__).parent / "_bundled" / "schemas"
     return bundled if bundled.is_dir() else Path(__file__).resolve().parent.parent / "schemas"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from .config import Settings, load_settings
@@ -48,13 +47,13 @@ def worker_app() -> Any:
     from .logs import logging_from_settings
     from .process import limit_malloc_arenas
     from .server import create_app
-    from .specs import default_root, load_catalog
+    from .specs import load_catalog, serving_root
 
     limit_malloc_arenas()
     settings = load_settings(os.environ.get(CONFIG_ENV) or None)
     rules.CHECK_PORTABILITY = False
     logging_from_settings(settings)
-    root = Path(settings.get("specs.dir")) if settings.get("specs.dir") else default_root()
+    root = serving_root(settings)
     catalog = load_catalog(root)
     catalog.raise_for_problems()  # the parent checked the same files; they changed in between
     return create_app(catalog, settings)
