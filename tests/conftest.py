@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.models import Target, resolve_model
 from engine.specs import Catalog, load_catalog
 
 from .fakes import FakeUpstream
@@ -104,6 +105,19 @@ class RunningGateway:
                 raise AssertionError(f"{text!r} not logged within {timeout} s:\n{logs[-2000:]}")
             time.sleep(0.02)  # polling a file the gateway appends to, not waiting for readiness
         return logs
+
+
+def checked_catalog(environ: dict[str, str]) -> Catalog:
+    """The shipped spec tree loaded with `environ` as the process environment; any problem fails."""
+    loaded = load_catalog(ROOT, environ=environ)
+    loaded.raise_for_problems()
+    return loaded
+
+
+def one_target(cat: Catalog, model: str) -> Target:
+    """The single deployment a `provider/model` name resolves to."""
+    (found,) = resolve_model(cat, model)
+    return found
 
 
 def pg_store(url: str, **store_options: object) -> Iterator[object]:

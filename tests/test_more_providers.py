@@ -27,11 +27,11 @@ from engine import (
 )
 from engine.cli import main
 from engine.errors import InvalidRequest
-from engine.models import Target
 from engine.pricing import price_for
 from engine.specs import Catalog
 from engine.streaming import StreamFailure, StreamState
 
+from .conftest import checked_catalog, one_target
 from .oracles import oracle_check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,14 +66,10 @@ HISTORY = [
 
 @pytest.fixture(scope="module")
 def cat() -> Catalog:
-    loaded = load_catalog(ROOT, environ=ENVIRON)
-    loaded.raise_for_problems()
-    return loaded
+    return checked_catalog(ENVIRON)
 
 
-def target(cat: Catalog, model: str) -> Target:
-    (found,) = resolve_model(cat, model)
-    return found
+target = one_target
 
 
 def upstream_body(cat: Catalog, model: str, request: dict[str, Any], stream: bool = False) -> dict[str, Any]:

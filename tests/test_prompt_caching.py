@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from engine import build_request, completion_from_reply, load_catalog, resolve_model
-from engine.models import Target
+from engine import build_request, completion_from_reply
 from engine.pricing import cost_of, price_for
 from engine.specs import Catalog
 
+from .conftest import checked_catalog, one_target
 from .oracles import oracle_check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,14 +37,10 @@ TOOL = {
 
 @pytest.fixture(scope="module")
 def cat() -> Catalog:
-    loaded = load_catalog(ROOT, environ=ENVIRON)
-    loaded.raise_for_problems()
-    return loaded
+    return checked_catalog(ENVIRON)
 
 
-def target(cat: Catalog, model: str) -> Target:
-    (found,) = resolve_model(cat, model)
-    return found
+target = one_target
 
 
 def anthropic_body(cat: Catalog, request: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,17 @@ from typing import Any
 import pytest
 import yaml
 
-from engine import build_request, completion_from_reply, error_from_reply, load_catalog, resolve_model
+from engine import (
+    build_request,
+    completion_from_reply,
+    error_from_reply,
+    resolve_model,
+)
 from engine.errors import GatewayError, InvalidRequest, NotFound
 from engine.models import Target
 from engine.specs import Catalog
 
+from .conftest import checked_catalog, one_target
 from .oracles import oracle_check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,15 +91,10 @@ def error_params() -> list[Any]:
 # ------------------------------------------------------------------------------------------ helpers
 @pytest.fixture(scope="module")
 def cat() -> Catalog:
-    loaded = load_catalog(ROOT, environ=ENVIRON)
-    loaded.raise_for_problems()
-    return loaded
+    return checked_catalog(ENVIRON)
 
 
-def target_for(cat: Catalog, model: str) -> Target:
-    targets = resolve_model(cat, model)
-    assert len(targets) == 1
-    return targets[0]
+target_for = one_target
 
 
 def counter_ids() -> Callable[[str], str]:
