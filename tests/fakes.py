@@ -50,14 +50,42 @@ class Recorded:
     body: Any
 
 
+class LoopbackServer:
+    """An aiohttp app served on 127.0.0.1 (a free port) from its own event loop in a thread, so
+    synchronous tests and subprocess gateways can both reach it."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def serve(self, app: web.Application) -> str:
+        """Start serving `app`; returns its base URL."""
+        self._thread.start()
+
+        async def boot() -> str:
+            self._runner = web.AppRunner(app, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            return f"http://127.0.0.1:{port}"
+
+        return asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
 class FakeUpstream:
     def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
         self.disconnected = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._server = LoopbackServer()
         self.url = ""
 
     # -- scripting ---------------------------------------------------------------------------------
@@ -128,23 +156,10 @@ class FakeUpstream:
         return response
 
     def start(self) -> str:
-        self._thread.start()
-
-        async def boot() -> str:
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, handle_signals=False)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            return f"http://127.0.0.1:{port}"
-
-        self.url = asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.url = self._server.serve(app)
         return self.url
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()

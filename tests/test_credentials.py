@@ -21,7 +21,6 @@ import secrets
 import shutil
 import stat
 import sys
-import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from engine.errors import AuthenticationFailed, UpstreamError
 from engine.provider import EnvVar, SpecCompileError
 from engine.specs import load_catalog
 from engine.store import Store
+
+from .fakes import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "test-client-0001"
@@ -93,9 +94,7 @@ class FakeAuthServer:
         self.access_tokens: set[str] = set()
         self.long_lived: set[str] = {ENV_TOKEN}
         self.devices: dict[str, list[str]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._server = LoopbackServer()
         self.url = ""
 
     # -- helpers
@@ -212,28 +211,16 @@ class FakeAuthServer:
 
     # -- lifecycle
     def start(self) -> str:
-        self._thread.start()
-
-        async def boot() -> str:
-            app = web.Application()
-            app.router.add_get("/authorize", self.authorize)
-            app.router.add_post("/token", self.token)
-            app.router.add_post("/device/code", self.device)
-            app.router.add_route("*", "/exchange", self.exchange)
-            self._runner = web.AppRunner(app, handle_signals=False)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-
-        self.url = asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
+        app = web.Application()
+        app.router.add_get("/authorize", self.authorize)
+        app.router.add_post("/token", self.token)
+        app.router.add_post("/device/code", self.device)
+        app.router.add_route("*", "/exchange", self.exchange)
+        self.url = self._server.serve(app)
         return self.url
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()
 
 
 @pytest.fixture
