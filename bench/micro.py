@@ -324,8 +324,16 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
 
         def whole_stream(_: Any) -> None:
             state = StreamState()
-            framer = stream_spec.new_framer()
             writer = ChunkWriter(model=target.model or model, created=1700000000, special_tokens=spec.special_tokens)
+            reader = stream_spec.reader(state, special_tokens=spec.special_tokens) if hasattr(stream_spec, "reader") else None
+            if reader is not None and not hasattr(reader, "framer"):  # stream.passthrough: frames forwarded
+                for chunk in events:
+                    reader.feed(chunk)
+                    if state.done:
+                        break
+                writer.finish(None, spec.usage_of(state.raw_usage), state.id, state.model)
+                return
+            framer = stream_spec.new_framer()
             for chunk in events:
                 for event, data in framer.feed(chunk):
                     deltas = stream_spec.handle(event, data, state)
@@ -448,8 +456,9 @@ def render(results: dict[str, dict[str, float | None]], args: argparse.Namespace
     lines += [
         "",
         "map request = build_request (validate + map) - validate; 'stream frames' = one whole stream of",
-        f"{len(upstream_events(False))} (OpenAI) / {len(upstream_events(True))} (Anthropic) upstream events. "
-        "Totals use an in-memory upstream (no sockets).",
+        f"{len(upstream_events(False))} (OpenAI) / {len(upstream_events(True))} (Anthropic) upstream events, one per read, "
+        "through the spec's reader (OpenAI's frames pass through: stream.passthrough). Totals use an in-memory "
+        "upstream (no sockets).",
     ]
     return "\n".join(lines)
 

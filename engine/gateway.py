@@ -26,11 +26,12 @@ from .pricing import Price, cost_of, price_for
 from .ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
 from .routing import Plan, PlannedTarget, Router, activation
 from .specs import Catalog
-from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
+from .streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from .validation import Limits, check_structured_output, validate_request
 from .translate import (
     UpstreamRequest,
     build_request,
+    closing_finish_reason,
     completion_from_reply,
     error_from_reply,
     normalize_completion,
@@ -318,7 +319,7 @@ class Gateway:
         state = StreamState()
         async with AsyncExitStack() as stack:
             response = await self._open(stack, planned, body, estimated_tokens)
-            async for deltas in self._deltas(target, response, state):
+            async for deltas in self._reads(target, response, EventReader(target.provider.stream, state)):
                 assembler.add(deltas)
         out = {
             "id": state.id,
@@ -389,15 +390,15 @@ class Gateway:
             raise error_from_reply(target, response.status, payload, response.headers)
         return response
 
-    async def _deltas(self, target: Target, response: Any, state: StreamState) -> AsyncIterator[list[Any]]:
-        """Upstream bytes -> lists of neutral deltas, through the spec's framing and event table."""
-        stream = target.provider.stream
-        framer = stream.new_framer()
+    async def _reads(self, target: Target, response: Any, reader: Any) -> AsyncIterator[Any]:
+        """Upstream bytes -> what the stream's reader makes of each read: lists of neutral deltas,
+        or bytes to forward (`stream.passthrough`). All frames of one upstream read go out
+        together: one client write, not one per frame."""
+        state = reader.state
         try:
             async for chunk in iter_chunks(response):
-                # All frames of one upstream read go out together: one client write, not one per frame.
                 try:
-                    batch = stream.read(framer, chunk, state)
+                    batch = reader.feed(chunk)
                 except StreamFailure as failure:
                     if failure.partial:  # what came before the failure still reaches the client first
                         yield failure.partial
@@ -406,7 +407,7 @@ class Gateway:
                     yield batch
                 if state.done:
                     return
-            batch = stream.close(framer, state)
+            batch = reader.close()
             if batch:
                 yield batch
         except StreamFailure as failure:
@@ -424,16 +425,20 @@ class Gateway:
     ) -> AsyncIterator[bytes]:
         spec = target.provider
         state = StreamState()
-        writer = ChunkWriter(model=target.model or requested_model, created=int(time.time()), special_tokens=spec.special_tokens)
+        reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
+        forwarded = not isinstance(reader, EventReader)
+        writer = ChunkWriter(model=target.model or requested_model, created=int(time.time()),
+                             special_tokens=spec.special_tokens, role_sent=forwarded)
         sent = False
         finished = False
 
         def usage_so_far() -> dict[str, Any]:
-            return stream_usage(spec, state.raw_usage, writer.output_chars, exchange.estimated_tokens)
+            chars = reader.output_chars if forwarded else writer.output_chars
+            return stream_usage(spec, state.raw_usage, chars, exchange.estimated_tokens)
 
         try:
-            async for deltas in self._deltas(target, response, state):
-                piece = writer.write(deltas, state.id, state.model)
+            async for batch in self._reads(target, response, reader):
+                piece = batch if forwarded else writer.write(batch, state.id, state.model)
                 if piece:
                     sent = True
                     yield piece
@@ -452,4 +457,4 @@ class Gateway:
         usage = usage_so_far()
         self._account(exchange, target, usage)
         usage["cost"] = round(exchange.cost, 8)
-        yield writer.finish(spec.finish_reason(state.raw_finish, state.has_tool_calls), usage if include_usage else None)
+        yield writer.finish(closing_finish_reason(spec, state, forwarded), usage if include_usage else None, state.id, state.model)

@@ -32,8 +32,9 @@ import yaml
 
 from .errors import GatewayError, ResponseParsing
 from .models import Target, resolve_model
-from .streaming import ChunkWriter, MessageAssembler, StreamFailure, StreamState
+from .streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from .translate import (
+    closing_finish_reason,
     build_request,
     completion_from_reply,
     error_from_reply,
@@ -217,26 +218,24 @@ def _error(exc: GatewayError) -> dict[str, Any]:
     return {"status": exc.status, "body": exc.to_openai()}
 
 
-def _frames(target: Target, raw: bytes, state: StreamState) -> Iterator[list[Any]]:
-    """The upstream stream -> lists of deltas, as the gateway reads it (`Gateway._deltas`: the
-    same StreamSpec.read, failures and checks), here in one read with no network."""
+def _reads(target: Target, raw: bytes, reader: Any) -> Iterator[Any]:
+    """The upstream stream -> what the reader makes of it, as the gateway reads it
+    (`Gateway._reads`: the same reader, failures and checks), here in one read with no network."""
     from .gateway import Gateway, ensure_stream_events
 
-    stream = target.provider.stream
-    framer = stream.new_framer()
     try:
-        batch = stream.read(framer, raw, state)
+        batch = reader.feed(raw)
         if batch:
             yield batch
-        if not state.done:
-            batch = stream.close(framer, state)
+        if not reader.state.done:
+            batch = reader.close()
             if batch:
                 yield batch
     except StreamFailure as failure:
         if failure.partial:
             yield failure.partial
         raise Gateway._stream_error(target, failure) from None
-    ensure_stream_events(target, state)
+    ensure_stream_events(target, reader.state)
 
 
 def _chunks(
@@ -245,11 +244,14 @@ def _chunks(
     """The OpenAI chunks (data objects, `[DONE]` left out) the gateway writes for a stream."""
     spec = target.provider
     state = StreamState(new_call_id=new_call_id)
-    writer = ChunkWriter(model=target.model or requested_model, created=0, special_tokens=spec.special_tokens)
+    reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
+    forwarded = not isinstance(reader, EventReader)
+    writer = ChunkWriter(model=target.model or requested_model, created=0, special_tokens=spec.special_tokens,
+                         role_sent=forwarded)
     pieces: list[bytes] = []
     try:
-        for deltas in _frames(target, raw, state):
-            piece = writer.write(deltas, state.id, state.model)
+        for batch in _reads(target, raw, reader):
+            piece = batch if forwarded else writer.write(batch, state.id, state.model)
             if piece:
                 pieces.append(piece)
     except GatewayError as exc:
@@ -257,8 +259,10 @@ def _chunks(
             raise  # before the first byte: an ordinary error reply
         pieces.append(writer.error(exc.to_openai()))
     else:
-        usage = stream_usage(spec, state.raw_usage, writer.output_chars, prompt_estimate)
-        pieces.append(writer.finish(spec.finish_reason(state.raw_finish, state.has_tool_calls), usage))
+        chars = reader.output_chars if forwarded else writer.output_chars
+        usage = stream_usage(spec, state.raw_usage, chars, prompt_estimate)
+        finish = closing_finish_reason(spec, state, forwarded)
+        pieces.append(writer.finish(finish, usage, state.id, state.model))
     chunks = []
     for line in b"".join(pieces).decode().split("\n"):
         if line.startswith("data: ") and line != "data: [DONE]":
@@ -272,7 +276,7 @@ def _assembled(
     """A non-stream reply served from a stream (`endpoints.chat.stream_only`)."""
     state = StreamState(new_call_id=new_call_id)
     assembler = MessageAssembler(target.provider.special_tokens)
-    for deltas in _frames(target, raw, state):
+    for deltas in _reads(target, raw, EventReader(target.provider.stream, state)):
         assembler.add(deltas)
     out = {"id": state.id, "model": state.model,
            "choices": [{"message": assembler.message(), "finish_reason": state.raw_finish}]}

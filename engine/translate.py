@@ -155,6 +155,14 @@ def stream_usage(spec: Any, raw_usage: dict[str, Any], output_chars: int, prompt
     return usage
 
 
+def closing_finish_reason(spec: Any, state: Any, forwarded: bool) -> str | None:
+    """The finish reason of a stream's closing chunk; None when a forwarded upstream chunk
+    already carried one (`stream.passthrough`)."""
+    if forwarded and state.raw_finish is not None:
+        return None
+    return spec.finish_reason(state.raw_finish, state.has_tool_calls)
+
+
 def output_chars(completion: dict[str, Any]) -> int:
     """Characters a completion generated: content, reasoning and tool-call names and arguments."""
     chars = 0

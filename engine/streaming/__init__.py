@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .chunks import ChunkWriter, MessageAssembler, sse
-from .events import StreamFailure, StreamSpec, StreamState, compile_stream
+from .events import EventReader, StreamFailure, StreamSpec, StreamState, compile_stream
 from .framing import make_framer
 from .tokens import TokenFilter, strip_tokens
 
 __all__ = [
     "ChunkWriter",
+    "EventReader",
     "MessageAssembler",
     "StreamFailure",
     "StreamSpec",

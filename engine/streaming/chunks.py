@@ -23,11 +23,13 @@ DONE = b"data: [DONE]\n\n"
 class ChunkWriter:
     """Writes OpenAI chunks for one choice; the first delta carries `role: assistant`."""
 
-    def __init__(self, *, model: str, created: int, special_tokens: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *, model: str, created: int, special_tokens: tuple[str, ...] = (), role_sent: bool = False
+    ) -> None:
         self.id: str | None = None  # taken from the upstream's first frame when it has one
         self.model = model
         self.created = created
-        self._role_sent = False
+        self._role_sent = role_sent  # True when forwarded upstream chunks carried the role
         self._filter = TokenFilter(special_tokens) if special_tokens else None
         #: Characters generated so far (text, reasoning, tool names and arguments): what usage
         #: is estimated from when the upstream reports none.
@@ -73,15 +75,21 @@ class ChunkWriter:
                 parts.append(self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
         return b"".join(parts)
 
-    def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
-        """The last content chunk (held-back text, finish reason), then the usage chunk if asked."""
+    def finish(
+        self, finish_reason: str | None, usage: dict[str, Any] | None,
+        upstream_id: str | None = None, upstream_model: str | None = None,
+    ) -> bytes:
+        """The last content chunk (held-back text, finish reason; none when `finish_reason` is
+        None: a forwarded upstream chunk had it), then the usage chunk if asked, then `[DONE]`."""
         if self.id is None:
-            self.id = f"chatcmpl-{uuid.uuid4().hex}"
+            self.id = upstream_id or f"chatcmpl-{uuid.uuid4().hex}"
+            self.model = upstream_model or self.model
         out = []
         held = self._filter.flush() if self._filter else ""
         if held:
             out.append(self._chunk({"content": held}))
-        out.append(self._chunk({}, finish_reason))
+        if finish_reason is not None:
+            out.append(self._chunk({}, finish_reason))
         if usage is not None:
             out.append(
                 sse(

@@ -30,7 +30,7 @@ from ..mapping import compile_classifier, compile_condition, compile_source, enc
 from ..pointer import MISSING, compile_pointer, get
 from .framing import make_framer
 
-__all__ = ["StreamFailure", "StreamSpec", "StreamState", "compile_stream"]
+__all__ = ["EventReader", "StreamFailure", "StreamSpec", "StreamState", "compile_stream"]
 
 Delta = tuple[Any, ...]
 Action = Callable[[Any, "StreamState", list[Delta]], None]
@@ -77,8 +77,13 @@ class StreamState:
 class StreamSpec:
     """A compiled `stream:` section. `read(framer, chunk, state)` interprets one upstream read."""
 
-    def __init__(self, framing: str, key: str, done_data: str | None, handlers: dict[Any, list[Action]]) -> None:
+    def __init__(
+        self, framing: str, key: str, done_data: str | None, handlers: dict[Any, list[Action]],
+        passthrough: tuple[bytes, ...] | None = None,
+    ) -> None:
         self.framing = framing
+        #: `passthrough.inspect` as bytes when frames are forwarded as they come (see passthrough.py).
+        self.passthrough = passthrough
         self.key = key
         self._key_tokens = compile_pointer(key) if key.startswith("/") else None
         self.done_data = done_data
@@ -87,6 +92,16 @@ class StreamSpec:
 
     def new_framer(self) -> Any:
         return make_framer(self.framing)
+
+    def reader(self, state: StreamState, *, special_tokens: tuple[str, ...] = ()) -> Any:
+        """What reads one stream: `feed(chunk)` and `close()` return lists of deltas to write as
+        new chunks, or (`passthrough`) bytes to forward. Text with special tokens to filter is
+        always interpreted."""
+        if self.passthrough is not None and self.framing == "sse" and not special_tokens:
+            from .passthrough import Passthrough
+
+            return Passthrough(self, state, self.passthrough)
+        return EventReader(self, state)
 
     def handle(self, event: str | None, data: str, state: StreamState) -> list[Delta]:
         """Interpret one frame; returns the deltas it produced."""
@@ -133,6 +148,21 @@ class StreamSpec:
             failure.partial = batch
             raise
         return batch
+
+
+class EventReader:
+    """The interpreted path: every frame through the event table, into deltas."""
+
+    def __init__(self, stream: StreamSpec, state: StreamState) -> None:
+        self.stream = stream
+        self.state = state
+        self.framer = stream.new_framer()
+
+    def feed(self, chunk: bytes) -> list[Delta]:
+        return self.stream.read(self.framer, chunk, self.state)
+
+    def close(self) -> list[Delta]:
+        return self.stream.close(self.framer, self.state)
 
 
 def _run(actions: list[Action], obj: Any, state: StreamState, out: list[Delta]) -> None:
@@ -365,4 +395,17 @@ _BUILDERS: dict[str, Callable[[Any], Action]] = {
 
 def compile_stream(spec: dict[str, Any]) -> StreamSpec:
     handlers = {key: _compile_actions(actions) for key, actions in spec.get("events", {}).items()}
-    return StreamSpec(spec.get("framing", "sse"), spec.get("key", "none"), spec.get("done_data"), handlers)
+    passthrough = spec.get("passthrough")
+    inspect = _marks(passthrough.get("inspect", ())) if isinstance(passthrough, dict) else None
+    return StreamSpec(spec.get("framing", "sse"), spec.get("key", "none"), spec.get("done_data"), handlers, inspect)
+
+
+def _marks(inspect: list[str]) -> tuple[bytes, ...]:
+    """`passthrough.inspect` as bytes, each also with a space after a key's colon: compact JSON
+    (`"k":"v"`) and Python's default separators (`"k": "v"`) are both common upstream."""
+    marks: list[bytes] = []
+    for mark in inspect:
+        marks.append(mark.encode())
+        if '":' in mark and '": ' not in mark:
+            marks.append(mark.replace('":', '": ').encode())
+    return tuple(marks)

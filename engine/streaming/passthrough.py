@@ -1,0 +1,135 @@
+"""Pass-through relay for upstreams whose SSE frames are already OpenAI chunks (`stream.passthrough`).
+
+The interpreted path decodes every frame, runs the event table and writes a new chunk: about 4 µs
+an event. Here frames are forwarded as the upstream wrote them. Only some frames are read with
+the spec's event table: the first ones (id, model, and the size of a frame's envelope), frames
+holding one of the `inspect` byte strings (finish reason, usage) and the done frame. A usage-only
+frame is held back, since the gateway writes its own usage chunk (with cost) when the client asked;
+the done frame too, since the gateway ends the stream itself.
+
+Characters generated are counted exactly in frames that are read, and estimated in the others as
+their length less the envelope (the bytes around the text) of the first frame that carried text or
+call arguments: only used to estimate usage when an upstream reports none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import Delta, StreamFailure, StreamSpec, StreamState
+
+__all__ = ["Passthrough", "delta_chars"]
+
+
+def delta_chars(deltas: list[Delta]) -> int:
+    """Characters generated in a list of deltas: text, reasoning, tool names and arguments."""
+    total = 0
+    for delta in deltas:
+        kind = delta[0]
+        if kind == "tool_start":
+            total += len(delta[3] or "")
+        elif kind == "tool_args":
+            total += len(delta[2])
+        elif kind in ("text", "reasoning"):
+            total += len(delta[1])
+    return total
+
+
+class Passthrough:
+    """Feed upstream reads, get the bytes to send to the client (whole frames only)."""
+
+    def __init__(self, stream: StreamSpec, state: StreamState, inspect: tuple[bytes, ...]) -> None:
+        self.stream = stream
+        self.state = state
+        done = stream.done_data.encode() if stream.done_data else None
+        self.marks = (*inspect, done) if done else inspect
+        self._buffer = b""
+        self._envelope: int | None = None  # bytes of a frame that are not generated text
+        self.output_chars = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")  # a CR at the very end waits for its LF in the buffer
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return b""
+        block, self._buffer = data[: end + 2], data[end + 2 :]
+        envelope = self._envelope
+        if envelope is not None and not self._marked(block):
+            frames = block.count(b"\n\n")
+            self.state.frames += frames
+            self.output_chars += max(0, _text_bytes(block) - frames * (envelope + 2))
+            return block
+        return self._frames(block)
+
+    def _marked(self, raw: bytes) -> bool:
+        for mark in self.marks:  # a few substring scans: faster than one regex alternation
+            if mark in raw:
+                return True
+        return False
+
+    def close(self) -> bytes:
+        """The end of the upstream body: a last frame without its blank line still counts."""
+        tail, self._buffer = self._buffer.strip(b"\r\n"), b""
+        return self._frames(tail + b"\n\n") if tail and not self.state.done else b""
+
+    def _frames(self, block: bytes) -> bytes:
+        kept: list[bytes] = []
+        state = self.state
+        for frame in block.split(b"\n\n"):
+            if not frame.strip():
+                continue
+            if self._envelope is not None and not self._marked(frame):
+                state.frames += 1
+                self.output_chars += max(0, _text_bytes(frame) - self._envelope)
+                kept.append(frame)
+                continue
+            try:
+                keep = self._read(frame)
+            except StreamFailure as failure:
+                failure.partial = b"".join(kept) if kept else b""  # type: ignore[assignment]
+                raise
+            if state.done:
+                break
+            if keep:
+                kept.append(frame)
+        return b"\n\n".join(kept) + b"\n\n" if kept else b""
+
+    def _read(self, frame: bytes) -> bool:
+        """Interpret one frame with the event table; whether it is forwarded."""
+        state = self.state
+        event, data = _event_and_data(frame)
+        if data is None:
+            return True  # a comment or a frame without data: harmless to forward
+        state.frames += 1
+        finish, usage = state.raw_finish, dict(state.raw_usage)
+        deltas = self.stream.handle(event, data, state)
+        if state.done:
+            return False
+        if deltas:
+            chars = delta_chars(deltas)
+            self.output_chars += chars
+            if all(delta[0] != "tool_start" for delta in deltas):  # a call's first frame is larger
+                envelope = max(0, _text_bytes(frame) - chars)
+                self._envelope = envelope if self._envelope is None else min(self._envelope, envelope)
+            return True
+        usage_only = state.raw_usage != usage and state.raw_finish == finish
+        return not usage_only
+
+
+def _text_bytes(raw: bytes) -> int:
+    """Length with each JSON escape (`\\"`, `\\n`) counted as the one character it stands for."""
+    return len(raw) - raw.count(b"\\")
+
+
+def _event_and_data(frame: bytes) -> tuple[str | None, Any]:
+    event: str | None = None
+    data: list[str] = []
+    for line in frame.decode("utf-8", "replace").split("\n"):
+        if line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    return event, ("\n".join(data) if data else None)
