@@ -9,14 +9,13 @@ import logging
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 import uvicorn
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -65,13 +64,24 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
 _ids = random.Random()  # seeded from os.urandom; spawned workers each seed their own
 
 
-def _request_id(scope: Scope) -> str:
+def _request_id(scope: Scope, headers: Mapping[str, str] | None = None) -> str:
     """The client's own `x-request-id` when it sent a sane one, else a new random id."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
-            return value.decode()
+    if headers is not None:
+        value = headers.get("x-request-id")
+        if value is not None and 0 < len(value) <= 128 and value.isascii():
+            return value
+    else:
+        for name, raw in scope["headers"]:
+            if name == b"x-request-id" and 0 < len(raw) <= 128 and raw.isascii():
+                return raw.decode()
     # Unique, not secret: a per-process PRNG seeded from the OS, without a getrandom(2) per request.
     return f"{_ids.getrandbits(128):032x}"
+
+
+def _header_map(scope: Scope) -> dict[str, str]:
+    """Request headers as a plain dict (names are lower case in ASGI); the first of repeated
+    headers wins, as with starlette's Headers, whose every lookup scans the whole list."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
 _INTERNAL_ERROR = {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}}
@@ -147,7 +157,7 @@ class _Responder:
             await pieces.aclose()  # type: ignore[attr-defined]
 
 
-async def _read_json(headers: Headers, receive: Receive, max_bytes: int) -> dict[str, Any]:
+async def _read_json(headers: Mapping[str, str], receive: Receive, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object, or a 4xx GatewayError."""
     content_type = headers.get("content-type", "")
     if "json" not in content_type.lower():
@@ -350,11 +360,6 @@ def create_app(
     max_body = int(settings.get("limits.max_body_bytes"))
     started = time.time()
 
-    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /v1/chat/completions as a raw ASGI handler: the hot path skips starlette's
-        routing, middleware and response classes (measured: about half the per-request cost)."""
-        await serve_chat(scope, receive, send, None)
-
     def ingress_handler(name: str) -> ASGIApp:
         """A client format's chat route (ingress.d/): its request is mapped to a canonical one,
         served by the same pipeline, and the reply or stream mapped back. The spec is looked up
@@ -368,8 +373,8 @@ def create_app(
     def count_tokens_handler(name: str) -> ASGIApp:
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             spec = gateway.catalog.ingress.get(name) or ingress_specs[name]
-            out = _Responder(send, _request_id(scope), spec)
-            headers = Headers(scope=scope)
+            headers = _header_map(scope)
+            out = _Responder(send, _request_id(scope, headers), spec)
             try:
                 await authenticator.principal(headers)
                 body = spec.to_canonical(await _read_json(headers, receive, max_body), count=True)
@@ -386,11 +391,14 @@ def create_app(
 
         return handler
 
-    async def serve_chat(scope: Scope, receive: Receive, send: Send, ingress: Any) -> None:
+    async def serve_chat(scope: Scope, receive: Receive, send: Send, ingress: Any = None) -> None:
         """One chat request through auth, validation, guards, budgets, the gateway and audit;
-        `ingress` (a client format's spec, or None for OpenAI chat) translates at both ends."""
-        out = _Responder(send, _request_id(scope), ingress)
-        headers = Headers(scope=scope)
+        `ingress` (a client format's spec, or None for OpenAI chat) translates at both ends.
+
+        POST /v1/chat/completions is this raw ASGI handler itself: the hot path skips starlette's
+        routing, middleware and response classes (measured: about half the per-request cost)."""
+        headers = _header_map(scope)
+        out = _Responder(send, _request_id(scope, headers), ingress)
         exchange = Exchange(request_id=out.request_id)
         try:
             principal = await authenticator.principal(headers)
@@ -692,7 +700,7 @@ def create_app(
     app.state.store = store
     app.state.audit = audit
     app.state.metrics = metrics
-    fast_routes: dict[str, ASGIApp] = {"/v1/chat/completions": chat_completions, "/chat/completions": chat_completions}
+    fast_routes: dict[str, ASGIApp] = {"/v1/chat/completions": serve_chat, "/chat/completions": serve_chat}
     # Client-facing formats (ingress.d/): routes fixed at start; their mappings follow reloads.
     ingress_specs = dict(catalog.ingress)
     for name, spec in ingress_specs.items():

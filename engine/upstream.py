@@ -57,6 +57,7 @@ class Upstream:
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _url(self, url: str) -> URL:
         """Parsed once per URL: a deployment's URL repeats for every request (yarl parsing is not free)."""
@@ -84,9 +85,17 @@ class Upstream:
             self._session = None
 
     def _timeout(self, read_timeout: float | None) -> aiohttp.ClientTimeout | None:
+        """A deployment's read timeout, one object per value (built per request, it showed in profiles)."""
         if read_timeout is None:
             return None
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.sock_connect, sock_read=read_timeout)
+        timeout = self._timeouts.get(read_timeout)
+        if timeout is None:
+            if len(self._timeouts) >= 64:
+                self._timeouts.clear()
+            timeout = self._timeouts[read_timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timeout.sock_connect, sock_read=read_timeout
+            )
+        return timeout
 
     async def send(self, request: UpstreamRequest, *, timeout: float | None = None) -> UpstreamReply:
         """A whole (non-streaming) exchange; `timeout` overrides the read timeout."""
