@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness as h  # noqa: E402
-from compare import DEFAULT_STATE, SCENARIOS, request_for, start_direct, start_gaud  # noqa: E402
+from compare import DEFAULT_STATE, SCENARIOS, request_for, start_direct, start_gaud, start_reference  # noqa: E402
 
 PLUMBING = ("asyncio/", "uvloop", "<module>", "_run_once", "run_until_complete", "run_forever", "_bootstrap",
             "uvicorn/main.py", "uvicorn/server.py", "click/", "engine/cli.py", "runpy.py", "__main__.py")
@@ -139,6 +139,8 @@ def main() -> int:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--cprofile", action="store_true", help="run gaud under cProfile instead of sampling it with py-spy")
     p.add_argument("--gaud-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--target", choices=("gaud", "reference"), default="gaud",
+                   help="profile the reference gateway instead, to read both profiles side by side")
     a = p.parse_args()
     h.require_wrk()
     out = h.new_out_dir(f"profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{a.scenario}")
@@ -165,15 +167,17 @@ def main() -> int:
                        log_path=out / "gaud.log", url=f"http://127.0.0.1:{port}")
         registry.add(gaud)
         gaud.startup_s = h.wait_ready(gaud, "/health", 60, t0)
+    elif a.target == "reference":
+        gaud = registry.add(start_reference(out, direct.url))
     else:
         gaud = registry.add(start_gaud(out, direct.url, a.gaud_env))
-    url, body = request_for("gaud", a.scenario, gaud.url)
+    url, body = request_for(a.target, a.scenario, gaud.url)
     ok, why = h.check_once(url, body)
     if not ok:
         h.log(f"check failed: {why}")
         return 1
     h.run_wrk(url, body, conc=a.conc, duration=2)  # warm-up
-    h.log(f"profiling gaud pid {gaud.pid} under wrk -c{a.conc} ({a.scenario}) for {a.seconds} s")
+    h.log(f"profiling {a.target} pid {gaud.pid} under wrk -c{a.conc} ({a.scenario}) for {a.seconds} s")
     load: dict[str, object] = {}
     loader = threading.Thread(target=lambda: load.update(h.run_wrk(url, body, conc=a.conc, duration=a.seconds + 4)))
     loader.start()
