@@ -87,7 +87,7 @@ class Budgets:
 
     async def reserve(self, principal: Principal, estimate: float) -> Reservation:
         """Hold `estimate` USD against the user's limits, or raise BudgetExceeded."""
-        if principal.user_id is None or (principal.budget_daily is None and principal.budget_monthly is None):
+        if not principal.has_budget:
             return Reservation(principal, 0.0)
         async with self._lock:
             spend = await self._load(principal.user_id)
@@ -165,7 +165,10 @@ class AuditWriter:
 
     async def add(self, record: dict[str, Any]) -> None:
         """Queue one record; waits only if the database has fallen far behind (nothing is dropped)."""
-        await self.queue.put(record)
+        try:
+            self.queue.put_nowait(record)  # the usual case, without a coroutine for Queue.put
+        except asyncio.QueueFull:
+            await self.queue.put(record)
 
     async def _run(self) -> None:
         # One wake-up per batch, not per record: wait for the first record, give the rest of the

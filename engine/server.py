@@ -298,11 +298,10 @@ class Accounting:
         }
         overhead = exchange.overhead_ms() if status < 400 and not exchange.cache_hit else None
         self.metrics.record(record, overhead)
-        request_log.info(
-            "%s %s %s", record["status"], record["alias"], record["deployment"] or "-",
-            extra={"fields": {k: v for k, v in record.items() if k not in ("content", "ts")} | {
-                "overhead_ms": round(overhead, 3) if overhead is not None else None}},
-        )
+        fields = record.copy()  # the log line carries the record without the content and time
+        del fields["content"], fields["ts"]
+        fields["overhead_ms"] = round(overhead, 3) if overhead is not None else None
+        request_log.info("%s %s %s", record["status"], record["alias"], record["deployment"] or "-", extra={"fields": fields})
         await self.audit.add(record)
 
 
@@ -428,7 +427,9 @@ def create_app(
                     reply = hit if ingress is None else ingress.from_canonical(hit, raw)
                     await out.json(200, reply, {**reply_headers, "x-gaud-cache": "hit", "x-gaud-cost": "0.00000000"})
                     return
-            reservation = await budgets.reserve(principal, gateway.estimate_cost(body, plan))
+            # The cost estimate is only worth computing for a user with a budget to reserve against.
+            estimate = gateway.estimate_cost(body, plan) if principal.has_budget else 0.0
+            reservation = await budgets.reserve(principal, estimate)
             warning = budgets.warning(principal)
             if warning:
                 reply_headers["x-gaud-budget-warning"] = warning

@@ -97,7 +97,7 @@ class RedisBudgets:
             await self.redis.set(key, repr(spent), nx=True, px=int(40 * 86400 * 1000))
 
     async def reserve(self, principal: Principal, estimate: float) -> Reservation:
-        if principal.user_id is None or (principal.budget_daily is None and principal.budget_monthly is None):
+        if not principal.has_budget:
             return Reservation(principal, 0.0)
         now = self.clock()
         keys = self._keys(principal.user_id, now)

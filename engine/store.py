@@ -160,6 +160,11 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def has_budget(self) -> bool:
+        """Whether requests reserve against a daily or monthly limit."""
+        return self.user_id is not None and (self.budget_daily is not None or self.budget_monthly is not None)
+
 
 @dataclass(frozen=True)
 class KeyInfo:

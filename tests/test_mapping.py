@@ -82,3 +82,19 @@ def test_when_sees_what_earlier_rules_wrote():
         {"to": "/top_k", "from": "/a", "when": {"has": "@out/thinking"}},
     ])
     assert mapper(DOC, dict(CTX)) == {"thinking": True, "top_k": 1}
+
+
+def test_rules_on_absent_fields_are_skipped_while_defaults_and_constants_apply():
+    """compile_rules skips a rule whose `from` keys are all absent (it could only write what it
+    reads); rules with `default`, `const` or a context source must still run."""
+    run = compile_rules([
+        {"to": "/a", "from": ["/x", "/y"]},
+        {"to": "/b", "from": "/missing", "default": 3},
+        {"to": "/c", "const": 1},
+        {"to": "/d", "from": "/missing"},
+        {"to": "/e", "from": "/y/z"},
+        {"to": "/f", "from": "@model"},
+        {"to": "/g", "from": "/y", "when": {"has": "/y/z"}, "op": "omit_keys", "keys": ["z"]},
+    ])
+    assert run({"y": {"z": 2, "w": 0}}, {"model": "m"}) == {"a": {"z": 2, "w": 0}, "b": 3, "c": 1, "e": 2, "f": "m", "g": {"w": 0}}
+    assert run(["not", "a", "mapping"], {}) == {"b": 3, "c": 1}

@@ -85,18 +85,41 @@ def compile_rule_value(rule: dict[str, Any]) -> Getter:
     return value_of
 
 
+def _gate(rule: dict[str, Any]) -> tuple[str, ...] | None:
+    """The top-level keys a rule reads when it can only write what it reads (`from` pointers,
+    no `const` or `default`): with none of them in the source, the rule does nothing. Most
+    rules map optional fields a request lacks; one `in` test skips them (measured: ~0.3 us a
+    rule through the getter closures)."""
+    if "const" in rule or "default" in rule or "from" not in rule:
+        return None
+    sources = rule["from"] if isinstance(rule["from"], list) else [rule["from"]]
+    keys = []
+    for source in sources:
+        if not isinstance(source, str) or not source.startswith("/"):
+            return None
+        keys.append(str(compile_pointer(source)[0]))
+    return tuple(keys)
+
+
 def compile_rules(rules: list[dict[str, Any]]) -> Mapper:
     """Compile a rule list into fn(src, ctx) -> new document. `ctx['out']` is the document so far."""
-    compiled: list[tuple[tuple[str | int, ...], Getter]] = []
+    compiled: list[tuple[tuple[str | int, ...], Getter, tuple[str, ...] | None]] = []
     for rule in rules:
-        compiled.append((compile_pointer(rule.get("to", "")), compile_rule_value(rule)))
+        compiled.append((compile_pointer(rule.get("to", "")), compile_rule_value(rule), _gate(rule)))
 
     def run(src: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         outer = ctx.get("out", MISSING)
         ctx["out"] = out
+        gated = isinstance(src, dict)
         try:
-            for tokens, value_of in compiled:
+            for tokens, value_of, gate in compiled:
+                if gated and gate is not None:
+                    for key in gate:
+                        if key in src:
+                            break
+                    else:
+                        continue
                 value = value_of(src, ctx)
                 if value is MISSING:
                     continue
