@@ -9,6 +9,7 @@ the server runs them in a thread, off the event loop.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import threading
 import time
@@ -86,6 +87,22 @@ AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
 AUDIT_ROWS_PER_INSERT = 50
 #: Concurrent argon2 computations per process (each takes the hasher's memory_cost, 64 MiB).
 ARGON2_AT_ONCE = 2
+
+
+def _audit_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    """An audit record as a row in AUDIT_FIELDS order, counts and flags made non-null."""
+    row = [record.get(name) for name in AUDIT_FIELDS]
+    for i in _AUDIT_COUNTS:
+        row[i] = row[i] or 0
+    row[_AUDIT_COST] = row[_AUDIT_COST] or 0.0
+    for i in _AUDIT_FLAGS:
+        row[i] = bool(row[i])
+    return tuple(row)
+
+
+_AUDIT_COUNTS = tuple(AUDIT_FIELDS.index(n) for n in ("attempts", "prompt_tokens", "completion_tokens", "cached_tokens"))
+_AUDIT_COST = AUDIT_FIELDS.index("cost")
+_AUDIT_FLAGS = (AUDIT_FIELDS.index("stream"), AUDIT_FIELDS.index("cache_hit"))
 
 
 def m001_initial(conn: sa.Connection) -> None:
@@ -356,13 +373,7 @@ class Store:
 
     # -- audit and spend --------------------------------------------------------------------------
     def write_audit(self, records: Iterable[dict[str, Any]]) -> int:
-        rows = [{f: r.get(f) for f in AUDIT_FIELDS} for r in records]
-        for row in rows:
-            for name in ("attempts", "prompt_tokens", "completion_tokens", "cached_tokens"):
-                row[name] = row[name] or 0
-            row["cost"] = row["cost"] or 0.0
-            row["stream"] = bool(row["stream"])
-            row["cache_hit"] = bool(row["cache_hit"])
+        rows = [_audit_row(r) for r in records]
         if rows:
             with self.engine.begin() as conn:
                 start = 0
@@ -377,8 +388,8 @@ class Store:
                     start += n
         return len(rows)
 
-    def _audit_insert_for(self, dialect: sa.Dialect, n: int) -> tuple[str, Callable[[list[dict[str, Any]]], Any]]:
-        """One multi-row INSERT for `n` rows, compiled once per size.
+    def _audit_insert_for(self, dialect: sa.Dialect, n: int) -> tuple[str, Callable[[list[tuple[Any, ...]]], Any]]:
+        """One multi-row INSERT for `n` rows (tuples in AUDIT_FIELDS order), compiled once per size.
 
         One statement per chunk rather than executemany: the sqlite3 driver releases and retakes
         the GIL around every row it steps, and under load each hand-over stalls the event loop
@@ -390,13 +401,18 @@ class Store:
             compiled = audit_log.insert().values([dict.fromkeys(AUDIT_FIELDS, 0)] * n).compile(dialect=dialect)
             # Multi-row bind parameters are named <column>_m<row>.
             names = compiled.positiontup if compiled.positiontup is not None else list(compiled.params)
-            slots = [(int(row), column) for column, row in (name.rsplit("_m", 1) for name in names)]
-            if compiled.positiontup is not None:
-                def params(chunk: list[dict[str, Any]]) -> Any:
-                    return tuple(chunk[row][column] for row, column in slots)
+            column = {name: i for i, name in enumerate(AUDIT_FIELDS)}
+            slots = [(int(row), column[name]) for name, row in (name.rsplit("_m", 1) for name in names)]
+            params: Callable[[list[tuple[Any, ...]]], Any]
+            if compiled.positiontup is None:
+                def params(chunk: list[tuple[Any, ...]]) -> Any:
+                    return {name: chunk[row][i] for name, (row, i) in zip(names, slots)}
+            elif slots == [(row, i) for row in range(n) for i in range(len(AUDIT_FIELDS))]:
+                def params(chunk: list[tuple[Any, ...]]) -> Any:
+                    return tuple(itertools.chain.from_iterable(chunk))  # row-major: the rows laid end to end
             else:
-                def params(chunk: list[dict[str, Any]]) -> Any:
-                    return {name: chunk[row][column] for name, (row, column) in zip(names, slots)}
+                def params(chunk: list[tuple[Any, ...]]) -> Any:
+                    return tuple(chunk[row][i] for row, i in slots)
             cached = self._audit_inserts[n] = (str(compiled), params)
         return cached
 
