@@ -84,10 +84,12 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    def _timeout(self, read_timeout: float | None) -> aiohttp.ClientTimeout | None:
-        """A deployment's read timeout, one object per value (built per request, it showed in profiles)."""
+    def _timeout(self, read_timeout: float | None) -> aiohttp.ClientTimeout:
+        """The session's timeouts, with a deployment's own read timeout when it has one; one
+        object per value (built per request, it showed in profiles). Never None: aiohttp reads
+        `timeout=None` as "no timeout at all", connect included."""
         if read_timeout is None:
-            return None
+            return self.timeout
         timeout = self._timeouts.get(read_timeout)
         if timeout is None:
             if len(self._timeouts) >= 64:

@@ -321,3 +321,25 @@ def test_retry_rule_can_act_on_a_non_conforming_structured_reply(run, upstream):
     result, _ = run(body)
     assert served(result) == ("openai/gpt-4o", "2")
     assert result.completion["choices"][0]["message"]["content"] == '{"harbour": "Brest"}'
+
+
+def test_a_deployment_without_its_own_timeout_keeps_the_upstream_read_timeout(upstream):
+    """aiohttp takes `timeout=None` as no timeout at all: a route without `timeout` must still
+    get the session's read timeout, not wait for ever."""
+    import asyncio
+
+    from engine.errors import UpstreamTimeout
+    from engine.translate import UpstreamRequest
+
+    upstream.reply(json={"ok": True}, delay=3.0)
+    request = UpstreamRequest("POST", f"{upstream.url}/v1/chat/completions", {}, {"model": "m"}, False)
+
+    async def send() -> None:
+        client = Upstream(read_timeout=0.3)
+        try:
+            await client.send(request, timeout=None)
+        finally:
+            await client.close()
+
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(asyncio.wait_for(send(), 2.5))
