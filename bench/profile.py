@@ -4,6 +4,8 @@
     python bench/profile.py                              # anthropic_nonstream, 10 s of samples
     python bench/profile.py openai_stream --seconds 15
     python bench/profile.py anthropic_nonstream --cprofile   # no py-spy / no ptrace: deterministic profiler
+    python bench/profile.py openai_nonstream --target reference   # the reference gateway, for comparison
+    PYSPY_NATIVE=1 python bench/profile.py openai_nonstream  # with native frames (C extensions, gc)
 
 Starts the fake upstream and gaud-engine (as bench/compare.py does), drives bounded wrk load at
 127.0.0.1 (-c$CONC, seconds + 4), samples the gaud process with `py-spy record --nonblocking` and
@@ -184,7 +186,7 @@ def main() -> int:
     time.sleep(2)
     if spy is not None:
         raw = out / "stacks.txt"
-        cmd = ["timeout", str(a.seconds + 30), spy, "record", "--nonblocking", "-r", str(a.rate), "-d", str(a.seconds),
+        cmd = ["timeout", str(a.seconds + 30), spy, "record", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]), "-r", str(a.rate), "-d", str(a.seconds),
                "-p", str(gaud.pid), "-f", "raw", "-o", str(raw)]
         spied = subprocess.run(cmd, capture_output=True, text=True)
         (out / "py-spy.log").write_text(spied.stdout + spied.stderr)

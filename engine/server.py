@@ -61,6 +61,9 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
 
 
+#: Allocations between young-generation collections (the interpreter's default is 700).
+GC_GEN0_THRESHOLD = 20_000
+
 _ids = random.Random()  # seeded from os.urandom; spawned workers each seed their own
 
 
@@ -657,6 +660,11 @@ def create_app(
         release_validators()
         gc.collect()
         gc.freeze()
+        # Under load some thousand objects of requests in flight are alive at any time, so the
+        # default threshold (700 allocations) ran a collection every ~20 requests that scanned
+        # mostly live objects: ~7 us of CPU a request, measured with gc.callbacks. Cyclic
+        # garbage (rare: reference counting frees request objects) is still collected.
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs()))
