@@ -239,8 +239,11 @@ def compile_messages_to_turns(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
         call_table: dict[str, dict[str, Any]] = {}
         turns: list[dict[str, Any]] = []
         for i, message in enumerate(messages):
+            original = message.get("role") if isinstance(message, dict) else None
+            role = roles.get(original, roles.get("_default", DROP))  # type: ignore[arg-type]
+            if role == DROP and original != "assistant":
+                continue  # (an assistant message is still read: later tool results name its calls)
             items = message_items(message, i, carry_sep, call_table)
-            role = roles.get(message["role"], roles.get("_default", DROP))
             if role == DROP:
                 continue
             turn_ctx = {**ctx, "role": role, "message": message}
