@@ -31,6 +31,7 @@ from .embeddings import estimate_input_tokens, validate_embeddings_request
 from .errors import GatewayError, InvalidRequest, NotFound
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
+from .logs import FieldLogger
 from .metrics import Metrics
 from .upstream_models import fetch_upstream_models
 from .specs import Catalog, load_catalog, release_validators
@@ -44,7 +45,7 @@ from .validation import Limits, estimate_prompt_tokens, validate_request
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
-request_log = logging.getLogger("gaud.request")
+request_log = FieldLogger("gaud.request")
 
 
 class JSONResponse(Response):
@@ -304,7 +305,7 @@ class Accounting:
         fields = record.copy()  # the log line carries the record without the content and time
         del fields["content"], fields["ts"]
         fields["overhead_ms"] = round(overhead, 3) if overhead is not None else None
-        request_log.info("%s %s %s", record["status"], record["alias"], record["deployment"] or "-", extra={"fields": fields})
+        request_log.info(f"{record['status']} {record['alias']} {record['deployment'] or '-'}", fields)
         await self.audit.add(record)
 
 
