@@ -103,9 +103,11 @@ def _gate(rule: dict[str, Any]) -> tuple[str, ...] | None:
 
 def compile_rules(rules: list[dict[str, Any]]) -> Mapper:
     """Compile a rule list into fn(src, ctx) -> new document. `ctx['out']` is the document so far."""
-    compiled: list[tuple[tuple[str | int, ...], Getter, tuple[str, ...] | None]] = []
+    compiled: list[tuple[tuple[str | int, ...], str | None, Getter, tuple[str, ...] | None]] = []
     for rule in rules:
-        compiled.append((compile_pointer(rule.get("to", "")), compile_rule_value(rule), _gate(rule)))
+        tokens = compile_pointer(rule.get("to", ""))
+        key = tokens[0] if len(tokens) == 1 and isinstance(tokens[0], str) else None  # `to: /field`
+        compiled.append((tokens, key, compile_rule_value(rule), _gate(rule)))
 
     def run(src: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -113,17 +115,19 @@ def compile_rules(rules: list[dict[str, Any]]) -> Mapper:
         ctx["out"] = out
         gated = isinstance(src, dict)
         try:
-            for tokens, value_of, gate in compiled:
+            for tokens, key, value_of, gate in compiled:
                 if gated and gate is not None:
-                    for key in gate:
-                        if key in src:
+                    for name in gate:
+                        if name in src:
                             break
                     else:
                         continue
                 value = value_of(src, ctx)
                 if value is MISSING:
                     continue
-                if tokens:
+                if key is not None:
+                    out[key] = value
+                elif tokens:
                     put(out, tokens, value)
                 elif isinstance(value, dict):
                     out.update(value)
