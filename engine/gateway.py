@@ -172,6 +172,9 @@ class Gateway:
                     await self._take_deployment_limits(planned, exchange)
                     result = await attempt(planned)
                 except GatewayError as error:
+                    # Kept in `failures` and maybe re-raised: without its traceback it does not tie
+                    # this frame (and the request) into a cycle only the garbage collector frees.
+                    error.__traceback__ = None
                     self.router.finished(target.name, None)
                     (breaker.record_failure if error.kind in BREAKER_KINDS else breaker.record_success)()
                     error.attempts = tries

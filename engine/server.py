@@ -466,6 +466,11 @@ def create_app(
             if admission is not None:
                 await guards.settle(admission, _total_tokens(exchange))
             await accounting.finish(exchange, principal, reservation, status, error, body)
+            # A handled error's traceback holds this frame, which holds the error (and the
+            # request): a cycle only the collector frees. Drop it now (see GC_GEN0_THRESHOLD).
+            for failure in (error, exchange.error):
+                if failure is not None:
+                    failure.__traceback__ = None
 
     async def embeddings(request: Request) -> Response:
         exchange = Exchange(request_id=request.scope.get("state", {}).get("request_id", ""))
