@@ -14,9 +14,8 @@ call arguments: only used to estimate usage when an upstream reports none.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .events import Delta, StreamFailure, StreamSpec, StreamState
+from .framing import SseFramer
 
 __all__ = ["Passthrough", "delta_chars"]
 
@@ -45,6 +44,7 @@ class Passthrough:
         self.marks = (*inspect, done) if done else inspect
         self._buffer = b""
         self._envelope: int | None = None  # bytes of a frame that are not generated text
+        self._framer = SseFramer()  # reads the frames that must be read, one whole frame at a time
         self.output_chars = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -100,9 +100,10 @@ class Passthrough:
     def _read(self, frame: bytes) -> bool:
         """Interpret one frame with the event table; whether it is forwarded."""
         state = self.state
-        event, data = _event_and_data(frame)
-        if data is None:
+        parsed = list(self._framer.feed(frame + b"\n\n"))
+        if not parsed:
             return True  # a comment or a frame without data: harmless to forward
+        (event, data), = parsed
         state.frames += 1
         finish, usage = state.raw_finish, dict(state.raw_usage)
         deltas = self.stream.handle(event, data, state)
@@ -122,14 +123,3 @@ class Passthrough:
 def _text_bytes(raw: bytes) -> int:
     """Length with each JSON escape (`\\"`, `\\n`) counted as the one character it stands for."""
     return len(raw) - raw.count(b"\\")
-
-
-def _event_and_data(frame: bytes) -> tuple[str | None, Any]:
-    event: str | None = None
-    data: list[str] = []
-    for line in frame.decode("utf-8", "replace").split("\n"):
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-    return event, ("\n".join(data) if data else None)
