@@ -169,7 +169,8 @@ class Gateway:
                 started = self.clock()
                 self.router.started(target.name)
                 try:
-                    await self._take_deployment_limits(planned, exchange)
+                    if planned.rpm or planned.tpm:
+                        await self._take_deployment_limits(planned, exchange)
                     result = await attempt(planned)
                 except GatewayError as error:
                     # Kept in `failures` and maybe re-raised: without its traceback it does not tie
@@ -207,8 +208,6 @@ class Gateway:
 
     async def _take_deployment_limits(self, planned: PlannedTarget, exchange: Exchange) -> None:
         """A deployment's own rpm/tpm (routes.yaml): over it, the attempt fails as `rate_limit`."""
-        if not planned.rpm and not planned.tpm:
-            return
         name = planned.target.name
         takes: list[tuple[str, Limit, float]] = []
         if planned.rpm:
@@ -251,11 +250,18 @@ class Gateway:
             request.headers = target.provider.headers_for_token(target.model, target.api_base, token)
         return request
 
-    async def _for_target(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
-        """The request as this deployment needs it (remote images fetched when the spec says so)."""
+    async def _request_for(
+        self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None
+    ) -> UpstreamRequest:
+        """The upstream request for one deployment: remote images fetched when the spec says so,
+        mapped, and signed for a signed-in provider. The awaits happen only when there is I/O."""
         if target.provider.inline_image_urls:
-            return await inline_image_urls(body, self.images)
-        return body
+            body = await inline_image_urls(body, self.images)
+        request = build_request(target, body, stream=stream, validated=True, estimated_tokens=estimated_tokens)
+        auth = target.provider.auth
+        if self.credentials is not None and auth is not None and auth.dynamic:
+            request = await self._signed(target, request)
+        return request
 
     # -- non-streaming --------------------------------------------------------------------------
     def price(self, target: Target) -> Price | None:
@@ -292,9 +298,8 @@ class Gateway:
         if target.provider.endpoints["chat"].stream_only:
             completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens)
         else:
-            request = build_request(target, await self._for_target(target, body), stream=False, validated=True,
-                                    estimated_tokens=exchange.estimated_tokens)
-            raw = await self._exchange_json(planned, await self._signed(target, request), exchange)
+            request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
+            raw = await self._exchange_json(planned, request, exchange)
             completion = completion_from_reply(target, raw, requested_model=body["model"])
         self._account(exchange, target, with_usage(completion, exchange.estimated_tokens)["usage"])
         check_structured_output(body, completion)
@@ -384,9 +389,7 @@ class Gateway:
         self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
     ) -> Any:
         target = planned.target
-        request = build_request(target, await self._for_target(target, body), stream=True, validated=True,
-                                estimated_tokens=estimated_tokens)
-        request = await self._signed(target, request)
+        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
         if response.status >= 400:
             payload = await response.read()

@@ -463,7 +463,7 @@ def create_app(
             if not out.started:
                 await out.internal_error()
         finally:
-            if admission is not None:
+            if admission is not None and admission.tokens_key is not None:
                 await guards.settle(admission, _total_tokens(exchange))
             await accounting.finish(exchange, principal, reservation, status, error, body)
             # A handled error's traceback holds this frame, which holds the error (and the
@@ -498,7 +498,7 @@ def create_app(
             status = 499
             return Response(status_code=499)
         finally:
-            if admission is not None:
+            if admission is not None and admission.tokens_key is not None:
                 await guards.settle(admission, _total_tokens(exchange))
             await accounting.finish(exchange, principal, reservation, status, error, None)
 
