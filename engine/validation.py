@@ -180,21 +180,18 @@ def _check_scalars(body: dict[str, Any], limits: Limits) -> None:
     if not isinstance(model, str) or not model:
         raise _fail("'model' must be a non-empty string.", "model", "missing_required_parameter")
     # Walk the body's keys (a handful) rather than every known parameter (a dozen lookups).
-    for name in body:
+    for name, value in body.items():
         bounds = _NUMBERS.get(name)
         if bounds is not None:
-            value = body[name]
             lo, hi = bounds
             if value is not None and (
                 not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi
             ):
                 raise _fail(f"'{name}' must be a number from {lo:g} to {hi:g}.", name)
-        elif name in _POSITIVE_INTS:
-            value = body[name]
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "top_logprobs" else 1)
-            ):
-                raise _fail(f"'{name}' must be a positive integer.", name)
+        elif name in _POSITIVE_INTS and value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "top_logprobs" else 1)
+        ):
+            raise _fail(f"'{name}' must be a positive integer.", name)
     if isinstance(body.get("n"), int) and body["n"] > limits.max_n:
         raise _fail(f"'n' must be at most {limits.max_n}.", "n")
     for name in ("stream", "parallel_tool_calls", "logprobs"):
