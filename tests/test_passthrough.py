@@ -144,3 +144,20 @@ def test_several_choices_pass_through(upstream, gateway):
     assert texts == {0: "Aa", 1: "Bb"}
     finishes = [c["finish_reason"] for o in objects for c in o["choices"] if c["finish_reason"]]
     assert finishes == ["stop", "stop"]  # the upstream's finish chunk, no second one from the gateway
+
+
+def test_an_error_frame_mid_stream_ends_it_and_is_recorded(upstream, gateway):
+    error = {"error": {"message": "The server had an error while processing your request.", "type": "server_error",
+                       "param": None, "code": None}}
+    frames = [_chunk([_delta("Half a")]), b"data: " + json.dumps(error).encode() + b"\n\n", _chunk([_delta(" lost")])]
+    upstream.reply(frames=frames, content_type="text/event-stream")
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=20, headers={"x-request-id": "trace-pt-error"},
+                      json={"model": "gpt-4o", "messages": HELLO, "stream": True}) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    objects = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    assert assembled([o for o in objects if "error" not in o])["content"] == "Half a"
+    assert set(objects[-1]["error"]) == {"message", "type", "param", "code"}
+    assert lines[-1] == "data: [DONE]"
+    logged = gateway.logs_with("trace-pt-error")
+    line = next(json.loads(l) for l in logged.splitlines() if "trace-pt-error" in l and '"gaud.request"' in l)
+    assert line["error_kind"] is not None

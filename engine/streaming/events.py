@@ -370,8 +370,11 @@ def _each(arg: dict[str, Any]) -> Action:
 def _raise(arg: dict[str, Any]) -> Action:
     kind = arg.get("kind")
     message_of = compile_source(arg["message"]) if "message" in arg else None
+    when = compile_condition(arg["when"]) if "when" in arg else None
 
     def fail(obj: Any, state: StreamState, out: list[Delta]) -> None:
+        if when is not None and not when(obj, _ctx(state)):
+            return
         message = message_of(obj, _ctx(state)) if message_of else MISSING
         raise StreamFailure(kind, message if isinstance(message, str) else "upstream error in stream", obj)
 
