@@ -98,3 +98,16 @@ def test_rules_on_absent_fields_are_skipped_while_defaults_and_constants_apply()
     ])
     assert run({"y": {"z": 2, "w": 0}}, {"model": "m"}) == {"a": {"z": 2, "w": 0}, "b": 3, "c": 1, "e": 2, "f": "m", "g": {"w": 0}}
     assert run(["not", "a", "mapping"], {}) == {"b": 3, "c": 1}
+
+
+def test_templates_keep_key_order_with_constant_and_missing_values():
+    from engine.mapping.templates import compile_template
+
+    render = compile_template({"type": "text", "n": None, "text": "@text", "mark": "@part/cache_control", "kind": "k",
+                               "meta": {"const": "/literal"}})
+    out = render({}, {"text": "hi"})
+    assert out == {"type": "text", "n": None, "text": "hi", "kind": "k", "meta": "/literal"}
+    assert list(out) == ["type", "n", "text", "kind", "meta"]
+    first, second = render({}, {"text": "a"}), render({}, {"text": "b"})
+    first["type"] = "changed"
+    assert second["type"] == "text"  # each rendering is a new object

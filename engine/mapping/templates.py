@@ -130,10 +130,16 @@ def compile_template(shape: Any) -> Getter:
         if "op" in shape:
             assert inline_rule_compiler is not None
             return inline_rule_compiler(shape)
-        items = [(k, compile_template(v)) for k, v in shape.items()]
+        # Leading constant scalars (`type: text`) are copied in one go, in their place in the order.
+        head: dict[str, Any] = {}
+        for key, value in shape.items():
+            if isinstance(value, (dict, list)) or not _is_constant(value):
+                break
+            head[key] = _strip_const(value)
+        items = [(k, compile_template(v)) for k, v in list(shape.items())[len(head):]]
 
         def render_object(src: Any, ctx: dict[str, Any]) -> Any:
-            out = {}
+            out = head.copy()
             for key, fn in items:
                 value = fn(src, ctx)
                 if value is not MISSING:

@@ -249,7 +249,7 @@ def compile_messages_to_turns(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
             turn_ctx = {**ctx, "role": role, "message": message}
             turn = turn_template(message, turn_ctx)
             turn = turn if isinstance(turn, dict) else {}
-            for j, (kind, fields) in enumerate(items):
+            for kind, fields in items:
                 specs = parts.get(kind, MISSING)
                 if specs is None:
                     continue
@@ -267,8 +267,12 @@ def compile_messages_to_turns(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
                     value = spec.render(message, part_ctx)
                     if value is not MISSING:
                         add_part(turn, spec, value)
-            if drop_empty and not any(turn.get(k) for k in part_keys):
-                continue
+            if drop_empty:
+                for key in part_keys:
+                    if turn.get(key):
+                        break
+                else:
+                    continue
             if merge_same_role and turns and turns[-1].get(role_key) == turn.get(role_key):
                 _merge_into(turns[-1], turn, join_sep)
             else:
