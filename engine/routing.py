@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .breaker import BreakerBoard
@@ -91,6 +92,11 @@ class Route:
     when: Rule | None = None
     description: str = ""
     cache: dict[str, Any] | None = None
+
+    @cached_property
+    def has_conditions(self) -> bool:
+        """Whether planning evaluates a `when` rule (the route's or a candidate's)."""
+        return self.when is not None or any(c.when is not None for c in self.candidates)
 
 
 @dataclass
@@ -339,7 +345,7 @@ class Router:
             if explain:
                 self._note_open_breakers(planned, notes)
             return Plan(str(name), None, planned, self.table.default_policy, facts, notes)
-        act = activation(facts)
+        act = activation(facts) if route.has_conditions else None  # only rules read it
         if route.when is not None and not route.when.matches(act):
             raise NotFound(f"No route of '{route.name}' applies to this request.", param="model")
         eligible: list[tuple[Candidate, Target]] = []
