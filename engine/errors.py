@@ -48,6 +48,7 @@ __all__ = [
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamTimeout",
+    "drop_tracebacks",
     "error_for_kind",
 ]
 
@@ -183,6 +184,19 @@ _BY_KIND: dict[str, type[GatewayError]] = {
     )
 }
 ERROR_KINDS: tuple[str, ...] = tuple(_BY_KIND)
+
+
+def drop_tracebacks(error: BaseException | None) -> None:
+    """Forget the frames of a handled error and of the errors it was raised from.
+
+    A traceback holds the frames it passed through, and their locals often hold the error again
+    (and the request): a reference cycle that only the cycle collector frees, which the server
+    runs rarely (see server.GC_GEN0_THRESHOLD). Messages, kinds and causes are kept."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
 
 
 def error_for_kind(kind: str, message: str, **kwargs: Any) -> GatewayError:

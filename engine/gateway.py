@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .embeddings import build_embeddings_request, embeddings_from_reply
-from .errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, error_for_kind
+from .errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, drop_tracebacks, error_for_kind
 from .images import ImageFetcher, inline_image_urls
 from .metrics import Metrics
 from .models import Target
@@ -173,9 +173,9 @@ class Gateway:
                         await self._take_deployment_limits(planned, exchange)
                     result = await attempt(planned)
                 except GatewayError as error:
-                    # Kept in `failures` and maybe re-raised: without its traceback it does not tie
+                    # Kept in `failures` and maybe re-raised: without tracebacks it does not tie
                     # this frame (and the request) into a cycle only the garbage collector frees.
-                    error.__traceback__ = None
+                    drop_tracebacks(error)
                     self.router.finished(target.name, None)
                     (breaker.record_failure if error.kind in BREAKER_KINDS else breaker.record_success)()
                     error.attempts = tries

@@ -28,7 +28,7 @@ from .shared import RedisBudgets, SharedBreakerBoard
 from .auth import LOCAL_USER, Authenticator
 from .config import Settings
 from .embeddings import estimate_input_tokens, validate_embeddings_request
-from .errors import GatewayError, InvalidRequest, NotFound
+from .errors import GatewayError, InvalidRequest, NotFound, drop_tracebacks
 from .gateway import Exchange, Gateway
 from .images import ImageFetcher
 from .logs import FieldLogger
@@ -468,9 +468,8 @@ def create_app(
             await accounting.finish(exchange, principal, reservation, status, error, body)
             # A handled error's traceback holds this frame, which holds the error (and the
             # request): a cycle only the collector frees. Drop it now (see GC_GEN0_THRESHOLD).
-            for failure in (error, exchange.error):
-                if failure is not None:
-                    failure.__traceback__ = None
+            drop_tracebacks(error)
+            drop_tracebacks(exchange.error)
 
     async def embeddings(request: Request) -> Response:
         exchange = Exchange(request_id=request.scope.get("state", {}).get("request_id", ""))

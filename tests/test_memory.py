@@ -53,3 +53,39 @@ def test_failed_requests_leave_no_reference_cycles(catalog, upstream, tmp_path):
     baseline, cycles = asyncio.run(run())
     for name, per_request in cycles.items():
         assert per_request <= baseline + 1, (name, per_request, baseline)
+
+
+def test_dropping_tracebacks_frees_a_failure_and_its_causes_without_the_collector():
+    """An error raised from another (an upstream timeout from asyncio's) keeps a cycle through
+    the cause's traceback too; drop_tracebacks clears the whole chain, causes kept."""
+    import weakref
+
+    from engine.errors import UpstreamTimeout, drop_tracebacks
+
+    class Payload:  # stands for a request body held by a frame
+        pass
+
+    def send(body: Payload) -> None:
+        try:
+            raise TimeoutError("read")
+        except TimeoutError as exc:
+            error = UpstreamTimeout("The upstream did not answer.")
+            raise error from exc
+
+    def serve() -> tuple[UpstreamTimeout, weakref.ref]:
+        body = Payload()
+        try:
+            send(body)
+        except UpstreamTimeout as exc:
+            failure = exc
+        return failure, weakref.ref(body)
+
+    gc.disable()
+    try:
+        failure, body = serve()
+        assert body() is not None  # held by the frames in the cause's traceback
+        drop_tracebacks(failure)
+        assert body() is None  # freed by reference counting alone
+        assert isinstance(failure.__cause__, TimeoutError) and failure.__traceback__ is None
+    finally:
+        gc.enable()
