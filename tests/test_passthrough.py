@@ -161,3 +161,14 @@ def test_an_error_frame_mid_stream_ends_it_and_is_recorded(upstream, gateway):
     logged = gateway.logs_with("trace-pt-error")
     line = next(json.loads(l) for l in logged.splitlines() if "trace-pt-error" in l and '"gaud.request"' in l)
     assert line["error_kind"] is not None
+
+
+def test_compact_json_with_quoted_colons_in_text_is_still_read_for_finish_and_usage(openai_spec):
+    """The mark style (compact or spaced JSON) is taken from the first frame's first key, not
+    from text that merely contains `": `."""
+    first = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"a\\": b"},"finish_reason":null}]}\n\n'
+    last = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    usage = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+    out, state, _ = _forward(openai_spec, [first, last, usage, b"data: [DONE]\n\n"])
+    assert state.raw_finish == "stop" and state.raw_usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert out == first + last

@@ -399,16 +399,5 @@ _BUILDERS: dict[str, Callable[[Any], Action]] = {
 def compile_stream(spec: dict[str, Any]) -> StreamSpec:
     handlers = {key: _compile_actions(actions) for key, actions in spec.get("events", {}).items()}
     passthrough = spec.get("passthrough")
-    inspect = _marks(passthrough.get("inspect", ())) if isinstance(passthrough, dict) else None
+    inspect = tuple(m.encode() for m in passthrough.get("inspect", ())) if isinstance(passthrough, dict) else None
     return StreamSpec(spec.get("framing", "sse"), spec.get("key", "none"), spec.get("done_data"), handlers, inspect)
-
-
-def _marks(inspect: list[str]) -> tuple[bytes, ...]:
-    """`passthrough.inspect` as bytes, each also with a space after a key's colon: compact JSON
-    (`"k":"v"`) and Python's default separators (`"k": "v"`) are both common upstream."""
-    marks: list[bytes] = []
-    for mark in inspect:
-        marks.append(mark.encode())
-        if '":' in mark and '": ' not in mark:
-            marks.append(mark.replace('":', '": ').encode())
-    return tuple(marks)

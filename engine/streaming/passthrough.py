@@ -40,8 +40,11 @@ class Passthrough:
     def __init__(self, stream: StreamSpec, state: StreamState, inspect: tuple[bytes, ...]) -> None:
         self.stream = stream
         self.state = state
-        done = stream.done_data.encode() if stream.done_data else None
-        self.marks = (*inspect, done) if done else inspect
+        done = (stream.done_data.encode(),) if stream.done_data else ()
+        self.marks = (*inspect, *done)
+        # The same marks with a space after a key's colon, for upstreams that write JSON with
+        # Python's default separators (`"k": "v"`); the first frame tells which style a stream uses.
+        self._spaced = (*(m.replace(b'":', b'": ') if b'": ' not in m else m for m in inspect), *done)
         self._buffer = b""
         self._envelope: int | None = None  # bytes of a frame that are not generated text
         self._framer = SseFramer()  # reads the frames that must be read, one whole frame at a time
@@ -104,6 +107,8 @@ class Passthrough:
         if not parsed:
             return True  # a comment or a frame without data: harmless to forward
         (event, data), = parsed
+        if state.frames == 0 and _spaced_json(data):
+            self.marks = self._spaced
         state.frames += 1
         finish, usage = state.raw_finish, dict(state.raw_usage)
         deltas = self.stream.handle(event, data, state)
@@ -123,3 +128,12 @@ class Passthrough:
 def _text_bytes(raw: bytes) -> int:
     """Length with each JSON escape (`\\"`, `\\n`) counted as the one character it stands for."""
     return len(raw) - raw.count(b"\\")
+
+
+def _spaced_json(data: str) -> bool:
+    """Whether a JSON object is written with a space after its first key's colon, `{"k": v}`."""
+    head = data.lstrip()
+    if not head.startswith('{"'):
+        return False
+    end = head.find('"', 2)  # the end of the first key
+    return end > 0 and head[end + 1 : end + 3] == ": "
