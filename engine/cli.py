@@ -171,6 +171,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     options = {
         "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": "auto",
         "server_header": False, "ws": "none", "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
+        "log_config": None,  # uvicorn's own lines go through the gateway's logging (JSON or text)
         "proxy_headers": bool(settings.get("server.proxy_headers")),
         "forwarded_allow_ips": settings.get("server.forwarded_allow_ips"),
     }

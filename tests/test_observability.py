@@ -127,3 +127,11 @@ def test_one_json_log_line_per_request_without_contents_or_secrets(gateway, upst
     assert "a very private question" not in logs
     for secret in TEST_SECRETS.values():
         assert secret not in logs
+
+
+def test_uvicorns_own_lines_use_the_gateways_log_format(gateway):
+    """With JSON logs, uvicorn's start-up lines are JSON too, not its own `INFO:     ...` text."""
+    logs = gateway.logs_with("Application startup complete")
+    assert not [l for l in logs.splitlines() if l.startswith(("INFO:", "WARNING:", "ERROR:"))]
+    started = [json.loads(l) for l in logs.splitlines() if l.startswith("{") and "Application startup complete" in l]
+    assert started and started[0]["logger"] == "uvicorn.error" and started[0]["level"] == "info"
