@@ -150,7 +150,8 @@ def test_an_error_frame_mid_stream_ends_it_and_is_recorded(upstream, gateway):
     error = {"error": {"message": "The server had an error while processing your request.", "type": "server_error",
                        "param": None, "code": None}}
     frames = [_chunk([_delta("Half a")]), b"data: " + json.dumps(error).encode() + b"\n\n", _chunk([_delta(" lost")])]
-    upstream.reply(frames=frames, content_type="text/event-stream")
+    # In one write, so that one upstream read holds the text before the error and the error.
+    upstream.reply(frames=[b"".join(frames)], content_type="text/event-stream")
     with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=20, headers={"x-request-id": "trace-pt-error"},
                       json={"model": "gpt-4o", "messages": HELLO, "stream": True}) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]

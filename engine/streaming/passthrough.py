@@ -92,13 +92,13 @@ class Passthrough:
             try:
                 keep = self._read(frame)
             except StreamFailure as failure:
-                failure.partial = b"".join(kept) if kept else b""  # type: ignore[assignment]
+                failure.partial = _joined(kept)  # type: ignore[assignment]
                 raise
             if state.done:
                 break
             if keep:
                 kept.append(frame)
-        return b"\n\n".join(kept) + b"\n\n" if kept else b""
+        return _joined(kept)
 
     def _read(self, frame: bytes) -> bool:
         """Interpret one frame with the event table; whether it is forwarded."""
@@ -123,6 +123,11 @@ class Passthrough:
             return True
         usage_only = state.raw_usage != usage and state.raw_finish == finish
         return not usage_only
+
+
+def _joined(frames: list[bytes]) -> bytes:
+    """Frames (without their blank lines) as SSE bytes again."""
+    return b"\n\n".join(frames) + b"\n\n" if frames else b""
 
 
 def _text_bytes(raw: bytes) -> int:
