@@ -173,3 +173,20 @@ def test_compact_json_with_quoted_colons_in_text_is_still_read_for_finish_and_us
     out, state, _ = _forward(openai_spec, [first, last, usage, b"data: [DONE]\n\n"])
     assert state.raw_finish == "stop" and state.raw_usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert out == first + last
+
+
+def test_frames_before_an_error_frame_arrive_whole_at_any_split(openai_spec):
+    from engine.streaming import StreamFailure
+
+    text = _chunk([_delta("Half a")])
+    raw = _chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]) + text
+    raw += b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n' + _chunk([_delta(" lost")])
+    for cut in range(1, len(raw)):
+        state = StreamState()
+        reader = openai_spec.stream.reader(state)
+        out = b""
+        with pytest.raises(StreamFailure) as failure:
+            for piece in (raw[:cut], raw[cut:]):
+                out += reader.feed(piece)
+        out += failure.value.partial
+        assert out == raw[: raw.index(b'data: {"error"')], cut  # every frame before it, blank lines included
