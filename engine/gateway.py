@@ -439,8 +439,7 @@ class Gateway:
         finished = False
 
         def usage_so_far() -> dict[str, Any]:
-            chars = reader.output_chars if forwarded else writer.output_chars
-            return stream_usage(spec, state.raw_usage, chars, exchange.estimated_tokens)
+            return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens)
 
         try:
             async for batch in self._reads(target, response, reader):

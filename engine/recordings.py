@@ -259,8 +259,7 @@ def _chunks(
             raise  # before the first byte: an ordinary error reply
         pieces.append(writer.error(exc.to_openai()))
     else:
-        chars = reader.output_chars if forwarded else writer.output_chars
-        usage = stream_usage(spec, state.raw_usage, chars, prompt_estimate)
+        usage = stream_usage(spec, state.raw_usage, reader.output_chars, prompt_estimate)
         finish = closing_finish_reason(spec, state, forwarded)
         pieces.append(writer.finish(finish, usage, state.id, state.model))
     chunks = []

@@ -31,9 +31,6 @@ class ChunkWriter:
         self.created = created
         self._role_sent = role_sent  # True when forwarded upstream chunks carried the role
         self._filter = TokenFilter(special_tokens) if special_tokens else None
-        #: Characters generated so far (text, reasoning, tool names and arguments): what usage
-        #: is estimated from when the upstream reports none.
-        self.output_chars = 0
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         if not self._role_sent:
@@ -57,21 +54,17 @@ class ChunkWriter:
         for delta in deltas:
             kind = delta[0]
             if kind == "text":
-                self.output_chars += len(delta[1])
                 text = self._filter.feed(delta[1]) if self._filter else delta[1]
                 if text:
                     parts.append(self._chunk({"content": text}))
             elif kind == "reasoning":
-                self.output_chars += len(delta[1])
                 parts.append(self._chunk({"reasoning_content": delta[1]}))
             elif kind == "tool_start":
                 _, index, call_id, name = delta
-                self.output_chars += len(name or "")
                 call = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
                 parts.append(self._chunk({"tool_calls": [call]}))
             elif kind == "tool_args":
                 _, index, fragment = delta
-                self.output_chars += len(fragment)
                 parts.append(self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
         return b"".join(parts)
 

@@ -30,7 +30,7 @@ from ..mapping import compile_classifier, compile_condition, compile_source, enc
 from ..pointer import MISSING, compile_pointer, get
 from .framing import make_framer
 
-__all__ = ["EventReader", "StreamFailure", "StreamSpec", "StreamState", "compile_stream"]
+__all__ = ["EventReader", "StreamFailure", "StreamSpec", "StreamState", "compile_stream", "delta_chars"]
 
 Delta = tuple[Any, ...]
 Action = Callable[[Any, "StreamState", list[Delta]], None]
@@ -150,19 +150,46 @@ class StreamSpec:
         return batch
 
 
+def delta_chars(deltas: list[Delta]) -> int:
+    """Characters generated in a list of deltas: text, reasoning, tool names and arguments."""
+    total = 0
+    for delta in deltas:
+        kind = delta[0]
+        if kind == "tool_start":
+            total += len(delta[3] or "")
+        elif kind == "tool_args":
+            total += len(delta[2])
+        elif kind in ("text", "reasoning"):
+            total += len(delta[1])
+    return total
+
+
 class EventReader:
-    """The interpreted path: every frame through the event table, into deltas."""
+    """The interpreted path: every frame through the event table, into deltas.
+
+    `output_chars` counts what the deltas generated (as Passthrough does for the frames it
+    forwards): usage is estimated from it when the upstream reports none."""
 
     def __init__(self, stream: StreamSpec, state: StreamState) -> None:
         self.stream = stream
         self.state = state
         self.framer = stream.new_framer()
+        self.output_chars = 0
 
     def feed(self, chunk: bytes) -> list[Delta]:
-        return self.stream.read(self.framer, chunk, self.state)
+        return self._counted(lambda: self.stream.read(self.framer, chunk, self.state))
 
     def close(self) -> list[Delta]:
-        return self.stream.close(self.framer, self.state)
+        return self._counted(lambda: self.stream.close(self.framer, self.state))
+
+    def _counted(self, read: Callable[[], list[Delta]]) -> list[Delta]:
+        try:
+            deltas = read()
+        except StreamFailure as failure:
+            self.output_chars += delta_chars(failure.partial)  # these still reach the client
+            raise
+        self.output_chars += delta_chars(deltas)
+        return deltas
 
 
 def _run(actions: list[Action], obj: Any, state: StreamState, out: list[Delta]) -> None:

@@ -14,24 +14,10 @@ call arguments: only used to estimate usage when an upstream reports none.
 
 from __future__ import annotations
 
-from .events import Delta, StreamFailure, StreamSpec, StreamState
+from .events import StreamFailure, StreamSpec, StreamState, delta_chars
 from .framing import SseFramer
 
-__all__ = ["Passthrough", "delta_chars"]
-
-
-def delta_chars(deltas: list[Delta]) -> int:
-    """Characters generated in a list of deltas: text, reasoning, tool names and arguments."""
-    total = 0
-    for delta in deltas:
-        kind = delta[0]
-        if kind == "tool_start":
-            total += len(delta[3] or "")
-        elif kind == "tool_args":
-            total += len(delta[2])
-        elif kind in ("text", "reasoning"):
-            total += len(delta[1])
-    return total
+__all__ = ["Passthrough"]
 
 
 class Passthrough:
