@@ -68,18 +68,21 @@ GC_GEN0_THRESHOLD = 20_000
 _ids = random.Random()  # seeded from os.urandom; spawned workers each seed their own
 
 
-def _request_id(scope: Scope, headers: Mapping[str, str] | None = None) -> str:
+def _request_id(headers: Mapping[str, str]) -> str:
     """The client's own `x-request-id` when it sent a sane one, else a new random id."""
-    if headers is not None:
-        value = headers.get("x-request-id")
-        if value is not None and 0 < len(value) <= 128 and value.isascii():
-            return value
-    else:
-        for name, raw in scope["headers"]:
-            if name == b"x-request-id" and 0 < len(raw) <= 128 and raw.isascii():
-                return raw.decode()
+    value = headers.get("x-request-id")
+    if value is not None and 0 < len(value) <= 128 and value.isascii():
+        return value
     # Unique, not secret: a per-process PRNG seeded from the OS, without a getrandom(2) per request.
     return f"{_ids.getrandbits(128):032x}"
+
+
+def _request_id_header(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """`x-request-id` for routes served by starlette; the id is also left in the request's state,
+    so a handler's audit record carries the same id as the response."""
+    request_id = _request_id(_header_map(scope))
+    scope.setdefault("state", {})["request_id"] = request_id
+    return [(b"x-request-id", request_id.encode())]
 
 
 def _header_map(scope: Scope) -> dict[str, str]:
@@ -377,7 +380,7 @@ def create_app(
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             spec = gateway.catalog.ingress.get(name) or ingress_specs[name]
             headers = _header_map(scope)
-            out = _Responder(send, _request_id(scope, headers), spec)
+            out = _Responder(send, _request_id(headers), spec)
             try:
                 await authenticator.principal(headers)
                 body = spec.to_canonical(await _read_json(headers, receive, max_body), count=True)
@@ -401,7 +404,7 @@ def create_app(
         POST /v1/chat/completions is this raw ASGI handler itself: the hot path skips starlette's
         routing, middleware and response classes (measured: about half the per-request cost)."""
         headers = _header_map(scope)
-        out = _Responder(send, _request_id(scope, headers), ingress)
+        out = _Responder(send, _request_id(headers), ingress)
         exchange = Exchange(request_id=out.request_id)
         try:
             principal = await authenticator.principal(headers)
@@ -709,7 +712,7 @@ def create_app(
         exception_handlers={HTTPException: not_found, Exception: server_error},
         lifespan=lifespan,
     )
-    app.add_middleware(ResponseHeaders, headers=lambda scope: [(b"x-request-id", _request_id(scope).encode())])
+    app.add_middleware(ResponseHeaders, headers=_request_id_header)
     app.state.gateway = gateway
     app.state.store = store
     app.state.audit = audit

@@ -84,3 +84,12 @@ def test_an_extending_spec_can_drop_inherited_embeddings(catalog, provider):
     with pytest.raises(InvalidRequest) as info:
         build_embeddings_request(target, validate_embeddings_request({"model": "x", "input": "tide"}))
     assert "does not serve embeddings" in info.value.message
+
+
+def test_embeddings_audit_line_carries_the_response_request_id(gateway, upstream):
+    upstream.reply_fixture("openai", "embeddings.json")
+    response = httpx.post(f"{gateway.url}/v1/embeddings", json={"model": "text-embedding-3-small", "input": ["tide", "harbour"]})
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    logs = gateway.logs_with(request_id)
+    assert any(request_id in l and '"gaud.request"' in l for l in logs.splitlines())
