@@ -14,6 +14,7 @@ from typing import Any
 from .errors import InvalidRequest, ResponseParsing
 from .models import Target
 from .pointer import get
+from .routing import CHARS_PER_TOKEN
 from .translate import UpstreamRequest
 
 __all__ = ["build_embeddings_request", "embeddings_from_reply", "estimate_input_tokens", "validate_embeddings_request"]
@@ -47,7 +48,7 @@ def validate_embeddings_request(body: Any) -> dict[str, Any]:
 
 def estimate_input_tokens(inputs: list[Any]) -> int:
     """About 4 characters per token for text; token-id arrays count themselves."""
-    return sum(len(i) // 4 + 1 if isinstance(i, str) else len(i) for i in inputs)
+    return sum(len(i) // CHARS_PER_TOKEN + 1 if isinstance(i, str) else len(i) for i in inputs)
 
 
 def build_embeddings_request(target: Target, body: dict[str, Any]) -> UpstreamRequest:

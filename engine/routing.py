@@ -117,6 +117,11 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
+#: Characters per token wherever a count is estimated without a tokenizer (prompts here, replies
+#: and embeddings inputs elsewhere).
+CHARS_PER_TOKEN = 4
+
+
 def _estimate_tokens(body: dict[str, Any]) -> int:
     """A cheap prompt-size estimate (about 4 characters per token), no tokenizer."""
     chars = 0
@@ -131,14 +136,14 @@ def _estimate_tokens(body: dict[str, Any]) -> int:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     chars += len(part["text"])
                 elif isinstance(part, dict) and part.get("type") == "image_url":
-                    chars += 85 * 4  # a low-detail image costs ~85 tokens
+                    chars += 85 * CHARS_PER_TOKEN  # a low-detail image costs ~85 tokens
         for call in message.get("tool_calls") or []:
             if isinstance(call, dict):
                 chars += len(str(call.get("function", "")))
     tools = body.get("tools")
     if isinstance(tools, list):
         chars += len(str(tools))
-    return chars // 4 + 1
+    return chars // CHARS_PER_TOKEN + 1
 
 
 def _tags(body: dict[str, Any]) -> list[str]:

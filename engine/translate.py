@@ -14,6 +14,7 @@ from .errors import GatewayError, InvalidRequest, ResponseParsing
 from .validation import check_for_model, estimate_prompt_tokens, validate_request
 from .models import Target
 from .pointer import MISSING, get
+from .routing import CHARS_PER_TOKEN
 from .streaming import strip_tokens
 
 __all__ = [
@@ -120,10 +121,6 @@ def normalize_completion(out: dict[str, Any], target: Target, raw_usage: Any, re
     if usage is not None:
         out["usage"] = usage
     return out
-
-
-#: Characters per token when a count must be estimated (the routing estimate uses the same).
-CHARS_PER_TOKEN = 4
 
 
 def estimated_usage(prompt_tokens: int | None, output_chars: int) -> dict[str, Any]:
