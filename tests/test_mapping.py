@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.mapping.rules import compile_rules
+from engine.mapping.rules import compile_rules, interpret_rules
 from engine.mapping.templates import compile_condition, compile_source
 from engine.pointer import MISSING
 
@@ -37,7 +37,7 @@ def test_a_field_source_on_something_not_an_object_is_missing():
     assert compile_source("/a")("text", CTX) is MISSING
 
 
-@pytest.mark.parametrize(("cond", "expected"), [
+CONDITIONS = [
     ({"has": "/a"}, True),
     ({"has": "/none"}, False),
     ({"not_has": "/absent"}, True),
@@ -56,12 +56,29 @@ def test_a_field_source_on_something_not_an_object_is_missing():
     ({"any": [{"has": "/absent"}, {"eq": ["/a", 1]}]}, True),
     ({"any": [{"has": "/absent"}, {"eq": ["/a", 2]}]}, False),
     ({"all": [{"has": "/a"}, {"any": [{"has": "/nested/b"}]}]}, True),
-])
+    ({"eq": ["@stream", False]}, True),
+    ({"ne": ["@stream", True]}, True),
+    ({"eq": ["/zero", 0]}, True),
+    ({"eq": ["/none", None]}, False),  # null is missing, and missing equals nothing
+    ({"ne": ["/type", "json_schema"]}, False),
+    ({"eq": ["/nested/b", "x"]}, True),
+    ({"has": "@info/limit"}, True),
+    ({"has": "@empty"}, False),
+    ({"not_has": "@empty"}, True),
+    ({"has": "@out/x"}, False),
+    ({"has": "/nested/list/1"}, True),
+    ({"not_has": "/nested/list/5"}, True),
+    ({"in": ["@model", ["m-1", "m-2"]]}, True),
+    ({"not_in": ["/nested", ["x"]]}, True),
+]
+
+
+@pytest.mark.parametrize(("cond", "expected"), CONDITIONS)
 def test_conditions(cond, expected):
     assert compile_condition(cond)(DOC, CTX) is expected
 
 
-@pytest.mark.parametrize(("rule", "expected"), [
+ONE_RULE = [
     ({"to": "/x", "from": "/a", "when": {"eq": ["@stream", True]}}, {}),
     ({"to": "/x", "from": "/a", "when": {"eq": ["@stream", False]}}, {"x": 1}),
     ({"to": "/x", "from": "/absent", "when": {"eq": ["@stream", False]}}, {}),
@@ -70,7 +87,19 @@ def test_conditions(cond, expected):
     ({"to": "/x", "from": ["/absent", "/a"], "when": {"has": "/flag"}}, {"x": 1}),
     ({"to": "/x", "const": "c", "when": {"has": "/absent"}}, {}),
     ({"to": "/x", "from": "/a", "op": "table", "table": {"1": "one", "_default": "_omit"}, "when": {"has": "/a"}}, {}),
-])
+    ({"to": "/x/y", "from": "/nested/list", "template": {"first": "/0", "n": "@model"}}, {"x": {"y": {"first": 10, "n": "m-1"}}}),
+    ({"to": "", "from": "/nested"}, {"b": "x", "list": [10, 20]}),
+    ({"to": "", "from": "/a"}, {}),  # a scalar cannot be merged into the root
+    ({"to": "/x", "from": "@info/limit", "op": "clamp", "hi": 3}, {"x": 3}),
+    ({"to": "/x", "from": "/none", "default": None}, {"x": None}),
+    ({"to": "/x", "const": {"k": [1]}}, {"x": {"k": [1]}}),
+    ({"to": "/x/0", "from": "/type"}, {"x": ["json_schema"]}),
+    ({"to": "/x", "from": "", "op": "omit_keys", "keys": ["a", "flag", "zero", "none", "nested"]}, {"x": {"type": "json_schema"}}),
+    ({"to": "/x", "from": "/nested", "template": "/absent", "op": "json_encode"}, {}),
+]
+
+
+@pytest.mark.parametrize(("rule", "expected"), ONE_RULE)
 def test_one_rule(rule, expected):
     assert compile_rules([rule])(DOC, dict(CTX)) == expected
 
@@ -111,3 +140,35 @@ def test_templates_keep_key_order_with_constant_and_missing_values():
     first, second = render({}, {"text": "a"}), render({}, {"text": "b"})
     first["type"] = "changed"
     assert second["type"] == "text"  # each rendering is a new object
+
+
+# Rule lists run as generated code (engine/mapping/codegen.py); the interpreter is the reference.
+@pytest.mark.parametrize(("cond", "expected"), CONDITIONS)
+def test_generated_conditions_decide_as_the_interpreter(cond, expected):
+    rules = [{"to": "/hit", "const": True, "when": cond}]
+    for src in (DOC, {}, {"a": None, "type": True, "nested": "x", "flag": 1, "zero": False}):
+        ctx = dict(CTX)
+        generated, interpreted = compile_rules(rules)(src, ctx), interpret_rules(rules)(src, dict(CTX))
+        assert generated == interpreted, (cond, src)
+        assert "out" not in ctx  # the context is left as it was
+    assert compile_rules(rules)(DOC, dict(CTX)) == ({"hit": True} if expected else {})
+
+
+@pytest.mark.parametrize(("rule", "expected"), ONE_RULE)
+def test_generated_rules_write_as_the_interpreter(rule, expected):
+    for src in (DOC, {}, {"a": "text", "nested": {"list": "no"}, "none": 0, "type": None}):
+        assert compile_rules([rule])(src, dict(CTX)) == interpret_rules([rule])(src, dict(CTX)), (rule, src)
+
+
+def test_a_generated_runner_restores_an_outer_out_and_shows_its_code_in_tracebacks():
+    import traceback
+
+    run = compile_rules([{"to": "/x", "from": "/a", "op": "json_decode"}])
+    outer = {"kept": 1}
+    ctx = {"out": outer}
+    assert run({"a": "[1]"}, ctx) == {"x": [1]}
+    assert ctx["out"] is outer
+    with pytest.raises(Exception) as failure:
+        run({"a": "not json"}, ctx)
+    assert ctx["out"] is outer
+    assert "_k0(v, src, ctx)" in "".join(traceback.format_tb(failure.value.__traceback__))

@@ -13,9 +13,16 @@ from typing import Any
 
 from ..pointer import MISSING, compile_pointer, put
 from . import templates
-from .templates import Getter, compile_condition, compile_first_of, compile_template, fresh
+from .codegen import generate_runner
+from .templates import (
+    Getter,
+    compile_condition,
+    compile_first_of,
+    compile_template,
+    fresh,
+)
 
-__all__ = ["Mapper", "RULE_KEYS", "compile_rule_value", "compile_rules"]
+__all__ = ["RULE_KEYS", "Mapper", "compile_rule_value", "compile_rules", "interpret_rules"]
 
 Mapper = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
@@ -38,7 +45,7 @@ def compile_rule_value(rule: dict[str, Any]) -> Getter:
     elif "from" in rule:
         pick = compile_first_of(rule["from"])
     else:
-        pick = lambda src, ctx: src  # noqa: E731
+        pick = lambda src, ctx: src
 
     if "default" in rule:
         default = rule["default"]
@@ -102,7 +109,22 @@ def _gate(rule: dict[str, Any]) -> tuple[str, ...] | None:
 
 
 def compile_rules(rules: list[dict[str, Any]]) -> Mapper:
-    """Compile a rule list into fn(src, ctx) -> new document. `ctx['out']` is the document so far."""
+    """Compile a rule list into fn(src, ctx) -> new document. `ctx['out']` is the document so far.
+
+    The runner is generated code (codegen.py); sources that are not objects, rare, go through
+    the interpreter, compiled when first needed."""
+    interpreted: list[Mapper] = []
+
+    def interpret(src: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+        if not interpreted:
+            interpreted.append(interpret_rules(rules))
+        return interpreted[0](src, ctx)
+
+    return generate_runner(rules, [_gate(rule) for rule in rules], interpret)
+
+
+def interpret_rules(rules: list[dict[str, Any]]) -> Mapper:
+    """A rule list as a loop over compiled closures: the reference the generated code follows."""
     compiled: list[tuple[tuple[str | int, ...], str | None, Getter, tuple[str, ...] | None]] = []
     for rule in rules:
         tokens = compile_pointer(rule.get("to", ""))
