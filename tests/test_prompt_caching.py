@@ -175,3 +175,15 @@ def test_openai_shaped_upstreams_do_not_receive_the_gemini_field(cat: Catalog) -
             stream=False,
         ).body
         assert "cached_content" not in body and "cachedContent" not in body
+
+
+def test_a_mark_on_a_later_system_message_keeps_every_system_text_as_a_block(cat: Catalog) -> None:
+    body = anthropic_body(cat, {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "developer", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "Cite.", "cache_control": EPHEMERAL}]},
+        ],
+    })
+    assert body["system"] == [{"type": "text", "text": "Be brief."},
+                              {"type": "text", "text": "Cite.", "cache_control": EPHEMERAL}]

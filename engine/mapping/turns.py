@@ -294,20 +294,42 @@ def _merge_into(previous: dict[str, Any], turn: dict[str, Any], join_sep: str) -
 
 
 def compile_collect_text(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
-    """Join the text of messages with the given roles; render it with `template` (`@text`)."""
+    """Join the text of messages with the given roles; render it with `template` (`@text`).
+
+    With `keep_parts: {when, template}`, a text part meeting `when` (e.g. one with a prompt-cache
+    mark) keeps the parts apart: the result is `template` rendered for every text part, in order.
+    """
     wanted = frozenset(rule.get("roles", ("system", "developer")))
     sep: str = rule.get("sep", "\n\n")
     render = compile_template(rule["template"]) if "template" in rule else None
+    keep = rule.get("keep_parts")
+    keeps = compile_condition(keep["when"]) if keep else None
+    render_part = compile_template(keep["template"]) if keep else None
 
     def collect(messages: Any, src: Any, ctx: dict[str, Any]) -> Any:
         if not isinstance(messages, list):
             return MISSING
         texts = []
+        pieces: list[tuple[str, Any]] = []  # (text, part) of every text part, for keep_parts
+        kept = False
         for i, message in enumerate(messages):
             if isinstance(message, dict) and message.get("role") in wanted:
-                text = _text_of(message.get("content"), f"messages[{i}].content")
+                content = message.get("content")
+                text = _text_of(content, f"messages[{i}].content")
                 if text:
                     texts.append(text)
+                if keeps is None:
+                    continue
+                if isinstance(content, list):
+                    for part in content:
+                        if part["text"]:
+                            pieces.append((part["text"], part))
+                            kept = kept or keeps(part, {**ctx, "part": part, "text": part["text"]})
+                elif text:
+                    pieces.append((text, None))
+        if kept:
+            assert render_part is not None
+            return [render_part(src, {**ctx, "text": text, "part": part}) for text, part in pieces]
         if not texts:
             return MISSING
         text = sep.join(texts)
