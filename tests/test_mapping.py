@@ -96,6 +96,10 @@ ONE_RULE = [
     ({"to": "/x/0", "from": "/type"}, {"x": ["json_schema"]}),
     ({"to": "/x", "from": "", "op": "omit_keys", "keys": ["a", "flag", "zero", "none", "nested"]}, {"x": {"type": "json_schema"}}),
     ({"to": "/x", "from": "/nested", "template": "/absent", "op": "json_encode"}, {}),
+    ({"to": "/x", "op": "sum", "of": ["/a", "/nested/list/1", "/absent"]}, {"x": 21}),
+    ({"to": "/x", "op": "sum", "of": ["/a", "/zero"], "minus": ["/nested/list/0", "/none"]}, {"x": 0}),  # never below 0
+    ({"to": "/x", "op": "sum", "of": ["/a"], "minus": ["/absent"]}, {"x": 1}),
+    ({"to": "/x", "op": "sum", "of": ["/absent", "/type"]}, {}),  # no number, nothing written
 ]
 
 

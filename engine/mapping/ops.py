@@ -73,11 +73,21 @@ def _op_sum(rule: dict[str, Any]) -> Step:
     subtrahends = [compile_pointer(p) for p in rule.get("minus", ())]
 
     def total(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
-        found = [v for v in (get(value, t) for t in addends) if isinstance(v, (int, float))]
+        found, result = False, 0
+        for tokens in addends:
+            number = get(value, tokens)
+            if isinstance(number, (int, float)):
+                found, result = True, result + number
         if not found:
             return MISSING
-        less = [v for v in (get(value, t) for t in subtrahends) if isinstance(v, (int, float))]
-        return max(0, sum(found) - sum(less)) if less else sum(found)
+        if not subtrahends:
+            return result
+        subtracted, less = False, 0
+        for tokens in subtrahends:
+            number = get(value, tokens)
+            if isinstance(number, (int, float)):
+                subtracted, less = True, less + number
+        return max(0, result - less) if subtracted else result
 
     return total
 
