@@ -243,6 +243,10 @@ class _BreakerCollector(Collector):
         yield family
 
 
+#: Token kinds counted per request, and the audit record field of each.
+_TOKEN_FIELDS = (("prompt", "prompt_tokens"), ("completion", "completion_tokens"), ("cached", "cached_tokens"))
+
+
 class Metrics:
     def __init__(self, breaker_states: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
         self.requests = _Counter("gaud_requests", "Chat requests.", ["alias", "deployment", "status"])
@@ -278,14 +282,14 @@ class Metrics:
 
     def record(self, record: dict[str, Any], overhead_ms: float | None) -> None:
         """Count one finished request from its audit record."""
-        deployment = record.get("deployment") or "none"
-        self.requests.inc_at((record.get("alias") or "", deployment, str(record["status"])))
+        deployment = record.get("deployment")
+        self.requests.inc_at((record.get("alias") or "", deployment or "none", str(record["status"])))
         if record.get("error_kind"):
             self.errors.inc_at((record["error_kind"],))
-        if record.get("deployment"):
+        if deployment:
             user = record.get("user_name") or ""
-            for kind in ("prompt", "completion", "cached"):
-                value = record.get(f"{kind}_tokens") or 0
+            for kind, field in _TOKEN_FIELDS:
+                value = record.get(field)
                 if value:
                     self.tokens.inc_at((user, deployment, kind), value)
             if record.get("cost"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
@@ -101,12 +102,12 @@ class AuthSpec:
     static_headers: dict[str, jinja2.Template] = field(default_factory=dict)
     exchange: ExchangeSpec | None = None
 
-    @property
+    @cached_property
     def signs_in(self) -> bool:
         """The user signs in with `gaud-engine login` (tokens kept in the store)."""
         return self.type in SIGN_IN_TYPES
 
-    @property
+    @cached_property
     def dynamic(self) -> bool:
         """Requests need a token from the credential manager (else the static headers do)."""
         return self.signs_in or self.exchange is not None

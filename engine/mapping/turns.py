@@ -28,6 +28,7 @@ from .templates import compile_condition, compile_template
 __all__ = ["compile_collect_text", "compile_messages_to_turns", "decode_carry", "split_call_id"]
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
+_TEXT_ROLES = ("user", "system", "developer")  # roles whose items are only their content (a tuple: roles may be unhashable)
 _DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[^;,]*)*);base64,(?P<data>.*)$", re.S)
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 DROP = "_drop"
@@ -154,15 +155,17 @@ def message_items(
     message: Any, i: int, carry_sep: str | None, call_table: dict[str, dict[str, Any]]
 ) -> list[tuple[str, dict[str, Any]]]:
     """Validate one OpenAI message and split it into (kind, fields) items."""
-    param = f"messages[{i}]"
     if not isinstance(message, dict):
-        raise InvalidRequest(f"{param} must be an object", param=param)
+        raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
     role = message.get("role")
+    content = message.get("content")
+    if content.__class__ is str and role in _TEXT_ROLES:  # most messages: nothing more to check
+        return [("text", {"text": content})] if content else []
+    param = f"messages[{i}]"
     if role not in _ROLES:
         raise InvalidRequest(
             f"{param}.role must be one of {', '.join(_ROLES)}; got {role!r}", param=f"{param}.role"
         )
-    content = message.get("content")
     if role == "tool":
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
