@@ -176,3 +176,21 @@ def test_a_generated_runner_restores_an_outer_out_and_shows_its_code_in_tracebac
         run({"a": "not json"}, ctx)
     assert ctx["out"] is outer
     assert "_k0(v, src, ctx)" in "".join(traceback.format_tb(failure.value.__traceback__))
+
+
+@pytest.mark.parametrize("writes", [
+    ["/choices/0/message", "/choices/0/finish_reason", "/choices/1/index"],
+    ["/x/y/z", "/x/y/w", "/x/v"],
+    ["/0/a", "/list/2", "/list/0/deep"],
+    ["/x", "/x/y"],  # a scalar on the way is replaced by an object
+    ["/x/0", "/x/k"],  # a list on the way, written with a key: put's own error, as before
+])
+def test_generated_writes_build_paths_as_put_does(writes):
+    rules = [{"to": to, "from": "/nested/b"} for to in writes]
+    try:
+        expected = interpret_rules(rules)(DOC, dict(CTX))
+    except (AssertionError, TypeError) as exc:
+        with pytest.raises(type(exc)):
+            compile_rules(rules)(DOC, dict(CTX))
+    else:
+        assert compile_rules(rules)(DOC, dict(CTX)) == expected

@@ -198,9 +198,32 @@ def _rule_lines(em: _Emitter, rule: dict[str, Any], gate: tuple[str, ...] | None
     if len(tokens) == 1 and isinstance(tokens[0], str):
         em.line(depth, f"out[{tokens[0]!r}] = v")
     elif tokens:
-        em.line(depth, f"put(out, {em.bind(tokens)}, v)")
+        _put_lines(em, "out", tokens, 0, depth)
     else:
         em.line(depth, "if isinstance(v, dict): out.update(v)")
+
+
+def _put_lines(em: _Emitter, target: str, tokens: tuple[str | int, ...], i: int, depth: int) -> None:
+    """`put(target, tokens[i:], v)` unrolled: each step takes the branch the token's type expects
+    (an object for a key, a list for an index) inline and hands anything else to `put` itself,
+    which carries on from there exactly as it would have."""
+    token, rest = tokens[i], em.bind(tokens[i:])
+    if i == len(tokens) - 1:
+        em.line(depth, f"if isinstance({target}, list): put({target}, {rest}, v)")
+        em.line(depth, f"else: {target}[{str(token)!r}] = v")
+        return
+    child, empty = f"c{i}", "[]" if isinstance(tokens[i + 1], int) else "{}"
+    if isinstance(token, str):
+        em.line(depth, f"if isinstance({target}, list): put({target}, {rest}, v)")
+        em.line(depth, "else:")
+        em.line(depth + 1, f"{child} = {target}.get({token!r})")
+        em.line(depth + 1, f"if not isinstance({child}, (dict, list)): {child} = {target}[{token!r}] = {empty}")
+    else:
+        em.line(depth, f"if not isinstance({target}, list): put({target}, {rest}, v)")
+        em.line(depth, "else:")
+        em.line(depth + 1, f"while len({target}) <= {token}: {target}.append({empty})")
+        em.line(depth + 1, f"{child} = {target}[{token}]")
+    _put_lines(em, child, tokens, i + 1, depth + 1)
 
 
 def generate_runner(rules: list[dict[str, Any]], gates: list[tuple[str, ...] | None], interpret: Runner) -> Runner:
