@@ -176,9 +176,9 @@ def _rule_lines(em: _Emitter, rule: dict[str, Any], gate: tuple[str, ...] | None
             default = rule["default"]
             value = f"fresh({em.bind(default)})" if isinstance(default, (dict, list)) else em.bind(default)
             em.line(depth, f"if v is MISSING: v = {value}")
-        if may_be_missing or when is not None:
-            test = " and ".join(t for t in ("v is not MISSING" if may_be_missing else "", when or "") if t)
-            em.line(depth, f"if {test}:")
+        tests = (["v is not MISSING"] if may_be_missing else []) + ([when] if when is not None else [])
+        if tests:
+            em.line(depth, f"if {' and '.join(tests)}:")
             depth += 1
 
     steps = []
