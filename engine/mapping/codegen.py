@@ -251,5 +251,4 @@ def generate_runner(rules: list[dict[str, Any]], gates: list[tuple[str, ...] | N
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), em.names)  # noqa: S102 - text generated above, from compiled specs
     run: Runner = em.names["run"]
-    run.__doc__ = source  # for whoever wonders what a rule list became
     return run
