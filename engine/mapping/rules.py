@@ -95,8 +95,8 @@ def compile_rule_value(rule: dict[str, Any]) -> Getter:
 def _gate(rule: dict[str, Any]) -> tuple[str, ...] | None:
     """The top-level keys a rule reads when it can only write what it reads (`from` pointers,
     no `const` or `default`): with none of them in the source, the rule does nothing. Most
-    rules map optional fields a request lacks; one `in` test skips them (measured: ~0.3 us a
-    rule through the getter closures)."""
+    rules map optional fields a request lacks; the generated code skips them with one `in`
+    test each."""
     if "const" in rule or "default" in rule or "from" not in rule:
         return None
     sources = rule["from"] if isinstance(rule["from"], list) else [rule["from"]]
@@ -124,32 +124,21 @@ def compile_rules(rules: list[dict[str, Any]]) -> Mapper:
 
 
 def interpret_rules(rules: list[dict[str, Any]]) -> Mapper:
-    """A rule list as a loop over compiled closures: the reference the generated code follows."""
-    compiled: list[tuple[tuple[str | int, ...], str | None, Getter, tuple[str, ...] | None]] = []
-    for rule in rules:
-        tokens = compile_pointer(rule.get("to", ""))
-        key = tokens[0] if len(tokens) == 1 and isinstance(tokens[0], str) else None  # `to: /field`
-        compiled.append((tokens, key, compile_rule_value(rule), _gate(rule)))
+    """A rule list as a loop over compiled closures: the reference the generated code follows,
+    kept plain (no gates, no shortcuts) so the tests compare the generated code with the rules'
+    meaning. Used for sources that are not objects."""
+    compiled = [(compile_pointer(rule.get("to", "")), compile_rule_value(rule)) for rule in rules]
 
     def run(src: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         outer = ctx.get("out", MISSING)
         ctx["out"] = out
-        gated = isinstance(src, dict)
         try:
-            for tokens, key, value_of, gate in compiled:
-                if gated and gate is not None:
-                    for name in gate:
-                        if name in src:
-                            break
-                    else:
-                        continue
+            for tokens, value_of in compiled:
                 value = value_of(src, ctx)
                 if value is MISSING:
                     continue
-                if key is not None:
-                    out[key] = value
-                elif tokens:
+                if tokens:
                     put(out, tokens, value)
                 elif isinstance(value, dict):
                     out.update(value)
