@@ -17,7 +17,7 @@ the stages is glue (coroutines, dataclasses, headers); what the load benchmark a
 is uvicorn/httptools and the aiohttp client.
 
 A stage that can no longer be run (the engine API moved) makes the script exit 1 with the stage's
-name, so CI notices; fix this file then. Pricing is optional: skipped if engine.pricing has no cost_of.
+name, so CI notices; fix this file then. Pricing is optional: skipped if engine.pipeline.pricing has no cost_of.
 """
 
 from __future__ import annotations
@@ -128,10 +128,10 @@ class _StreamResponse:
 
 
 class MemoryUpstream:
-    """Stands in for engine.upstream.Upstream: canned fake-upstream replies, no sockets."""
+    """Stands in for engine.pipeline.upstream.Upstream: canned fake-upstream replies, no sockets."""
 
     def __init__(self) -> None:
-        from engine.upstream import UpstreamReply
+        from engine.pipeline.upstream import UpstreamReply
 
         self._reply = UpstreamReply
         self._bodies = {a: upstream_reply(a) for a in (False, True)}
@@ -245,13 +245,13 @@ class StageFailed(Exception):
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
-    from engine.gateway import Gateway
-    from engine.specs import load_catalog
+    from engine.pipeline.gateway import Gateway
+    from engine.pipeline.translate import build_request, completion_from_reply
+    from engine.spec.loader import load_catalog
     from engine.streaming import ChunkWriter, StreamState
-    from engine.translate import build_request, completion_from_reply
 
     try:
-        from engine.pricing import cost_of, price_for
+        from engine.pipeline.pricing import cost_of, price_for
     except ImportError:
         cost_of = price_for = None  # type: ignore[assignment]
 
@@ -393,13 +393,13 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
 
 
 def validator(target: Any) -> Callable[[dict[str, Any]], None]:
-    """What build_request does to validate before mapping: engine.validation if present, else the
+    """What build_request does to validate before mapping: engine.pipeline.validation if present, else the
     older translate._check_basics; then the spec's own `request.reject` rules."""
     spec = target.provider
     try:
-        from engine.validation import check_for_model, estimate_prompt_tokens, validate_request
+        from engine.pipeline.validation import check_for_model, estimate_prompt_tokens, validate_request
     except ImportError:
-        from engine.translate import _check_basics  # type: ignore[attr-defined]
+        from engine.pipeline.translate import _check_basics  # type: ignore[attr-defined]
 
         def validate_old(body: dict[str, Any]) -> None:
             _check_basics(body)
@@ -418,13 +418,13 @@ def validator(target: Any) -> Callable[[dict[str, Any]], None]:
 def build_app(catalog: Any, tmp: Path) -> Any:
     """server.create_app with the in-memory upstream, auth off, a throwaway SQLite file."""
     from engine.config import load_settings
-    from engine.server import create_app
+    from engine.web.server import create_app
 
     settings = load_settings(None, environ={"GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'micro.db'}"})
     params = inspect.signature(create_app).parameters
     kwargs: dict[str, Any] = {"upstream": MemoryUpstream()}
     if "store" in params:
-        from engine.store import Store
+        from engine.accounts.store import Store
 
         kwargs["store"] = Store(f"sqlite:///{tmp / 'micro.db'}")
     return create_app(catalog, settings, **kwargs)

@@ -35,7 +35,7 @@ import harness as h  # noqa: E402
 from compare import DEFAULT_STATE, SCENARIOS, request_for, start_direct, start_gaud, start_reference  # noqa: E402
 
 PLUMBING = ("asyncio/", "uvloop", "<module>", "_run_once", "run_until_complete", "run_forever", "_bootstrap",
-            "uvicorn/main.py", "uvicorn/server.py", "click/", "engine/cli.py", "runpy.py", "__main__.py")
+            "uvicorn/main.py", "uvicorn/server.py", "click/", "engine/cli/commands.py", "runpy.py", "__main__.py")
 
 
 def py_spy() -> str:
@@ -121,7 +121,7 @@ def report_cprofile(path: Path, top: int) -> str:
 
 CPROFILE_RUNNER = """
 import cProfile, sys
-from engine.cli import main
+from engine.cli.commands import main
 profile = cProfile.Profile()
 profile.enable()
 try:

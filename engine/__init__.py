@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .errors import GatewayError, SpecError, SpecLoadError
-from .models import Target, resolve_model
-from .specs import Catalog, load_catalog
-from .translate import build_request, completion_from_reply, error_from_reply
+from .pipeline.translate import build_request, completion_from_reply, error_from_reply
+from .spec.loader import Catalog, load_catalog
+from .spec.models import Target, resolve_model
 
 __all__ = [
     "Catalog",

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.models import Target, resolve_model
-from engine.specs import Catalog, load_catalog
+from engine.spec.loader import Catalog, load_catalog
+from engine.spec.models import Target, resolve_model
 
 from .fakes import FakeUpstream
 
@@ -127,7 +127,7 @@ def pg_store(url: str, **store_options: object) -> Iterator[object]:
 
     import sqlalchemy as sa
 
-    from engine.store import Store
+    from engine.accounts.store import Store
 
     pytest.importorskip("psycopg")
     schema = f"gaud_test_{uuid.uuid4().hex[:12]}"

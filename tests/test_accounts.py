@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from click.testing import CliRunner
 
-from engine.auth import Authenticator
-from engine.cli import main
-from engine.store import Store, api_keys
+from engine.accounts.auth import Authenticator
+from engine.accounts.store import Store, api_keys
+from engine.cli.commands import main
 
 from .conftest import RunningGateway, provider_env, spec_tree, start_gateway
 

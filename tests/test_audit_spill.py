@@ -8,8 +8,8 @@ import time
 
 import orjson
 
-from engine.accounting import SPILL_PATTERN, AuditWriter, import_spilled, spill_records
-from engine.store import Store
+from engine.accounts.accounting import SPILL_PATTERN, AuditWriter, import_spilled, spill_records
+from engine.accounts.store import Store
 
 from .conftest import provider_env, spec_tree, start_gateway
 

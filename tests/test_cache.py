@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from engine.cache import MemoryCache, RedisCache, cache_key, normalize_request
+from engine.accounts.cache import MemoryCache, RedisCache, cache_key, normalize_request
 
 REDIS_URL = os.environ.get("GAUD_TEST_REDIS_URL")
 T = TypeVar("T")

@@ -33,7 +33,8 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from engine.cli import main
+from engine.accounts.store import Store
+from engine.cli.commands import main
 from engine.credentials import (
     CredentialManager,
     KeyringVault,
@@ -42,9 +43,8 @@ from engine.credentials import (
     open_vault,
 )
 from engine.errors import AuthenticationFailed, UpstreamError
-from engine.provider import EnvVar, SpecCompileError
-from engine.specs import load_catalog
-from engine.store import Store
+from engine.spec.loader import load_catalog
+from engine.spec.provider import EnvVar, SpecCompileError
 
 from .fakes import LoopbackServer
 
@@ -416,8 +416,8 @@ def test_not_signed_in_means_the_plain_headers(catalog, store, server, clock):
 
 def test_the_request_path_swaps_in_the_token(catalog, store, server, clock):
     """What the gateway does per attempt: build the request, then lay the token's headers over it."""
-    from engine.models import resolve_model
-    from engine.translate import build_request
+    from engine.pipeline.translate import build_request
+    from engine.spec.models import resolve_model
 
     target = resolve_model(catalog, "acme-pkce/m1")[0]
     manager = manager_for(store, clock)

@@ -20,14 +20,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine.accounting import day_start, month_start
-from engine.dashboard.charts import format_money, stacked_bars
-from engine.dashboard.queries import (
+from engine.accounts.accounting import day_start, month_start
+from engine.accounts.store import KEY_PREFIX, Store
+from engine.web.dashboard.charts import format_money, stacked_bars
+from engine.web.dashboard.queries import (
     spend_by_user,
     time_series,
     totals,
 )
-from engine.store import KEY_PREFIX, Store
 
 from .conftest import pg_store, provider_env, spec_tree, start_gateway
 
@@ -236,7 +236,7 @@ def test_auth_disabled_opens_the_dashboard_and_says_so(catalog, tmp_path):
     from starlette.testclient import TestClient
 
     from engine.config import load_settings
-    from engine.server import create_app
+    from engine.web.server import create_app
 
     settings = load_settings(environ={"GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": f"sqlite:///{tmp_path / 'o.db'}"})
     with TestClient(create_app(catalog, settings), follow_redirects=False) as client:
@@ -320,7 +320,7 @@ def two_dashboards(store: Store, **options):
     """Two dashboard apps, each on its own Store over one database: two worker processes."""
     from starlette.testclient import TestClient
 
-    from engine.dashboard import dashboard_app
+    from engine.web.dashboard import dashboard_app
 
     other = Store(store.url)
     clients = [TestClient(dashboard_app(s, SimpleNamespace(), **options), follow_redirects=False) for s in (store, other)]
@@ -328,7 +328,7 @@ def two_dashboards(store: Store, **options):
 
 
 def test_a_session_from_one_process_works_in_another_until_logout(query_store):
-    from engine.dashboard import SESSION_COOKIE
+    from engine.web.dashboard import SESSION_COOKIE
 
     admin, _ = query_store.create_key("root", role="admin")
     (a, b), other = two_dashboards(query_store)
@@ -353,7 +353,7 @@ def test_a_session_from_one_process_works_in_another_until_logout(query_store):
 
 
 def test_a_session_ends_everywhere_when_its_key_is_revoked_in_another_process(query_store):
-    from engine.dashboard import SESSION_COOKIE
+    from engine.web.dashboard import SESSION_COOKIE
 
     admin, info = query_store.create_key("root", role="admin")
     (a, b), other = two_dashboards(query_store)
@@ -372,7 +372,7 @@ def test_a_session_ends_everywhere_when_its_key_is_revoked_in_another_process(qu
 
 
 def test_sessions_expire_after_8_hours_and_expired_ones_are_purged(query_store):
-    from engine.dashboard import Sessions
+    from engine.web.dashboard import Sessions
 
     now = [1_700_000_000.0]
     sessions = Sessions(query_store, clock=lambda: now[0])
@@ -401,7 +401,7 @@ def test_sessions_expire_after_8_hours_and_expired_ones_are_purged(query_store):
 def test_a_dashboard_clock_expires_its_sessions(query_store):
     from starlette.testclient import TestClient
 
-    from engine.dashboard import dashboard_app
+    from engine.web.dashboard import dashboard_app
 
     now = [1_700_000_000.0]
     admin, _ = query_store.create_key("root", role="admin")
@@ -414,7 +414,7 @@ def test_a_dashboard_clock_expires_its_sessions(query_store):
 
 
 def test_live_sessions_are_capped_by_dropping_the_oldest(query_store):
-    from engine.dashboard import Sessions
+    from engine.web.dashboard import Sessions
 
     now = [1_700_000_000.0]
     sessions = Sessions(query_store, clock=lambda: now[0], limit=3)
@@ -428,7 +428,7 @@ def test_live_sessions_are_capped_by_dropping_the_oldest(query_store):
 
 
 def test_the_database_holds_only_a_digest_of_the_session_id(query_store):
-    from engine.dashboard import Sessions
+    from engine.web.dashboard import Sessions
 
     sessions = Sessions(query_store)
     root = query_store.verify_key(query_store.create_key("root", role="admin")[0])

@@ -50,7 +50,7 @@ def test_a_signed_in_provider_counts_as_ready(server, tree, tmp_path):  # noqa: 
     """Without its environment key, a provider is offered once someone signed in to it."""
     from click.testing import CliRunner
 
-    from engine.cli import main
+    from engine.cli.commands import main
 
     server.device_interval = 0.01
     spec_file = tree / "providers.d" / "acme-device.yaml"

@@ -74,9 +74,9 @@ def test_embeddings_upstream_error(client, upstream):
 
 @pytest.mark.parametrize("provider", ["deepseek", "groq"])
 def test_an_extending_spec_can_drop_inherited_embeddings(catalog, provider):
-    from engine.embeddings import build_embeddings_request, validate_embeddings_request
     from engine.errors import InvalidRequest
-    from engine.models import resolve_model
+    from engine.pipeline.embeddings import build_embeddings_request, validate_embeddings_request
+    from engine.spec.models import resolve_model
 
     spec = catalog.providers[provider]
     assert spec.embeddings is None and "embeddings" not in spec.endpoints

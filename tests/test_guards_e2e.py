@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from engine.store import Store
+from engine.accounts.store import Store
 
 from .conftest import provider_env, spec_tree, start_gateway
 

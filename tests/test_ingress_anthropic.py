@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import pytest
 
-from engine.specs import load_catalog
+from engine.spec.loader import load_catalog
 
 from .conftest import ROOT
 from .oracles import oracle_check
@@ -396,7 +396,7 @@ def test_a_broken_ingress_spec_is_reported(tmp_path):
 
 
 def test_the_ingress_engine_names_no_format():
-    for name in ("ingress.py", "streaming/blocks.py", "mapping/client.py", "server.py", "specs.py"):
+    for name in ("spec/ingress.py", "streaming/blocks.py", "mapping/client.py", "web/server.py", "spec/loader.py"):
         path = ROOT / "engine" / name
         text = path.read_text().lower()
         for word in ("anthropic", "claude", "gemini", "messages api"):

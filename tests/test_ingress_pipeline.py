@@ -10,7 +10,7 @@ import anthropic
 import httpx
 import pytest
 
-from engine.store import Store
+from engine.accounts.store import Store
 
 from .conftest import provider_env, spec_tree, start_gateway
 from .oracles import oracle_check

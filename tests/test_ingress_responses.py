@@ -110,8 +110,8 @@ def test_sdk_sees_typed_errors(client, upstream):
 
 # -- streams ------------------------------------------------------------------------------------
 def _raw_events(gateway, body):  # type: ignore[no-untyped-def]
-    from pydantic import TypeAdapter
     from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
 
     from .oracles import oracle_check
 

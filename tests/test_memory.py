@@ -10,7 +10,7 @@ import gc
 import httpx
 
 from engine.config import load_settings
-from engine.server import create_app
+from engine.web.server import create_app
 
 HELLO = [{"role": "user", "content": "Hello " * 2000}]
 REQUESTS = 60

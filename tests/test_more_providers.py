@@ -25,10 +25,10 @@ from engine import (
     load_catalog,
     resolve_model,
 )
-from engine.cli import main
+from engine.cli.commands import main
 from engine.errors import InvalidRequest
-from engine.pricing import price_for
-from engine.specs import Catalog
+from engine.pipeline.pricing import price_for
+from engine.spec.loader import Catalog
 from engine.streaming import StreamFailure, StreamState
 
 from .conftest import checked_catalog, one_target

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from engine.store import Store
+from engine.accounts.store import Store
 
 from .conftest import provider_env, spec_tree, start_gateway
 

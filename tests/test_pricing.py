@@ -15,8 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from engine.cli import main
-from engine.pricing import Price, cost_of, price_for
+from engine.cli.commands import main
+from engine.pipeline.pricing import Price, cost_of, price_for
 
 from .conftest import ROOT
 from .streams import raw_stream

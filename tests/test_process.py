@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from engine.process import limit_malloc_arenas
+from engine.web.process import limit_malloc_arenas
 
 
 def test_an_arena_cap_from_the_environment_is_left_alone(monkeypatch):
@@ -28,7 +28,7 @@ def test_started_app_collects_the_young_generation_less_often(catalog, tmp_path)
     from starlette.testclient import TestClient
 
     from engine.config import load_settings
-    from engine.server import GC_GEN0_THRESHOLD, create_app
+    from engine.web.server import GC_GEN0_THRESHOLD, create_app
 
     before = gc.get_threshold()
     settings = load_settings(environ={"GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": f"sqlite:///{tmp_path / 'g.db'}"})

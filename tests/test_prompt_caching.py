@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from engine import build_request, completion_from_reply
-from engine.pricing import cost_of, price_for
-from engine.specs import Catalog
+from engine.pipeline.pricing import cost_of, price_for
+from engine.spec.loader import Catalog
 
 from .conftest import checked_catalog, one_target
 from .oracles import oracle_check

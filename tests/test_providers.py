@@ -28,8 +28,8 @@ from engine import (
     resolve_model,
 )
 from engine.errors import GatewayError, InvalidRequest, NotFound
-from engine.models import Target
-from engine.specs import Catalog
+from engine.spec.loader import Catalog
+from engine.spec.models import Target
 
 from .conftest import checked_catalog, one_target
 from .oracles import oracle_check

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from engine.ratelimit import (
+from engine.accounts.ratelimit import (
     Decision,
     Limit,
     MemoryRateLimiter,

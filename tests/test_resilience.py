@@ -13,8 +13,8 @@ import yaml
 
 from engine import load_catalog
 from engine.errors import GatewayError
-from engine.gateway import Gateway
-from engine.upstream import Upstream
+from engine.pipeline.gateway import Gateway
+from engine.pipeline.upstream import Upstream
 
 from .conftest import ROOT, free_port, provider_env
 
@@ -132,7 +132,7 @@ def test_retries_with_exponential_backoff_then_succeeds(run, upstream):
 
 
 def test_backoff_is_capped_and_jittered():
-    from engine.routing import Backoff
+    from engine.pipeline.routing import Backoff
 
     backoff = Backoff(initial=1, multiplier=2, max=8, jitter=0.2)
     rng = random.Random(1)
@@ -166,7 +166,7 @@ def test_a_retry_delay_in_the_error_body_is_honoured(run, upstream):
     ("soon", None), (True, None), (-1, None), (None, None), ({"seconds": 3}, None),
 ])
 def test_delays_in_error_bodies(value, seconds):
-    from engine.provider import parse_duration
+    from engine.spec.provider import parse_duration
 
     assert parse_duration(value) == seconds
 
@@ -264,7 +264,7 @@ def test_breaker_opens_skips_and_half_open_probe_closes_it(run, upstream):
 
 
 def test_failed_probe_reopens_breaker():
-    from engine.breaker import Breaker
+    from engine.pipeline.breaker import Breaker
 
     now = [0.0]
     breaker = Breaker(failures_to_open=2, cooldown=5, clock=lambda: now[0])
@@ -329,7 +329,7 @@ def test_a_deployment_without_its_own_timeout_keeps_the_upstream_read_timeout(up
     import asyncio
 
     from engine.errors import UpstreamTimeout
-    from engine.translate import UpstreamRequest
+    from engine.pipeline.translate import UpstreamRequest
 
     upstream.reply(json={"ok": True}, delay=3.0)
     request = UpstreamRequest("POST", f"{upstream.url}/v1/chat/completions", {}, {"model": "m"}, False)

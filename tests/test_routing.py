@@ -12,9 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 from engine import load_catalog
-from engine.cli import main
+from engine.cli.commands import main
 from engine.errors import NotFound
-from engine.routing import Router
+from engine.pipeline.routing import Router
 
 from .conftest import ROOT
 

@@ -118,8 +118,8 @@ def test_cookies_an_upstream_sets_are_not_sent_on_later_requests(fake_upstream_s
     """One user's upstream session cookie must not ride along on another user's request."""
     import asyncio
 
-    from engine.translate import UpstreamRequest
-    from engine.upstream import Upstream
+    from engine.pipeline.translate import UpstreamRequest
+    from engine.pipeline.upstream import Upstream
 
     # By host name: aiohttp's default jar ignores cookies from IP addresses, names it keeps.
     url = fake_upstream_server.url.replace("127.0.0.1", "localhost") + "/v1/messages"

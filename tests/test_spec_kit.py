@@ -14,10 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from engine.cli import main
-from engine.manual import generate_manual
-from engine.scaffold import ScaffoldError, scaffold
-from engine.specs import load_catalog
+from engine.cli.commands import main
+from engine.cli.manual import generate_manual
+from engine.cli.scaffold import ScaffoldError, scaffold
+from engine.spec.loader import load_catalog
 
 from .conftest import TEST_SECRETS
 from .fakes import FakeUpstream

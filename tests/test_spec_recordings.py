@@ -1,5 +1,5 @@
 """Every shipped spec's recordings, replayed through the engine with no network: the same replay
-`gaud-engine spec test` runs (engine/recordings.py), one test per exchange.
+`gaud-engine spec test` runs (engine/cli/recordings.py), one test per exchange.
 
 A recording lives in tests/providers/<name>/recordings/ (docs/recordings.md). When a spec change
 alters an exchange on purpose, run `gaud-engine spec test --update`, review the diff, commit.
@@ -15,9 +15,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from engine.cli import main
-from engine.recordings import Recording, check, load_recordings, read_recording, recordings_dir, replay, spec_names
-from engine.specs import load_catalog
+from engine.cli.commands import main
+from engine.cli.recordings import Recording, check, load_recordings, read_recording, recordings_dir, replay, spec_names
+from engine.spec.loader import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = load_catalog(ROOT, environ={})

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
-import engine.store
-from engine.store import (
+import engine.accounts.store
+from engine.accounts.store import (
     AUDIT_ROWS_PER_INSERT,
     KEY_PREFIX,
     MIGRATIONS,
@@ -91,7 +91,7 @@ def test_migrate_from_a_second_store_on_the_same_database(store):
 
 def test_migrate_a_database_of_the_previous_version_adds_dashboard_sessions(empty_store, monkeypatch):
     older = MIGRATIONS[:MIGRATIONS.index(m004_dashboard_sessions)]
-    monkeypatch.setattr(engine.store, "MIGRATIONS", older)  # the release before dashboard sessions
+    monkeypatch.setattr(engine.accounts.store, "MIGRATIONS", older)  # the release before dashboard sessions
     assert empty_store.migrate() == [m.__name__ for m in older]
     key, _ = empty_store.create_key("root", role="admin")
     assert "dashboard_sessions" not in sa.inspect(empty_store.engine).get_table_names()
@@ -342,4 +342,4 @@ def test_argon2_runs_at_most_a_few_at_once(tmp_path):
     for thread in threads:
         thread.join()
     store.close()
-    assert most == engine.store.ARGON2_AT_ONCE
+    assert most == engine.accounts.store.ARGON2_AT_ONCE

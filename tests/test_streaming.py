@@ -207,8 +207,8 @@ def test_non_stream_request_served_from_a_streamed_upstream(upstream, tmp_path):
     import shutil
 
     from engine import load_catalog
-    from engine.gateway import Gateway
-    from engine.upstream import Upstream
+    from engine.pipeline.gateway import Gateway
+    from engine.pipeline.upstream import Upstream
 
     from .conftest import ROOT, provider_env
     from .oracles import oracle_check

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 import engine
-from engine.cli import main
+from engine.cli.commands import main
 from engine.errors import SpecError, SpecLoadError
 
 REPO = Path(__file__).resolve().parent.parent

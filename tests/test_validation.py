@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from engine.errors import InvalidRequest
-from engine.validation import Limits, validate_request
+from engine.pipeline.validation import Limits, validate_request
 
 from .conftest import MAX_BODY_BYTES
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from engine.store import Store
+from engine.accounts.store import Store
 
 from .conftest import provider_env, spec_tree, start_gateway
 

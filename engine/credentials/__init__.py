@@ -17,14 +17,7 @@ request needs; tokens are sealed at rest by `vault.py` and never logged.
 from .flows import OAuthError, TokenSet, pkce_pair
 from .manager import CredentialManager
 from .spec import SIGN_IN_TYPES, AuthSpec, ExchangeSpec, compile_auth
-from .vault import (
-    FernetVault,
-    KeyringVault,
-    Vault,
-    VaultError,
-    key_file_for,
-    open_vault,
-)
+from .vault import FernetVault, KeyringVault, Vault, VaultError, key_file_for, open_vault
 
 __all__ = [
     "SIGN_IN_TYPES",

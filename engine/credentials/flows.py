@@ -79,7 +79,7 @@ def _host(url: str) -> str:
 
 
 async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    import httpx  # here, not at the top: see engine/upstream_models.py
+    import httpx  # here, not at the top: see engine/pipeline/upstream_models.py
 
     try:
         return await client.request(method, url, **kwargs)

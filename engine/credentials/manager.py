@@ -29,14 +29,14 @@ from .vault import Vault, VaultError, open_vault
 if TYPE_CHECKING:
     import httpx
 
-    from ..provider import ProviderSpec
-    from ..store import Store
+    from ..accounts.store import Store
+    from ..spec.provider import ProviderSpec
 
 __all__ = ["CredentialManager"]
 
 
 def _new_client() -> httpx.AsyncClient:
-    import httpx  # here, not at the top: see engine/upstream_models.py
+    import httpx  # here, not at the top: see engine/pipeline/upstream_models.py
 
     return httpx.AsyncClient(timeout=30.0)
 

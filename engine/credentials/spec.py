@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import jinja2
 
 from ..pointer import compile_pointer
-from ..provider import EnvVar, SpecCompileError, _template
+from ..spec.provider import EnvVar, SpecCompileError, _template
 
 __all__ = ["SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "compile_auth"]
 

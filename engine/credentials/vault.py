@@ -66,7 +66,7 @@ def _fernet_key(value: str) -> bytes:
 
 def key_file_for(database_url: str) -> Path | None:
     """`gaud-secret.key` beside a SQLite database file; None for other databases and in-memory SQLite."""
-    from ..store import sqlite_folder
+    from ..accounts.store import sqlite_folder
 
     folder = sqlite_folder(database_url)
     return folder / KEY_FILE_NAME if folder is not None else None

@@ -14,13 +14,7 @@ from typing import Any
 from ..pointer import MISSING, compile_pointer, put
 from . import templates
 from .codegen import generate_runner
-from .templates import (
-    Getter,
-    compile_condition,
-    compile_first_of,
-    compile_template,
-    fresh,
-)
+from .templates import Getter, compile_condition, compile_first_of, compile_template, fresh
 
 __all__ = ["RULE_KEYS", "Mapper", "compile_rule_value", "compile_rules", "interpret_rules"]
 

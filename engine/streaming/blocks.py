@@ -21,7 +21,7 @@ from ..mapping.client import split_carry
 from ..pointer import MISSING, get
 
 if TYPE_CHECKING:
-    from ..ingress import IngressSpec, StreamEvent
+    from ..spec.ingress import IngressSpec, StreamEvent
 
 __all__ = ["BlockStreamWriter"]
 

@@ -1,0 +1,1 @@
+"""Who may spend what: API keys, users, budgets, rate limits, the response cache and the audit log."""

@@ -1,0 +1,287 @@
+"""Budgets (reserve before the call, settle after) and the audit log writer (batched, off the
+hot path, flushed on shutdown; spilled to a file when the database is unreachable at shutdown
+and imported from it at the next start)."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import BudgetExceeded
+from .store import Principal, Store
+
+__all__ = [
+    "AuditWriter", "Budgets", "Reservation", "audit_spill_dir", "day_start", "import_spilled", "month_start",
+    "spill_records",
+]
+
+log = logging.getLogger("gaud.accounting")
+
+
+def day_start(now: float) -> float:
+    """Midnight UTC of the day containing `now`: budgets count days in UTC."""
+    t = time.gmtime(now)
+    return float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)))
+
+
+def month_start(now: float) -> float:
+    t = time.gmtime(now)
+    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+@dataclass
+class _Spend:
+    day_start: float
+    day: float
+    month_start: float
+    month: float
+    reserved: float = 0.0
+
+
+@dataclass
+class Reservation:
+    principal: Principal
+    amount: float
+    settled: bool = False
+
+
+@dataclass
+class Budgets:
+    """Per-user daily and monthly limits in USD.
+
+    Spend is loaded from the audit log once per user and period, then kept in memory: every
+    request reserves an estimate of its cost first and settles the real cost after, so
+    concurrent requests cannot overrun a limit by more than one request's cost.
+    """
+
+    store: Store | None
+    warn_at: tuple[float, ...] = (0.8,)
+    clock: Callable[[], float] = time.time
+    _spend: dict[int, _Spend] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _load(self, user_id: int) -> _Spend:
+        now = self.clock()
+        day, month = day_start(now), month_start(now)
+        spend = self._spend.get(user_id)
+        if spend is not None and spend.day_start == day and spend.month_start == month:
+            return spend
+        reserved = spend.reserved if spend is not None else 0.0
+        if self.store is None:
+            day_spent = month_spent = 0.0
+        else:
+            day_spent = await asyncio.to_thread(self.store.spent_since, user_id, day)
+            month_spent = await asyncio.to_thread(self.store.spent_since, user_id, month)
+        spend = _Spend(day, day_spent, month, month_spent, reserved)
+        self._spend[user_id] = spend
+        return spend
+
+    async def reserve(self, principal: Principal, estimate: float) -> Reservation:
+        """Hold `estimate` USD against the user's limits, or raise BudgetExceeded."""
+        if not principal.has_budget:
+            return Reservation(principal, 0.0)
+        async with self._lock:
+            spend = await self._load(principal.user_id)
+            for label, limit, spent in (
+                ("daily", principal.budget_daily, spend.day),
+                ("monthly", principal.budget_monthly, spend.month),
+            ):
+                if limit is None:
+                    continue
+                if spent >= limit or spent + spend.reserved + estimate > limit:
+                    raise BudgetExceeded(
+                        f"The {label} budget of ${limit:.2f} for user '{principal.user_name}' is spent "
+                        f"(${spent:.4f} used, ${spend.reserved:.4f} reserved by requests in flight)."
+                    )
+            spend.reserved += estimate
+        return Reservation(principal, estimate)
+
+    def settle(self, reservation: Reservation, cost: float) -> None:
+        if reservation.settled:
+            return
+        reservation.settled = True
+        user_id = reservation.principal.user_id
+        spend = self._spend.get(user_id) if user_id is not None else None
+        if spend is None:
+            return
+        spend.reserved = max(0.0, spend.reserved - reservation.amount)
+        spend.day += cost
+        spend.month += cost
+
+    def warning(self, principal: Principal) -> str | None:
+        """'daily=83%' style text once spend passes a warning threshold, else None."""
+        spend = self._spend.get(principal.user_id) if principal.user_id is not None else None
+        if spend is None:
+            return None
+        parts = []
+        for label, limit, spent in (("daily", principal.budget_daily, spend.day), ("monthly", principal.budget_monthly, spend.month)):
+            if limit and any(spent >= limit * t for t in self.warn_at):
+                parts.append(f"{label}={spent / limit:.0%}")
+        return ", ".join(parts) or None
+
+
+class AuditWriter:
+    """Queues audit records and writes them in batches from a background task.
+
+    A failed write is retried, never dropped. At shutdown the writer gets `close(timeout)`
+    seconds; a batch the database still refuses after that goes to a spill file in `spill_dir`
+    (JSON lines), and so does everything after it, which `import_spilled` writes at the next start.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = 500,
+        max_delay: float = 0.2,
+        max_queue: int = 50_000,
+        spill_dir: Path | None = None,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.max_delay = max_delay
+        self.spill_dir = spill_dir
+        self.retry_delay = retry_delay
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_queue)
+        self._task: asyncio.Task[None] | None = None
+        self._give_up_at: float | None = None  # set by close()
+        self._spilling = False
+        self.written = 0
+        self.spilled = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def add(self, record: dict[str, Any]) -> None:
+        """Queue one record; waits only if the database has fallen far behind (nothing is dropped)."""
+        try:
+            self.queue.put_nowait(record)  # the usual case, without a coroutine for Queue.put
+        except asyncio.QueueFull:
+            await self.queue.put(record)
+
+    async def _run(self) -> None:
+        # One wake-up per batch, not per record: wait for the first record, give the rest of the
+        # batch `max_delay` to arrive, then take everything queued (no task per record).
+        while True:
+            first = await self.queue.get()
+            batch: list[dict[str, Any]] = []
+            stop = first is None
+            if not stop:
+                batch.append(first)  # type: ignore[arg-type]
+                if self.queue.qsize() < self.batch_size:  # a full batch waiting is written at once
+                    await asyncio.sleep(self.max_delay)
+            while not stop and not self.queue.empty() and len(batch) < self.batch_size:
+                item = self.queue.get_nowait()
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                await self._write(batch)
+            if stop:
+                return
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        while True:
+            if self._spilling:  # the database failed past the shutdown deadline: do not wait on it again
+                await self._spill(batch)
+                return
+            try:
+                self.written += await asyncio.to_thread(self.store.write_audit, batch)
+                return
+            except Exception:  # a database hiccup must not lose records: retry, or spill at shutdown
+                if self._give_up_at is not None and time.monotonic() >= self._give_up_at and self.spill_dir:
+                    self._spilling = True
+                    log.exception("audit write failed at shutdown")
+                    continue
+                log.exception("audit write failed; retrying in %g s", self.retry_delay)
+                await asyncio.sleep(self.retry_delay)
+
+    async def _spill(self, batch: list[dict[str, Any]]) -> None:
+        assert self.spill_dir is not None
+        try:
+            path = await asyncio.to_thread(spill_records, self.spill_dir, batch)
+        except OSError as exc:
+            log.critical("the audit database and the spill folder %s both failed (%s): %d audit records are lost",
+                         self.spill_dir, exc, len(batch))
+            return
+        self.spilled += len(batch)
+        log.error("the audit database is unreachable: %d records saved to %s (imported at the next start)",
+                  len(batch), path)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued so far, then stop; after `timeout` seconds of failing writes,
+        spill what is left (with a `spill_dir`; without one, keep retrying)."""
+        if self._task is not None:
+            self._give_up_at = time.monotonic() + timeout
+            await self.queue.put(None)
+            await self._task
+            self._task = None
+
+
+SPILL_PATTERN = "gaud-audit-spill-*.jsonl"
+
+
+def audit_spill_dir(settings: Any) -> Path:
+    """`audit.spill_dir`, else beside a SQLite database file, else the working directory."""
+    from .store import sqlite_folder
+
+    configured = settings.get("audit.spill_dir")
+    if configured:
+        return Path(configured)
+    return sqlite_folder(str(settings.get("database.url"))) or Path.cwd()
+
+
+def spill_records(folder: Path, records: list[dict[str, Any]]) -> Path:
+    """Write records to a new spill file (JSON lines, fsynced, renamed into place whole)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"gaud-audit-spill-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{id(records):x}.jsonl"
+    final = folder / name
+    temp = folder / f".{name}.tmp"
+    with temp.open("wb") as out:
+        for record in records:
+            out.write(orjson.dumps(record, default=str) + b"\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, final)
+    return final
+
+
+def import_spilled(store: Store, folder: Path) -> int:
+    """Write the records of every spill file in `folder` to the database, then delete the file.
+
+    A file is first renamed to a name only this process uses, so two processes starting
+    together never import the same records twice. A file that cannot be read is left (renamed
+    back) and logged. Returns the number of records imported.
+    """
+    imported = 0
+    if not folder.is_dir():
+        return 0
+    for path in sorted(folder.glob(SPILL_PATTERN)):
+        claimed = path.with_name(f".{path.name}.importing-{os.getpid()}")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            continue  # another process claimed it
+        try:
+            records = [orjson.loads(line) for line in claimed.read_bytes().splitlines() if line.strip()]
+            store.write_audit(records)
+        except Exception:  # keep the file for the next start, and say why
+            os.rename(claimed, path)
+            log.exception("could not import the audit spill file %s; it is kept", path)
+            continue
+        claimed.unlink()
+        imported += len(records)
+        log.info("imported %d audit records from %s", len(records), path.name)
+    return imported

@@ -1,0 +1,210 @@
+"""State several gateway instances share through Redis: budgets and circuit breakers.
+
+Budgets: per user and period, Redis holds the spend (seeded once from the audit log) and the sum
+of open reservations; one Lua script checks and reserves atomically, another settles. A
+reservation counter left by a crashed instance expires after `reservation_ttl` seconds.
+
+Breakers: each instance keeps its local breakers and publishes transitions to one Redis hash;
+before planning a request it pulls the hash and adopts any breaker another instance opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..errors import BudgetExceeded
+from ..pipeline.breaker import OPEN, Breaker, BreakerBoard
+from ._redis import connect
+from .accounting import Reservation, day_start, month_start
+from .store import Principal, Store
+
+__all__ = ["RedisBudgets", "SharedBreakerBoard"]
+
+_RESERVE = """
+-- KEYS: spent_day, reserved_day, spent_month, reserved_month
+-- ARGV: limit_day (or -1), limit_month (or -1), estimate, reservation_ttl_ms, period_ttl_ms
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
+local estimate = tonumber(ARGV[3])
+for i = 1, 2 do
+  local limit = limits[i]
+  if limit >= 0 then
+    local spent = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+    local reserved = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    if spent >= limit or spent + reserved + estimate > limit then
+      return {0, i, tostring(spent), tostring(reserved)}
+    end
+  end
+end
+for i = 1, 2 do
+  redis.call('INCRBYFLOAT', KEYS[2 * i], estimate)
+  redis.call('PEXPIRE', KEYS[2 * i], ARGV[4])
+end
+return {1, 0, redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[3]) or '0'}
+"""
+
+_SETTLE = """
+-- KEYS: spent_day, reserved_day, spent_month, reserved_month ; ARGV: estimate, cost, period_ttl_ms
+for i = 1, 2 do
+  local reserved = tonumber(redis.call('INCRBYFLOAT', KEYS[2 * i], -tonumber(ARGV[1])))
+  if reserved < 0 then redis.call('SET', KEYS[2 * i], '0') end
+  redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[3])
+end
+return 1
+"""
+
+
+class RedisBudgets:
+    """The same interface as `accounting.Budgets`, with spend and reservations in Redis."""
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        store: Store | None,
+        *,
+        warn_at: tuple[float, ...] = (0.8,),
+        clock: Callable[[], float] = time.time,
+        prefix: str = "gaud:budget:",
+        reservation_ttl: float = 600.0,
+    ) -> None:
+        self.redis, _ = connect(url_or_client)
+        self.store = store
+        self.warn_at = warn_at
+        self.clock = clock
+        self.prefix = prefix
+        self.reservation_ttl = reservation_ttl
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._last_spend: dict[int, tuple[float, float]] = {}
+
+    def _keys(self, user_id: int, now: float) -> list[str]:
+        day, month = int(day_start(now)), int(month_start(now))
+        base = f"{self.prefix}{user_id}"
+        return [f"{base}:day:{day}:spent", f"{base}:day:{day}:reserved",
+                f"{base}:month:{month}:spent", f"{base}:month:{month}:reserved"]
+
+    async def _seed(self, user_id: int, keys: list[str], now: float) -> None:
+        """First use of a period in Redis: start from what the audit log already holds."""
+        for key, since in ((keys[0], day_start(now)), (keys[2], month_start(now))):
+            if await self.redis.exists(key):
+                continue
+            spent = await asyncio.to_thread(self.store.spent_since, user_id, since) if self.store else 0.0
+            await self.redis.set(key, repr(spent), nx=True, px=int(40 * 86400 * 1000))
+
+    async def reserve(self, principal: Principal, estimate: float) -> Reservation:
+        if not principal.has_budget:
+            return Reservation(principal, 0.0)
+        now = self.clock()
+        keys = self._keys(principal.user_id, now)
+        await self._seed(principal.user_id, keys, now)
+        daily = principal.budget_daily if principal.budget_daily is not None else -1
+        monthly = principal.budget_monthly if principal.budget_monthly is not None else -1
+        allowed, which, first, second = await self._reserve(
+            keys=keys, args=[daily, monthly, estimate, int(self.reservation_ttl * 1000), int(40 * 86400 * 1000)]
+        )
+        if not int(allowed):
+            label, limit = ("daily", daily) if int(which) == 1 else ("monthly", monthly)
+            raise BudgetExceeded(
+                f"The {label} budget of ${limit:.2f} for user '{principal.user_name}' is spent "
+                f"(${float(first):.4f} used, ${float(second):.4f} reserved by requests in flight)."
+            )
+        self._last_spend[principal.user_id] = (float(first), float(second))
+        reservation = Reservation(principal, estimate)
+        reservation.keys = keys  # type: ignore[attr-defined]
+        return reservation
+
+    def settle(self, reservation: Reservation, cost: float) -> None:
+        """Settle in the background (the caller is on the response path)."""
+        if reservation.settled or reservation.principal.user_id is None or not hasattr(reservation, "keys"):
+            return
+        reservation.settled = True
+        asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
+
+    async def settle_now(self, reservation: Reservation, cost: float) -> None:
+        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, int(40 * 86400 * 1000)])  # type: ignore[attr-defined]
+
+    def warning(self, principal: Principal) -> str | None:
+        spend = self._last_spend.get(principal.user_id) if principal.user_id is not None else None
+        if spend is None:
+            return None
+        parts = []
+        for label, limit, spent in (("daily", principal.budget_daily, spend[0]), ("monthly", principal.budget_monthly, spend[1])):
+            if limit and any(spent >= limit * t for t in self.warn_at):
+                parts.append(f"{label}={spent / limit:.0%}")
+        return ", ".join(parts) or None
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+class SharedBreakerBoard(BreakerBoard):
+    """Breakers whose transitions are published to Redis and adopted by every instance.
+
+    Times are wall-clock (`time.time`) so instances agree on when a breaker opened.
+    """
+
+    def __init__(
+        self, url_or_client: Any, *, failures: int = 5, cooldown: float = 30.0, key: str = "gaud:breakers",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(failures=failures, cooldown=cooldown, clock=clock)
+        self.redis, _ = connect(url_or_client)
+        self.key = key
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    def __getitem__(self, deployment: str) -> Breaker:
+        breaker = super().__getitem__(deployment)
+        if not isinstance(breaker, _PublishingBreaker):
+            breaker = _PublishingBreaker(self.failures, self.cooldown, self.clock)
+            breaker.board, breaker.name = self, deployment
+            self._breakers[deployment] = breaker
+        return breaker
+
+    def publish(self, name: str, breaker: Breaker) -> None:
+        state = orjson.dumps({"state": breaker.state, "opened_at": breaker.opened_at, "failures": breaker.consecutive_failures})
+        task = asyncio.get_running_loop().create_task(self.redis.hset(self.key, name, state))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def sync(self) -> None:
+        """Adopt what other instances published: a breaker opened elsewhere opens here too."""
+        remote = await self.redis.hgetall(self.key)
+        for raw_name, raw in remote.items():
+            name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+            data = orjson.loads(raw)
+            breaker = self[name]
+            if data["state"] == OPEN and (breaker.state != OPEN or data["opened_at"] > breaker.opened_at):
+                breaker.state, breaker.opened_at = OPEN, float(data["opened_at"])
+                breaker.consecutive_failures = int(data["failures"])
+            elif data["state"] == "closed" and breaker.state == OPEN and breaker.opened_at < self.clock() - self.cooldown:
+                breaker.state, breaker.consecutive_failures = "closed", 0
+
+    async def flush(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.flush()
+        await self.redis.aclose()
+
+
+class _PublishingBreaker(Breaker):
+    board: SharedBreakerBoard
+    name: str
+
+    def record_success(self) -> None:
+        was = self.state
+        super().record_success()
+        if was != self.state:
+            self.board.publish(self.name, self)
+
+    def record_failure(self) -> None:
+        was = self.state
+        super().record_failure()
+        if was != self.state:
+            self.board.publish(self.name, self)

@@ -1,0 +1,732 @@
+"""The `gaud-engine` command: thin wrappers over engine functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ..config import load_settings
+from ..errors import SpecError
+from ..spec.loader import Catalog, default_root, load_catalog, serving_root
+
+if TYPE_CHECKING:
+    from ..accounts.store import Store
+
+__all__ = ["main"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="gaud-engine")
+def main() -> None:
+    """gaud-engine: an OpenAI-compatible LLM gateway driven by YAML provider specs."""
+
+
+_SPEC_DIRS = ("providers.d", "pricing.d")
+
+
+def _target(raw: str) -> tuple[Path, set[Path] | None, SpecError | None]:
+    """(spec-tree root, the files to report on or None for all, a problem if nothing there gets checked).
+
+    A path is a tree, its providers.d/ or pricing.d/ folder, or one file in either (or routes.yaml);
+    the whole tree is loaded anyway, since extends, prices and routes need it.
+    """
+    path = Path(raw).resolve()
+    if path.is_dir() and path.name in _SPEC_DIRS:
+        return path.parent, set(path.glob("*.yaml")), None
+    if path.is_dir():
+        if not any((path / d).is_dir() for d in _SPEC_DIRS) and not (path / "routes.yaml").is_file():
+            problem = SpecError(raw, 1, "", "no spec tree here: expected providers.d/, pricing.d/ or routes.yaml")
+            return path, set(), problem
+        return path, None, None
+    if path.parent.name in _SPEC_DIRS and path.suffix == ".yaml":
+        return path.parent.parent, {path}, None
+    if path.name == "routes.yaml":
+        return path.parent, {path}, None
+    return path.parent, set(), SpecError(
+        raw, 1, "", "not checked: a spec file is providers.d/*.yaml, pricing.d/*.yaml or routes.yaml"
+    )
+
+
+def _from_cwd(problem: SpecError, base: Path) -> SpecError:
+    """The problem with its file named from the current directory when it is under it
+    (GitHub annotations need the path from the repository root)."""
+    try:
+        shown = (base / problem.file).relative_to(Path.cwd().resolve())
+    except ValueError:
+        return problem
+    return dataclasses.replace(problem, file=str(shown))
+
+
+def _escape_property(value: str) -> str:
+    """Escape a GitHub workflow-command property value."""
+    return (value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            .replace(":", "%3A").replace(",", "%2C"))
+
+
+def _format(problem: SpecError, fmt: str) -> str:
+    if fmt == "github":
+        message = problem.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        return (f"::error file={_escape_property(problem.file)},line={problem.line},"
+                f"title={_escape_property(problem.pointer or '/')}::{message}")
+    return str(problem)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="Output format: text lines, a JSON array, or GitHub Actions annotations.")
+def validate(paths: tuple[str, ...], fmt: str) -> None:
+    """Check specs, pricing and routes against the schemas and each other.
+
+    PATH is a spec tree (default: the bundled one), its providers.d/ or pricing.d/ folder, or one
+    spec file; the whole tree is loaded, and problems in the given files are reported.
+    Exits 0 when clean, 1 with one line per problem: file:line: json-pointer: message.
+
+    \b
+    Example usage:
+        gaud-engine validate
+        gaud-engine validate providers.d/my-provider.yaml
+        gaud-engine validate ./my-specs --format github
+    """
+    problems: list[SpecError] = []
+    catalogs: list[Catalog] = []
+    targets: dict[Path, set[Path] | None] = {}
+    for raw in paths or (str(default_root()),):
+        root, wanted, problem = _target(raw)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        known = targets.get(root, set())
+        targets[root] = None if wanted is None or (root in targets and known is None) else (known or set()) | wanted
+    for root, wanted in targets.items():
+        catalog = load_catalog(root)
+        catalogs.append(catalog)
+        base = root.parent if root.name == "_bundled" else root  # what the problems' file labels are relative to
+        labels = None if wanted is None else {str(w.relative_to(base)) for w in wanted}
+        problems.extend(_from_cwd(p, base) for p in catalog.problems if labels is None or p.file in labels)
+    if fmt == "json":
+        click.echo(json.dumps([dataclasses.asdict(p) for p in problems], indent=2))
+    else:
+        for problem in problems:
+            click.echo(_format(problem, fmt))
+        if fmt == "text" and not problems:
+            count = sum(len(c.providers) for c in catalogs)
+            click.echo(f"ok: {count} providers, {sum(len(c.pricing) for c in catalogs)} prices, "
+                       f"{sum(len(c.routes.get('aliases') or {}) for c in catalogs)} aliases")
+    sys.exit(1 if problems else 0)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
+@click.option("--port", default=None, type=int, help="Port to listen on.  [default: 8400]")
+@click.option("-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False), envvar="GAUD_CONFIG",
+              help="YAML config file (GAUD_* variables override it).")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to serve instead of the bundled one.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Worker processes sharing the port (one per core).  [default: 1]")
+def serve(host: str | None, port: int | None, config_file: str | None, specs_dir: str | None,
+          workers: int | None) -> None:
+    """Run the gateway.
+
+    Provider keys and base URLs come from the environment variables each spec declares
+    (e.g. ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL). With several workers, set redis.url to share
+    rate limits, budgets in flight, the cache and breaker states between them.
+
+    \b
+    Example usage:
+        ANTHROPIC_API_KEY=sk-... gaud-engine serve --port 8400
+        gaud-engine serve --workers 2
+    """
+    from ..logs import logging_from_settings
+
+    try:
+        settings = load_settings(config_file, **{"server.host": host, "server.port": port, "specs.dir": specs_dir,
+                                                 "server.workers": workers})
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    root = serving_root(settings)
+    from ..pipeline import rules
+
+    rules.CHECK_PORTABILITY = False  # `validate` checks rules on both CEL backends; serving needs one
+    catalog = load_catalog(root)
+    if catalog.problems:
+        for problem in catalog.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(catalog.problems)} problem(s) in the specs under {root}; not starting.")
+    for name, spec in sorted(catalog.providers.items()):
+        missing = spec.missing_env()
+        status = "ready" if not missing else f"no credentials (set {', '.join(missing)})"
+        click.echo(f"provider {name:<12} {status}")
+    level = logging_from_settings(settings)
+    bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
+    n_workers = int(settings.get("server.workers"))
+    options = {
+        "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": "auto",
+        "server_header": False, "ws": "none", "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
+        "log_config": None,  # uvicorn's own lines go through the gateway's logging (JSON or text)
+        "proxy_headers": bool(settings.get("server.proxy_headers")),
+        "forwarded_allow_ips": settings.get("server.forwarded_allow_ips"),
+    }
+    suffix = f" ({n_workers} workers)" if n_workers > 1 else ""
+    click.echo(f"gaud-engine listening on http://{bind_host}:{bind_port}{suffix}")
+    from ..web.process import limit_malloc_arenas
+
+    limit_malloc_arenas()
+    if n_workers > 1:
+        from ..web.workers import serve_workers
+
+        serve_workers(settings, config_file, n_workers, **options)
+        return
+    import uvicorn
+
+    from ..web.server import GracefulServer, create_app
+
+    app = create_app(catalog, settings)
+    GracefulServer(uvicorn.Config(app, **options)).run()
+
+
+def _store(config_file: str | None) -> Store:
+    from ..accounts.store import Store
+
+    try:
+        settings = load_settings(config_file)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    store = Store(str(settings.get("database.url")))
+    store.migrate()
+    return store
+
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False), envvar="GAUD_CONFIG",
+    help="YAML config file (GAUD_DATABASE_URL overrides its database).",
+)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke gateway API keys."""
+
+
+@keys.command("create")
+@click.option("--user", required=True, help="User name (created if new).")
+@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
+@click.option("--budget-daily", type=float, default=None, help="Daily limit in USD.")
+@click.option("--budget-monthly", type=float, default=None, help="Monthly limit in USD.")
+@click.option("--rpm", type=float, default=None, help="Requests per minute (default: ratelimits.key_rpm).")
+@click.option("--tpm", type=float, default=None, help="Tokens per minute (default: ratelimits.key_tpm).")
+@CONFIG_OPTION
+def keys_create(
+    user: str,
+    role: str,
+    budget_daily: float | None,
+    budget_monthly: float | None,
+    rpm: float | None,
+    tpm: float | None,
+    config_file: str | None,
+) -> None:
+    """Create an API key; it is shown once and stored only as a hash.
+
+    \b
+    Example usage:
+        gaud-engine keys create --user alice --budget-daily 5
+    """
+    key, info = _store(config_file).create_key(
+        user, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly, rpm_limit=rpm, tpm_limit=tpm
+    )
+    click.echo(f"Key for {info.user_name} ({info.role}), shown once:\n  {key}")
+
+
+@keys.command("list")
+@CONFIG_OPTION
+def keys_list(config_file: str | None) -> None:
+    """List keys (their prefixes, never the keys).
+
+    \b
+    Example usage:
+        gaud-engine keys list
+    """
+    rows = _store(config_file).list_keys()
+    if not rows:
+        click.echo("no keys")
+        return
+    click.echo(f"{'prefix':<22} {'user':<16} {'role':<7} {'daily':>8} {'monthly':>8}  status")
+    for k in rows:
+        daily = f"{k.budget_daily:g}" if k.budget_daily is not None else "-"
+        monthly = f"{k.budget_monthly:g}" if k.budget_monthly is not None else "-"
+        status = "revoked" if k.revoked_at else "active"
+        click.echo(f"sk-gaud-{k.lookup:<14} {k.user_name:<16} {k.role:<7} {daily:>8} {monthly:>8}  {status}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+@CONFIG_OPTION
+def keys_revoke(prefix: str, config_file: str | None) -> None:
+    """Revoke a key by its prefix (as `keys list` shows it).
+
+    \b
+    Example usage:
+        gaud-engine keys revoke sk-gaud-1a2b3c4d5e6f
+    """
+    if not _store(config_file).revoke_key(prefix):
+        raise click.ClickException(f"no active key with prefix {prefix}")
+    click.echo(f"revoked {prefix}")
+
+
+def _since(value: str | None) -> float | None:
+    """'2026-11-01', '24h', '7d' or a Unix time -> Unix time."""
+    import calendar
+    import re
+    import time as _time
+
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+)([hd])", value)
+    if match:
+        return _time.time() - int(match[1]) * (3600 if match[2] == "h" else 86400)
+    try:
+        return calendar.timegm(_time.strptime(value, "%Y-%m-%d"))
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD, 24h, 7d or a Unix time", param_hint="--since") from None
+
+
+@main.command()
+@click.option("--user", default=None, help="Only this user.")
+@click.option("--since", default=None, help="YYYY-MM-DD, 24h, 7d, or a Unix time.")
+@CONFIG_OPTION
+def usage(user: str | None, since: str | None, config_file: str | None) -> None:
+    """Print requests, tokens and cost per user and model from the audit log.
+
+    \b
+    Example usage:
+        gaud-engine usage --since 7d
+    """
+    rows = _store(config_file).usage(user=user, since=_since(since))
+    if not rows:
+        click.echo("no usage")
+        return
+    click.echo(f"{'user':<16} {'deployment':<44} {'requests':>8} {'prompt':>10} {'completion':>10} {'cached':>8} {'cost USD':>11}")
+    for r in rows:
+        click.echo(
+            f"{r['user_name'] or '-':<16} {r['deployment'] or '-':<44} {r['requests']:>8} {r['prompt_tokens']:>10} "
+            f"{r['completion_tokens']:>10} {r['cached_tokens']:>8} {r['cost']:>11.6f}"
+        )
+
+
+@main.command()
+@click.argument("model")
+@click.option("--input", "input_tokens", type=int, required=True, help="Prompt tokens (cached ones included).")
+@click.option("--output", "output_tokens", type=int, required=True, help="Completion tokens.")
+@click.option("--cached", type=int, default=0, show_default=True, help="Prompt tokens read from the cache.")
+@click.option("--cache-write", type=int, default=0, show_default=True, help="Prompt tokens written to the cache.")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to use instead of the bundled one.")
+def price(model: str, input_tokens: int, output_tokens: int, cached: int, cache_write: int, specs_dir: str | None) -> None:
+    """Print what a request costs: MODEL is an alias, provider/model or model id.
+
+    \b
+    Example usage:
+        gaud-engine price smart --input 20000 --output 500 --cached 18000
+    """
+    from ..errors import GatewayError
+    from ..pipeline.pricing import cost_of, price_for
+    from ..spec.models import resolve_model
+
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    try:
+        target = resolve_model(catalog, model)[0]
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    found = price_for(catalog, target.provider.name, target.model)
+    if found is None:
+        raise click.ClickException(f"no price for {target.name} in pricing.d/")
+    usage_ = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+              "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": cache_write}}
+    click.echo(f"{target.name}: ${cost_of(found, usage_):.6f}")
+
+
+@main.group()
+def routes() -> None:
+    """Inspect routing: aliases, candidates and the rules that order them."""
+
+
+@routes.command("explain")
+@click.argument("request_json")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to use instead of the bundled one.")
+def routes_explain(request_json: str, specs_dir: str | None) -> None:
+    """Show, without calling anything, how a request would be routed.
+
+    Prints the candidates in order, each `when` rule and its result, and the retry, fallback and
+    backoff policy. REQUEST_JSON is an OpenAI chat request body (or @FILE to read one).
+
+    \b
+    Example usage:
+        gaud-engine routes explain '{"model": "fast", "messages": [{"role": "user", "content": "hi"}]}'
+    """
+    from ..errors import GatewayError
+    from ..pipeline.routing import Router, explain
+
+    text = Path(request_json[1:]).read_text() if request_json.startswith("@") else request_json
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise click.ClickException(f"REQUEST_JSON is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise click.ClickException("REQUEST_JSON must be a JSON object")
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    if catalog.problems:
+        for problem in catalog.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException("the specs have problems; run `gaud-engine validate`")
+    try:
+        click.echo(explain(Router(catalog), body))
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+# -- upstream sign-in: login, logout, status (engine.credentials) ------------------------------
+SIGN_IN_SPECS_OPTION = click.option(
+    "--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+    help="Spec tree to use instead of the bundled one.",
+)
+
+
+def _credential_manager(config_file: str | None):  # type: ignore[no-untyped-def]
+    from ..credentials import CredentialManager, VaultError
+
+    try:
+        return CredentialManager(_store(config_file))
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _provider_spec(specs_dir: str | None, provider: str):  # type: ignore[no-untyped-def]
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    spec = catalog.providers.get(provider)
+    if spec is None:
+        known = ", ".join(sorted(catalog.providers)) or "none"
+        problem = "has problems (run `gaud-engine validate`)" if provider in catalog.broken else "is not a provider"
+        raise click.ClickException(f"{provider} {problem}; providers: {known}")
+    return spec
+
+
+def _when(timestamp: float) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M UTC", _time.gmtime(timestamp))
+
+
+def _expiry(info: dict[str, object]) -> str:
+    import time as _time
+
+    expires = info.get("expires_at")
+    if not info.get("signed_in"):
+        return "-"
+    if not isinstance(expires, (int, float)):
+        return "never" + (" (short-lived tokens exchanged as needed)" if info.get("exchange") else "")
+    if info.get("refreshable"):
+        return f"{_when(expires)} (refreshed automatically)"
+    return f"{'expired ' if expires < _time.time() else ''}{_when(expires)}"
+
+
+@main.command()
+@click.argument("provider")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for a browser sign-in.")
+@SIGN_IN_SPECS_OPTION
+@CONFIG_OPTION
+def login(provider: str, no_browser: bool, timeout: float, specs_dir: str | None, config_file: str | None) -> None:
+    """Sign in to PROVIDER with the flow its spec declares (`api.auth`); tokens are stored encrypted.
+
+    A browser sign-in prints a URL (opened unless --no-browser) and waits for the redirect on a
+    local port; a device sign-in prints a code to enter at a URL and waits. Tokens are refreshed
+    automatically afterwards. The key that encrypts them: GAUD_SECRET_KEY, else a key file
+    created (mode 0600) next to the SQLite database.
+
+    \b
+    Example usage:
+        gaud-engine login acme
+        gaud-engine login acme --no-browser
+    """
+    import asyncio
+    import webbrowser
+
+    from ..credentials import VaultError
+    from ..errors import GatewayError
+
+    spec = _provider_spec(specs_dir, provider)
+    manager = _credential_manager(config_file)
+    opener = None if no_browser else (lambda url: webbrowser.open(url))
+    try:
+        info = asyncio.run(manager.login(spec, echo=click.echo, open_url=opener, timeout=timeout))
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Signed in to {provider}; expires: {_expiry(info)}.")
+
+
+@main.command()
+@click.argument("provider")
+@SIGN_IN_SPECS_OPTION
+@CONFIG_OPTION
+def logout(provider: str, specs_dir: str | None, config_file: str | None) -> None:
+    """Forget the tokens stored for PROVIDER; requests fall back to its env API key, if any.
+
+    \b
+    Example usage:
+        gaud-engine logout acme
+    """
+    import asyncio
+
+    from ..credentials import VaultError
+
+    spec = _provider_spec(specs_dir, provider)
+    try:
+        deleted = asyncio.run(_credential_manager(config_file).logout(spec))
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Signed out of {provider}." if deleted else f"Not signed in to {provider}; nothing to do.")
+
+
+@main.command()
+@SIGN_IN_SPECS_OPTION
+@CONFIG_OPTION
+def status(specs_dir: str | None, config_file: str | None) -> None:
+    """Show which providers are signed in and when their tokens expire.
+
+    Method `env` means the provider reads its keys from environment variables only.
+
+    \b
+    Example usage:
+        gaud-engine status
+    """
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    rows = _credential_manager(config_file).status(catalog.providers)
+    click.echo(f"{'provider':<16} {'method':<12} {'signed in':<10} expires")
+    problems = []
+    for info in rows:
+        signed = {True: "yes", False: "no", None: "-"}[info["signed_in"]]
+        click.echo(f"{info['provider']:<16} {info['method']:<12} {signed:<10} {_expiry(info)}")
+        if info["problem"]:
+            problems.append(f"{info['provider']}: {info['problem']}")
+    for problem in problems:
+        click.echo(problem, err=True)
+
+
+
+# -- spec authoring: test, record, new, manual (engine.cli.recordings, engine.cli.scaffold, engine.cli.manual) --
+@main.group()
+def spec() -> None:
+    """Test, record, scaffold and document provider specs."""
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@spec.command("test")
+@click.argument("targets", nargs=-1, metavar="[SPEC_OR_DIR]...")
+@click.option("--update", is_flag=True, help="Rewrite each recording's `expect` with what the engine produces now.")
+def spec_test(targets: tuple[str, ...], update: bool) -> None:
+    """Replay recorded exchanges through the engine (no network) and show what differs.
+
+    SPEC_OR_DIR is a spec tree (default: the bundled one), its providers.d/, a spec file, a spec
+    name, or a recordings folder or file. Recordings live in tests/providers/NAME/recordings/ of
+    the tree, or where the spec's `recordings:` key says. Prints one line per exchange, with a diff under each
+    failure, then `N passed, M failed`; exits 1 on any failure. With --update, expectations that
+    differ are rewritten: review them (e.g. with git diff) before committing.
+
+    \b
+    Example usage:
+        gaud-engine spec test
+        gaud-engine spec test providers.d/acme.yaml
+        gaud-engine spec test acme --update
+    """
+    from .recordings import (
+        RecordingProblem,
+        check,
+        load_recordings,
+        owner_of,
+        recordings_dir,
+        select,
+        spec_names,
+        write_expect,
+    )
+
+    catalogs: dict[Path, Catalog] = {}
+    passed = failed = updated = 0
+    for raw in targets or (str(default_root()),):
+        try:
+            chosen = select(raw, default_root())
+        except RecordingProblem as exc:
+            click.echo(f"FAIL  {exc}")
+            failed += 1
+            continue
+        if chosen.root not in catalogs:
+            catalogs[chosen.root] = load_catalog(chosen.root, environ={})
+        catalog = catalogs[chosen.root]
+        names = chosen.providers
+        if chosen.path is not None:
+            owner = owner_of(catalog, chosen.path)
+            if owner is None:
+                click.echo(f"FAIL  {_shown(chosen.path)}: not in the recordings folder of any spec under {_shown(chosen.root)}")
+                failed += 1
+                continue
+            names = [owner]
+        for name in names if names is not None else spec_names(catalog):
+            if name not in catalog.providers:
+                known = spec_names(catalog)
+                if name not in known:
+                    click.echo(f"FAIL  {name}: no such spec in {_shown(chosen.root / 'providers.d')}")
+                else:
+                    click.echo(f"FAIL  {name}: the spec has problems; run `gaud-engine validate`")
+                    for problem in catalog.problems:
+                        if Path(problem.file).stem == name:
+                            click.echo(f"      {problem}")
+                failed += 1
+                continue
+            folder = chosen.path or recordings_dir(catalog, name)
+            recordings = load_recordings(folder, name)
+            if not recordings:
+                click.echo(f"--    {name}: no recordings in {_shown(folder)}")
+                continue
+            for recording in recordings:
+                outcome = check(catalog, recording)
+                if outcome.ok:
+                    passed += 1
+                    click.echo(f"ok    {recording.name}")
+                elif update and outcome.actual is not None:
+                    write_expect(recording, outcome.actual)
+                    updated += 1
+                    click.echo(f"updated {recording.name}  ({_shown(recording.path)}: review the change)")
+                else:
+                    failed += 1
+                    click.echo(f"FAIL  {recording.name}  ({_shown(recording.path)})")
+                    for line in outcome.diff().splitlines():
+                        click.echo(f"      {line}")
+    if passed + failed + updated == 0:
+        click.echo("no recordings found")
+        sys.exit(1)
+    click.echo(f"{passed} passed, {failed} failed" + (f", {updated} updated" if update else ""))
+    sys.exit(1 if failed else 0)
+
+
+@spec.command("record")
+@click.option("--provider", required=True, help="The spec whose real upstream is asked.")
+@click.option("--model", default=None, help="Upstream model id (default: the spec's first model with tools).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to write to (default: the spec's recordings folder).")
+@click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
+              help="Spec tree to use instead of the bundled one.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for each reply.")
+def spec_record(provider: str, model: str | None, out_dir: str | None, specs_dir: str | None, timeout: float) -> None:
+    """Send a few fixed requests to PROVIDER's real upstream and store them as recordings.
+
+    A text question, a tool call and a stream, sent with the credentials in the environment
+    variables the spec declares (and its base URL variable, if set). Credentials are never
+    stored: no headers are written and every secret value is scrubbed from what is. Review the
+    files, then run `gaud-engine spec test`.
+
+    \b
+    Example usage:
+        ACME_API_KEY=sk-... gaud-engine spec record --provider acme
+    """
+    from .recordings import RecordingProblem, record, recordings_dir
+
+    catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
+    if provider not in catalog.providers:
+        _provider_spec(specs_dir, provider)  # raises the usual "not a provider" error
+    out = Path(out_dir) if out_dir else recordings_dir(catalog, provider)
+    try:
+        written = record(catalog, provider, out, model=model, timeout=timeout, echo=click.echo)
+    except RecordingProblem as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{len(written)} exchanges recorded in {_shown(out)}; review them, then: gaud-engine spec test {provider}")
+
+
+@spec.command("new")
+@click.argument("name")
+@click.option("--like", default="openai", show_default=True, help="The existing spec the new one extends.")
+@click.option("--model", default="example-model", show_default=True, help="The upstream model id to start with.")
+@click.option("--dir", "root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Spec tree to write into (default: the current directory, if it has providers.d/).")
+def spec_new(name: str, like: str, model: str, root: str | None) -> None:
+    """Scaffold a provider spec that extends another, with its price, route and recordings folder.
+
+    Writes providers.d/NAME.yaml (its own NAME_API_KEY and NAME_BASE_URL variables),
+    pricing.d/NAME.yaml, an alias NAME in routes.yaml and an empty recordings folder; the result
+    passes `gaud-engine validate`. Then edit the placeholders (base URL, model, prices).
+
+    \b
+    Example usage:
+        gaud-engine spec new acme --like openai --model acme-large
+    """
+    from .scaffold import ScaffoldError, scaffold
+
+    if root is None:
+        if not (Path.cwd() / "providers.d").is_dir():
+            raise click.ClickException("the current directory is not a spec tree (no providers.d/); pass --dir")
+        root = "."
+    try:
+        result = scaffold(Path(root), name, like, model=model)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in result.created:
+        click.echo(f"created  {_shown(path)}")
+    for path in result.changed:
+        click.echo(f"changed  {_shown(path)}  (alias {name})")
+    click.echo(f"next: edit the placeholders in {_shown(result.created[0])} and {_shown(result.created[1])}, "
+               f"then `gaud-engine validate` and `gaud-engine spec test {name}`")
+
+
+@spec.command("manual")
+@click.argument("output", default="docs/spec-language.md", required=False)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if OUTPUT is not what would be written.")
+def spec_manual(output: str, check: bool) -> None:
+    """Write the spec-language manual from the JSON Schemas' descriptions and examples.
+
+    OUTPUT defaults to docs/spec-language.md; `-` prints it.
+
+    \b
+    Example usage:
+        gaud-engine spec manual
+        gaud-engine spec manual --check
+    """
+    from .manual import generate_manual
+
+    text = generate_manual()
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current != text:
+            click.echo(f"{output} is stale: run `gaud-engine spec manual {output}`", err=True)
+            sys.exit(1)
+        click.echo(f"{output} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

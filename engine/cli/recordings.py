@@ -1,0 +1,613 @@
+"""Recorded exchanges beside a spec, replayed through the engine with no network.
+
+A recording (docs/recordings.md) holds a client's OpenAI request, what the upstream answered
+(a JSON body or the raw text of a stream) and `expect`: the body the engine sends upstream and the
+OpenAI response, chunks or error it produces. `check()` replays one and compares; `write_expect()`
+rewrites its `expect` section (for `gaud-engine spec test --update`), leaving the rest of the file
+as it was written.
+
+The replay is the gateway's own path minus the network and the gateway's bookkeeping:
+`build_request`, then `completion_from_reply` / `error_from_reply` for a reply, or the spec's framer
+and stream table feeding a `ChunkWriter` (usage chunk always on) for a stream. Tool-call ids the
+engine makes up come from a counter (`call_1`, `call_2`, ...). Left out of the comparison, as they
+change on every run: `created`, and a `chatcmpl-` id the engine invents (stored as `chatcmpl-1`).
+The gateway also adds `usage.cost` (from pricing.d) to a stream's usage chunk; a recording proves
+the spec, not the prices, so it has no cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import yaml
+
+from ..errors import GatewayError, ResponseParsing
+from ..pipeline.translate import (
+    build_request,
+    closing_finish_reason,
+    completion_from_reply,
+    error_from_reply,
+    normalize_completion,
+    stream_usage,
+    with_usage,
+)
+from ..pipeline.validation import check_structured_output, estimate_prompt_tokens, validate_request
+from ..spec.models import Target, resolve_model
+from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
+
+if TYPE_CHECKING:
+    from ..spec.loader import Catalog
+
+__all__ = [
+    "RECORD_SET",
+    "Outcome",
+    "Recording",
+    "RecordingProblem",
+    "Selection",
+    "call_counter",
+    "check",
+    "default_model",
+    "dump_yaml",
+    "load_recordings",
+    "normalise",
+    "owner_of",
+    "read_recording",
+    "record",
+    "recordings_dir",
+    "replay",
+    "scrub",
+    "select",
+    "spec_names",
+    "write_expect",
+]
+
+#: The keys of a recording file.
+RECORDING_KEYS = frozenset({"description", "model", "request", "upstream", "expect"})
+#: What `expect` may hold, in the order it is written.
+EXPECT_KEYS = ("upstream_request", "response", "chunks", "error")
+_INVENTED_ID = re.compile(r"^chatcmpl-[0-9a-f]{32}$")
+
+
+class RecordingProblem(Exception):
+    """A recording that cannot be replayed as written (not a difference in the engine's output)."""
+
+
+# -- reading and writing YAML ----------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """Safe loading without timestamps: an unquoted 2026-03-14 stays the string it is in JSON."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+class _Flow(dict):  # type: ignore[type-arg]
+    """A mapping written on one line (`{...}`): one stream chunk per line reads and diffs well."""
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)  # list items indented under their key
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # A literal block for multi-line text (quoted instead when a block cannot hold it exactly);
+    # text that is only line breaks reads better quoted ("\n\n").
+    style = None if "\n" not in value else "|" if value.strip() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _represent_flow(dumper: yaml.SafeDumper, value: _Flow) -> yaml.Node:
+    return dumper.represent_mapping("tag:yaml.org,2002:map", dict(value), flow_style=True)
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(_Flow, _represent_flow)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML as recordings are written: keys in order, multi-line text as literal blocks, one stream
+    chunk per line, no line folding."""
+    if isinstance(data, dict) and isinstance(data.get("expect"), dict) and isinstance(data["expect"].get("chunks"), list):
+        data = {**data, "expect": {**data["expect"], "chunks": [_Flow(c) for c in data["expect"]["chunks"]]}}
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1_000_000, default_flow_style=None)
+
+
+# -- finding recordings ----------------------------------------------------------------------------
+@dataclass
+class Recording:
+    """One exchange file; `data` is None when it could not be read (`problem` says why)."""
+
+    path: Path
+    provider: str
+    data: dict[str, Any] | None = None
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}/{self.path.stem}"
+
+
+def recordings_dir(catalog: Catalog, provider: str) -> Path:
+    """Where a spec's recordings are: its own `recordings:` key (relative to the spec file), else
+    `tests/providers/<name>/recordings/` under the spec tree."""
+    spec = catalog.providers.get(provider)
+    doc = catalog.files.get(spec.file) if spec is not None else None
+    if doc is None:
+        doc = next((d for d in catalog.files.values() if d.path.parent.name == "providers.d" and d.path.stem == provider), None)
+    own = doc.data.get("recordings") if doc is not None and isinstance(doc.data, dict) else None
+    if isinstance(own, str) and own and doc is not None:
+        return (doc.path.parent / own).resolve()
+    root = catalog.root.parent if catalog.root.name == "_bundled" else catalog.root
+    return root / "tests" / "providers" / provider / "recordings"
+
+
+def load_recordings(folder: Path, provider: str) -> list[Recording]:
+    """The recordings in a folder (its *.yaml files, in name order), or one recording file."""
+    paths = [folder] if folder.is_file() else sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    return [read_recording(path, provider) for path in paths]
+
+
+def read_recording(path: Path, provider: str) -> Recording:
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as exc:
+        return Recording(path, provider, problem=f"cannot read: {exc}")
+    except yaml.YAMLError as exc:
+        return Recording(path, provider, problem=f"not valid YAML: {exc}")
+    if not isinstance(data, dict):
+        return Recording(path, provider, problem="a recording is a mapping with model, request, upstream and expect")
+    unknown = sorted(set(data) - RECORDING_KEYS)
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(RECORDING_KEYS), n=1)
+        problem = f"unknown key {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        return Recording(path, provider, problem=f"{problem} (a recording has: {', '.join(sorted(RECORDING_KEYS))})")
+    return Recording(path, provider, data)
+
+
+# -- replaying -------------------------------------------------------------------------------------
+def call_counter() -> Callable[..., str]:
+    """Deterministic ids for the tool calls the engine makes up: call_1, call_2, ..."""
+    counter = itertools.count(1)
+
+    def new_call_id(prefix: str = "call_") -> str:
+        return f"{prefix}{next(counter)}"
+
+    return new_call_id
+
+
+def _target(catalog: Catalog, model: Any, provider: str | None) -> Target:
+    if not isinstance(model, str) or not model:
+        raise RecordingProblem("`model` is missing: the provider/model the request is sent to")
+    try:
+        targets = resolve_model(catalog, model)
+    except GatewayError as exc:
+        raise RecordingProblem(f"model {model!r}: {exc.message}") from None
+    if provider is None:
+        return targets[0]
+    for target in targets:
+        if target.provider.name == provider:
+            return target
+    raise RecordingProblem(f"model {model!r} is not served by {provider}; write it as {provider}/<model>")
+
+
+def _upstream_bytes(upstream: Mapping[str, Any], key: str) -> bytes:
+    value = upstream.get(key)
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    return orjson.dumps(value)
+
+
+def _error(exc: GatewayError) -> dict[str, Any]:
+    return {"status": exc.status, "body": exc.to_openai()}
+
+
+def _reads(target: Target, raw: bytes, reader: Any) -> Iterator[Any]:
+    """The upstream stream -> what the reader makes of it, as the gateway reads it
+    (`Gateway._reads`: the same reader, failures and checks), here in one read with no network."""
+    from ..pipeline.gateway import Gateway, ensure_stream_events
+
+    try:
+        batch = reader.feed(raw)
+        if batch:
+            yield batch
+        if not reader.state.done:
+            batch = reader.close()
+            if batch:
+                yield batch
+    except StreamFailure as failure:
+        if failure.partial:
+            yield failure.partial
+        raise Gateway._stream_error(target, failure) from None
+    ensure_stream_events(target, reader.state)
+
+
+def _chunks(
+    target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str], prompt_estimate: int
+) -> list[dict[str, Any]]:
+    """The OpenAI chunks (data objects, `[DONE]` left out) the gateway writes for a stream."""
+    spec = target.provider
+    state = StreamState(new_call_id=new_call_id)
+    reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
+    forwarded = not isinstance(reader, EventReader)
+    writer = ChunkWriter(model=target.model or requested_model, created=0, special_tokens=spec.special_tokens,
+                         role_sent=forwarded)
+    pieces: list[bytes] = []
+    try:
+        for batch in _reads(target, raw, reader):
+            piece = batch if forwarded else writer.write(batch, state.id, state.model)
+            if piece:
+                pieces.append(piece)
+    except GatewayError as exc:
+        if not pieces:
+            raise  # before the first byte: an ordinary error reply
+        pieces.append(writer.error(exc.to_openai()))
+    else:
+        usage = stream_usage(spec, state.raw_usage, reader.output_chars, prompt_estimate)
+        finish = closing_finish_reason(spec, state, forwarded)
+        pieces.append(writer.finish(finish, usage, state.id, state.model))
+    chunks = []
+    for line in b"".join(pieces).decode().split("\n"):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+def _assembled(
+    target: Target, raw: bytes, requested_model: str, new_call_id: Callable[..., str], prompt_estimate: int
+) -> dict[str, Any]:
+    """A non-stream reply served from a stream (`endpoints.chat.stream_only`)."""
+    state = StreamState(new_call_id=new_call_id)
+    assembler = MessageAssembler(target.provider.special_tokens)
+    for deltas in _reads(target, raw, EventReader(target.provider.stream, state)):
+        assembler.add(deltas)
+    out = {"id": state.id, "model": state.model,
+           "choices": [{"message": assembler.message(), "finish_reason": state.raw_finish}]}
+    return with_usage(normalize_completion(out, target, state.raw_usage or None, requested_model), prompt_estimate)
+
+
+def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = None) -> dict[str, Any]:
+    """What the engine makes of a recorded exchange, shaped like `expect` (not yet normalised).
+
+    Raises RecordingProblem for a recording that cannot be replayed as written.
+    """
+    target = _target(catalog, data.get("model"), provider)
+    request = data.get("request")
+    if not isinstance(request, dict):
+        raise RecordingProblem("`request` must be the client's OpenAI chat request (a mapping)")
+    body = {"model": data["model"], **copy.deepcopy(request)}
+    stream = body.get("stream") is True
+    upstream = data.get("upstream") or {}
+    if not isinstance(upstream, dict):
+        raise RecordingProblem("`upstream` must be a mapping with status, headers and body or stream")
+    status = upstream.get("status", 200)
+    if not isinstance(status, int):
+        raise RecordingProblem("`upstream.status` must be an HTTP status code")
+    headers = {str(k).lower(): str(v) for k, v in (upstream.get("headers") or {}).items()}
+    new_call_id = call_counter()
+    out: dict[str, Any] = {}
+    spec = target.provider
+    chat = spec.endpoints.get("chat")
+    if chat is None:
+        raise RecordingProblem(f"{spec.name} has no chat endpoint (api.endpoints.chat)")
+    from_stream = stream or chat.stream_only
+    try:
+        body = validate_request(body)
+        sent = build_request(target, body, stream=from_stream, validated=True)
+        out["upstream_request"] = sent.body
+        if status >= 400:
+            payload = _upstream_bytes(upstream, "body") or _upstream_bytes(upstream, "stream")
+            raise error_from_reply(target, status, payload, headers)
+        if from_stream:
+            if spec.stream is None:
+                raise RecordingProblem(f"{spec.name} has no `stream` section to replay a stream with")
+            if not isinstance(upstream.get("stream"), str):
+                raise RecordingProblem("a streamed request needs `upstream.stream`: the raw text of the stream")
+            raw = upstream["stream"].encode()
+            if stream:
+                out["chunks"] = _chunks(target, raw, body["model"], new_call_id, estimate_prompt_tokens(body))
+            else:
+                out["response"] = _assembled(target, raw, body["model"], new_call_id, estimate_prompt_tokens(body))
+        else:
+            if "body" not in upstream:
+                raise RecordingProblem("a non-stream request needs `upstream.body`: the upstream's JSON reply")
+            reply = upstream["body"]
+            if isinstance(reply, str):
+                try:
+                    reply = orjson.loads(reply)
+                except orjson.JSONDecodeError:
+                    raise ResponseParsing(f"{spec.name} returned a reply that is not JSON") from None
+            completion = completion_from_reply(target, reply, requested_model=body["model"], new_call_id=new_call_id)
+            with_usage(completion, estimate_prompt_tokens(body))
+            check_structured_output(body, completion)
+            out["response"] = completion
+    except GatewayError as exc:
+        out["error"] = _error(exc)
+    return out
+
+
+def normalise(expect: Mapping[str, Any]) -> dict[str, Any]:
+    """`expect` without what changes on every run (docs/recordings.md): `created`, invented ids."""
+    out = copy.deepcopy(dict(expect))
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            obj.pop("created", None)
+            if isinstance(obj.get("id"), str) and _INVENTED_ID.match(obj["id"]):
+                obj["id"] = "chatcmpl-1"
+        return obj
+
+    if "response" in out:
+        out["response"] = clean(out["response"])
+    if isinstance(out.get("chunks"), list):
+        out["chunks"] = [clean(c) for c in out["chunks"]]
+    return {k: out[k] for k in (*EXPECT_KEYS, *[k for k in out if k not in EXPECT_KEYS]) if k in out}
+
+
+# -- comparing -------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One replayed recording: what was expected, what the engine produced."""
+
+    recording: Recording
+    expected: dict[str, Any] | None = None
+    actual: dict[str, Any] | None = None
+    problem: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.expected is not None and self.expected == self.actual
+
+    def diff(self) -> str:
+        """What differs, section by section, as unified diffs of pretty-printed JSON."""
+        if self.problem is not None:
+            return self.problem
+        if self.expected is None:
+            return "no `expect` yet: run `gaud-engine spec test --update`, then review what it wrote"
+        assert self.actual is not None
+        parts = []
+        for key in dict.fromkeys([*self.expected, *self.actual]):
+            before, after = self.expected.get(key), self.actual.get(key)
+            if before == after:
+                continue
+            parts.append("".join(difflib.unified_diff(
+                _pretty(before, key in self.expected), _pretty(after, key in self.actual),
+                f"expected {key}", f"actual {key}", n=3,
+            )))
+        return "\n".join(p.rstrip("\n") for p in parts)
+
+
+def _pretty(value: Any, present: bool) -> list[str]:
+    if not present:
+        return []
+    return [line + "\n" for line in json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False).split("\n")]
+
+
+def check(catalog: Catalog, recording: Recording) -> Outcome:
+    """Replay one recording and compare with its `expect`."""
+    if recording.data is None:
+        return Outcome(recording, problem=recording.problem)
+    try:
+        actual = normalise(replay(catalog, recording.data, recording.provider))
+    except RecordingProblem as exc:
+        return Outcome(recording, problem=str(exc))
+    except Exception as exc:  # noqa: BLE001 - an engine crash is reported per exchange, not for the run
+        return Outcome(recording, problem=f"the replay crashed: {type(exc).__name__}: {exc}")
+    raw = recording.data.get("expect")
+    expected = normalise(raw) if isinstance(raw, dict) else None
+    return Outcome(recording, expected, actual)
+
+
+def write_expect(recording: Recording, expect: Mapping[str, Any]) -> None:
+    """Rewrite the `expect` section of a recording file; everything above it stays as written."""
+    text = recording.path.read_text(encoding="utf-8")
+    block = dump_yaml({"expect": dict(expect)})
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.match(r"expect\s*:", line)), None)
+    if start is None:
+        body = re.sub(r"(?m)^\.\.\.[ \t]*\n?\Z", "", text)  # a document-end marker after a `|+` block
+        new = body + ("" if body.endswith("\n") else "\n") + block
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if re.match(r"[^\s#]", lines[j])), len(lines))
+        new = "".join(lines[:start]) + block + "".join(lines[end:])
+    others = {k: v for k, v in (recording.data or {}).items() if k != "expect"}
+    try:
+        check_data = yaml.load(new, Loader=_Loader)
+    except yaml.YAMLError:
+        check_data = None
+    if not isinstance(check_data, dict) or {k: v for k, v in check_data.items() if k != "expect"} != others:
+        new = dump_yaml({**others, "expect": dict(expect)})  # an unusual layout: write the whole file
+    recording.path.write_text(new, encoding="utf-8")
+    recording.data = yaml.load(new, Loader=_Loader)
+
+
+
+# -- choosing what to test -------------------------------------------------------------------------
+@dataclass
+class Selection:
+    """Recordings to run: a spec tree, the specs in it (None: all), and optionally one recording file."""
+
+    root: Path
+    providers: list[str] | None = None
+    path: Path | None = None
+
+
+def _tree_above(path: Path) -> Path | None:
+    for folder in [path, *path.parents]:
+        if (folder / "providers.d").is_dir():
+            return folder
+    return None
+
+
+def select(raw: str, default: Path) -> Selection:
+    """What one `spec test` argument names: a spec tree, its providers.d/, a spec file, a spec
+    name (in the current directory's tree when it has that spec, else in the default tree), or a
+    recordings folder or file (the tree is found above it)."""
+    path = Path(raw)
+    if not path.exists():
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", raw):
+            here = Path.cwd()
+            return Selection(here if (here / "providers.d" / f"{raw}.yaml").is_file() else default, [raw])
+        raise RecordingProblem(f"{raw}: no such file, folder or spec")
+    path = path.resolve()
+    if path.is_dir() and (path / "providers.d").is_dir():
+        return Selection(path)
+    if path.is_dir() and path.name == "providers.d":
+        return Selection(path.parent)
+    if path.is_file() and path.parent.name == "providers.d" and path.suffix == ".yaml":
+        return Selection(path.parent.parent, [path.stem])
+    return Selection(_tree_above(path) or default, None, path)
+
+
+def spec_names(catalog: Catalog) -> list[str]:
+    """Every spec file of the tree (loaded or broken), in file order."""
+    folder = catalog.root / "providers.d"
+    return [p.stem for p in sorted(folder.glob("*.yaml"))] if folder.is_dir() else list(catalog.providers)
+
+
+def owner_of(catalog: Catalog, path: Path) -> str | None:
+    """The spec whose recordings folder holds `path` (a folder or a recording file)."""
+    folder = path if path.is_dir() else path.parent
+    for name in spec_names(catalog):
+        if recordings_dir(catalog, name).resolve() == folder.resolve():
+            return name
+    return None
+
+
+# -- recording real exchanges ----------------------------------------------------------------------
+_TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+
+#: The fixed set `spec record` sends: (file stem, description, request).
+RECORD_SET: list[tuple[str, str, dict[str, Any]]] = [
+    ("recorded-text", "Recorded: a short text question",
+     {"messages": [{"role": "user", "content": "In one sentence: why is the sea salty?"}], "max_tokens": 200}),
+    ("recorded-tool-call", "Recorded: a question the model answers with a tool call",
+     {"messages": [{"role": "user", "content": "What is the weather in Paris right now? Use the tool."}],
+      "tools": _TOOLS, "max_tokens": 200}),
+    ("recorded-stream", "Recorded: a streamed text reply",
+     {"messages": [{"role": "user", "content": "Count from 1 to 5, separated by spaces."}], "max_tokens": 200,
+      "stream": True}),
+]
+
+
+def default_model(catalog: Catalog, provider: str) -> str:
+    """A chat model of the spec to record with: the first with tools, else the first that chats."""
+    spec = catalog.providers[provider]
+    models = list(spec.models.values())
+    for info in models:
+        if "tools" in info.capabilities:
+            return info.id
+    for info in models:
+        if "embeddings" not in info.capabilities:
+            return info.id
+    raise RecordingProblem(f"{provider} lists no chat model; name one with --model")
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """The value with every secret replaced by `[redacted]` (in keys and strings, at any depth)."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "[redacted]")
+        return value
+    if isinstance(value, dict):
+        return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
+def record(
+    catalog: Catalog,
+    provider: str,
+    out: Path,
+    *,
+    model: str | None = None,
+    timeout: float = 60.0,
+    echo: Callable[[str], Any] = print,
+) -> list[Path]:
+    """Send RECORD_SET to the provider's real upstream and write one recording per exchange.
+
+    Credentials come from the environment the catalog was loaded with. They are used, never stored:
+    no headers are written, and every secret value is scrubbed from what is (requests, replies).
+    """
+    import httpx
+
+    spec = catalog.providers[provider]
+    missing = spec.missing_env()
+    if missing:
+        raise RecordingProblem(f"{provider} needs {', '.join(missing)} in the environment to reach its upstream")
+    model = model or default_model(catalog, provider)
+    target = _target(catalog, f"{provider}/{model}", provider)
+    secrets = sorted({s for s in spec.secrets() if len(s) >= 4}, key=len, reverse=True)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with httpx.Client(timeout=timeout) as client:
+        for stem, description, request in RECORD_SET:
+            try:
+                body = validate_request({"model": target.name, **copy.deepcopy(request)})
+                from_stream = body.get("stream") is True or spec.endpoints["chat"].stream_only  # as the gateway asks them
+                sent = build_request(target, body, stream=from_stream, validated=True)
+            except GatewayError as exc:
+                echo(f"{stem}: skipped, the engine refuses it for {target.name}: {exc.message}")
+                continue
+            headers = {"content-type": "application/json", **sent.headers}
+            upstream: dict[str, Any] = {}
+            try:
+                if sent.stream:
+                    with client.stream(sent.method, sent.url, headers=headers, content=orjson.dumps(sent.body)) as reply:
+                        text = reply.read().decode("utf-8", errors="replace")
+                        status = reply.status_code
+                    upstream = {"status": status, ("stream" if status < 400 else "body"): text.replace("\r\n", "\n")}
+                else:
+                    reply = client.request(sent.method, sent.url, headers=headers, content=orjson.dumps(sent.body))
+                    status = reply.status_code
+                    try:
+                        upstream = {"status": status, "body": reply.json()}
+                    except ValueError:
+                        upstream = {"status": status, "body": reply.text}
+            except httpx.HTTPError as exc:
+                raise RecordingProblem(f"{stem}: the upstream could not be reached: {scrub(str(exc), secrets)}") from None
+            if upstream["status"] >= 400 and isinstance(upstream.get("body"), str):
+                try:
+                    upstream["body"] = json.loads(upstream["body"])
+                except ValueError:
+                    pass
+            data: dict[str, Any] = scrub(
+                {"description": description, "model": target.name, "request": request, "upstream": upstream}, secrets
+            )
+            try:
+                data["expect"] = scrub(normalise(replay(catalog, data, provider)), secrets)
+            except RecordingProblem as exc:
+                echo(f"{stem}: no expectation written: {exc}")
+            text = dump_yaml(data)
+            if any(secret in text for secret in secrets):  # pragma: no cover - scrub() is exhaustive
+                raise RecordingProblem(f"{stem}: a secret survived scrubbing; nothing written")
+            path = out / f"{stem}.yaml"
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+            echo(f"wrote {path} (upstream status {upstream['status']})")
+    return written

@@ -1,0 +1,1 @@
+"""One request, stage by stage: validate, plan (route), call upstreams with retries and fallback, price."""

@@ -1,0 +1,465 @@
+"""One chat request through the pipeline: plan -> (translate -> upstream -> translate back) per
+attempt, with retries, fallbacks and circuit breakers decided by the route's rules.
+
+Independent of the HTTP framework, so any client-facing format can sit in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
+from ..errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, drop_tracebacks, error_for_kind
+from ..metrics import Metrics
+from ..spec.loader import Catalog
+from ..spec.models import Target
+from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
+from .embeddings import build_embeddings_request, embeddings_from_reply
+from .images import ImageFetcher, inline_image_urls
+from .pricing import Price, cost_of, price_for
+from .routing import Plan, PlannedTarget, Router, activation
+from .translate import (
+    UpstreamRequest,
+    build_request,
+    closing_finish_reason,
+    completion_from_reply,
+    error_from_reply,
+    normalize_completion,
+    stream_usage,
+    with_usage,
+)
+from .upstream import Upstream, iter_chunks
+from .validation import Limits, check_structured_output, validate_request
+
+__all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
+
+log = logging.getLogger("gaud.gateway")
+
+#: Failures that say a deployment is unhealthy (and count towards opening its breaker).
+BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing"})
+
+R = TypeVar("R", "ChatResult", "StreamResult")
+
+
+@dataclass
+class Exchange:
+    """What happened to one client request: filled in as it goes, audited at the end."""
+
+    request_id: str = ""
+    alias: str = ""
+    deployment: str | None = None
+    tried: list[str] = field(default_factory=list)
+    attempts: int = 0
+    usage: dict[str, Any] | None = None
+    cost: float = 0.0
+    error: GatewayError | None = None
+    cache_hit: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None
+    stream: bool = False
+    estimated_tokens: int | None = None
+    #: Time spent waiting on upstreams (to the first delta, for streams) and in retry backoff.
+    outside_seconds: float = 0.0
+
+    def overhead_ms(self) -> float:
+        """Time spent in the gateway itself, so far (to the first byte, for streams)."""
+        end = self.first_byte if self.first_byte is not None else time.perf_counter()
+        return max(0.0, (end - self.started - self.outside_seconds) * 1000)
+
+
+@dataclass
+class ChatResult:
+    completion: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamResult:
+    """An upstream stream already open and producing; `body` yields OpenAI SSE bytes."""
+
+    body: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_stream_events(target: Target, state: StreamState) -> None:
+    """A 200 whose body held no stream event at all (JSON, an HTML error page) is not a reply."""
+    if state.frames == 0:
+        raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
+
+
+class Gateway:
+    """Serves OpenAI chat requests from a catalog of specs through one upstream pool."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        upstream: Upstream,
+        images: ImageFetcher | None = None,
+        *,
+        router: Router | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        limits: Limits | None = None,
+        limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+        credentials: Any = None,
+    ) -> None:
+        self.catalog = catalog
+        self.upstream = upstream
+        self.images = images or ImageFetcher()
+        self.router = router or Router(catalog, clock=clock)
+        self.sleep = sleep
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._prices: dict[str, Price | None] = {}
+        self.limits = limits or Limits()
+        self.limiter = limiter or MemoryRateLimiter()
+        self.metrics = metrics
+        self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
+
+    def reload(self, catalog: Catalog) -> None:
+        """Serve a new catalog from now on. Requests already planned finish on the old one; breaker
+        states, latency averages and in-flight counts carry over."""
+        self.router = self.router.rebound(catalog)
+        self.catalog = catalog
+        self._prices = {}
+
+    # -- the attempt loop -----------------------------------------------------------------------
+    async def plan(self, body: dict[str, Any]) -> Plan:
+        """The deployments for a request (breaker states shared by other instances pulled first)."""
+        sync = getattr(self.router.breakers, "sync", None)
+        if sync is not None:
+            await sync()
+        return self.router.plan(body)
+
+    async def _with_retries(
+        self, body: dict[str, Any], exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]],
+        plan: Plan | None = None,
+    ) -> R:
+        """Try each planned deployment, retrying and falling back as the route's rules say."""
+        plan = plan or await self.plan(body)
+        exchange.alias = plan.alias
+        exchange.estimated_tokens = plan.facts["estimated_tokens"]
+        failures: list[tuple[Target, GatewayError]] = []
+        total = 0
+        for planned in plan.targets:
+            target = planned.target
+            breaker = self.router.breakers[target.name]
+            tries = 0
+            while True:
+                if not breaker.allow():
+                    log.info("skipping %s: circuit breaker open", target.name)
+                    break
+                tries += 1
+                total += 1
+                exchange.attempts = total
+                if target.name not in exchange.tried:
+                    exchange.tried.append(target.name)
+                exchange.deployment = target.name
+                started = self.clock()
+                self.router.started(target.name)
+                try:
+                    if planned.rpm or planned.tpm:
+                        await self._take_deployment_limits(planned, exchange)
+                    result = await attempt(planned)
+                except GatewayError as error:
+                    # Kept in `failures` and maybe re-raised: without tracebacks it does not tie
+                    # this frame (and the request) into a cycle only the garbage collector frees.
+                    drop_tracebacks(error)
+                    self.router.finished(target.name, None)
+                    (breaker.record_failure if error.kind in BREAKER_KINDS else breaker.record_success)()
+                    error.attempts = tries
+                    failures.append((target, error))
+                    facts = activation(plan.facts, attempt=tries, target=target, error=error)
+                    if plan.policy.retry is not None and plan.policy.retry.matches(facts):
+                        delay = plan.policy.backoff.delay(tries, error.retry_after, self.rng)
+                        if delay is not None and breaker.state != "open":
+                            log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
+                            exchange.outside_seconds += delay
+                            if self.metrics is not None:
+                                self.metrics.retries.labels(target.name).inc()
+                            await self.sleep(delay)
+                            continue
+                    if plan.policy.fallback is not None and plan.policy.fallback.matches(facts):
+                        log.info("falling back from %s after %s", target.name, error.kind)
+                        if self.metrics is not None:
+                            self.metrics.fallbacks.labels(target.name).inc()
+                        break
+                    raise
+                else:
+                    latency = self.clock() - started
+                    self.router.finished(target.name, latency)
+                    if self.metrics is not None:
+                        self.metrics.upstream_latency.labels(target.name).observe(latency)
+                    breaker.record_success()
+                    result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
+                    return result
+        raise self._all_failed(plan.alias, failures)
+
+    async def _take_deployment_limits(self, planned: PlannedTarget, exchange: Exchange) -> None:
+        """A deployment's own rpm/tpm (routes.yaml): over it, the attempt fails as `rate_limit`."""
+        name = planned.target.name
+        takes: list[tuple[str, Limit, float]] = []
+        if planned.rpm:
+            takes.append((f"deployment:{name}:rpm", Limit(float(planned.rpm)), 1.0))
+        if planned.tpm:
+            takes.append((f"deployment:{name}:tpm", Limit(float(planned.tpm)), float(exchange.estimated_tokens or 1)))
+        decisions = await self.limiter.take_many(takes)
+        if not decisions[0].allowed:
+            raise RateLimited(f"{name} is at its configured rate limit.", retry_after=retry_after(decisions))
+
+    @staticmethod
+    def _all_failed(alias: str, failures: list[tuple[Target, GatewayError]]) -> GatewayError:
+        if not failures:
+            return Overloaded(f"No deployment for '{alias}' is available: every circuit breaker is open.")
+        if len({t.name for t, _ in failures}) == 1:
+            return failures[-1][1]
+        last: dict[str, tuple[Target, GatewayError]] = {}
+        for target, error in failures:
+            last[target.name] = (target, error)
+        parts = [f"{name} ({error.kind} after {error.attempts} attempt(s): {error.message})" for name, (_, error) in last.items()]
+        result = AllFailed(
+            f"All deployments for '{alias}' failed: " + "; ".join(parts),
+            status=failures[-1][1].status,
+            attempts=sum(e.attempts for _, (_, e) in last.items()),
+        )
+        result.failures = [
+            {"deployment": name, "kind": error.kind, "status": error.upstream_status or error.status,
+             "attempts": error.attempts, "message": error.message}
+            for name, (_, error) in last.items()
+        ]
+        return result
+
+    async def _signed(self, target: Target, request: UpstreamRequest) -> UpstreamRequest:
+        """Headers with the short-lived token of a signed-in provider (spec `api.auth`)."""
+        auth = target.provider.auth
+        if self.credentials is None or auth is None or not auth.dynamic:
+            return request
+        token = await self.credentials.access_token(target.provider)
+        if token is not None:
+            request.headers = target.provider.headers_for_token(target.model, target.api_base, token)
+        return request
+
+    async def _request_for(
+        self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None
+    ) -> UpstreamRequest:
+        """The upstream request for one deployment: remote images fetched when the spec says so,
+        mapped, and signed for a signed-in provider. The awaits happen only when there is I/O."""
+        if target.provider.inline_image_urls:
+            body = await inline_image_urls(body, self.images)
+        request = build_request(target, body, stream=stream, validated=True, estimated_tokens=estimated_tokens)
+        auth = target.provider.auth
+        if self.credentials is not None and auth is not None and auth.dynamic:
+            request = await self._signed(target, request)
+        return request
+
+    # -- non-streaming --------------------------------------------------------------------------
+    def price(self, target: Target) -> Price | None:
+        key = target.name
+        if key not in self._prices:
+            self._prices[key] = price_for(self.catalog, target.provider.name, target.model)
+        return self._prices[key]
+
+    def _account(self, exchange: Exchange, target: Target, usage: dict[str, Any] | None) -> None:
+        exchange.usage = usage
+        price = self.price(target)
+        exchange.cost = cost_of(price, usage) if usage and price else 0.0
+
+    def estimate_cost(self, body: dict[str, Any], plan: Plan) -> float:
+        """A cost to reserve against budgets before the call: the prompt estimate plus the
+        requested output (or the first candidate's max output, at most 4096 tokens)."""
+        target = plan.targets[0].target if plan.targets else None
+        price = self.price(target) if target is not None else None
+        if price is None or target is None:
+            return 0.0
+        output = body.get("max_completion_tokens") or body.get("max_tokens") or min(target.info.max_output_tokens or 4096, 4096)
+        usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
+        return cost_of(price, usage)
+
+    async def chat(
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None
+    ) -> ChatResult:
+        exchange = exchange or Exchange()
+        body = body if validated else validate_request(body, self.limits)
+        return await self._with_retries(body, exchange, lambda planned: self._chat_once(planned, body, exchange), plan)
+
+    async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
+        target = planned.target
+        if target.provider.endpoints["chat"].stream_only:
+            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens)
+        else:
+            request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
+            raw = await self._exchange_json(planned, request, exchange)
+            completion = completion_from_reply(target, raw, requested_model=body["model"])
+        self._account(exchange, target, with_usage(completion, exchange.estimated_tokens)["usage"])
+        check_structured_output(body, completion)
+        return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.8f}"})
+
+    async def _exchange_json(self, planned: PlannedTarget, request: UpstreamRequest, exchange: Exchange) -> Any:
+        """Send one non-streaming request; the parsed JSON reply, or the classified error."""
+        target = planned.target
+        sent = time.perf_counter()
+        reply = await self.upstream.send(request, timeout=planned.timeout)
+        exchange.outside_seconds += time.perf_counter() - sent
+        if reply.status >= 400:
+            raise error_from_reply(target, reply.status, reply.body, reply.headers)
+        try:
+            return orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
+
+    async def _chat_from_stream(
+        self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+    ) -> dict[str, Any]:
+        """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
+        target = planned.target
+        assembler = MessageAssembler(target.provider.special_tokens)
+        state = StreamState()
+        async with AsyncExitStack() as stack:
+            response = await self._open(stack, planned, body, estimated_tokens)
+            async for deltas in self._reads(target, response, EventReader(target.provider.stream, state)):
+                assembler.add(deltas)
+        out = {
+            "id": state.id,
+            "model": state.model,
+            "choices": [{"message": assembler.message(), "finish_reason": state.raw_finish}],
+        }
+        return normalize_completion(out, target, state.raw_usage or None, body["model"])
+
+    # -- embeddings -----------------------------------------------------------------------------
+    async def embeddings(self, body: dict[str, Any], exchange: Exchange | None = None) -> ChatResult:
+        """An OpenAI embeddings request (already validated) with the same routing and retries."""
+        exchange = exchange or Exchange()
+        return await self._with_retries(body, exchange, lambda planned: self._embed_once(planned, body, exchange))
+
+    async def _embed_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
+        target = planned.target
+        request = await self._signed(target, build_embeddings_request(target, body))
+        result = embeddings_from_reply(target, await self._exchange_json(planned, request, exchange), body)
+        self._account(exchange, target, {"prompt_tokens": result["usage"]["prompt_tokens"], "completion_tokens": 0})
+        return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
+
+    # -- streaming ------------------------------------------------------------------------------
+    async def chat_stream(
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None
+    ) -> StreamResult:
+        """Open an upstream stream and read it up to the first delta before answering, so a
+        failure before the first byte is an ordinary error that can be retried or fall back."""
+        exchange = exchange or Exchange()
+        exchange.stream = True
+        body = body if validated else validate_request(body, self.limits)
+        return await self._with_retries(body, exchange, lambda planned: self._stream_once(planned, body, exchange), plan)
+
+    async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> StreamResult:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stack = AsyncExitStack()
+        sent = time.perf_counter()
+        try:
+            response = await self._open(stack, planned, body, exchange.estimated_tokens)
+            pieces = self._relay(planned.target, response, body["model"], include_usage, exchange)
+            first = await pieces.__anext__()
+            exchange.first_byte = time.perf_counter()
+            exchange.outside_seconds += exchange.first_byte - sent
+        except BaseException:
+            await stack.aclose()
+            raise
+
+        async def body_bytes() -> AsyncIterator[bytes]:
+            try:
+                yield first
+                async for piece in pieces:
+                    yield piece
+            finally:
+                await pieces.aclose()
+                await stack.aclose()
+
+        return StreamResult(body_bytes())
+
+    async def _open(
+        self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+    ) -> Any:
+        target = planned.target
+        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
+        response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
+        if response.status >= 400:
+            payload = await response.read()
+            raise error_from_reply(target, response.status, payload, response.headers)
+        return response
+
+    async def _reads(self, target: Target, response: Any, reader: Any) -> AsyncIterator[Any]:
+        """Upstream bytes -> what the stream's reader makes of each read: lists of neutral deltas,
+        or bytes to forward (`stream.passthrough`). All frames of one upstream read go out
+        together: one client write, not one per frame."""
+        state = reader.state
+        try:
+            async for chunk in iter_chunks(response):
+                try:
+                    batch = reader.feed(chunk)
+                except StreamFailure as failure:
+                    if failure.partial:  # what came before the failure still reaches the client first
+                        yield failure.partial
+                    raise
+                if batch:
+                    yield batch
+                if state.done:
+                    return
+            batch = reader.close()
+            if batch:
+                yield batch
+        except StreamFailure as failure:
+            raise self._stream_error(target, failure) from None
+        ensure_stream_events(target, state)
+
+    @staticmethod
+    def _stream_error(target: Target, failure: StreamFailure) -> GatewayError:
+        if failure.kind is not None:
+            return error_for_kind(failure.kind, f"{target.provider.name} stream error: {failure.message}")
+        return target.provider.classify_error(None, failure.body)
+
+    async def _relay(
+        self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange
+    ) -> AsyncIterator[bytes]:
+        spec = target.provider
+        state = StreamState()
+        reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
+        forwarded = not isinstance(reader, EventReader)
+        writer = ChunkWriter(model=target.model or requested_model, created=int(time.time()),
+                             special_tokens=spec.special_tokens, role_sent=forwarded)
+        sent = False
+        finished = False
+
+        def usage_so_far() -> dict[str, Any]:
+            return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens)
+
+        try:
+            async for batch in self._reads(target, response, reader):
+                piece = batch if forwarded else writer.write(batch, state.id, state.model)
+                if piece:
+                    sent = True
+                    yield piece
+            finished = True
+        except GatewayError as exc:
+            if not sent:
+                raise
+            finished = True
+            self._account(exchange, target, usage_so_far())  # what was generated is still billed
+            exchange.error = exc
+            yield writer.error(exc.to_openai())
+            return
+        finally:
+            if not finished and sent:  # the client went away mid-stream: bill what was generated
+                self._account(exchange, target, usage_so_far())
+        usage = usage_so_far()
+        self._account(exchange, target, usage)
+        usage["cost"] = round(exchange.cost, 8)
+        yield writer.finish(closing_finish_reason(spec, state, forwarded), usage if include_usage else None, state.id, state.model)

@@ -1,0 +1,441 @@
+"""Routes: alias -> candidate deployments, ordered by a strategy, filtered by CEL `when` rules and
+open circuit breakers; plus the retry/fallback policy that applies when an attempt fails.
+
+Strategies: priority (as listed), round-robin, weighted (random, by weight), least-busy (fewest
+in flight), lowest-cost (pricing.d), lowest-latency (moving average of upstream latency).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NotFound
+from ..spec.models import Target, resolve_model
+from .breaker import BreakerBoard
+from .rules import Rule, RuleCompileError, compile_rule
+
+if TYPE_CHECKING:
+    from ..spec.loader import Catalog
+
+__all__ = [
+    "Backoff",
+    "Plan",
+    "Policy",
+    "Route",
+    "Router",
+    "STRATEGIES",
+    "compile_routes",
+    "explain",
+    "request_facts",
+]
+
+STRATEGIES = ("priority", "round-robin", "weighted", "least-busy", "lowest-cost", "lowest-latency")
+
+DEFAULT_RETRY = 'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection"] && attempt <= 3'
+DEFAULT_FALLBACK = (
+    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "response_parsing",'
+    ' "context_window_exceeded", "content_filter", "authentication", "permission", "not_found"]'
+)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: initial * multiplier**(attempt-1), capped, +-jitter."""
+
+    initial: float = 1.0
+    multiplier: float = 2.0
+    max: float = 8.0
+    jitter: float = 0.2
+    max_retry_after: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float | None:
+        """Seconds to wait before retrying after `attempt` failed; None = the wait is too long."""
+        base = min(self.max, self.initial * self.multiplier ** (attempt - 1))
+        base *= 1 + self.jitter * (2 * rng.random() - 1)
+        if retry_after is not None:
+            if retry_after > self.max_retry_after:
+                return None
+            base = max(base, retry_after)
+        return base
+
+
+@dataclass
+class Policy:
+    retry: Rule | None
+    fallback: Rule | None
+    backoff: Backoff
+
+
+@dataclass
+class Candidate:
+    provider: str
+    model: str
+    weight: float = 1.0
+    timeout: float | None = None
+    api_base: str | None = None
+    when: Rule | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+@dataclass
+class Route:
+    name: str
+    strategy: str
+    candidates: list[Candidate]
+    policy: Policy
+    when: Rule | None = None
+    description: str = ""
+    cache: dict[str, Any] | None = None
+
+    @cached_property
+    def has_conditions(self) -> bool:
+        """Whether planning evaluates a `when` rule (the route's or a candidate's)."""
+        return self.when is not None or any(c.when is not None for c in self.candidates)
+
+
+@dataclass
+class PlannedTarget:
+    target: Target
+    timeout: float | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+@dataclass
+class Plan:
+    alias: str
+    route: Route | None
+    targets: list[PlannedTarget]
+    policy: Policy
+    facts: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+#: Characters per token wherever a count is estimated without a tokenizer (prompts here, replies
+#: and embeddings inputs elsewhere).
+CHARS_PER_TOKEN = 4
+
+
+def _estimate_tokens(body: dict[str, Any]) -> int:
+    """A cheap prompt-size estimate (about 4 characters per token), no tokenizer."""
+    chars = 0
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+                elif isinstance(part, dict) and part.get("type") == "image_url":
+                    chars += 85 * CHARS_PER_TOKEN  # a low-detail image costs ~85 tokens
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, dict):
+                chars += len(str(call.get("function", "")))
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        chars += len(str(tools))
+    return chars // CHARS_PER_TOKEN + 1
+
+
+def _tags(body: dict[str, Any]) -> list[str]:
+    raw = body.get("tags")
+    if raw is None and isinstance(body.get("metadata"), dict):
+        raw = body["metadata"].get("tags")
+    if isinstance(raw, str):
+        return [t.strip() for t in raw.split(",") if t.strip()]
+    if isinstance(raw, list):
+        return [str(t) for t in raw][:32]
+    return []
+
+
+def request_facts(body: dict[str, Any]) -> dict[str, Any]:
+    """The projected request facts rules see: scalars and a short list, never message text."""
+    user = body.get("user")
+    return {
+        "model": str(body.get("model") or ""),
+        "n_messages": len(body.get("messages") or []),
+        "n_tools": len(body.get("tools") or []) if isinstance(body.get("tools"), list) else 0,
+        "estimated_tokens": _estimate_tokens(body),
+        "stream": bool(body.get("stream")),
+        "user": user if isinstance(user, str) else "",
+        "tags": _tags(body),
+    }
+
+
+def activation(
+    facts: dict[str, Any],
+    *,
+    attempt: int = 0,
+    target: Target | None = None,
+    error: Any = None,
+) -> dict[str, Any]:
+    """Every declared variable bound, whatever happened so far."""
+    status = getattr(error, "upstream_status", None) or (getattr(error, "status", 0) if error is not None else 0)
+    retry_after = getattr(error, "retry_after", None)
+    return {
+        "request": facts,
+        "attempt": attempt,
+        "deployment": {
+            "provider": target.provider.name if target else "",
+            "model": target.model if target else "",
+            "name": target.name if target else "",
+        },
+        "response": {"status": int(status or 0)},
+        "error": {
+            "kind": getattr(error, "kind", "") if error is not None else "",
+            "status": int(status or 0),
+            "retry_after": float(retry_after or 0.0),
+        },
+    }
+
+
+class RoutesError(ValueError):
+    def __init__(self, pointer: str, message: str) -> None:
+        super().__init__(message)
+        self.pointer = pointer
+        self.message = message
+
+
+def _rule(expression: str | None, pointer: str) -> Rule | None:
+    """Compile on every backend, so a rule that only one of them accepts is refused at load
+    (`validate`); a serving process compiles on the default backend only (`rules.CHECK_PORTABILITY`)."""
+    if expression is None:
+        return None
+    from . import rules
+    from .rules import BACKENDS, DEFAULT_BACKEND
+
+    compiled = {}
+    for backend in BACKENDS if rules.CHECK_PORTABILITY else [DEFAULT_BACKEND]:
+        try:
+            compiled[backend] = compile_rule(expression, backend)
+        except RuleCompileError as exc:
+            label = "" if len(BACKENDS) == 1 else f" ({backend} CEL backend)"
+            raise RoutesError(pointer, f"bad CEL expression{label}: {exc}") from None
+    return compiled[DEFAULT_BACKEND]
+
+
+def _policy(raw: dict[str, Any], base: Policy | None, pointer: str) -> Policy:
+    backoff_raw = raw.get("backoff")
+    backoff = base.backoff if base else Backoff()
+    if backoff_raw:
+        backoff = Backoff(**{**backoff.__dict__, **backoff_raw})
+    retry = _rule(raw["retry"], f"{pointer}/retry") if "retry" in raw else (base.retry if base else _rule(DEFAULT_RETRY, pointer))
+    fallback = (
+        _rule(raw["fallback"], f"{pointer}/fallback")
+        if "fallback" in raw
+        else (base.fallback if base else _rule(DEFAULT_FALLBACK, pointer))
+    )
+    return Policy(retry=retry, fallback=fallback, backoff=backoff)
+
+
+@dataclass
+class RouteTable:
+    routes: dict[str, Route]
+    default_policy: Policy
+    default_strategy: str
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+
+
+def compile_routes(raw: dict[str, Any]) -> RouteTable:
+    """Compile routes.yaml (already schema-valid). Raises RoutesError with a pointer."""
+    defaults = raw.get("defaults") or {}
+    policy = _policy(defaults, None, "/defaults")
+    strategy = defaults.get("strategy", "priority")
+    routes = {}
+    for name, route in (raw.get("aliases") or {}).items():
+        where = f"/aliases/{name}"
+        candidates = [
+            Candidate(
+                provider=c["provider"],
+                model=c["model"],
+                weight=float(c.get("weight", 1.0)),
+                timeout=c.get("timeout"),
+                api_base=c.get("api_base"),
+                when=_rule(c.get("when"), f"{where}/candidates/{i}/when"),
+                rpm=c.get("rpm"),
+                tpm=c.get("tpm"),
+            )
+            for i, c in enumerate(route.get("candidates", []))
+        ]
+        routes[name] = Route(
+            name=name,
+            strategy=route.get("strategy", strategy),
+            candidates=candidates,
+            policy=_policy(route, policy, where),
+            when=_rule(route.get("when"), f"{where}/when"),
+            description=route.get("description", ""),
+            cache=route.get("cache"),
+        )
+    breaker = defaults.get("breaker") or {}
+    return RouteTable(
+        routes, policy, strategy, int(breaker.get("failures", 5)), float(breaker.get("cooldown", 30.0))
+    )
+
+
+class Router:
+    """Plans the deployments for a request and keeps the live facts strategies need."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        table: RouteTable | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        price_of: Callable[[str, str], float | None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.table = table or catalog.route_table or compile_routes(catalog.routes)
+        self.rng = rng or random.Random()
+        self.breakers = BreakerBoard(failures=self.table.breaker_failures, cooldown=self.table.breaker_cooldown, clock=clock)
+        self.in_flight: dict[str, int] = {}
+        self.latency: dict[str, float] = {}
+        self._turn: dict[str, int] = {}
+        self._targets: dict[tuple[str, str, str | None], Target] = {}
+        self.price_of = price_of or self._list_price
+
+    def _target(self, candidate: Candidate) -> Target:
+        """The deployment of a route candidate, resolved once per catalog."""
+        key = (candidate.provider, candidate.model, candidate.api_base)
+        target = self._targets.get(key)
+        if target is None:
+            target = resolve_model(self.catalog, f"{candidate.provider}/{candidate.model}")[0]
+            if candidate.api_base:
+                target = Target(target.provider, target.model, target.info, candidate.api_base)
+            self._targets[key] = target
+        return target
+
+    def rebound(self, catalog: Catalog) -> Router:
+        """A router for a reloaded catalog that keeps this one's live state."""
+        new = Router(catalog, rng=self.rng)
+        new.breakers, new.in_flight, new.latency, new._turn = self.breakers, self.in_flight, self.latency, self._turn
+        return new
+
+    def _list_price(self, provider: str, model: str) -> float | None:
+        from .pricing import price_for
+
+        price = price_for(self.catalog, provider, model)
+        return price.blended if price is not None else None
+
+    # -- live facts -----------------------------------------------------------------------------
+    def started(self, deployment: str) -> None:
+        self.in_flight[deployment] = self.in_flight.get(deployment, 0) + 1
+
+    def finished(self, deployment: str, latency: float | None) -> None:
+        self.in_flight[deployment] = max(0, self.in_flight.get(deployment, 1) - 1)
+        if latency is not None:
+            previous = self.latency.get(deployment)
+            self.latency[deployment] = latency if previous is None else 0.8 * previous + 0.2 * latency
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(self, body: dict[str, Any], *, explain: bool = False) -> Plan:
+        """Deployments to try, in order. Breakers are consulted per attempt, not here."""
+        name = body.get("model") if isinstance(body, dict) else None
+        facts = request_facts(body)
+        route = self.table.routes.get(name) if isinstance(name, str) else None
+        notes: list[str] = []
+        if route is None:
+            targets = resolve_model(self.catalog, name)  # type: ignore[arg-type]
+            planned = [PlannedTarget(t) for t in targets]
+            if explain:
+                self._note_open_breakers(planned, notes)
+            return Plan(str(name), None, planned, self.table.default_policy, facts, notes)
+        act = activation(facts) if route.has_conditions else None  # only rules read it
+        if route.when is not None and not route.when.matches(act):
+            raise NotFound(f"No route of '{route.name}' applies to this request.", param="model")
+        eligible: list[tuple[Candidate, Target]] = []
+        for candidate in route.candidates:
+            spec = self.catalog.providers.get(candidate.provider)
+            if spec is None:
+                continue
+            target = self._target(candidate)
+            if candidate.when is not None:
+                matched = candidate.when.matches(act)
+                if explain:
+                    verdict = "true" if matched else "false, skipped"
+                    notes.append(f"{target.name}: when `{candidate.when.expression}` -> {verdict}")
+                if not matched:
+                    continue
+            eligible.append((candidate, target))
+        if not eligible:
+            raise NotFound(f"No deployment of '{route.name}' applies to this request.", param="model")
+        planned = [PlannedTarget(t, c.timeout, c.rpm, c.tpm) for c, t in self._order(route, eligible)]
+        if explain:
+            self._note_open_breakers(planned, notes)
+        return Plan(route.name, route, planned, route.policy, facts, notes)
+
+    def _note_open_breakers(self, planned: list[PlannedTarget], notes: list[str]) -> None:
+        for item in planned:
+            if self.breakers[item.target.name].snapshot()["state"] == "open":
+                notes.append(f"{item.target.name}: would be skipped, circuit breaker open")
+
+    def _order(self, route: Route, eligible: list[tuple[Candidate, Target]]) -> list[tuple[Candidate, Target]]:
+        strategy = route.strategy
+        if strategy == "round-robin" and eligible:
+            turn = self._turn.get(route.name, 0)
+            self._turn[route.name] = turn + 1
+            start = turn % len(eligible)
+            return eligible[start:] + eligible[:start]
+        if strategy == "weighted":
+            # Weighted random order without replacement (Efraimidis-Spirakis keys).
+            keyed = [(self.rng.random() ** (1.0 / max(c.weight, 1e-9)), i) for i, (c, _) in enumerate(eligible)]
+            return [eligible[i] for _, i in sorted(keyed, reverse=True)]
+        if strategy == "least-busy":
+            return sorted(eligible, key=lambda ct: self.in_flight.get(ct[1].name, 0))
+        if strategy == "lowest-cost":
+            def cost(ct: tuple[Candidate, Target]) -> float:
+                price = self.price_of(ct[1].provider.name, ct[1].model) if self.price_of else None
+                return float("inf") if price is None else price
+
+            return sorted(eligible, key=cost)
+        if strategy == "lowest-latency":
+            # Deployments without a measurement go first, so each gets measured.
+            return sorted(eligible, key=lambda ct: self.latency.get(ct[1].name, -1.0))
+        return eligible
+
+
+def explain(router: Router, body: dict[str, Any]) -> str:
+    """What the router would do with a request, without calling anything (`routes explain`)."""
+    plan = router.plan(body, explain=True)
+    facts = plan.facts
+    lines = [
+        "request: " + " ".join(f"{k}={_show(v)}" for k, v in facts.items()),
+        f"route: {plan.alias}"
+        + (f" (alias, strategy {plan.route.strategy})" if plan.route else " (no alias: resolved directly)"),
+    ]
+    if plan.route is not None and plan.route.when is not None:
+        lines.append(f"alias when `{plan.route.when.expression}` -> true")
+    lines.append("candidates, in order:")
+    for i, item in enumerate(plan.targets, 1):
+        timeout = f" (timeout {item.timeout:g} s)" if item.timeout else ""
+        lines.append(f"  {i}. {item.target.name}{timeout}")
+    if plan.notes:
+        lines.append("rules:")
+        lines.extend(f"  {note}" for note in plan.notes)
+    policy = plan.policy
+    lines.append(f"retry: {policy.retry.expression if policy.retry else 'never'}")
+    lines.append(f"fallback: {policy.fallback.expression if policy.fallback else 'never'}")
+    b = policy.backoff
+    lines.append(
+        f"backoff: {b.initial:g} s x{b.multiplier:g} per attempt, at most {b.max:g} s, jitter {b.jitter:.0%}, "
+        f"retry-after honoured up to {b.max_retry_after:g} s"
+    )
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value) if value != "" else '""'

@@ -1,0 +1,374 @@
+"""Find, parse, validate and compile the spec tree: providers.d/, pricing.d/, routes.yaml.
+
+Every problem is collected (not just the first) as a `SpecError` with file, line and JSON pointer.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from ..errors import SpecError, SpecLoadError
+from .provider import ProviderSpec, SpecCompileError, compile_provider
+from .yamlfile import YamlFile, read_yaml
+
+__all__ = ["Catalog", "default_root", "load_catalog", "schema_dir"]
+
+
+def default_root() -> Path:
+    """The spec tree: $GAUD_SPECS_DIR, else the copy bundled in the package, else the source tree."""
+    configured = os.environ.get("GAUD_SPECS_DIR")
+    if configured:
+        return Path(configured)
+    bundled = Path(__file__).parent.parent / "_bundled"
+    if (bundled / "providers.d").is_dir():
+        return bundled
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def serving_root(settings: Any) -> Path:
+    """The spec tree a server loads: the `specs.dir` setting (or --specs), else `default_root()`."""
+    configured = settings.get("specs.dir")
+    return Path(configured) if configured else default_root()
+
+
+def schema_dir() -> Path:
+    bundled = Path(__file__).parent.parent / "_bundled" / "schemas"
+    return bundled if bundled.is_dir() else Path(__file__).resolve().parent.parent.parent / "schemas"
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str) -> Draft202012Validator:
+    schema = json.loads((schema_dir() / f"{name}.schema.json").read_text())
+    if name != "ingress":
+        return Draft202012Validator(schema)
+    # The ingress schema reuses the provider schema's rules and templates by reference.
+    from referencing import Registry, Resource
+
+    provider = json.loads((schema_dir() / "provider.schema.json").read_text())
+    registry = Registry().with_resource(provider["$id"], Resource.from_contents(provider))
+    return Draft202012Validator(schema, registry=registry)
+
+
+def release_validators() -> None:
+    """Drop the compiled spec-schema validators (a long-running server needs them only to load
+    or reload specs; a reload compiles them again)."""
+    _validator.cache_clear()
+
+
+@dataclass
+class Catalog:
+    """Everything loaded from one spec tree."""
+
+    root: Path
+    providers: dict[str, ProviderSpec] = field(default_factory=dict)
+    #: Client-facing formats (ingress.d/), by file stem: engine.spec.ingress.IngressSpec.
+    ingress: dict[str, Any] = field(default_factory=dict)
+    pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[str, Any] = field(default_factory=dict)
+    route_table: Any = None  # routing.RouteTable, compiled with the CEL rules
+    problems: list[SpecError] = field(default_factory=list)
+    files: dict[str, YamlFile] = field(default_factory=dict)
+    #: Names of spec files that exist but failed to load (cross-references to them are not re-reported).
+    broken: set[str] = field(default_factory=set)
+    #: Price keys whose pricing.d entry is broken (already reported).
+    broken_prices: set[str] = field(default_factory=set)
+    #: True when a pricing.d file could not be read at all: missing prices are then not reported.
+    broken_pricing: bool = False
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise SpecLoadError(self.problems)
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.parent if root.name == "_bundled" else root))
+    except ValueError:
+        return str(path)
+
+
+def _schema_problems(doc: YamlFile, schema: str) -> list[SpecError]:
+    problems = []
+    for error in _validator(schema).iter_errors(doc.data):
+        if error.context:
+            error = best_match(error.context)
+        pointer, message = _describe(error)
+        problems.append(doc.problem(pointer, message))
+    problems.sort(key=lambda p: p.line)
+    return problems
+
+
+def _pointer(path: Any) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+_JSON_TYPES = {
+    "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+    "object": "a mapping", "array": "a list", "null": "null",
+}
+
+
+def _what(value: Any) -> str:
+    """How a YAML value reads to a spec author."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if hasattr(value, "isoformat"):
+        return f"the unquoted date {value.isoformat()}"
+    return repr(value)
+
+
+def _describe(error: ValidationError) -> tuple[str, str]:
+    """A pointer and a message that says what to do, for one schema violation."""
+    pointer = _pointer(error.absolute_path)
+    schema_path = list(error.schema_path)
+    if error.validator == "additionalProperties":
+        extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
+        allowed = list((error.schema.get("properties") or {}).keys())
+        if extra:
+            hint = difflib.get_close_matches(extra[0], allowed, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
+            return f"{pointer}/{_pointer([extra[0]])[1:]}", f"unknown field '{extra[0]}'{suggestion}"
+    if error.validator == "enum":
+        options = [str(v) for v in error.validator_value]
+        hint = difflib.get_close_matches(str(error.instance), options, n=1) if isinstance(error.instance, str) else []
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {', '.join(options)}"
+        key = error.absolute_path[-1] if error.absolute_path else None
+        if isinstance(key, str) and len(schema_path) >= 3 and schema_path[-3] == "properties":
+            return pointer, f"unknown {key} {error.instance!r}{suggestion}"  # a named field: `op`, `framing`
+        return pointer, f"unknown value {error.instance!r}{suggestion}"
+    if error.validator == "required":
+        missing = re.findall(r"^'([^']+)'", error.message)
+        name = missing[0] if missing else error.message
+        return pointer, f"missing required field '{name}'; add it"
+    if error.validator == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        wanted = " or ".join(_JSON_TYPES.get(t, t) for t in expected)
+        message = f"expected {wanted}, got {_what(error.instance)}"
+        if "string" in expected and not isinstance(error.instance, (dict, list)):
+            message += " (quote it)"
+        return pointer, message
+    if error.validator == "pattern":
+        described = error.schema.get("description")
+        fix = f": {described}" if described else ""
+        return pointer, f"{error.instance!r} does not match {error.validator_value}{fix}"
+    return pointer, error.message
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    """Maps merge recursively, anything else is replaced; a null override deletes the key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif key in merged:
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_extends(
+    name: str,
+    docs: Mapping[str, YamlFile],
+    problems: list[SpecError],
+    trail: tuple[str, ...] = (),
+    *,
+    broken: set[str] | frozenset[str] = frozenset(),
+    cycles: set[frozenset[str]] | None = None,
+) -> dict[str, Any] | None:
+    """The spec with its `extends` chain merged in, or None (the problem is appended once).
+
+    A parent that exists but failed to load is not reported again; a cycle is reported once,
+    at the file where it is first found.
+    """
+    doc = docs[name]
+    data = dict(doc.data)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if parent in trail or parent == name:
+        members = (*trail, name)
+        loop = list(members[members.index(parent):])  # the files in the cycle, ending with this one
+        if cycles is None or frozenset(loop) not in cycles:
+            if cycles is not None:
+                cycles.add(frozenset(loop))
+            cycle = " -> ".join([name, *loop[:-1], name])
+            problems.append(doc.problem("/extends", f"extends cycle: {cycle}; remove `extends` from one of them"))
+        return None
+    if parent not in docs:
+        if parent in broken:
+            return None
+        options = difflib.get_close_matches(parent, [*docs, *broken], n=1)
+        hint = f"; did you mean '{options[0]}'?" if options else "; it must name a file in providers.d/ (without .yaml)"
+        problems.append(doc.problem("/extends", f"extends unknown provider '{parent}'{hint}"))
+        return None
+    base = _resolve_extends(parent, docs, problems, (*trail, name), broken=broken, cycles=cycles)
+    if base is None:
+        return None
+    base.pop("models", None)  # a models list is never inherited
+    return _deep_merge(base, data)
+
+
+def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]:
+    docs: dict[str, YamlFile] = {}
+    directory = catalog.root / folder
+    if not directory.is_dir():
+        return docs
+    for path in sorted(directory.glob("*.yaml")):
+        doc, problem = read_yaml(path, _label(path, catalog.root))
+        if problem is not None or doc is None or not isinstance(doc.data, dict):
+            if problem is None:
+                assert doc is not None
+                problem = doc.problem("", "the file must hold a mapping (`key: value` lines)")
+            catalog.problems.append(problem)
+            if schema == "pricing":
+                catalog.broken_pricing = True
+            else:
+                catalog.broken.add(path.stem)
+            continue
+        schema_problems = _schema_problems(doc, schema)
+        catalog.problems.extend(schema_problems)
+        catalog.files[doc.label] = doc
+        if schema_problems and schema == "pricing":
+            _load_valid_prices(catalog, doc, schema_problems)
+        elif schema_problems:
+            catalog.broken.add(path.stem)
+        else:
+            docs[path.stem] = doc
+    return docs
+
+
+def _load_valid_prices(catalog: Catalog, doc: YamlFile, problems: list[SpecError]) -> None:
+    """Keep the sound entries of a pricing file with problems; the unsound ones are only remembered,
+    so a model priced by a broken entry is not also reported as unpriced."""
+    models = doc.data.get("models")
+    if not isinstance(models, dict):
+        catalog.broken_pricing = True
+        return
+    bad = set()
+    for problem in problems:
+        tokens = problem.pointer.split("/")
+        if len(tokens) >= 3 and tokens[1] == "models":
+            bad.add(tokens[2].replace("~1", "/").replace("~0", "~"))
+    for model, price in models.items():
+        if str(model) in bad or not isinstance(price, dict):
+            catalog.broken_prices.add(str(model))
+        else:
+            catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
+
+
+def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
+    """Keep routes.yaml and its compiled table; a bad CEL rule is a problem at its line."""
+    from ..pipeline.routing import RoutesError, compile_routes
+
+    try:
+        catalog.route_table = compile_routes(doc.data)
+    except RoutesError as exc:
+        catalog.problems.append(doc.problem(exc.pointer, exc.message))
+        return
+    catalog.routes = doc.data
+
+
+def _load_ingress(catalog: Catalog) -> None:
+    """ingress.d/: client-facing formats; two specs may not claim one route."""
+    from .ingress import IngressCompileError, compile_ingress
+
+    claimed: dict[str, str] = {}
+    for name, doc in _load_dir(catalog, "ingress.d", "ingress").items():
+        try:
+            spec = compile_ingress(name, doc.label, doc.data)
+        except IngressCompileError as exc:
+            catalog.problems.append(doc.problem(exc.pointer, exc.message))
+            continue
+        for kind, path in spec.routes.items():
+            if path in claimed or path in ("/v1/chat/completions", "/chat/completions"):
+                catalog.problems.append(doc.problem(f"/routes/{kind}", f"route {path} is already served ({claimed.get(path, 'chat')})"))
+            claimed[path] = name
+        catalog.ingress[name] = spec
+
+
+def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Catalog:
+    """Load and compile a spec tree. Problems are collected in `catalog.problems`.
+
+    Example: `catalog = load_catalog(); catalog.raise_for_problems()`.
+    """
+    catalog = Catalog(root=Path(root) if root is not None else default_root())
+    provider_docs = _load_dir(catalog, "providers.d", "provider")
+    cycles: set[frozenset[str]] = set()
+    visiting: set[str] = set()
+
+    def compile_one(name: str) -> None:
+        """Compile a provider after the one it extends, so a broken base is reported once, not per child."""
+        if name in catalog.providers or name in catalog.broken or name in visiting:
+            return
+        visiting.add(name)
+        try:
+            _compile(name)
+        finally:
+            visiting.discard(name)
+
+    def _compile(name: str) -> None:
+        doc = provider_docs[name]
+        parent = doc.data.get("extends")
+        if isinstance(parent, str) and parent in provider_docs:
+            compile_one(parent)
+            if parent in catalog.broken:
+                catalog.broken.add(name)  # the base's problem is already reported
+                return
+        merged = _resolve_extends(name, provider_docs, catalog.problems, broken=catalog.broken, cycles=cycles)
+        if merged is None:
+            catalog.broken.add(name)
+            return
+        try:
+            catalog.providers[name] = compile_provider(name, doc.label, merged, environ)
+        except SpecCompileError as exc:
+            catalog.problems.append(doc.problem(exc.pointer, exc.message))
+            catalog.broken.add(name)
+
+    for name in provider_docs:
+        compile_one(name)
+    catalog.providers = {name: catalog.providers[name] for name in provider_docs if name in catalog.providers}
+    for name, doc in _load_dir(catalog, "pricing.d", "pricing").items():
+        for model, price in (doc.data.get("models") or {}).items():
+            catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
+    routes_path = catalog.root / "routes.yaml"
+    if routes_path.is_file():
+        doc, problem = read_yaml(routes_path, _label(routes_path, catalog.root))
+        if problem is not None:
+            catalog.problems.append(problem)
+        elif doc is not None:
+            catalog.files[doc.label] = doc
+            problems = _schema_problems(doc, "routes") if isinstance(doc.data, dict) else [
+                doc.problem("", "the file must hold a mapping")
+            ]
+            catalog.problems.extend(problems)
+            if not problems:
+                _compile_routes(catalog, doc)
+    _load_ingress(catalog)
+    from .crossref import cross_reference
+
+    catalog.problems.extend(cross_reference(catalog))
+    return catalog

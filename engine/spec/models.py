@@ -1,0 +1,78 @@
+"""Which provider and upstream model serve a requested model name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ..errors import NotFound
+from .provider import ModelInfo, ProviderSpec
+
+if TYPE_CHECKING:
+    from .loader import Catalog
+
+__all__ = ["Target", "resolve_model"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment: a provider and the upstream model id it is asked for."""
+
+    provider: ProviderSpec
+    model: str
+    info: ModelInfo
+    api_base: str | None = None
+
+    @cached_property
+    def name(self) -> str:
+        return f"{self.provider.name}/{self.model}"
+
+
+def _in_provider(spec: ProviderSpec, name: str) -> ModelInfo | None:
+    info = spec.models.get(name)
+    if info is not None:
+        return info
+    for candidate in spec.models.values():
+        if name in candidate.aliases:
+            return candidate
+    return None
+
+
+def resolve_model(catalog: Catalog, name: str) -> list[Target]:
+    """Candidate deployments for a requested model, in route order.
+
+    `provider/model` always resolves (an unlisted model gets no limits). A bare name resolves
+    through routes.yaml's aliases, else when exactly one provider spec lists it.
+    """
+    if not isinstance(name, str) or not name:
+        raise NotFound("model is required", param="model")
+    aliases = catalog.routes.get("aliases") or {}
+    route = aliases.get(name)
+    if route is not None:
+        targets = []
+        for candidate in route.get("candidates", []):
+            spec = catalog.providers.get(candidate["provider"])
+            if spec is None:
+                continue
+            info = _in_provider(spec, candidate["model"]) or ModelInfo(candidate["model"])
+            targets.append(Target(spec, info.id, info, candidate.get("api_base")))
+        if targets:
+            return targets
+    provider_name, slash, model = name.partition("/")
+    if slash and provider_name in catalog.providers:
+        spec = catalog.providers[provider_name]
+        info = _in_provider(spec, model) or ModelInfo(model)
+        return [Target(spec, info.id, info)]
+    found = [(spec, info) for spec in catalog.providers.values() if (info := _in_provider(spec, name)) is not None]
+    if len(found) == 1:
+        spec, info = found[0]
+        return [Target(spec, info.id, info)]
+    if found:
+        options = ", ".join(f"{spec.name}/{info.id}" for spec, info in found)
+        raise NotFound(
+            f"The model '{name}' is served by several providers ({options}); ask for one as provider/model "
+            "or add an alias in routes.yaml.",
+            param="model",
+        )
+    raise NotFound(f"The model '{name}' does not exist or is not served by this gateway.", param="model")

@@ -1,0 +1,443 @@
+"""A provider spec compiled into plain callables: URLs, headers, request/reply mappers, tables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import GatewayError, InvalidRequest, error_for_kind
+from ..mapping import Mapper, compile_condition, compile_first_of, compile_rules
+from ..mapping.templates import Getter, compile_source
+from ..pointer import MISSING, compile_pointer
+
+__all__ = ["EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "compile_provider"]
+
+_JINJA = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+class SpecCompileError(Exception):
+    """A spec that passed the schema but cannot be compiled; `pointer` says where."""
+
+    def __init__(self, pointer: str, message: str) -> None:
+        super().__init__(message)
+        self.pointer = pointer
+        self.message = message
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    secret: bool = False
+    required: bool = False
+    base_url: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    aliases: tuple[str, ...] = ()
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    capabilities: frozenset[str] = frozenset()
+    free: bool = False
+
+    def as_context(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "context_window": self.context_window,
+            "max_output_tokens": self.max_output_tokens,
+            "capabilities": sorted(self.capabilities),
+        }
+
+
+@dataclass
+class Endpoint:
+    path: jinja2.Template
+    stream_path: jinja2.Template | None
+    stream_only: bool = False
+
+
+def _template(source: str, pointer: str) -> jinja2.Template:
+    try:
+        return _JINJA.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise SpecCompileError(pointer, f"Jinja2 template error: {exc.message}") from None
+
+
+class ErrorTable:
+    """Classifies an upstream failure into an error kind: by message regex, then code, then status."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.code_of = compile_first_of(spec.get("code_from", []))
+        self.message_of = compile_first_of(spec.get("message_from", []))
+        self.by_message: list[tuple[re.Pattern[str], str]] = []
+        for i, entry in enumerate(spec.get("by_message", [])):
+            try:
+                self.by_message.append((re.compile(entry["pattern"], re.I), entry["kind"]))
+            except re.error as exc:
+                raise SpecCompileError(f"/errors/by_message/{i}/pattern", f"bad regular expression: {exc}") from None
+        self.by_code: dict[str, str] = {str(k): v for k, v in spec.get("by_code", {}).items()}
+        self.by_status: dict[str, str] = {str(k): v for k, v in spec.get("by_status", {}).items()}
+        self._delay_sources = [_compile_item_source(entry) for entry in spec.get("retry_after_from", [])]
+
+    def retry_after(self, body: Any) -> float | None:
+        """Seconds to wait that the error body asks for (`retry_after_from`), if any."""
+        if body is None:
+            return None
+        for source in self._delay_sources:
+            seconds = parse_duration(source(body, {}))
+            if seconds is not None:
+                return seconds
+        return None
+
+    def kind_of(self, status: int | None, body: Any) -> tuple[str, str]:
+        """(kind, upstream message) for a status and a parsed error body (or None)."""
+        message = self.message_of(body, {}) if body is not None else MISSING
+        code = self.code_of(body, {}) if body is not None else MISSING
+        text = message if isinstance(message, str) else ""
+        for pattern, kind in self.by_message:
+            if text and pattern.search(text):
+                return kind, text
+        if code is not MISSING and str(code) in self.by_code:
+            return self.by_code[str(code)], text
+        if status is not None:
+            for key in (str(status), f"{status // 100}xx"):
+                if key in self.by_status:
+                    return self.by_status[key], text
+        return self.by_status.get("_default", "upstream_5xx"), text
+
+
+def _compile_item_source(entry: Any) -> Getter:
+    """A source string, or `{in, where, from}`: `from` in the first item of the array `in` that
+    matches `where`."""
+    if isinstance(entry, str):
+        return compile_source(entry)
+    items_of = compile_source(entry["in"])
+    where = compile_condition(entry["where"]) if "where" in entry else None
+    value_of = compile_source(entry["from"])
+
+    def found(src: Any, ctx: dict[str, Any]) -> Any:
+        items = items_of(src, ctx)
+        if not isinstance(items, list):
+            return MISSING
+        for item in items:
+            if where is None or where(item, ctx):
+                value = value_of(item, ctx)
+                if value is not MISSING:
+                    return value
+        return MISSING
+
+    return found
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from 21, 1.5, "21s", "1.5s", "500ms" or "2m"; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.match(value)
+    if match is None:
+        return None
+    number, unit = float(match[1]), match[2] or "s"
+    return number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
+
+
+@dataclass
+class EmbeddingMaps:
+    """The compiled `embeddings:` section: OpenAI embeddings request <-> the provider's."""
+
+    request_mapper: Mapper
+    reply_mapper: Mapper
+    usage_from: tuple[str | int, ...]
+    usage_mapper: Mapper
+    token_input: bool = True
+
+
+@dataclass
+class ProviderSpec:
+    """Everything the engine needs about one provider, compiled once at load."""
+
+    name: str
+    file: str
+    description: str
+    base_url: str
+    env: dict[str, EnvVar]
+    headers: dict[str, jinja2.Template]
+    endpoints: dict[str, Endpoint]
+    models: dict[str, ModelInfo]
+    request_mapper: Mapper
+    inline_image_urls: bool
+    rejects: list[tuple[Any, str, str | None]]
+    reply_mapper: Mapper
+    usage_from: tuple[str | int, ...]
+    usage_mapper: Mapper
+    finish_reasons: dict[Any, str]
+    finish_if_tool_calls: bool
+    errors: ErrorTable
+    embeddings: EmbeddingMaps | None
+    models_list: dict[str, Any] | None
+    stream: Any  # streaming.StreamSpec, compiled lazily to keep this module free of stream code
+    special_tokens: tuple[str, ...]
+    raw: dict[str, Any]
+    env_values: dict[str, str] = field(default_factory=dict)
+    _header_cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    _url_cache: dict[tuple[str, str, bool, str], str] = field(default_factory=dict)
+    auth: Any = None  # credentials.AuthSpec: `api.auth`, the credential strategy
+    _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
+
+    # -- credentials and readiness ------------------------------------------------------------
+    def missing_env(self) -> list[str]:
+        """Required environment variables that are not set (empty list = usable)."""
+        return [v.name for v in self.env.values() if v.required and not self.env_values.get(v.name)]
+
+    def secrets(self) -> list[str]:
+        return [self.env_values[v.name] for v in self.env.values() if v.secret and self.env_values.get(v.name)]
+
+    def api_base(self) -> str:
+        for var in self.env.values():
+            if var.base_url and self.env_values.get(var.name):
+                return self.env_values[var.name].rstrip("/")
+        return self.base_url.rstrip("/")
+
+    # -- request building ---------------------------------------------------------------------
+    def url(self, endpoint: str, model: str, stream: bool, api_base: str | None = None) -> str:
+        """The upstream URL; rendered once per (endpoint, model, stream, base), then cached."""
+        key = (endpoint, model, stream, api_base or "")
+        cached = self._url_cache.get(key)
+        if cached is None:
+            cached = self._url_cache[key] = self._render_url(endpoint, model, stream, api_base)
+        return cached
+
+    def _render_url(self, endpoint: str, model: str, stream: bool, api_base: str | None) -> str:
+        ep = self.endpoints[endpoint]
+        template = ep.stream_path if stream and ep.stream_path is not None else ep.path
+        base = (api_base or self.api_base()).rstrip("/")
+        url = base + template.render(model=model, env=self.env_values, api_base=base)
+        query = self.auth.static_query(self.env_values) if self.auth is not None else ""
+        return url + ("&" if "?" in url else "?") + query if query else url
+
+    def headers_for(self, model: str, api_base: str | None = None) -> dict[str, str]:
+        key = (model, api_base or "")
+        cached = self._header_cache.get(key)
+        if cached is None:
+            context = {"model": model, "env": self.env_values, "api_base": api_base or self.api_base()}
+            rendered = {name: t.render(context) for name, t in self.headers.items()}
+            # A header whose value rendered empty, or ends blank ("Bearer " without a key), is not sent.
+            cached = {name: value for name, value in rendered.items() if value.strip() and not value.endswith(" ")}
+            self._header_cache[key] = cached
+        return cached
+
+    def headers_for_token(self, model: str, api_base: str | None = None, token: str | None = None) -> dict[str, str]:
+        """Headers for a request carrying `token` from the credential manager: `api.headers` with
+        `api.auth.headers` (which see `credentials.access_token`) laid over them; with no token,
+        `headers_for()`. Cached per model until the token changes."""
+        if token is None or self.auth is None:
+            return self.headers_for(model, api_base)
+        key = (model, api_base or "")
+        cached = self._token_header_cache.get(key)
+        if cached is None or cached[0] != token:
+            context = {"model": model, "env": self.env_values, "api_base": api_base or self.api_base(),
+                       "credentials": {"access_token": token}}
+            replaced = {name.lower() for name in self.auth.headers}
+            headers = {n: v for n, v in self.headers_for(model, api_base).items() if n.lower() not in replaced}
+            for name, template in self.auth.headers.items():
+                value = template.render(context) if template is not None else ""
+                if value.strip() and not value.endswith(" "):
+                    headers[name] = value
+            cached = (token, headers)
+            self._token_header_cache[key] = cached
+        return cached[1]
+
+    def reject_if_unsupported(self, body: dict[str, Any]) -> None:
+        for when, message, param in self.rejects:
+            if when(body, {}):
+                raise InvalidRequest(message, param=param)
+
+    def finish_reason(self, raw: Any, has_tool_calls: bool) -> str:
+        if has_tool_calls and self.finish_if_tool_calls:
+            return "tool_calls"
+        if raw is MISSING or raw is None:
+            return "tool_calls" if has_tool_calls else "stop"
+        try:
+            reason = self.finish_reasons.get(raw, self.finish_reasons["_default"])
+        except TypeError:
+            reason = self.finish_reasons["_default"]
+        # A forced tool turned into content (structured output) leaves no call to report.
+        return "stop" if reason == "tool_calls" and not has_tool_calls else reason
+
+    def classify_error(self, status: int | None, body: Any, *, retry_after: float | None = None) -> GatewayError:
+        kind, upstream_message = self.errors.kind_of(status, body)
+        detail = self.redact(upstream_message) if upstream_message else f"HTTP {status}"
+        message = f"{self.name} error: {detail}"
+        if retry_after is None:  # a retry-after header wins over a delay in the body
+            retry_after = self.errors.retry_after(body)
+        return error_for_kind(kind, message, retry_after=retry_after, upstream_status=status)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets():
+            if len(secret) >= 6:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def usage_of(self, raw_usage: Any) -> dict[str, Any] | None:
+        if not isinstance(raw_usage, dict):
+            return None
+        return normalize_usage(self.usage_mapper(raw_usage, {}))
+
+
+def normalize_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    usage["prompt_tokens"] = prompt
+    usage["completion_tokens"] = completion
+    if not usage.get("total_tokens"):
+        usage["total_tokens"] = prompt + completion
+    return usage
+
+
+def _models(raw: Mapping[str, Any]) -> dict[str, ModelInfo]:
+    models = {}
+    for model_id, info in (raw or {}).items():
+        info = info or {}
+        models[str(model_id)] = ModelInfo(
+            id=str(model_id),
+            aliases=tuple(info.get("aliases", ())),
+            context_window=info.get("context_window"),
+            max_output_tokens=info.get("max_output_tokens"),
+            capabilities=frozenset(info.get("capabilities", ())),
+            free=bool(info.get("free", False)),
+        )
+    return models
+
+
+def _compiled(pointer: str, rules: list[dict[str, Any]]) -> Mapper:
+    try:
+        return compile_rules(rules)
+    except SpecCompileError:
+        raise
+    except (KeyError, ValueError, TypeError, re.error) as exc:
+        raise SpecCompileError(pointer, f"cannot compile rules: {exc}") from None
+
+
+def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
+    if not section:
+        return None
+    request = section.get("request") or {}
+    response = section.get("response") or {}
+    usage = response.get("usage") or {}
+    return EmbeddingMaps(
+        request_mapper=_compiled("/embeddings/request/map", request.get("map", [{"to": "", "from": ""}])),
+        reply_mapper=_compiled("/embeddings/response/map", response.get("map", [{"to": "", "from": ""}])),
+        usage_from=compile_pointer(usage.get("from", "/usage")),
+        usage_mapper=_compiled("/embeddings/response/usage/map", usage.get("map", [{"to": "", "from": ""}])),
+        token_input=bool(request.get("token_input", True)),
+    )
+
+
+def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
+    """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
+    from ..streaming import compile_stream
+
+    environ = os.environ if environ is None else environ
+    api = spec.get("api") or {}
+    env = {
+        n: EnvVar(n, **{k: v for k, v in (d or {}).items() if k in ("secret", "required", "base_url", "description")})
+        for n, d in (api.get("env") or {}).items()
+        if d is not None
+    }
+    env_values = {n: environ.get(n, "") for n in env}
+    headers = {
+        h: _template(str(t), f"/api/headers/{h}") for h, t in (api.get("headers") or {}).items() if t is not None
+    }
+    auth = None
+    if api.get("auth"):
+        from ..credentials import compile_auth
+
+        auth = compile_auth(name, api["auth"], env)
+        headers.update(auth.static_headers)
+    endpoints = {}
+    for ep_name, ep in (api.get("endpoints") or {}).items():
+        endpoints[ep_name] = Endpoint(
+            path=_template(ep["path"], f"/api/endpoints/{ep_name}/path"),
+            stream_path=_template(ep["stream_path"], f"/api/endpoints/{ep_name}/stream_path")
+            if ep.get("stream_path")
+            else None,
+            stream_only=bool(ep.get("stream_only", False)),
+        )
+    request = spec.get("request") or {}
+    response = spec.get("response") or {}
+    usage = response.get("usage") or {}
+    finish = dict(response.get("finish_reasons") or {"_default": "stop"})
+    rejects = [
+        (compile_condition(r["when"]), r["message"], r.get("param")) for r in request.get("reject", [])
+    ]
+    compiled = ProviderSpec(
+        name=name,
+        file=file,
+        description=spec.get("description", ""),
+        base_url=api.get("base_url", ""),
+        env=env,
+        headers=headers,
+        endpoints=endpoints,
+        models=_models(spec.get("models") or {}),
+        request_mapper=_compiled("/request/map", request.get("map", [])),
+        inline_image_urls=bool(request.get("inline_image_urls", False)),
+        rejects=rejects,
+        reply_mapper=_compiled("/response/map", response.get("map", [])),
+        usage_from=compile_pointer(usage.get("from", "/usage")),
+        usage_mapper=_compiled("/response/usage/map", usage.get("map", [{"to": "", "from": ""}])),
+        finish_reasons=finish,
+        finish_if_tool_calls=bool(response.get("finish_if_tool_calls", False)),
+        errors=ErrorTable(spec.get("errors") or {}),
+        embeddings=_embedding_maps(spec.get("embeddings")),
+        models_list=spec.get("models_list"),
+        stream=None,
+        special_tokens=tuple(spec.get("special_tokens") or ()),
+        raw=spec,
+        env_values=env_values,
+        auth=auth,
+    )
+    if spec.get("stream"):
+        try:
+            compiled.stream = compile_stream(spec["stream"])
+        except SpecCompileError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SpecCompileError("/stream", f"cannot compile stream table: {exc}") from None
+    _smoke_render(compiled)
+    return compiled
+
+
+def _smoke_render(spec: ProviderSpec) -> None:
+    """Render every template once so an undefined name fails at load, not on the first request."""
+    sample_env = {n: spec.env_values.get(n) or "x" for n in spec.env}
+    for name, template in spec.headers.items():
+        try:
+            template.render(model="m", env=sample_env, api_base="http://x")
+        except jinja2.UndefinedError as exc:
+            raise SpecCompileError(f"/api/headers/{name}", f"template names an undeclared value: {exc.message}") from None
+    for ep_name, ep in spec.endpoints.items():
+        for which, template in (("path", ep.path), ("stream_path", ep.stream_path)):
+            if template is None:
+                continue
+            try:
+                template.render(model="m", env=sample_env, api_base="http://x")
+            except jinja2.UndefinedError as exc:
+                raise SpecCompileError(
+                    f"/api/endpoints/{ep_name}/{which}", f"template names an undeclared value: {exc.message}"
+                ) from None
+
