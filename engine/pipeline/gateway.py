@@ -23,6 +23,7 @@ from ..metrics import Metrics
 from ..spec.loader import Catalog
 from ..spec.models import Target
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
+from ..streaming.encoders import EncoderFactory, StreamEncoder
 from .embeddings import build_embeddings_request, embeddings_from_reply
 from .images import ImageFetcher, inline_image_urls
 from .pricing import Price, cost_of, price_for
@@ -84,7 +85,8 @@ class ChatResult:
 
 @dataclass
 class StreamResult:
-    """An upstream stream already open and producing; `body` yields OpenAI SSE bytes."""
+    """An upstream stream already open and producing; `body` yields the client's bytes (OpenAI SSE,
+    or what the request's stream encoder writes)."""
 
     body: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
@@ -351,22 +353,30 @@ class Gateway:
 
     # -- streaming ------------------------------------------------------------------------------
     async def chat_stream(
-        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None,
+        encoder: EncoderFactory | None = None,
     ) -> StreamResult:
         """Open an upstream stream and read it up to the first delta before answering, so a
-        failure before the first byte is an ordinary error that can be retried or fall back."""
+        failure before the first byte is an ordinary error that can be retried or fall back.
+
+        `encoder` writes a client format's stream (`IngressSpec.stream_encoder`) from the canonical
+        deltas, one encoder per attempt; None writes OpenAI chunks (`ChunkWriter`), forwarding the
+        frames of a `stream.passthrough` upstream as they come."""
         exchange = exchange or Exchange()
         exchange.stream = True
         body = body if validated else validate_request(body, self.limits)
-        return await self._with_retries(body, exchange, lambda planned: self._stream_once(planned, body, exchange), plan)
+        return await self._with_retries(
+            body, exchange, lambda planned: self._stream_once(planned, body, exchange, encoder), plan)
 
-    async def _stream_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> StreamResult:
+    async def _stream_once(
+        self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange, encoder: EncoderFactory | None = None
+    ) -> StreamResult:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
             response = await self._open(stack, planned, body, exchange.estimated_tokens)
-            pieces = self._relay(planned.target, response, body["model"], include_usage, exchange)
+            pieces = self._relay(planned.target, response, body["model"], include_usage, exchange, encoder)
             first = await pieces.__anext__()
             exchange.first_byte = time.perf_counter()
             exchange.outside_seconds += exchange.first_byte - sent
@@ -427,14 +437,23 @@ class Gateway:
         return target.provider.classify_error(None, failure.body)
 
     async def _relay(
-        self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange
+        self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange,
+        encoder: EncoderFactory | None = None,
     ) -> AsyncIterator[bytes]:
+        """Upstream stream -> client bytes. Frames are forwarded as they come only to an OpenAI
+        client (`encoder` None) of a `stream.passthrough` upstream; otherwise every frame is read
+        into deltas for the encoder."""
         spec = target.provider
         state = StreamState()
-        reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
-        forwarded = not isinstance(reader, EventReader)
-        writer = ChunkWriter(model=target.model or requested_model, created=int(time.time()),
-                             special_tokens=spec.special_tokens, role_sent=forwarded)
+        model, created = target.model or requested_model, int(time.time())
+        writer: StreamEncoder
+        if encoder is None:
+            reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
+            forwarded = not isinstance(reader, EventReader)
+            writer = ChunkWriter(model=model, created=created, special_tokens=spec.special_tokens, role_sent=forwarded)
+        else:
+            reader, forwarded = EventReader(spec.stream, state), False
+            writer = encoder(model=model, created=created, special_tokens=spec.special_tokens)
         sent = False
         finished = False
 
@@ -454,7 +473,7 @@ class Gateway:
             finished = True
             self._account(exchange, target, usage_so_far())  # what was generated is still billed
             exchange.error = exc
-            yield writer.error(exc.to_openai())
+            yield writer.error(exc)
             return
         finally:
             if not finished and sent:  # the client went away mid-stream: bill what was generated

@@ -2,21 +2,23 @@
 canonical OpenAI chat shape with the same rules, ops and templates provider specs use.
 
 An ingress spec names its routes, maps a client request to a canonical chat request, maps a
-canonical completion (or stream, see streaming/blocks.py) back, and renders gateway errors in the
-client's envelope. Everything after the request mapping is the canonical pipeline, unchanged.
+canonical completion (or, as a stream encoder, canonical stream deltas: streaming/blocks.py) back,
+and renders gateway errors in the client's envelope (in a stream too). Everything after the request
+mapping is the canonical pipeline, unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..errors import GatewayError, InvalidRequest
 from ..mapping import compile_condition, compile_rules, compile_template
 from ..pointer import MISSING
+from ..streaming.blocks import BlockStreamWriter, compile_block_stream
+from ..streaming.encoders import EncoderFactory
 
-__all__ = ["IngressSpec", "IngressCompileError", "compile_ingress"]
+__all__ = ["IngressCompileError", "IngressSpec", "compile_ingress"]
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str, "array": list, "object": dict, "integer": int, "number": (int, float), "boolean": bool,
@@ -28,13 +30,6 @@ class IngressCompileError(Exception):
         super().__init__(message)
         self.pointer = pointer
         self.message = message
-
-
-@dataclass
-class StreamEvent:
-    event: str | None
-    render: Any
-    when: Any = None
 
 
 class IngressSpec:
@@ -59,7 +54,7 @@ class IngressSpec:
         self._envelope = compile_template(errors["envelope"])
         self.error_types: dict[str, str] = dict(errors.get("types", {}))
         self.error_status: dict[str, int] = {k: int(v) for k, v in errors.get("status", {}).items()}
-        self.stream = _compile_stream(data["stream"]) if "stream" in data else None
+        self.stream = compile_block_stream(data["stream"]) if "stream" in data else None
 
     # -- requests -------------------------------------------------------------------------------
     def _check(self, body: dict[str, Any], required: dict[str, str]) -> None:
@@ -109,86 +104,11 @@ class IngressSpec:
                                      "param": exc.param})
         return self.error_status.get(exc.kind, exc.status), body
 
-    def error_from_openai(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """An OpenAI error body (what the canonical stream reports mid-stream) in the client envelope."""
-        error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-        kind = _KIND_OF_TYPE.get(str(error.get("type")), "_default")
-        if error.get("code") in self.error_types:
-            kind = str(error["code"])
-        client_type = self.error_types.get(kind, self.error_types.get("_default", "api_error"))
-        return self._envelope(None, {"type": client_type, "message": str(error.get("message") or "error")})
-
-    def stream_events(
-        self, pieces: AsyncIterator[bytes], estimated_tokens: int | None, request: dict[str, Any] | None = None
-    ) -> AsyncIterator[bytes]:
-        from ..streaming.blocks import BlockStreamWriter
-
+    def stream_encoder(self, estimated_tokens: int | None, request: dict[str, Any] | None = None) -> EncoderFactory:
+        """What writes this format's stream for one client request: the gateway makes one encoder
+        per attempt (`Gateway.chat_stream(..., encoder=...)`) and feeds it canonical deltas."""
         assert self.stream is not None  # a spec without `stream` refuses stream requests (`request.refuse`)
-        return BlockStreamWriter(self, estimated_tokens, request).run(pieces)
-
-
-#: OpenAI error `type` -> the gateway error kind (for errors that arrive as a body, mid-stream).
-_KIND_OF_TYPE = {
-    "invalid_request_error": "invalid_request",
-    "authentication_error": "authentication",
-    "permission_error": "permission",
-    "rate_limit_error": "rate_limit",
-    "insufficient_quota": "budget_exceeded",
-    "timeout_error": "timeout",
-}
-
-
-@dataclass
-class BlockSpec:
-    start: list[Any]
-    delta: list[Any]
-    stop: list[Any]
-    finish: StreamEvent | None
-
-
-@dataclass
-class StreamSpec:
-    event_line: bool
-    start: list[StreamEvent]
-    blocks: dict[str, BlockSpec]
-    end: list[StreamEvent]
-    error: StreamEvent
-    block_event: Any
-    carry_sep: str | None
-    to_reasoning: frozenset[str]
-
-
-def _event(spec: dict[str, Any]) -> StreamEvent:
-    return StreamEvent(spec.get("event"), compile_template(spec["data"]),
-                       compile_condition(spec["when"]) if "when" in spec else None)
-
-
-def _templates(spec: Any) -> list[Any]:
-    """One payload template, or a list of them (one event each: a payload is never a JSON list)."""
-    return [compile_template(t) for t in spec] if isinstance(spec, list) else [compile_template(spec)]
-
-
-def _compile_stream(spec: dict[str, Any]) -> StreamSpec:
-    from ..pointer import compile_pointer
-
-    blocks = {}
-    for kind, block in spec["blocks"].items():
-        finish = block.get("finish")
-        blocks[kind] = BlockSpec(
-            _templates(block["start"]), _templates(block["delta"]), _templates(block["stop"]),
-            _event(finish) if finish else None,
-        )
-    carry = spec.get("carry", {})
-    return StreamSpec(
-        event_line=bool(spec.get("framing", {}).get("event_line", True)),
-        start=[_event(e) for e in spec.get("start", [])],
-        blocks=blocks,
-        end=[_event(e) for e in spec.get("end", [])],
-        error=_event(spec["error"]),
-        block_event=compile_pointer(spec.get("block_event_from", "/type")),
-        carry_sep=carry.get("sep"),
-        to_reasoning=frozenset(carry.get("to_reasoning", ())),
-    )
+        return partial(BlockStreamWriter, self.stream, self, estimated_tokens, request)
 
 
 def compile_ingress(name: str, label: str, data: dict[str, Any]) -> IngressSpec:

@@ -1,5 +1,6 @@
-"""The block stream writer: canonical OpenAI chunks -> a client's stream of named events, as an
-ingress spec's `stream` section describes them.
+"""The block stream writer: the stream encoder (encoders.py) of a client format, fed the gateway's
+canonical deltas and writing the client's stream of named events, as an ingress spec's `stream`
+section describes them (`compile_block_stream` compiles that section).
 
 A client stream is modelled as: start events, then content blocks (reasoning, text, one per tool
 call), each opened, fed deltas and closed in order, then end events carrying the stop reason and
@@ -7,30 +8,113 @@ usage. Every payload is a template from the spec. Context: `@seq` (the event's s
 `@request` (the client's request), `@estimated_tokens`, `@id`, `@model`, `@created`; in blocks
 `@index`, `@text` (the delta), `@accumulated` (the block's text so far), `@id`, `@name`,
 `@carry/...`; at the end `@stop_reason`, `@reply` (the whole client reply, the spec's own
-`response.map` run on the assembled canonical completion) and `@usage` (its usage).
+`response.map` run on the assembled canonical completion) and `@usage` (its usage); in the error
+event `@error` (the gateway error in the client's envelope, as a non-stream error reply has it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
+from ..errors import GatewayError
+from ..mapping import compile_condition, compile_template
 from ..mapping.client import split_carry
-from ..pointer import MISSING, get
+from ..pointer import MISSING, compile_pointer, get
+from .encoders import stream_identity
+from .events import Delta
+from .tokens import TokenFilter
 
-if TYPE_CHECKING:
-    from ..spec.ingress import IngressSpec, StreamEvent
-
-__all__ = ["BlockStreamWriter"]
+__all__ = ["BlockSpec", "BlockStreamSpec", "BlockStreamWriter", "ClientReplies", "StreamEvent", "compile_block_stream"]
 
 
+# -- the compiled `stream` section ----------------------------------------------------------------
+@dataclass
+class StreamEvent:
+    event: str | None
+    render: Any
+    when: Any = None
+
+
+@dataclass
+class BlockSpec:
+    start: list[Any]
+    delta: list[Any]
+    stop: list[Any]
+    finish: StreamEvent | None
+
+
+@dataclass
+class BlockStreamSpec:
+    event_line: bool
+    start: list[StreamEvent]
+    blocks: dict[str, BlockSpec]
+    end: list[StreamEvent]
+    error: StreamEvent
+    block_event: Any
+    carry_sep: str | None
+    to_reasoning: frozenset[str]
+
+
+def _event(spec: dict[str, Any]) -> StreamEvent:
+    return StreamEvent(spec.get("event"), compile_template(spec["data"]),
+                       compile_condition(spec["when"]) if "when" in spec else None)
+
+
+def _templates(spec: Any) -> list[Any]:
+    """One payload template, or a list of them (one event each: a payload is never a JSON list)."""
+    return [compile_template(t) for t in spec] if isinstance(spec, list) else [compile_template(spec)]
+
+
+def compile_block_stream(spec: dict[str, Any]) -> BlockStreamSpec:
+    """An ingress spec's `stream` section, compiled once at load."""
+    blocks = {}
+    for kind, block in spec["blocks"].items():
+        finish = block.get("finish")
+        blocks[kind] = BlockSpec(
+            _templates(block["start"]), _templates(block["delta"]), _templates(block["stop"]),
+            _event(finish) if finish else None,
+        )
+    carry = spec.get("carry", {})
+    return BlockStreamSpec(
+        event_line=bool(spec.get("framing", {}).get("event_line", True)),
+        start=[_event(e) for e in spec.get("start", [])],
+        blocks=blocks,
+        end=[_event(e) for e in spec.get("end", [])],
+        error=_event(spec["error"]),
+        block_event=compile_pointer(spec.get("block_event_from", "/type")),
+        carry_sep=carry.get("sep"),
+        to_reasoning=frozenset(carry.get("to_reasoning", ())),
+    )
+
+
+class ClientReplies(Protocol):
+    """What the writer needs of a client format besides its stream section (an `IngressSpec`)."""
+
+    def from_canonical(self, completion: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]: ...
+
+    def stop_reason(self, finish_reason: Any) -> Any: ...
+
+    def error_body(self, exc: GatewayError) -> tuple[int, dict[str, Any]]: ...
+
+
+# -- the writer -------------------------------------------------------------------------------------
 class BlockStreamWriter:
-    def __init__(self, spec: IngressSpec, estimated_tokens: int | None, request: dict[str, Any] | None = None) -> None:
-        self.spec = spec
-        assert spec.stream is not None
-        self.stream = spec.stream
+    """One client stream. A `StreamEncoder`; `functools.partial(BlockStreamWriter, stream, replies,
+    estimated_tokens, request)` is its `EncoderFactory` (`IngressSpec.stream_encoder`)."""
+
+    def __init__(
+        self, stream: BlockStreamSpec, replies: ClientReplies, estimated_tokens: int | None,
+        request: dict[str, Any] | None = None, *, model: str, created: int, special_tokens: tuple[str, ...] = (),
+    ) -> None:
+        self.stream = stream
+        self.replies = replies
+        self.id: str | None = None  # taken from the upstream when it names one (as ChunkWriter does)
+        self.model = model
+        self.created = created
+        self._filter = TokenFilter(special_tokens) if special_tokens else None
         self.ctx: dict[str, Any] = {"estimated_tokens": estimated_tokens or 0, "request": request or {}, "seq": 0}
         self.started = False
         self.index = -1
@@ -42,6 +126,54 @@ class BlockStreamWriter:
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.calls: list[dict[str, Any]] = []
+
+    # -- the encoder --------------------------------------------------------------------------------
+    def write(self, deltas: list[Delta], upstream_id: str | None = None, upstream_model: str | None = None) -> bytes:
+        if self.id is None:
+            self.id, self.model = stream_identity(upstream_id, upstream_model, self.model)
+        out: list[bytes] = []
+        for delta in deltas:
+            kind = delta[0]
+            if kind == "text":
+                text = self._filter.feed(delta[1]) if self._filter else delta[1]
+                if text:
+                    self._text(text, out)
+            elif kind == "reasoning":
+                self._reasoning(delta[1], out)
+            elif kind == "tool_start":
+                _, index, call_id, name = delta
+                self._tool_start(index, call_id, name, out)
+            elif kind == "tool_args":
+                _, index, fragment = delta
+                self._tool_args(index, fragment, out)
+        return b"".join(out)
+
+    def finish(
+        self, finish_reason: str | None, usage: dict[str, Any] | None,
+        upstream_id: str | None = None, upstream_model: str | None = None,
+    ) -> bytes:
+        if self.id is None:
+            self.id, self.model = stream_identity(upstream_id, upstream_model, self.model)
+        out: list[bytes] = []
+        held = self._filter.flush() if self._filter else ""
+        if held:
+            self._text(held, out)
+        if finish_reason is not None:
+            self._begin(out)
+            self.finish_reason = finish_reason or self.finish_reason
+        if usage is not None:
+            self._begin(out)
+            self.usage = usage or self.usage
+        if self.started:
+            self._end(out)
+        return b"".join(out)
+
+    def error(self, exc: GatewayError) -> bytes:
+        out: list[bytes] = []
+        self._close(out)
+        self._emit(self.stream.error, {**self.ctx, "error": self.replies.error_body(exc)[1]}, out)
+        self.started = False  # no end events after an error
+        return b"".join(out)
 
     # -- framing --------------------------------------------------------------------------------
     def _frame(self, event: str | None, payload: Any) -> bytes:
@@ -71,6 +203,19 @@ class BlockStreamWriter:
             self._render(template, self.block_ctx, None, out)
 
     # -- blocks ---------------------------------------------------------------------------------
+    def _begin(self, out: list[bytes]) -> None:
+        """The start events, before the first thing the stream says (content or its end)."""
+        if self.started:
+            return
+        self.started = True
+        self.ctx.update(id=self.id, model=self.model, created=self.created)
+        # The reply as it stands before any content (no finish reason yet), for `@reply` at the start.
+        self.ctx["reply"] = self.replies.from_canonical(
+            {"id": self.id, "model": self.model, "created": self.created,
+             "choices": [{"index": 0, "message": {}, "finish_reason": None}]}, self.ctx["request"])
+        for event in self.stream.start:
+            self._emit(event, self.ctx, out)
+
     def _close(self, out: list[bytes], carry: dict[str, Any] | None = None) -> None:
         if self.open is None:
             return
@@ -96,44 +241,33 @@ class BlockStreamWriter:
             self.block_ctx["accumulated"] += text
             self._block(self.stream.blocks[kind].delta, out)
 
-    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
-        if not self.started:
-            self.started = True
-            self.ctx.update(id=chunk.get("id"), model=chunk.get("model"), created=chunk.get("created"))
-            # The reply as it stands before any content (no finish reason yet), for `@reply` at the start.
-            self.ctx["reply"] = self.spec.from_canonical(
-                {"id": chunk.get("id"), "model": chunk.get("model"), "created": chunk.get("created"),
-                 "choices": [{"index": 0, "message": {}, "finish_reason": None}]}, self.ctx["request"])
-            for event in self.stream.start:
-                self._emit(event, self.ctx, out)
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content")
-            if isinstance(reasoning, str) and reasoning:
-                self.reasoning.append(reasoning)
-                self._delta("reasoning", None, {"text": reasoning}, out)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                self.text.append(content)
-                self._delta("text", None, {"text": content}, out)
-            for call in delta.get("tool_calls") or ():
-                fn = call.get("function") or {}
-                key = call.get("index", 0)
-                if self.open != ("tool_call", key) and call.get("id"):
-                    self.calls.append({"id": call["id"], "type": "function",
-                                       "function": {"name": fn.get("name"), "arguments": ""}})
-                    call_id, taken = split_carry(str(call["id"]), self.stream.carry_sep, self.stream.to_reasoning)
-                    self._close(out, taken)
-                    self._delta("tool_call", key, {"id": call_id, "name": fn.get("name"), "carry": taken}, out)
-                args = fn.get("arguments")
-                if isinstance(args, str) and args:
-                    if self.calls:
-                        self.calls[-1]["function"]["arguments"] += args
-                    self._delta("tool_call", key, {"text": args}, out)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+    def _text(self, text: str, out: list[bytes]) -> None:
+        self._begin(out)
+        self.text.append(text)
+        self._delta("text", None, {"text": text}, out)
+
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        self._begin(out)
+        if text:
+            self.reasoning.append(text)
+            self._delta("reasoning", None, {"text": text}, out)
+
+    def _tool_start(self, index: int, call_id: str, name: str, out: list[bytes]) -> None:
+        """A new tool call: its block opens (fields carried in its id go to the block before it)."""
+        self._begin(out)
+        if self.open == ("tool_call", index) or not call_id:
+            return
+        self.calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": ""}})
+        call_id, taken = split_carry(call_id, self.stream.carry_sep, self.stream.to_reasoning)
+        self._close(out, taken)
+        self._delta("tool_call", index, {"id": call_id, "name": name, "carry": taken}, out)
+
+    def _tool_args(self, index: int, fragment: str, out: list[bytes]) -> None:
+        self._begin(out)
+        if fragment:
+            if self.calls:
+                self.calls[-1]["function"]["arguments"] += fragment
+            self._delta("tool_call", index, {"text": fragment}, out)
 
     def _end(self, out: list[bytes]) -> None:
         self._close(out)
@@ -147,37 +281,8 @@ class BlockStreamWriter:
             "model": self.ctx.get("model"), "usage": self.usage or {},
             "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason or "stop"}],
         }
-        reply = self.spec.from_canonical(completion, self.ctx["request"])
-        ctx = {**self.ctx, "stop_reason": self.spec.stop_reason(self.finish_reason or "stop"), "reply": reply,
+        reply = self.replies.from_canonical(completion, self.ctx["request"])
+        ctx = {**self.ctx, "stop_reason": self.replies.stop_reason(self.finish_reason or "stop"), "reply": reply,
                "usage": reply.get("usage", {}) if isinstance(reply, dict) else {}}
         for event in self.stream.end:
             self._emit(event, ctx, out)
-
-    async def run(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Consume the gateway's OpenAI SSE bytes; yield the client's events."""
-        buffer = b""
-        try:
-            async for piece in pieces:
-                buffer += piece
-                out: list[bytes] = []
-                while b"\n\n" in buffer:
-                    frame, buffer = buffer.split(b"\n\n", 1)
-                    if not frame.startswith(b"data: "):
-                        continue
-                    data = frame[6:]
-                    if data == b"[DONE]":
-                        if self.started:
-                            self._end(out)
-                        continue
-                    payload = orjson.loads(data)
-                    if "error" in payload and "choices" not in payload:
-                        self._close(out)
-                        ctx = {**self.ctx, "error": self.spec.error_from_openai(payload)}
-                        self._emit(self.stream.error, ctx, out)
-                        self.started = False  # no end events after an error
-                        continue
-                    self._chunk(payload, out)
-                if out:
-                    yield b"".join(out)
-        finally:
-            await pieces.aclose()  # type: ignore[attr-defined]

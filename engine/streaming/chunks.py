@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
 
+from ..errors import GatewayError
+from .encoders import stream_identity
 from .events import Delta
 from .tokens import TokenFilter
 
@@ -21,7 +22,8 @@ DONE = b"data: [DONE]\n\n"
 
 
 class ChunkWriter:
-    """Writes OpenAI chunks for one choice; the first delta carries `role: assistant`."""
+    """Writes OpenAI chunks for one choice; the first delta carries `role: assistant`. The
+    OpenAI stream encoder (encoders.py): the class itself is its `EncoderFactory`."""
 
     def __init__(
         self, *, model: str, created: int, special_tokens: tuple[str, ...] = (), role_sent: bool = False
@@ -48,8 +50,7 @@ class ChunkWriter:
 
     def write(self, deltas: list[Delta], upstream_id: str | None = None, upstream_model: str | None = None) -> bytes:
         if self.id is None:
-            self.id = upstream_id or f"chatcmpl-{uuid.uuid4().hex}"
-            self.model = upstream_model or self.model
+            self.id, self.model = stream_identity(upstream_id, upstream_model, self.model)
         parts = []
         for delta in deltas:
             kind = delta[0]
@@ -75,8 +76,7 @@ class ChunkWriter:
         """The last content chunk (held-back text, finish reason; none when `finish_reason` is
         None: a forwarded upstream chunk had it), then the usage chunk if asked, then `[DONE]`."""
         if self.id is None:
-            self.id = upstream_id or f"chatcmpl-{uuid.uuid4().hex}"
-            self.model = upstream_model or self.model
+            self.id, self.model = stream_identity(upstream_id, upstream_model, self.model)
         out = []
         held = self._filter.flush() if self._filter else ""
         if held:
@@ -99,8 +99,8 @@ class ChunkWriter:
         out.append(DONE)
         return b"".join(out)
 
-    def error(self, body: dict[str, Any]) -> bytes:
-        return sse(body) + DONE
+    def error(self, exc: GatewayError) -> bytes:
+        return sse(exc.to_openai()) + DONE
 
 
 class MessageAssembler:

@@ -442,10 +442,10 @@ def create_app(
                 reply_headers["x-gaud-budget-warning"] = warning
                 log.warning("budget warning for user %s: %s", principal.user_name, warning)
             if exchange.stream:
-                result = await gateway.chat_stream(body, exchange, validated=True, plan=plan)
+                encoder = None if ingress is None else ingress.stream_encoder(plan.facts["estimated_tokens"], raw)
+                result = await gateway.chat_stream(body, exchange, validated=True, plan=plan, encoder=encoder)
                 reply_headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
-                events = result.body if ingress is None else ingress.stream_events(result.body, exchange.estimated_tokens, raw)
-                if not await out.stream(events, receive, {**reply_headers, **result.headers}):
+                if not await out.stream(result.body, receive, {**reply_headers, **result.headers}):
                     status = 499  # the client went away; the upstream request was cancelled
                 return
             chat = await gateway.chat(body, exchange, validated=True, plan=plan)
