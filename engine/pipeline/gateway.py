@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -439,7 +439,7 @@ class Gateway:
     async def _relay(
         self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange,
         encoder: EncoderFactory | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Upstream stream -> client bytes. Frames are forwarded as they come only to an OpenAI
         client (`encoder` None) of a `stream.passthrough` upstream; otherwise every frame is read
         into deltas for the encoder."""
