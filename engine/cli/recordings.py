@@ -257,7 +257,7 @@ def _chunks(
     except GatewayError as exc:
         if not pieces:
             raise  # before the first byte: an ordinary error reply
-        pieces.append(writer.error(exc))
+        pieces.append(writer.error(exc.to_openai()))
     else:
         usage = stream_usage(spec, state.raw_usage, reader.output_chars, prompt_estimate)
         finish = closing_finish_reason(spec, state, forwarded)

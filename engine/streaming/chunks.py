@@ -99,8 +99,9 @@ class ChunkWriter:
         out.append(DONE)
         return b"".join(out)
 
-    def error(self, exc: GatewayError) -> bytes:
-        return sse(exc.to_openai()) + DONE
+    def error(self, exc: GatewayError | dict[str, Any]) -> bytes:
+        """The error event (the error's OpenAI body, or that body itself), then `[DONE]`."""
+        return sse(exc.to_openai() if isinstance(exc, GatewayError) else exc) + DONE
 
 
 class MessageAssembler:
