@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 
-import harness as h  # noqa: E402
+import harness as h
 
 SCENARIOS = ("openai_nonstream", "openai_stream", "anthropic_nonstream", "anthropic_stream")
 TARGET_ORDER = ("direct", "reference", "gaud", "litellm")
@@ -213,8 +213,8 @@ def summarize(rows: list[dict[str, Any]], targets: list[str], scenarios: list[st
         return med(vals)
 
     lines = [
-        "| scenario | target | RPS | RPS spread | CPU µs/req | p50 ms | p99 ms | added p50 ms (c=1) | ×LiteLLM | ×reference "
-        "| TTFB p50 ms | added TTFB ms | RSS idle/peak MiB | start-up s | errors |",
+        ("| scenario | target | RPS | RPS spread | CPU µs/req | p50 ms | p99 ms | added p50 ms (c=1) | ×LiteLLM | ×reference "
+         "| TTFB p50 ms | added TTFB ms | RSS idle/peak MiB | start-up s | errors |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in scenarios:
@@ -263,8 +263,8 @@ def record(path: Path, table: str, args: argparse.Namespace, meta: dict[str, str
         "",
         f"- machine: {meta['machine']}; load average before/after: {meta['load_before']} / {meta['load_after']}",
         f"- {meta['cpu']}",
-        f"- run: targets {', '.join(args.targets)}; rounds={args.rounds} DUR={args.dur}s LAT_DUR={args.lat_dur}s "
-        f"CONC={args.conc} TTFB_N={args.ttfb_n}; one worker each; wall time {meta['wall']}",
+        (f"- run: targets {', '.join(args.targets)}; rounds={args.rounds} DUR={args.dur}s LAT_DUR={args.lat_dur}s "
+         f"CONC={args.conc} TTFB_N={args.ttfb_n}; one worker each; wall time {meta['wall']}"),
     ]
     if args.note:
         entry.append(f"- note: {args.note}")

@@ -77,10 +77,11 @@ def upstream_events(anthropic: bool) -> list[bytes]:
                   '"model":"claude-sonnet-4-20250514","content":[],"stop_reason":null,"stop_sequence":null,'
                   '"usage":{"input_tokens":12,"output_tokens":1}}}'),
                ev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}')]
-        out += [ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"tok%d "}}' % i)
+        # %-formatting: the templates are JSON, whose braces an f-string would have to double.
+        out += [ev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"tok%d "}}' % i)  # noqa: UP031
                 for i in range(N_CHUNKS)]
         out += [ev("content_block_stop", '{"type":"content_block_stop","index":0}'),
-                ev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+                ev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'  # noqa: UP031
                    '"usage":{"output_tokens":%d}}' % N_CHUNKS),
                 ev("message_stop", '{"type":"message_stop"}')]
         return out
@@ -272,10 +273,12 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         try:
             value = fn()
         except Exception as exc:
-            raise StageFailed(f"stage '{stage}' ({model}) failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
+            raise StageFailed(f"stage '{stage}' ({model}) failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from exc
         results.setdefault(stage, {})[model] = value
 
-    for model in ROUTES:
+    # One function per route, not a loop body: the closures handed to put() run at once, and each
+    # sees its own route's values.
+    def measure_stages(model: str) -> None:
         raw_request = request_body(model, stream=False)
         body = orjson.loads(raw_request)
         plan = gateway.router.plan(body)
@@ -347,6 +350,9 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         put("  per upstream event", model, lambda: results["stream frames"][model] / len(events))  # type: ignore[operator]
         put("  framing only", model, lambda: timer.per_op(frames_only, lambda: None))
 
+    for model in ROUTES:
+        measure_stages(model)
+
     # -- totals: the same requests through Gateway and through the ASGI app
     nonstage = {"sum of non-stream stages": ("parse request", "validate", "route plan", "map request", "serialize upstream body",
                                              "parse reply", "map reply", "pricing", "serialize reply")}
@@ -365,8 +371,9 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
             client = AsgiClient(app)
             loop.run_until_complete(client.start())
         except Exception as exc:
-            raise StageFailed(f"total 'ASGI app' failed to start: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
-        for model in ROUTES:
+            raise StageFailed(f"total 'ASGI app' failed to start: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from exc
+
+        def measure_totals(model: str) -> None:
             body_ns, body_s = request_body(model, False), request_body(model, True)
 
             async def chat() -> None:
@@ -387,6 +394,9 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
             put("ASGI app, non-stream", model, lambda: timer.per_op_async(loop, asgi))
             put("Gateway.chat_stream + drain", model, lambda: timer.per_op_async(loop, chat_stream))
             put("ASGI app, stream", model, lambda: timer.per_op_async(loop, asgi_stream))
+
+        for model in ROUTES:
+            measure_totals(model)
         loop.run_until_complete(client.stop())
     loop.close()
     return results
@@ -441,7 +451,7 @@ ORDER = (
 def render(results: dict[str, dict[str, float | None]], args: argparse.Namespace) -> str:
     width = max(len(r) for r in ORDER) + 2
     cols = list(ROUTES)
-    head = f"{'stage (µs per op, best of %d × %d)' % (args.repeat, args.number):<{width + 8}}" + "".join(f"{ROUTES[c]:>34}" for c in cols)
+    head = f"{f'stage (µs per op, best of {args.repeat} × {args.number})':<{width + 8}}" + "".join(f"{ROUTES[c]:>34}" for c in cols)
     lines = [head, "-" * len(head)]
     for row in ORDER:
         if row not in results:
@@ -456,9 +466,9 @@ def render(results: dict[str, dict[str, float | None]], args: argparse.Namespace
     lines += [
         "",
         "map request = build_request (validate + map) - validate; 'stream frames' = one whole stream of",
-        f"{len(upstream_events(False))} (OpenAI) / {len(upstream_events(True))} (Anthropic) upstream events, one per read, "
-        "through the spec's reader (OpenAI's frames pass through: stream.passthrough). Totals use an in-memory "
-        "upstream (no sockets).",
+        (f"{len(upstream_events(False))} (OpenAI) / {len(upstream_events(True))} (Anthropic) upstream events, one per read, "
+         "through the spec's reader (OpenAI's frames pass through: stream.passthrough). Totals use an in-memory "
+         "upstream (no sockets)."),
     ]
     return "\n".join(lines)
 

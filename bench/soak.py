@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness as h  # noqa: E402
-from compare import SCENARIOS, request_for, start_direct, start_gaud  # noqa: E402
+import harness as h
+from compare import SCENARIOS, request_for, start_direct, start_gaud
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         table += [f"| {n:,} | {rps:,.0f} | {rss:.1f} | {err} |" for n, rps, rss, err in rows]
         entry = [f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — soak, commit {h.git_describe()}", "",
                  f"- machine: {h.machine_note()}",
-                 f"- run: `bench/soak.py --requests {args.requests} --scenario {args.scenario} --conc {args.conc} "
-                 f"--step {args.step}`; one gaud-engine worker",
+                 (f"- run: `bench/soak.py --requests {args.requests} --scenario {args.scenario} --conc {args.conc} "
+                  f"--step {args.step}`; one gaud-engine worker"),
                  *([f"- note: {args.note}"] if args.note else []),
                  f"- result: {verdict}", "", *table, ""]
         RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n" + "\n".join(entry))

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ERROR_KINDS",
     "AllFailed",
     "AuthenticationFailed",
     "BudgetExceeded",
     "ContentFilter",
     "ContextWindowExceeded",
-    "ERROR_KINDS",
     "GatewayError",
     "InvalidOutput",
     "InvalidRequest",

@@ -138,7 +138,7 @@ class FieldLogger:
         while node is not None and node.parent is not None:  # up to, not including, the root
             if node.handlers or node.filters or node.disabled or not node.propagate:
                 return None
-            node = node.parent  # type: ignore[assignment]
+            node = node.parent
         if node is None or node.filters or len(node.handlers) != 1:
             return None
         handler = node.handlers[0]
@@ -152,7 +152,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", flush_interval: fl
     """Log to stderr, as JSON lines or text; `flush_interval` > 0 batches info lines (see above)."""
     # Neither format prints the caller's file and line, thread or process: skip looking them up
     # for every record (the optimisations the logging documentation names; ~5 us a line).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -119,7 +119,7 @@ class _Histogram(_Labelled):
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
         super().__init__(name, documentation, labelnames)
-        self.bounds = tuple(float(b) for b in buckets) + (float("inf"),)
+        self.bounds = (*(float(b) for b in buckets), float("inf"))
         self.series: dict[Labels, list[float]] = {}
         self._bound: dict[Labels, _BoundHistogram] = {}
         if not self.labelnames:
@@ -295,6 +295,6 @@ class Metrics:
             if record.get("cost"):
                 self.cost.inc_at((user, deployment), record["cost"])
         if record.get("stream") and record.get("ttft_ms") is not None:
-            self.ttft.observe_at((deployment,), record["ttft_ms"] / 1000)
+            self.ttft.observe_at((deployment or "none",), record["ttft_ms"] / 1000)
         if overhead_ms is not None:
             self.overhead.observe(overhead_ms / 1000)

@@ -445,7 +445,8 @@ def test_sigterm_during_load_keeps_every_answered_request_audited(fake_upstream_
             answered[rid] = time.monotonic()
 
     async def terminate_when_busy() -> None:
-        while len(upstream.requests) < n // 2:  # half of them are waiting on the slow upstream
+        # Polls: the fake upstream only appends to a list, there is no event to wait on.
+        while len(upstream.requests) < n // 2:  # noqa: ASYNC110 (half of them are waiting on the slow upstream)
             await asyncio.sleep(0.01)
         signalled.append(time.monotonic())
         running.process.send_signal(signal.SIGTERM)

@@ -208,7 +208,7 @@ def test_key_is_sha256_hex() -> None:
         {"messages": [{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
                       {"role": "user", "content": [{"type": "text", "text": "hi"}], "name": None}]},
     ],
-    ids=lambda c: ",".join(c),
+    ids=",".join,
 )
 def test_key_ignores_irrelevant_differences(change: dict[str, Any]) -> None:
     assert key({**BODY, **change}) == key(BODY)
@@ -248,7 +248,7 @@ def test_key_ignores_field_order() -> None:
         {"messages": [{"role": "system", "content": "be brief"},
                       {"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}]},
     ],
-    ids=lambda c: ",".join(c),
+    ids=",".join,
 )
 def test_key_changes_with_relevant_fields(change: dict[str, Any]) -> None:
     assert key({**BODY, **change}) != key(BODY)

@@ -92,4 +92,4 @@ def test_embeddings_audit_line_carries_the_response_request_id(gateway, upstream
     assert response.status_code == 200
     request_id = response.headers["x-request-id"]
     logs = gateway.logs_with(request_id)
-    assert any(request_id in l and '"gaud.request"' in l for l in logs.splitlines())
+    assert any(request_id in line and '"gaud.request"' in line for line in logs.splitlines())

@@ -127,7 +127,7 @@ def test_budget_holds_across_instances(cluster, upstream):
         gw.process.terminate()
         assert gw.process.wait(10) == 0
     store = Store(PG)
-    records = [r for r in store.audit_records(user="budget")]
+    records = list(store.audit_records(user="budget"))
     store.close()
     assert len(records) == 40
     assert sorted(r["status"] for r in records) == sorted(r.status_code for r in results)

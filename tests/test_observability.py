@@ -115,8 +115,8 @@ def test_one_json_log_line_per_request_without_contents_or_secrets(gateway, upst
                           headers={"x-request-id": "trace-observability-1"})
     assert response.status_code == 200
     logs = gateway.logs_with("trace-observability-1")
-    lines = [json.loads(l) for l in logs.splitlines() if l.startswith("{")]
-    mine = [l for l in lines if l.get("request_id") == "trace-observability-1"]
+    lines = [json.loads(raw) for raw in logs.splitlines() if raw.startswith("{")]
+    mine = [entry for entry in lines if entry.get("request_id") == "trace-observability-1"]
     assert len(mine) == 1
     line = mine[0]
     assert line["logger"] == "gaud.request" and line["level"] == "info"
@@ -132,6 +132,6 @@ def test_one_json_log_line_per_request_without_contents_or_secrets(gateway, upst
 def test_uvicorns_own_lines_use_the_gateways_log_format(gateway):
     """With JSON logs, uvicorn's start-up lines are JSON too, not its own `INFO:     ...` text."""
     logs = gateway.logs_with("Application startup complete")
-    assert not [l for l in logs.splitlines() if l.startswith(("INFO:", "WARNING:", "ERROR:"))]
-    started = [json.loads(l) for l in logs.splitlines() if l.startswith("{") and "Application startup complete" in l]
+    assert not [line for line in logs.splitlines() if line.startswith(("INFO:", "WARNING:", "ERROR:"))]
+    started = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and "Application startup complete" in line]
     assert started and started[0]["logger"] == "uvicorn.error" and started[0]["level"] == "info"

@@ -160,7 +160,7 @@ def test_an_error_frame_mid_stream_ends_it_and_is_recorded(upstream, gateway):
     assert set(objects[-1]["error"]) == {"message", "type", "param", "code"}
     assert lines[-1] == "data: [DONE]"
     logged = gateway.logs_with("trace-pt-error")
-    line = next(json.loads(l) for l in logged.splitlines() if "trace-pt-error" in l and '"gaud.request"' in l)
+    line = next(json.loads(raw) for raw in logged.splitlines() if "trace-pt-error" in raw and '"gaud.request"' in raw)
     assert line["error_kind"] is not None
 
 

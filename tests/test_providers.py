@@ -113,8 +113,8 @@ def at(doc: Any, pointer: str) -> Any:
     """RFC 6901 lookup (independent of engine.pointer); _MISSING when absent."""
     if pointer == "":
         return doc
-    for token in pointer[1:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
+    for escaped in pointer[1:].split("/"):
+        token = escaped.replace("~1", "/").replace("~0", "~")
         if isinstance(doc, list):
             if not token.isdigit() or int(token) >= len(doc):
                 return _MISSING
@@ -204,7 +204,7 @@ def test_case(cat: Catalog, snapshot: Any, provider: str, case: dict[str, Any]) 
     assert "request" in case or "reply" in case or "reply_inline" in case
     recorded: dict[str, Any] = {}
     if "request" in case:
-        target, upstream = translate(cat, provider, case["request"])
+        _, upstream = translate(cat, provider, case["request"])
         check_expectations(upstream.body, case.get("expect_upstream"), "upstream")
         recorded["upstream"] = {"url": upstream.url, "body": upstream.body}
     else:

@@ -302,7 +302,7 @@ def test_stream_failing_after_bytes_is_not_retried(run, upstream):
 
 def test_stream_reset_after_bytes_ends_with_error_event(run, upstream):
     upstream.reply_fixture("anthropic", "stream_text.sse", reset_after=4)
-    result, body = run({"model": "chain", "messages": HELLO, "stream": True}, stream=True)
+    _, body = run({"model": "chain", "messages": HELLO, "stream": True}, stream=True)
     assert len(upstream.requests) == 1
     assert b'"code":"connection"' in body
 

@@ -162,7 +162,7 @@ def test_bad_cel_rejected_by_validate_with_file_and_line(tmp_path, expression, f
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["validate", "."])
     assert result.exit_code == 1
-    line = [l for l in result.output.splitlines() if "/aliases/a/retry" in l]
+    line = [text for text in result.output.splitlines() if "/aliases/a/retry" in text]
     assert line, result.output
     assert line[0].startswith("routes.yaml:")
     assert fragment in line[0]

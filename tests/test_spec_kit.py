@@ -191,7 +191,7 @@ def _tutorial_blocks() -> list[tuple[int, str, int, list[str]]]:
     text = (ROOT / "docs" / "adding-a-provider.md").read_text()
     blocks = []
     pattern = r"<!-- test(?:: exit (\d+))? -->\n```bash\n(.*?)\n```\n(?:\n```text\n(.*?)\n```)?"
-    for match in re.finditer(pattern, text, re.S):
+    for match in re.finditer(pattern, text, re.DOTALL):
         line = text.count("\n", 0, match.start()) + 1
         shown = [s for s in (match.group(3) or "").splitlines() if s.strip() != "..." and not s.strip().startswith("(")]
         blocks.append((line, match.group(2), int(match.group(1) or 0), shown))

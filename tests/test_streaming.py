@@ -177,7 +177,7 @@ def test_client_disconnect_cancels_upstream(upstream, gateway):
 
 def _request_line(gateway, request_id: str) -> dict:
     logs = gateway.logs_with(request_id)
-    return next(json.loads(l) for l in logs.splitlines() if l.startswith("{") and request_id in l and '"gaud.request"' in l)
+    return next(json.loads(raw) for raw in logs.splitlines() if raw.startswith("{") and request_id in raw and '"gaud.request"' in raw)
 
 
 def test_a_stream_without_upstream_usage_is_billed_from_an_estimate(upstream, gateway):

@@ -7,6 +7,7 @@ goes to 127.0.0.1; every load step is bounded in time (wrk -d, wrapped in `timeo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -108,10 +109,8 @@ class Proc:
         try:
             self.popen.wait(grace)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(5)
 
 
@@ -204,7 +203,7 @@ def run_wrk(url: str, body: Path, *, conc: int, duration: int, raw_path: Path | 
     """One bounded wrk run (1 thread). Returns rps (2xx only), p50/p90/p99/max ms and error counts."""
     cmd = ["timeout", str(duration + 30), "wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "10s",
            "-s", str(POST_LUA), loopback_only(url), "--", str(body), AUTH_HEADER]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)  # output parsed below
     if raw_path is not None:
         raw_path.write_text(proc.stdout + proc.stderr)
     found = None
@@ -274,7 +273,7 @@ async def _ttfb(url: str, body: bytes, requests: int, warmup: int, max_seconds: 
                         pass
                     t2 = time.perf_counter()
                     ok = resp.status == 200 and bool(first)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 ok = False
             if i < warmup:
                 continue
@@ -298,7 +297,7 @@ def measure_ttfb(url: str, body: Path, *, requests: int, warmup: int = 10, max_s
 def git_describe() -> str:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 

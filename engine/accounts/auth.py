@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from ..errors import AuthenticationFailed, PermissionDenied
 from .store import Principal, Store
 
-__all__ = ["Authenticator", "LOCAL_USER"]
+__all__ = ["LOCAL_USER", "Authenticator"]
 
 LOCAL_USER = "local"
 

@@ -96,6 +96,10 @@ class ResponseCache(Protocol):
 
     async def set(self, key: str, value: dict[str, Any], ttl: float) -> None: ...
 
+    async def aclose(self) -> None:
+        """Release what the cache holds (a Redis connection); called once at shutdown."""
+        ...
+
 
 class MemoryCache:
     """LRU of at most `max_entries`, each entry living `ttl` seconds by the injectable clock."""

@@ -88,6 +88,10 @@ class RateLimiter(Protocol):
         """Take `amount` unconditionally (the bucket may go into debt; negative refunds)."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the limiter holds (a Redis connection); called once at shutdown."""
+        ...
+
 
 def _epsilon(limit: Limit) -> float:
     # Float refill can land a hair below an integer (100/60 * 0.6 = 0.99999...): waiting exactly

@@ -58,6 +58,9 @@ end
 return 1
 """
 
+#: How long a day's or month's spend key lives in Redis: past the longest period (a month).
+_PERIOD_KEY_TTL_MS = 40 * 86400 * 1000
+
 
 class RedisBudgets:
     """The same interface as `accounting.Budgets`, with spend and reservations in Redis."""
@@ -94,18 +97,19 @@ class RedisBudgets:
             if await self.redis.exists(key):
                 continue
             spent = await asyncio.to_thread(self.store.spent_since, user_id, since) if self.store else 0.0
-            await self.redis.set(key, repr(spent), nx=True, px=int(40 * 86400 * 1000))
+            await self.redis.set(key, repr(spent), nx=True, px=_PERIOD_KEY_TTL_MS)
 
     async def reserve(self, principal: Principal, estimate: float) -> Reservation:
-        if not principal.has_budget:
+        user_id = principal.user_id
+        if user_id is None or not principal.has_budget:  # has_budget implies a user; mypy cannot see it
             return Reservation(principal, 0.0)
         now = self.clock()
-        keys = self._keys(principal.user_id, now)
-        await self._seed(principal.user_id, keys, now)
+        keys = self._keys(user_id, now)
+        await self._seed(user_id, keys, now)
         daily = principal.budget_daily if principal.budget_daily is not None else -1
         monthly = principal.budget_monthly if principal.budget_monthly is not None else -1
         allowed, which, first, second = await self._reserve(
-            keys=keys, args=[daily, monthly, estimate, int(self.reservation_ttl * 1000), int(40 * 86400 * 1000)]
+            keys=keys, args=[daily, monthly, estimate, int(self.reservation_ttl * 1000), _PERIOD_KEY_TTL_MS]
         )
         if not int(allowed):
             label, limit = ("daily", daily) if int(which) == 1 else ("monthly", monthly)
@@ -113,7 +117,7 @@ class RedisBudgets:
                 f"The {label} budget of ${limit:.2f} for user '{principal.user_name}' is spent "
                 f"(${float(first):.4f} used, ${float(second):.4f} reserved by requests in flight)."
             )
-        self._last_spend[principal.user_id] = (float(first), float(second))
+        self._last_spend[user_id] = (float(first), float(second))
         reservation = Reservation(principal, estimate)
         reservation.keys = keys  # type: ignore[attr-defined]
         return reservation
@@ -126,7 +130,7 @@ class RedisBudgets:
         asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
 
     async def settle_now(self, reservation: Reservation, cost: float) -> None:
-        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, int(40 * 86400 * 1000)])  # type: ignore[attr-defined]
+        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])  # type: ignore[attr-defined]
 
     def warning(self, principal: Principal) -> str | None:
         spend = self._last_spend.get(principal.user_id) if principal.user_id is not None else None

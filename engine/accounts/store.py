@@ -236,7 +236,7 @@ class Store:
         #: argon2 hashes take 64 MiB each: at most this many at once, however many keys arrive
         #: together (a burst of wrong keys must not become a burst of memory).
         self._argon2_slots = threading.BoundedSemaphore(ARGON2_AT_ONCE)
-        self._audit_inserts: dict[int, tuple[str, Callable[[list[dict[str, Any]]], Any]]] = {}
+        self._audit_inserts: dict[int, tuple[str, Callable[[list[tuple[Any, ...]]], Any]]] = {}
         #: Bumped by every revocation: a check begun before one must not cache what it read.
         self._revocations = 0
 
@@ -278,7 +278,9 @@ class Store:
             row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
             if row is None:
                 result = conn.execute(users.insert().values(name=name, role=role, created_at=time.time(), **limits))
-                return int(result.inserted_primary_key[0])
+                inserted = result.inserted_primary_key
+                assert inserted is not None, "a single-row INSERT always reports its primary key"
+                return int(inserted[0])
             changes: dict[str, Any] = {"role": role, **{k: v for k, v in limits.items() if v is not None}}
             conn.execute(users.update().where(users.c.id == row[0]).values(**changes))
             return int(row[0])
@@ -305,7 +307,7 @@ class Store:
 
     def revoke_key(self, key_or_lookup: str) -> bool:
         """Revoke by the key itself, its shown prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        lookup = key_or_lookup[len(KEY_PREFIX):] if key_or_lookup.startswith(KEY_PREFIX) else key_or_lookup
+        lookup = key_or_lookup.removeprefix(KEY_PREFIX)
         lookup = lookup[:_LOOKUP_CHARS]
         with self.engine.begin() as conn:
             result = conn.execute(
@@ -353,9 +355,13 @@ class Store:
                 row = conn.execute(query).first()
         # Always run one argon2 verification so an unknown prefix costs the same time.
         with self._argon2_slots:
-            if row is None and self._dummy_hash is None:
-                self._dummy_hash = self.hasher.hash("gaud-dummy-key")
-            stored = row[1] if row is not None else self._dummy_hash
+            if row is not None:
+                stored = row[1]
+            else:
+                if self._dummy_hash is None:
+                    self._dummy_hash = self.hasher.hash("gaud-dummy-key")
+                stored = self._dummy_hash
+            valid: bool
             try:
                 valid = self.hasher.verify(stored, key)
             except (VerificationError, InvalidHashError):

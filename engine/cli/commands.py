@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -147,9 +147,9 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     """
     from ..logs import logging_from_settings
 
+    overrides: dict[str, Any] = {"server.host": host, "server.port": port, "specs.dir": specs_dir, "server.workers": workers}
     try:
-        settings = load_settings(config_file, **{"server.host": host, "server.port": port, "specs.dir": specs_dir,
-                                                 "server.workers": workers})
+        settings = load_settings(config_file, **overrides)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     root = serving_root(settings)

@@ -13,8 +13,9 @@ import importlib.machinery
 import importlib.util
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 __all__ = ["BACKENDS", "Rule", "RuleCompileError", "RuleError", "compile_rule", "sample_activation"]
@@ -60,7 +61,7 @@ class _Program(Protocol):
 
 
 @functools.cache
-def _cel_core() -> Any | None:
+def _cel_core() -> ModuleType | None:
     """The compiled core of the `cel` package, or None when it is not installed.
 
     The package's `__init__` also imports its command-line tool (prompt_toolkit, rich, typer:
@@ -91,6 +92,8 @@ def _cel_core() -> Any | None:
 
 def _compile_fast(expression: str) -> _Program:
     cel = _cel_core()
+    if cel is None:  # BACKENDS holds this compiler only when the core was found
+        raise RuleCompileError("the fast CEL backend needs the `cel` package (common-expression-language)")
     try:
         program = cel.compile(expression)
     except (ValueError, RuntimeError) as exc:
@@ -107,19 +110,22 @@ def _compile_fast(expression: str) -> _Program:
 
 def _compile_reference(expression: str) -> _Program:
     import celpy
+    from celpy.adapter import json_to_cel
+    from celpy.celparser import CELParseError
+    from celpy.evaluation import CELEvalError
 
     env = celpy.Environment()
     try:
         program = env.program(env.compile(expression))
-    except celpy.CELParseError as exc:
+    except CELParseError as exc:
         raise RuleCompileError(" ".join(str(exc).split())) from None
 
     def run(activation: Mapping[str, Any]) -> Any:
         try:
-            result = program.evaluate(celpy.json_to_cel(dict(activation)))
-        except celpy.CELEvalError as exc:
+            result = program.evaluate({name: json_to_cel(value) for name, value in activation.items()})
+        except CELEvalError as exc:
             raise RuleError(str(exc)) from None
-        if isinstance(result, celpy.CELEvalError):
+        if isinstance(result, CELEvalError):
             raise RuleError(str(result))
         return _from_cel(result)
 
@@ -147,7 +153,7 @@ def _fast_available() -> bool:
         return False
 
 
-BACKENDS: dict[str, Any] = {"reference": _compile_reference}
+BACKENDS: dict[str, Callable[[str], _Program]] = {"reference": _compile_reference}
 if _fast_available():
     BACKENDS["fast"] = _compile_fast
 DEFAULT_BACKEND = "fast" if "fast" in BACKENDS else "reference"
