@@ -14,10 +14,10 @@ from typing import Any
 from ..errors import InvalidRequest, ResponseParsing
 from ..pointer import get
 from ..spec.models import Target
-from .routing import CHARS_PER_TOKEN
-from .translate import UpstreamRequest
+from .tokens import estimate_input_tokens
+from .upstream import UpstreamRequest
 
-__all__ = ["build_embeddings_request", "embeddings_from_reply", "estimate_input_tokens", "validate_embeddings_request"]
+__all__ = ["build_embeddings_request", "embeddings_from_reply", "validate_embeddings_request"]
 
 
 def validate_embeddings_request(body: Any) -> dict[str, Any]:
@@ -44,11 +44,6 @@ def validate_embeddings_request(body: Any) -> dict[str, Any]:
     if all(isinstance(i, int) for i in items):  # one array of token ids
         items = [items]
     return {**body, "input": items}
-
-
-def estimate_input_tokens(inputs: list[Any]) -> int:
-    """About 4 characters per token for text; token-id arrays count themselves."""
-    return sum(len(i) // CHARS_PER_TOKEN + 1 if isinstance(i, str) else len(i) for i in inputs)
 
 
 def build_embeddings_request(target: Target, body: dict[str, Any]) -> UpstreamRequest:
