@@ -15,6 +15,7 @@ from ..errors import InvalidRequest, ResponseParsing
 from ..pointer import get
 from ..spec.models import Target
 from .tokens import estimate_input_tokens
+from .translate import post_request
 from .upstream import UpstreamRequest
 
 __all__ = ["build_embeddings_request", "embeddings_from_reply", "validate_embeddings_request"]
@@ -55,13 +56,7 @@ def build_embeddings_request(target: Target, body: dict[str, Any]) -> UpstreamRe
     ctx = {"model": target.model, "body": body, "provider": spec.name}
     wanted_base64 = body.get("encoding_format") == "base64"
     mapped = spec.embeddings.request_mapper({**body, "encoding_format": "float"} if wanted_base64 else body, ctx)
-    return UpstreamRequest(
-        method="POST",
-        url=spec.url("embeddings", target.model, False, target.api_base),
-        headers=spec.headers_for(target.model, target.api_base),
-        body=mapped,
-        stream=False,
-    )
+    return post_request(target, "embeddings", mapped, stream=False)
 
 
 def _pack(vector: list[float]) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..accounts.accounting import AuditWriter, Budgets
+from ..accounts.accounting import AuditWriter, Budgets, Reservation
 from ..accounts.auth import Authenticator
 from ..accounts.guards import Admission, CachePlan, Guards
 from ..accounts.shared import RedisBudgets
@@ -60,10 +60,15 @@ class ClientGone(Exception):
 class Port(Protocol):
     """The web layer's side of one request: its id and headers, its body, and the answer."""
 
-    request_id: str
-    headers: Mapping[str, str]
-    path: str
-    started: bool
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def started(self) -> bool:
+        """Whether the response has begun (an error can no longer be sent as such)."""
 
     def read(self) -> Awaitable[bytes]: ...
     async def json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None: ...
@@ -226,7 +231,7 @@ class Pipeline:
         it, what was taken is settled and the status the client saw is audited."""
         exchange = Exchange(request_id=port.request_id)
         try:
-            exchange.principal = await self.authenticate(port.headers)
+            principal = exchange.principal = await self.authenticate(port.headers)
         except GatewayError as exc:
             await port.error(exc)
             return
@@ -236,16 +241,17 @@ class Pipeline:
             body = exchange.body = self.parse(endpoint, codec, raw)
             exchange.stream = endpoint.streamable and bool(body.get("stream"))
             plan = await self.plan(body)
-            admission = exchange.admission = await self.admit(exchange.principal, endpoint.tokens(body, plan))
+            admission = exchange.admission = await self.admit(principal, endpoint.tokens(body, plan))
             headers = dict(admission.headers)
-            cached = self.cache_plan(endpoint, body, port.headers, exchange.principal, plan)
+            cached = self.cache_plan(endpoint, body, port.headers, principal, plan)
             if cached is not None:
                 hit = await self.cache_lookup(cached)
                 if hit is not None:
                     self._served_from_cache(exchange, hit, headers)
                     await port.json(200, codec.reply(hit, raw), headers)
                     return
-            await self.price_and_reserve(endpoint, body, plan, exchange, headers)
+            exchange.reservation = await self.price_and_reserve(endpoint, body, plan, principal)
+            self.budget_warning(principal, headers)
             if exchange.stream:
                 stream = await codec.stream(self.gateway, body, exchange, plan, raw)
                 headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
@@ -335,15 +341,16 @@ class Pipeline:
         headers["x-gaud-cache"] = "hit"
         headers["x-gaud-cost"] = "0.00000000"
 
-    async def price_and_reserve(
-        self, endpoint: Endpoint, body: dict[str, Any], plan: Plan, exchange: Exchange, headers: dict[str, str]
-    ) -> None:
+    def price_and_reserve(
+        self, endpoint: Endpoint, body: dict[str, Any], plan: Plan, principal: Principal
+    ) -> Awaitable[Reservation]:
         """Hold the request's estimated cost against the caller's budgets (or a 429)."""
-        principal = exchange.principal
-        assert principal is not None
         # The cost estimate is only worth computing for a user with a budget to reserve against.
         estimate = endpoint.estimate_cost(self.gateway, body, plan) if principal.has_budget else 0.0
-        exchange.reservation = await self.budgets.reserve(principal, estimate)
+        return self.budgets.reserve(principal, estimate)
+
+    def budget_warning(self, principal: Principal, headers: dict[str, str]) -> None:
+        """Tell the caller (a header) and the log once its spend passes a warning threshold."""
         warning = self.budgets.warning(principal)
         if warning:
             headers["x-gaud-budget-warning"] = warning

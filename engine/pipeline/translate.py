@@ -23,6 +23,7 @@ __all__ = [
     "error_from_reply",
     "normalize_completion",
     "parse_retry_after",
+    "post_request",
 ]
 
 
@@ -48,11 +49,16 @@ def build_request(
         raise
     except (TypeError, AttributeError, ValueError) as exc:
         raise InvalidRequest(f"The request could not be translated for {spec.name}: {exc}") from None
+    return post_request(target, "chat", mapped, stream=stream)
+
+
+def post_request(target: Target, endpoint: str, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+    """A POST of a mapped body to one of the deployment's endpoints (`api.endpoints`)."""
     return UpstreamRequest(
         method="POST",
-        url=spec.url("chat", target.model, stream, target.api_base),
-        headers=spec.headers_for(target.model, target.api_base),
-        body=mapped,
+        url=target.provider.url(endpoint, target.model, stream, target.api_base),
+        headers=target.provider.headers_for(target.model, target.api_base),
+        body=body,
         stream=stream,
     )
 

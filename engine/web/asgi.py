@@ -161,12 +161,13 @@ class PipelineRoute:
         self.codec = codec
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Returns the pipeline's coroutine rather than awaiting it in one of its own: one
+        # coroutine less per request on the hot path.
         port = Responder(scope, receive, send, self.codec, self.max_bytes)
         if self.endpoint is None:
-            await self.pipeline.count_tokens(self.codec, port)
-        else:
-            await self.pipeline.run(self.endpoint, self.codec, port)
+            return self.pipeline.count_tokens(self.codec, port)
+        return self.pipeline.run(self.endpoint, self.codec, port)
 
 
 class GatewayApp:

@@ -160,9 +160,9 @@ class Recording(Pipeline):
         self.calls.append("cache lookup")
         return super().cache_plan(*args)
 
-    async def price_and_reserve(self, *args: Any) -> None:
+    def price_and_reserve(self, *args: Any) -> Awaitable[Reservation]:
         self.calls.append("price and reserve")
-        await super().price_and_reserve(*args)
+        return super().price_and_reserve(*args)
 
     async def settle(self, exchange: Exchange) -> None:
         self.calls.append("settle")
