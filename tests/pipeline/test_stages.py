@@ -303,3 +303,39 @@ def test_embeddings_go_through_the_same_stages_and_never_stream():
     [(reservation, _)] = p.budgets.settled  # type: ignore[attr-defined]
     assert reservation.amount == 0.0  # embeddings reserve nothing up front
     assert audited(p)[0]["stream"] is False
+
+
+class FakeIngressSpec:
+    """A client format that wraps the OpenAI body in `{"req": ...}` and replies `{"rep": ...}`."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def to_canonical(self, body: dict[str, Any], *, count: bool = False) -> dict[str, Any]:
+        return dict(body["req"])
+
+    def from_canonical(self, completion: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"rep": completion, "by": self.tag}
+
+    def count_tokens(self, estimated: int) -> dict[str, Any]:
+        return {"tokens": estimated, "by": self.tag}
+
+    def error_body(self, exc: GatewayError) -> tuple[int, dict[str, Any]]:
+        return exc.status, {"oops": exc.kind}
+
+
+def test_a_client_format_goes_through_the_same_stages_and_follows_reloads():
+    from engine.pipeline.stages import IngressCodec
+
+    p = pipeline()
+    p.gateway.catalog = type("Catalog", (), {"ingress": {}})()  # type: ignore[attr-defined]
+    codec = IngressCodec("fmt", FakeIngressSpec("at start"), p.gateway)  # type: ignore[arg-type]
+    port = FakePort(body=b'{"req": ' + BODY + b"}")
+    asyncio.run(p.run(CHAT, codec, port))
+    assert p.calls == ALL_STAGES
+    assert port.sent == [(200, {"rep": {"choices": [{"message": {"content": "hi"}}]}, "by": "at start"})]
+    p.gateway.catalog.ingress["fmt"] = FakeIngressSpec("reloaded")  # type: ignore[attr-defined]
+    port = FakePort(body=b'{"req": ' + BODY + b"}")
+    asyncio.run(p.count_tokens(codec, port))
+    assert port.sent == [(200, {"tokens": estimate_prompt_tokens({"messages": [{"role": "user", "content": "hello"}]}),
+                                "by": "reloaded"})]
