@@ -421,8 +421,11 @@ def build_services(
         gateway, authenticator, guards, budgets, audit, metrics,
         limits=limits, store_content=bool(settings.get("audit.store_content")),
     )
-    return Services(settings, gateway, store, upstream, authenticator, limiter, cache, budgets, audit, metrics,
-                    pipeline, spill_dir)
+    return Services(
+        settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
+        limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
+        spill_dir=spill_dir,
+    )
 
 
 def _images(settings: Settings) -> ImageFetcher:
