@@ -17,7 +17,11 @@ No HTTP framework here: the web layer hands `run` a `Port` (the request's header
 the way to answer) and sends what the stages decide. Per-request state lives on the `Exchange`.
 
 This is the hot path. Stages that only forward to a collaborator return its awaitable instead of
-awaiting it in a coroutine of their own: one coroutine less each (~0.3 µs a stage, measured).
+awaiting it in a coroutine of their own, so a request runs no more coroutines than the single
+closure this replaced did. What the layering itself costs was measured (in-process ASGI app,
+bench/micro.py's client, 60 alternating rounds against the closure): ~2.5 µs a non-stream request
+(gpt-4o 43.3 -> 46.0 µs best, +5%), ~1.5 µs of it the forwarding stage methods and the identity
+codec; streams +1-3%. Under load a request costs ~300 µs with uvicorn and aiohttp, so <1%.
 """
 
 from __future__ import annotations
