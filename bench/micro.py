@@ -247,7 +247,7 @@ class StageFailed(Exception):
 def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
     from engine.pipeline.gateway import Gateway
     from engine.pipeline.translate import build_request, completion_from_reply
-    from engine.pipeline.validation import validate_request
+    from engine.pipeline.validation import Limits, validate_request
     from engine.spec.loader import load_catalog
     from engine.streaming import ChunkWriter, StreamState
 
@@ -359,6 +359,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         async for _ in result.body:
             pass
 
+    limits = Limits()  # validated as the pipeline's parse stage does, with the app's limits
     with tempfile.TemporaryDirectory() as tmp:
         app, client = None, None
         try:
@@ -371,10 +372,10 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
             body_ns, body_s = request_body(model, False), request_body(model, True)
 
             async def chat() -> None:
-                await gateway.chat(validate_request(orjson.loads(body_ns)))
+                await gateway.chat(validate_request(orjson.loads(body_ns), limits))
 
             async def chat_stream() -> None:
-                await drain(await gateway.chat_stream(validate_request(orjson.loads(body_s))))
+                await drain(await gateway.chat_stream(validate_request(orjson.loads(body_s), limits)))
 
             async def asgi(raw: bytes = body_ns) -> None:
                 status, payload = await client.post("/v1/chat/completions", raw)  # type: ignore[union-attr]
