@@ -248,6 +248,7 @@ class StageFailed(Exception):
 def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
     from engine.pipeline.gateway import Gateway
     from engine.pipeline.translate import build_request, completion_from_reply
+    from engine.pipeline.validation import Limits, validate_request
     from engine.spec.loader import load_catalog
     from engine.streaming import ChunkWriter, StreamState
 
@@ -286,7 +287,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         spec = target.provider
         anthropic = spec.name == "anthropic"
         reply_bytes = upstream_reply(anthropic)
-        upstream_body = build_request(target, body, stream=False).body
+        upstream_body = build_request(target, validate_request(body), stream=False).body
         completion = completion_from_reply(target, orjson.loads(reply_bytes), requested_model=model)
         fresh_body = lambda: orjson.loads(raw_request)  # noqa: E731
 
@@ -296,7 +297,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         put("validate", model, lambda: timer.per_op(validate, fresh_body))
         put("route plan", model, lambda: timer.per_op(gateway.router.plan, fresh_body))
         put("build_request (validate + map)", model,
-            lambda: timer.per_op(lambda b: build_request(target, b, stream=False), fresh_body))
+            lambda: timer.per_op(lambda b: build_request(target, validate_request(b), stream=False), fresh_body))
         put("map request", model, lambda: max(0.0, results["build_request (validate + map)"][model] - results["validate"][model]))  # type: ignore[operator]
         put("  url template", model, lambda: timer.per_op(lambda _: spec.url("chat", target.model, False, target.api_base), lambda: None))
         put("  headers", model, lambda: timer.per_op(lambda _: spec.headers_for(target.model, target.api_base), lambda: None))
@@ -364,6 +365,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         async for _ in result.body:
             pass
 
+    limits = Limits()  # validated as the pipeline's parse stage does, with the app's limits
     with tempfile.TemporaryDirectory() as tmp:
         app, client = None, None
         try:
@@ -377,10 +379,10 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
             body_ns, body_s = request_body(model, False), request_body(model, True)
 
             async def chat() -> None:
-                await gateway.chat(orjson.loads(body_ns))
+                await gateway.chat(validate_request(orjson.loads(body_ns), limits))
 
             async def chat_stream() -> None:
-                await drain(await gateway.chat_stream(orjson.loads(body_s)))
+                await drain(await gateway.chat_stream(validate_request(orjson.loads(body_s), limits)))
 
             async def asgi(raw: bytes = body_ns) -> None:
                 status, payload = await client.post("/v1/chat/completions", raw)  # type: ignore[union-attr]
@@ -403,19 +405,12 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
 
 
 def validator(target: Any) -> Callable[[dict[str, Any]], None]:
-    """What build_request does to validate before mapping: engine.pipeline.validation if present, else the
-    older translate._check_basics; then the spec's own `request.reject` rules."""
+    """The validation before mapping: the parse stage's validate_request, then what build_request
+    checks per deployment (context window, the spec's own `request.reject` rules)."""
+    from engine.pipeline.tokens import estimate_prompt_tokens
+    from engine.pipeline.validation import check_for_model, validate_request
+
     spec = target.provider
-    try:
-        from engine.pipeline.validation import check_for_model, estimate_prompt_tokens, validate_request
-    except ImportError:
-        from engine.pipeline.translate import _check_basics  # type: ignore[attr-defined]
-
-        def validate_old(body: dict[str, Any]) -> None:
-            _check_basics(body)
-            spec.reject_if_unsupported(body)
-
-        return validate_old
 
     def validate(body: dict[str, Any]) -> None:
         body = validate_request(body)

@@ -28,6 +28,7 @@ from engine import (
     resolve_model,
 )
 from engine.errors import GatewayError, InvalidRequest, NotFound
+from engine.pipeline.validation import validate_request
 from engine.spec.loader import Catalog
 from engine.spec.models import Target
 
@@ -463,7 +464,7 @@ INVALID_INPUTS = [
 def test_bad_input_is_invalid_request(cat: Catalog, provider: str, messages: list[Any], param: str) -> None:
     target = target_for(cat, CASES[provider]["model"])
     with pytest.raises(InvalidRequest) as info:
-        build_request(target, {"model": CASES[provider]["model"], "messages": messages}, stream=False)
+        build_request(target, validate_request({"model": CASES[provider]["model"], "messages": messages}), stream=False)
     err = info.value
     assert err.status == 400
     assert err.param == param
@@ -486,7 +487,7 @@ def test_bad_input_is_invalid_request(cat: Catalog, provider: str, messages: lis
 def test_bad_request_basics_are_invalid_request(cat: Catalog, provider: str, body: dict[str, Any], param: str) -> None:
     target = target_for(cat, CASES[provider]["model"])
     with pytest.raises(InvalidRequest) as info:
-        build_request(target, {"model": CASES[provider]["model"], **body}, stream=False)
+        build_request(target, validate_request({"model": CASES[provider]["model"], **body}), stream=False)
     assert info.value.status == 400 and info.value.param == param
 
 

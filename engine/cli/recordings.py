@@ -31,6 +31,7 @@ import orjson
 import yaml
 
 from ..errors import GatewayError, ResponseParsing
+from ..pipeline.tokens import estimate_prompt_tokens
 from ..pipeline.translate import (
     build_request,
     closing_finish_reason,
@@ -40,7 +41,7 @@ from ..pipeline.translate import (
     stream_usage,
     with_usage,
 )
-from ..pipeline.validation import check_structured_output, estimate_prompt_tokens, validate_request
+from ..pipeline.validation import check_structured_output, validate_request
 from ..spec.models import Target, resolve_model
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 
@@ -309,7 +310,7 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
     from_stream = stream or chat.stream_only
     try:
         body = validate_request(body)
-        sent = build_request(target, body, stream=from_stream, validated=True)
+        sent = build_request(target, body, stream=from_stream)
         out["upstream_request"] = sent.body
         if status >= 400:
             payload = _upstream_bytes(upstream, "body") or _upstream_bytes(upstream, "stream")
@@ -570,7 +571,7 @@ def record(
             try:
                 body = validate_request({"model": target.name, **copy.deepcopy(request)})
                 from_stream = body.get("stream") is True or spec.endpoints["chat"].stream_only  # as the gateway asks them
-                sent = build_request(target, body, stream=from_stream, validated=True)
+                sent = build_request(target, body, stream=from_stream)
             except GatewayError as exc:
                 echo(f"{stem}: skipped, the engine refuses it for {target.name}: {exc.message}")
                 continue

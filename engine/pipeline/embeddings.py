@@ -14,10 +14,11 @@ from typing import Any
 from ..errors import InvalidRequest, ResponseParsing
 from ..pointer import get
 from ..spec.models import Target
-from .routing import CHARS_PER_TOKEN
-from .translate import UpstreamRequest
+from .tokens import estimate_input_tokens
+from .translate import post_request
+from .upstream import UpstreamRequest
 
-__all__ = ["build_embeddings_request", "embeddings_from_reply", "estimate_input_tokens", "validate_embeddings_request"]
+__all__ = ["build_embeddings_request", "embeddings_from_reply", "validate_embeddings_request"]
 
 
 def validate_embeddings_request(body: Any) -> dict[str, Any]:
@@ -46,11 +47,6 @@ def validate_embeddings_request(body: Any) -> dict[str, Any]:
     return {**body, "input": items}
 
 
-def estimate_input_tokens(inputs: list[Any]) -> int:
-    """About 4 characters per token for text; token-id arrays count themselves."""
-    return sum(len(i) // CHARS_PER_TOKEN + 1 if isinstance(i, str) else len(i) for i in inputs)
-
-
 def build_embeddings_request(target: Target, body: dict[str, Any]) -> UpstreamRequest:
     spec = target.provider
     if spec.embeddings is None or "embeddings" not in spec.endpoints:
@@ -60,13 +56,7 @@ def build_embeddings_request(target: Target, body: dict[str, Any]) -> UpstreamRe
     ctx = {"model": target.model, "body": body, "provider": spec.name}
     wanted_base64 = body.get("encoding_format") == "base64"
     mapped = spec.embeddings.request_mapper({**body, "encoding_format": "float"} if wanted_base64 else body, ctx)
-    return UpstreamRequest(
-        method="POST",
-        url=spec.url("embeddings", target.model, False, target.api_base),
-        headers=spec.headers_for(target.model, target.api_base),
-        body=mapped,
-        stream=False,
-    )
+    return post_request(target, "embeddings", mapped, stream=False)
 
 
 def _pack(vector: list[float]) -> str:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -29,7 +29,6 @@ from .images import ImageFetcher, inline_image_urls
 from .pricing import Price, cost_of, price_for
 from .routing import Plan, PlannedTarget, Router, activation
 from .translate import (
-    UpstreamRequest,
     build_request,
     closing_finish_reason,
     completion_from_reply,
@@ -38,8 +37,13 @@ from .translate import (
     stream_usage,
     with_usage,
 )
-from .upstream import Upstream, iter_chunks
-from .validation import Limits, check_structured_output, validate_request
+from .upstream import Upstream, UpstreamRequest, iter_chunks
+from .validation import check_structured_output
+
+if TYPE_CHECKING:
+    from ..accounts.accounting import Reservation
+    from ..accounts.guards import Admission
+    from ..accounts.store import Principal
 
 __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 
@@ -51,9 +55,10 @@ BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection"
 R = TypeVar("R", "ChatResult", "StreamResult")
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
-    """What happened to one client request: filled in as it goes, audited at the end."""
+    """What happened to one client request: filled in by the stages as it goes (engine.pipeline.
+    stages), audited at the end."""
 
     request_id: str = ""
     alias: str = ""
@@ -70,6 +75,13 @@ class Exchange:
     estimated_tokens: int | None = None
     #: Time spent waiting on upstreams (to the first delta, for streams) and in retry backoff.
     outside_seconds: float = 0.0
+    #: What the stages took and must give back or record: the caller, its canonical request,
+    #: the rate-limit admission, the budget reservation, and the status the client saw.
+    principal: Principal | None = None
+    body: dict[str, Any] | None = None
+    admission: Admission | None = None
+    reservation: Reservation | None = None
+    status: int = 200
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -111,7 +123,6 @@ class Gateway:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        limits: Limits | None = None,
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
         credentials: Any = None,
@@ -124,7 +135,6 @@ class Gateway:
         self.clock = clock
         self.rng = rng or random.Random()
         self._prices: dict[str, Price | None] = {}
-        self.limits = limits or Limits()
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
         self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
@@ -259,7 +269,7 @@ class Gateway:
         mapped, and signed for a signed-in provider. The awaits happen only when there is I/O."""
         if target.provider.inline_image_urls:
             body = await inline_image_urls(body, self.images)
-        request = build_request(target, body, stream=stream, validated=True, estimated_tokens=estimated_tokens)
+        request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
         auth = target.provider.auth
         if self.credentials is not None and auth is not None and auth.dynamic:
             request = await self._signed(target, request)
@@ -288,11 +298,9 @@ class Gateway:
         usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
         return cost_of(price, usage)
 
-    async def chat(
-        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None
-    ) -> ChatResult:
+    async def chat(self, body: dict[str, Any], exchange: Exchange | None = None, *, plan: Plan | None = None) -> ChatResult:
+        """A validated OpenAI chat request (`validation.validate_request`), not streamed."""
         exchange = exchange or Exchange()
-        body = body if validated else validate_request(body, self.limits)
         return await self._with_retries(body, exchange, lambda planned: self._chat_once(planned, body, exchange), plan)
 
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
@@ -339,10 +347,12 @@ class Gateway:
         return normalize_completion(out, target, state.raw_usage or None, body["model"])
 
     # -- embeddings -----------------------------------------------------------------------------
-    async def embeddings(self, body: dict[str, Any], exchange: Exchange | None = None) -> ChatResult:
+    async def embeddings(
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, plan: Plan | None = None
+    ) -> ChatResult:
         """An OpenAI embeddings request (already validated) with the same routing and retries."""
         exchange = exchange or Exchange()
-        return await self._with_retries(body, exchange, lambda planned: self._embed_once(planned, body, exchange))
+        return await self._with_retries(body, exchange, lambda planned: self._embed_once(planned, body, exchange), plan)
 
     async def _embed_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
@@ -353,18 +363,18 @@ class Gateway:
 
     # -- streaming ------------------------------------------------------------------------------
     async def chat_stream(
-        self, body: dict[str, Any], exchange: Exchange | None = None, *, validated: bool = False, plan: Plan | None = None,
+        self, body: dict[str, Any], exchange: Exchange | None = None, *, plan: Plan | None = None,
         encoder: EncoderFactory | None = None,
     ) -> StreamResult:
-        """Open an upstream stream and read it up to the first delta before answering, so a
-        failure before the first byte is an ordinary error that can be retried or fall back.
+        """Open an upstream stream for a validated request and read it up to the first delta
+        before answering, so a failure before the first byte is an ordinary error that can be
+        retried or fall back.
 
         `encoder` writes a client format's stream (`IngressSpec.stream_encoder`) from the canonical
         deltas, one encoder per attempt; None writes OpenAI chunks (`ChunkWriter`), forwarding the
         frames of a `stream.passthrough` upstream as they come."""
         exchange = exchange or Exchange()
         exchange.stream = True
-        body = body if validated else validate_request(body, self.limits)
         return await self._with_retries(
             body, exchange, lambda planned: self._stream_once(planned, body, exchange, encoder), plan)
 

@@ -18,6 +18,7 @@ from ..errors import NotFound
 from ..spec.models import Target, resolve_model
 from .breaker import BreakerBoard
 from .rules import Rule, RuleCompileError, compile_rule
+from .tokens import estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from ..spec.loader import Catalog
@@ -117,35 +118,6 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-#: Characters per token wherever a count is estimated without a tokenizer (prompts here, replies
-#: and embeddings inputs elsewhere).
-CHARS_PER_TOKEN = 4
-
-
-def _estimate_tokens(body: dict[str, Any]) -> int:
-    """A cheap prompt-size estimate (about 4 characters per token), no tokenizer."""
-    chars = 0
-    for message in body.get("messages") or []:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    chars += len(part["text"])
-                elif isinstance(part, dict) and part.get("type") == "image_url":
-                    chars += 85 * CHARS_PER_TOKEN  # a low-detail image costs ~85 tokens
-        for call in message.get("tool_calls") or []:
-            if isinstance(call, dict):
-                chars += len(str(call.get("function", "")))
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        chars += len(str(tools))
-    return chars // CHARS_PER_TOKEN + 1
-
-
 def _tags(body: dict[str, Any]) -> list[str]:
     raw = body.get("tags")
     if raw is None and isinstance(body.get("metadata"), dict):
@@ -164,7 +136,7 @@ def request_facts(body: dict[str, Any]) -> dict[str, Any]:
         "model": str(body.get("model") or ""),
         "n_messages": len(body.get("messages") or []),
         "n_tools": len(body.get("tools") or []) if isinstance(body.get("tools"), list) else 0,
-        "estimated_tokens": _estimate_tokens(body),
+        "estimated_tokens": estimate_prompt_tokens(body),
         "stream": bool(body.get("stream")),
         "user": user if isinstance(user, str) else "",
         "tags": _tags(body),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,26 +13,18 @@ from ..errors import GatewayError, InvalidRequest, ResponseParsing
 from ..pointer import MISSING, get
 from ..spec.models import Target
 from ..streaming import strip_tokens
-from .routing import CHARS_PER_TOKEN
-from .validation import check_for_model, estimate_prompt_tokens, validate_request
+from .tokens import estimate_output_tokens, estimate_prompt_tokens
+from .upstream import UpstreamRequest
+from .validation import check_for_model
 
 __all__ = [
-    "UpstreamRequest",
     "build_request",
     "completion_from_reply",
     "error_from_reply",
     "normalize_completion",
     "parse_retry_after",
+    "post_request",
 ]
-
-
-@dataclass
-class UpstreamRequest:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    stream: bool
 
 
 def build_request(
@@ -41,15 +32,13 @@ def build_request(
     body: dict[str, Any],
     *,
     stream: bool,
-    validated: bool = False,
     estimated_tokens: int | None = None,
 ) -> UpstreamRequest:
     """Map an OpenAI request for one deployment. `stream` is what the upstream is asked for.
 
-    Unless `validated` (the gateway validates once per request), the body is validated first.
+    The body is already validated (`validation.validate_request`, once per request); what this
+    deployment cannot take (context window, output limit, unsupported parameters) is refused here.
     """
-    if not validated:
-        body = validate_request(body)
     check_for_model(body, target.info, estimate_prompt_tokens(body) if estimated_tokens is None else estimated_tokens)
     spec = target.provider
     spec.reject_if_unsupported(body)
@@ -60,11 +49,16 @@ def build_request(
         raise
     except (TypeError, AttributeError, ValueError) as exc:
         raise InvalidRequest(f"The request could not be translated for {spec.name}: {exc}") from None
+    return post_request(target, "chat", mapped, stream=stream)
+
+
+def post_request(target: Target, endpoint: str, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+    """A POST of a mapped body to one of the deployment's endpoints (`api.endpoints`)."""
     return UpstreamRequest(
         method="POST",
-        url=spec.url("chat", target.model, stream, target.api_base),
-        headers=spec.headers_for(target.model, target.api_base),
-        body=mapped,
+        url=target.provider.url(endpoint, target.model, stream, target.api_base),
+        headers=target.provider.headers_for(target.model, target.api_base),
+        body=body,
         stream=stream,
     )
 
@@ -128,7 +122,7 @@ def estimated_usage(prompt_tokens: int | None, output_chars: int) -> dict[str, A
     and ~4 characters per output token. Marked `estimated` so clients and the log can tell; billed
     like reported usage, so a silent upstream cannot be used to spend without being charged."""
     prompt = int(prompt_tokens or 0)
-    completion = -(-output_chars // CHARS_PER_TOKEN)  # ceiling: any output costs at least one token
+    completion = estimate_output_tokens(output_chars)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "estimated": True}
 

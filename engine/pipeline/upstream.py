@@ -7,7 +7,6 @@ translated into a gateway error kind in exactly one place, `map_upstream_errors(
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,9 +18,19 @@ import orjson
 from yarl import URL
 
 from ..errors import UpstreamConnection, UpstreamTimeout
-from .translate import UpstreamRequest
 
-__all__ = ["Upstream", "UpstreamReply", "iter_chunks", "map_upstream_errors"]
+__all__ = ["Upstream", "UpstreamReply", "UpstreamRequest", "iter_chunks", "map_upstream_errors"]
+
+
+@dataclass
+class UpstreamRequest:
+    """One request for an upstream, as a provider spec built it."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    stream: bool
 
 
 @dataclass
@@ -36,7 +45,7 @@ def map_upstream_errors(url: str, started: float) -> Iterator[None]:
     """Translate aiohttp/asyncio failures into `timeout` or `connection` errors."""
     try:
         yield
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         waited = time.monotonic() - started
         error = UpstreamTimeout(f"The upstream did not answer within {waited:.1f} s.")
         error.duration = waited

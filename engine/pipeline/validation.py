@@ -20,7 +20,7 @@ from ..errors import ContextWindowExceeded, InvalidOutput, InvalidRequest
 from ..mapping.turns import message_items
 from ..spec.provider import ModelInfo
 
-__all__ = ["Limits", "check_for_model", "check_structured_output", "estimate_prompt_tokens", "validate_request"]
+__all__ = ["Limits", "check_for_model", "check_structured_output", "validate_request"]
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -230,12 +230,6 @@ def validate_request(body: Any, limits: Limits | None = None) -> dict[str, Any]:
     _check_scalars(body, limits)
     _check_tools(body, limits)
     return _check_messages(body, limits)
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    from .routing import request_facts
-
-    return int(request_facts(body)["estimated_tokens"])
 
 
 def check_for_model(body: dict[str, Any], info: ModelInfo, estimated_tokens: int) -> None:

@@ -1,0 +1,412 @@
+"""One client request as named stages, in the order it runs:
+
+    authenticate -> parse (and validate) -> plan (route) -> admit (rate limits) -> cache lookup
+    -> price and reserve (budget) -> call (gateway: attempts, retries, fallback) -> settle -> audit
+
+Every route that serves a model goes through `Pipeline.run`: chat (streamed or not), embeddings,
+and every client format (ingress.d/). What differs between them is data on two small objects:
+
+- an `Endpoint` says what differs between chat and embeddings: how a request is validated, how
+  many tokens it is admitted for, what it reserves against a budget, how the gateway is called,
+  whether it may be cached or streamed;
+- a `Codec` says what differs between client formats: request to canonical, reply from
+  canonical, the error envelope, and how a stream reaches the client. OpenAI is the identity
+  codec; an `engine.spec.ingress.IngressSpec` is wrapped by an `IngressCodec`.
+
+No HTTP framework here: the web layer hands `run` a `Port` (the request's headers and body, and
+the way to answer) and sends what the stages decide. Per-request state lives on the `Exchange`.
+
+This is the hot path. Stages that only forward to a collaborator return its awaitable instead of
+awaiting it in a coroutine of their own, so a request runs no more coroutines than the single
+closure this replaced did. What the layering itself costs was measured (in-process ASGI app,
+bench/micro.py's client, 60 alternating rounds against the closure): ~2.5 µs a non-stream request
+(gpt-4o 43.3 -> 46.0 µs best, +5%), ~1.5 µs of it the forwarding stage methods and the identity
+codec; streams +1-3%. Under load a request costs ~300 µs with uvicorn and aiohttp, so <1%.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from ..accounts.accounting import AuditWriter, Budgets, Reservation
+from ..accounts.auth import Authenticator
+from ..accounts.guards import Admission, CachePlan, Guards
+from ..accounts.shared import RedisBudgets
+from ..accounts.store import Principal
+from ..errors import GatewayError, InvalidRequest, drop_tracebacks
+from ..logs import FieldLogger
+from ..metrics import Metrics
+from .embeddings import validate_embeddings_request
+from .gateway import ChatResult, Exchange, Gateway, StreamResult
+from .routing import Plan
+from .tokens import estimate_input_tokens, estimate_prompt_tokens
+from .validation import Limits, validate_request
+
+__all__ = [
+    "CHAT", "EMBEDDINGS", "OPENAI", "ClientGone", "Codec", "Endpoint", "IngressCodec", "Pipeline", "Port", "parse_json",
+]
+
+log = logging.getLogger("gaud.server")
+request_log = FieldLogger("gaud.request")
+
+_INTERNAL_ERROR = {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}}
+
+
+class ClientGone(Exception):
+    """The client went away before its request was read (audited as 499)."""
+
+
+class Port(Protocol):
+    """The web layer's side of one request: its id and headers, its body, and the answer."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def started(self) -> bool:
+        """Whether the response has begun (an error can no longer be sent as such)."""
+
+    def read(self) -> Awaitable[bytes]: ...
+    async def json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None: ...
+    async def error(self, exc: GatewayError) -> None: ...
+    async def internal_error(self) -> None: ...
+    async def stream(self, pieces: AsyncIterator[bytes], headers: dict[str, str]) -> bool: ...
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+# -- client formats ---------------------------------------------------------------------------------
+class Codec:
+    """OpenAI chat, the canonical format: every method is the identity."""
+
+    def request(self, raw: dict[str, Any], *, count: bool = False) -> dict[str, Any]:
+        return raw
+
+    def reply(self, completion: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+        return completion
+
+    def error(self, exc: GatewayError) -> tuple[int, dict[str, Any]]:
+        return exc.status, exc.to_openai()
+
+    def internal_error(self) -> tuple[int, dict[str, Any]]:
+        return 500, _INTERNAL_ERROR
+
+    def count_tokens(self, estimated: int) -> dict[str, Any]:
+        raise NotImplementedError("OpenAI chat has no count_tokens route")
+
+    def stream(
+        self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan, raw: dict[str, Any]
+    ) -> Awaitable[StreamResult]:
+        """THE stream hand-off: open the gateway's stream and encode it for this client."""
+        return gateway.chat_stream(body, exchange, plan=plan)
+
+
+OPENAI = Codec()
+
+
+class IngressCodec(Codec):
+    """A client format from ingress.d/. The spec is looked up at each use, so a reload's new
+    mapping applies at once; `fallback` serves if a reload dropped the format (routes are fixed
+    at start)."""
+
+    def __init__(self, name: str, fallback: Any, gateway: Gateway) -> None:
+        self.name = name
+        self.fallback = fallback  # engine.spec.ingress.IngressSpec
+        self.gateway = gateway
+
+    @property
+    def spec(self) -> Any:
+        return self.gateway.catalog.ingress.get(self.name) or self.fallback
+
+    def request(self, raw: dict[str, Any], *, count: bool = False) -> dict[str, Any]:
+        return self.spec.to_canonical(raw, count=count)  # type: ignore[no-any-return]
+
+    def reply(self, completion: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+        return self.spec.from_canonical(completion, raw)  # type: ignore[no-any-return]
+
+    def error(self, exc: GatewayError) -> tuple[int, dict[str, Any]]:
+        return self.spec.error_body(exc)  # type: ignore[no-any-return]
+
+    def internal_error(self) -> tuple[int, dict[str, Any]]:
+        return self.error(GatewayError("Internal gateway error."))
+
+    def count_tokens(self, estimated: int) -> dict[str, Any]:
+        return self.spec.count_tokens(estimated)  # type: ignore[no-any-return]
+
+    def stream(
+        self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan, raw: dict[str, Any]
+    ) -> Awaitable[StreamResult]:
+        encoder = self.spec.stream_encoder(plan.facts["estimated_tokens"], raw)
+        return gateway.chat_stream(body, exchange, plan=plan, encoder=encoder)
+
+
+# -- what is served -----------------------------------------------------------------------------
+class Endpoint:
+    """Chat completions: validated by `validate_request`, admitted for the prompt estimate plus
+    the output asked for, priced before the call, cacheable when not streamed."""
+
+    name = "chat"
+    streamable = True
+    cacheable = True
+
+    def validate(self, body: dict[str, Any], limits: Limits) -> dict[str, Any]:
+        return validate_request(body, limits)
+
+    def tokens(self, body: dict[str, Any], plan: Plan) -> int:
+        return int(plan.facts["estimated_tokens"] + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0))
+
+    def estimate_cost(self, gateway: Gateway, body: dict[str, Any], plan: Plan) -> float:
+        return gateway.estimate_cost(body, plan)
+
+    def call(self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan) -> Awaitable[ChatResult]:
+        return gateway.chat(body, exchange, plan=plan)
+
+
+class EmbeddingsEndpoint(Endpoint):
+    """Embeddings: admitted for the input estimate; nothing reserved up front (the reply's usage
+    is billed when settled); never streamed or cached."""
+
+    name = "embeddings"
+    streamable = False
+    cacheable = False
+
+    def validate(self, body: dict[str, Any], limits: Limits) -> dict[str, Any]:
+        return validate_embeddings_request(body)
+
+    def tokens(self, body: dict[str, Any], plan: Plan) -> int:
+        return estimate_input_tokens(body["input"])
+
+    def estimate_cost(self, gateway: Gateway, body: dict[str, Any], plan: Plan) -> float:
+        return 0.0
+
+    def call(self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan) -> Awaitable[ChatResult]:
+        return gateway.embeddings(body, exchange, plan=plan)
+
+
+CHAT = Endpoint()
+EMBEDDINGS = EmbeddingsEndpoint()
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+class Pipeline:
+    """The stages, with the collaborators they need; built once per app."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        authenticator: Authenticator,
+        guards: Guards,
+        budgets: Budgets | RedisBudgets,
+        audit_writer: AuditWriter,
+        metrics: Metrics,
+        *,
+        limits: Limits | None = None,
+        store_content: bool = False,
+    ) -> None:
+        self.gateway = gateway
+        self.authenticator = authenticator
+        self.guards = guards
+        self.budgets = budgets
+        self.audit_writer = audit_writer
+        self.metrics = metrics
+        self.limits = limits or Limits()
+        self.store_content = store_content
+
+    async def run(self, endpoint: Endpoint, codec: Codec, port: Port) -> None:
+        """One request through every stage; the answer goes out through `port`. Whatever ends
+        it, what was taken is settled and the status the client saw is audited."""
+        exchange = Exchange(request_id=port.request_id)
+        try:
+            principal = exchange.principal = await self.authenticate(port.headers)
+        except GatewayError as exc:
+            await port.error(exc)
+            return
+        self.metrics.in_flight.inc()
+        try:
+            raw = parse_json(await port.read())
+            body = exchange.body = self.parse(endpoint, codec, raw)
+            exchange.stream = endpoint.streamable and bool(body.get("stream"))
+            plan = await self.plan(body)
+            admission = exchange.admission = await self.admit(principal, endpoint.tokens(body, plan))
+            headers = dict(admission.headers)
+            cached = self.cache_plan(endpoint, body, port.headers, principal, plan)
+            if cached is not None:
+                hit = await self.cache_lookup(cached)
+                if hit is not None:
+                    self._served_from_cache(exchange, hit, headers)
+                    await port.json(200, codec.reply(hit, raw), headers)
+                    return
+            exchange.reservation = await self.price_and_reserve(endpoint, body, plan, principal)
+            self.budget_warning(principal, headers)
+            if exchange.stream:
+                stream = await codec.stream(self.gateway, body, exchange, plan, raw)
+                headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
+                if not await port.stream(stream.body, {**headers, **stream.headers}):
+                    exchange.status = 499  # the client went away; the upstream request was cancelled
+                return
+            result = await endpoint.call(self.gateway, body, exchange, plan)
+            if cached is not None:
+                await self.guards.cache.set(cached.key, result.completion, cached.ttl)
+                headers["x-gaud-cache"] = "miss"
+            headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
+            await port.json(200, codec.reply(result.completion, raw), {**headers, **result.headers})
+        except Exception as exc:  # noqa: BLE001 - every failure is answered and audited
+            exchange.status = await self._failed(port, exc)
+            if isinstance(exc, GatewayError):
+                exchange.error = exc
+        finally:
+            await self.settle(exchange)
+            await self.audit(exchange)
+            # A handled error's traceback holds this frame, which holds the error (and the
+            # request): a cycle only the collector frees. Drop it now (server.GC_GEN0_THRESHOLD).
+            drop_tracebacks(exchange.error)
+
+    async def count_tokens(self, codec: Codec, port: Port) -> None:
+        """A client format's token count: authenticate and parse, then the prompt estimate."""
+        try:
+            await self.authenticate(port.headers)
+            body = codec.request(parse_json(await port.read()), count=True)
+            body.setdefault("max_tokens", 1)
+            body = validate_request(body, self.limits)
+            await port.json(200, codec.count_tokens(estimate_prompt_tokens(body)))
+        except Exception as exc:  # noqa: BLE001 - answered as in `run`
+            await self._failed(port, exc)
+
+    @staticmethod
+    async def _failed(port: Port, exc: Exception) -> int:
+        """Answer a failure in the client's format; the status the client saw."""
+        if isinstance(exc, GatewayError):
+            await port.error(exc)
+            return exc.status
+        if isinstance(exc, ClientGone):
+            return 499
+        log.exception("unhandled error on %s", port.path, exc_info=exc)
+        if not port.started:
+            await port.internal_error()
+        return 500
+
+    # -- the stages, in order ---------------------------------------------------------------------
+    def authenticate(self, headers: Mapping[str, str]) -> Awaitable[Principal]:
+        """API key -> user (or the local user with auth off); a 401 otherwise."""
+        return self.authenticator.principal(headers)
+
+    def parse(self, endpoint: Endpoint, codec: Codec, raw: dict[str, Any]) -> dict[str, Any]:
+        """The client's request in canonical form, validated once (later stages trust it)."""
+        return endpoint.validate(codec.request(raw), self.limits)
+
+    def plan(self, body: dict[str, Any]) -> Awaitable[Plan]:
+        """The route: candidate deployments in order, and the retry/fallback policy."""
+        return self.gateway.plan(body)
+
+    async def admit(self, principal: Principal, tokens: int) -> Admission:
+        """The caller's rate limits; a refusal is counted in the metrics before it is raised."""
+        try:
+            return await self.guards.admit(principal, tokens)
+        except GatewayError:
+            self.metrics.rate_limited.labels("key").inc()
+            raise
+
+    def cache_plan(
+        self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str], principal: Principal, plan: Plan
+    ) -> CachePlan | None:
+        """Whether this request may be answered from (and stored in) the response cache."""
+        if not endpoint.cacheable:
+            return None
+        return self.guards.cache_plan(body, headers, principal, plan.route.cache if plan.route else None)
+
+    async def cache_lookup(self, cached: CachePlan) -> dict[str, Any] | None:
+        hit: dict[str, Any] | None = await self.guards.cache.get(cached.key)
+        self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+        return hit
+
+    @staticmethod
+    def _served_from_cache(exchange: Exchange, hit: dict[str, Any], headers: dict[str, str]) -> None:
+        assert exchange.body is not None
+        exchange.cache_hit, exchange.alias = True, exchange.body["model"]
+        exchange.usage = hit.get("usage")
+        headers["x-gaud-cache"] = "hit"
+        headers["x-gaud-cost"] = "0.00000000"
+
+    def price_and_reserve(
+        self, endpoint: Endpoint, body: dict[str, Any], plan: Plan, principal: Principal
+    ) -> Awaitable[Reservation]:
+        """Hold the request's estimated cost against the caller's budgets (or a 429)."""
+        # The cost estimate is only worth computing for a user with a budget to reserve against.
+        estimate = endpoint.estimate_cost(self.gateway, body, plan) if principal.has_budget else 0.0
+        return self.budgets.reserve(principal, estimate)
+
+    def budget_warning(self, principal: Principal, headers: dict[str, str]) -> None:
+        """Tell the caller (a header) and the log once its spend passes a warning threshold."""
+        warning = self.budgets.warning(principal)
+        if warning:
+            headers["x-gaud-budget-warning"] = warning
+            log.warning("budget warning for user %s: %s", principal.user_name, warning)
+
+    async def settle(self, exchange: Exchange) -> None:
+        """Give back what was taken up front, against what the request really used."""
+        self.metrics.in_flight.dec()
+        admission = exchange.admission
+        if admission is not None and admission.tokens_key is not None:
+            usage = exchange.usage
+            await self.guards.settle(admission, int(usage.get("total_tokens") or 0) if usage else None)
+        if exchange.reservation is not None:
+            self.budgets.settle(exchange.reservation, exchange.cost)
+
+    def audit(self, exchange: Exchange) -> Awaitable[None]:
+        """The audit record (queued, written off the hot path), the metrics and the log line."""
+        record = audit_record(exchange, store_content=self.store_content)
+        overhead = exchange.overhead_ms() if exchange.status < 400 and not exchange.cache_hit else None
+        self.metrics.record(record, overhead)
+        fields = record.copy()  # the log line carries the record without the content and time
+        del fields["content"], fields["ts"]
+        fields["overhead_ms"] = round(overhead, 3) if overhead is not None else None
+        request_log.info(f"{record['status']} {record['alias']} {record['deployment'] or '-'}", fields)
+        return self.audit_writer.add(record)
+
+
+def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
+    """One audit row: who asked for what, where it went, what it cost, what the client saw."""
+    body, principal, error = exchange.body, exchange.principal, exchange.error
+    assert principal is not None
+    usage = exchange.usage or {}
+    content = None
+    if store_content and body is not None and "messages" in body:  # chat: the prompt
+        content = orjson.dumps({"messages": body.get("messages")}).decode()
+    return {
+        "request_id": exchange.request_id,
+        "ts": time.time(),
+        "user_id": principal.user_id,
+        "user_name": principal.user_name,
+        "alias": exchange.alias or (body.get("model") if isinstance(body, dict) else None),
+        "deployment": exchange.deployment,
+        "tried": ",".join(exchange.tried) or None,
+        "attempts": exchange.attempts,
+        "status": exchange.status,
+        "error_kind": error.kind if error is not None else None,
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+        "cost": exchange.cost,
+        "latency_ms": (time.perf_counter() - exchange.started) * 1000,
+        "ttft_ms": (exchange.first_byte - exchange.started) * 1000 if exchange.first_byte else None,
+        "stream": exchange.stream,
+        "cache_hit": exchange.cache_hit,
+        "content": content,
+    }
