@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..spec.crossref import price_key
 
 if TYPE_CHECKING:
-    from ..spec.loader import Catalog
+    from ..spec.catalog import Catalog
 
 __all__ = ["Price", "cost_of", "price_for"]
 

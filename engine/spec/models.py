@@ -10,7 +10,7 @@ from ..errors import NotFound
 from .provider import ModelInfo, ProviderSpec
 
 if TYPE_CHECKING:
-    from .loader import Catalog
+    from .catalog import Catalog
 
 __all__ = ["Target", "resolve_model"]
 
