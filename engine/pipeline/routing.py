@@ -12,17 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import NotFound
+from ..spec.catalog import Catalog
 from ..spec.models import Target, resolve_model
 from . import rules
 from .breaker import BreakerBoard
 from .pricing import price_for
 from .rules import BACKENDS, DEFAULT_BACKEND, Rule, RuleCompileError, compile_rule
-
-if TYPE_CHECKING:
-    from ..spec.catalog import Catalog
 
 __all__ = [
     "Backoff",
