@@ -46,7 +46,7 @@ from ..spec.models import Target, resolve_model
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 
 if TYPE_CHECKING:
-    from ..spec.loader import Catalog
+    from ..spec.catalog import Catalog
 
 __all__ = [
     "RECORD_SET",

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import AuthenticationFailed, GatewayError, UpstreamError
 from .flows import OAuthError, device_login, exchange_token, pkce_login, refresh_token
@@ -30,9 +30,26 @@ if TYPE_CHECKING:
     import httpx
 
     from ..accounts.store import Store
-    from ..spec.provider import ProviderSpec
 
-__all__ = ["CredentialManager"]
+__all__ = ["CredentialManager", "Provider"]
+
+
+class Provider(Protocol):
+    """What the manager reads of a provider: engine.spec.provider.ProviderSpec is one. (The spec
+    layer imports credentials/spec.py to compile `api.auth`; this keeps the dependency one-way.)"""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def auth(self) -> AuthSpec | None: ...
+
+    @property
+    def env_values(self) -> Mapping[str, str]: ...
+
+    def secrets(self) -> list[str]:
+        """The values of the spec's secret env variables, to redact from messages."""
+        ...
 
 
 def _new_client() -> httpx.AsyncClient:
@@ -127,7 +144,7 @@ class CredentialManager:
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- the request path ------------------------------------------------------------------------
-    async def access_token(self, spec: ProviderSpec) -> str | None:
+    async def access_token(self, spec: Provider) -> str | None:
         """The token for `credentials.access_token`, renewed if due; None = use the plain headers.
 
         Raises AuthenticationFailed when the sign-in is revoked or expired (telling the user to run
@@ -153,20 +170,20 @@ class CredentialManager:
             raise _copy(entry.failure)
         return entry.token
 
-    async def invalidate(self, spec: ProviderSpec, token: str) -> None:
+    async def invalidate(self, spec: Provider, token: str) -> None:
         """The upstream refused `token` (a 401): renew it on the next call, if it is still the current one."""
         entry = self._entries.get(spec.name)
         if entry is not None and entry.token == token:
             entry.forced = True
 
-    async def _renew(self, spec: ProviderSpec, auth: AuthSpec, previous: _Entry | None, now: float) -> _Entry:
+    async def _renew(self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float) -> _Entry:
         forced = previous is not None and previous.forced
         if auth.signs_in:
             return await self._renew_signed_in(spec, auth, previous, now, forced)
         return await self._renew_from_env(spec, auth, previous, now, forced)
 
     async def _renew_from_env(
-        self, spec: ProviderSpec, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
+        self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
     ) -> _Entry:
         """`type: api_key` with `exchange`: the env token is traded for a short-lived one."""
         assert auth.exchange is not None and auth.env is not None
@@ -188,7 +205,7 @@ class CredentialManager:
         return _Entry(record["exchanged"]["token"], self._renew_at(auth, record), now, record=record)
 
     async def _renew_signed_in(
-        self, spec: ProviderSpec, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
+        self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
     ) -> _Entry:
         name = spec.name
         row = await asyncio.to_thread(self.store.load_credentials, name)
@@ -261,7 +278,7 @@ class CredentialManager:
             exchanged_at = float(expires) - auth.exchange.refresh_before if isinstance(expires, (int, float)) else None
         return _earliest(access_at if auth.signs_in else None, exchanged_at)
 
-    async def _refresh(self, spec: ProviderSpec, auth: AuthSpec, record: dict[str, Any], now: float) -> dict[str, Any]:
+    async def _refresh(self, spec: Provider, auth: AuthSpec, record: dict[str, Any], now: float) -> dict[str, Any]:
         name = spec.name
         refresh = record.get("refresh_token")
         if not isinstance(refresh, str) or not refresh:
@@ -282,7 +299,7 @@ class CredentialManager:
         return {**record, "access_token": tokens.access_token, "refresh_token": tokens.refresh_token,
                 "expires_at": tokens.expires_at, "exchanged": None}
 
-    async def _exchange(self, spec: ProviderSpec, auth: AuthSpec, token: str, now: float, *, hint: str) -> dict[str, Any]:
+    async def _exchange(self, spec: Provider, auth: AuthSpec, token: str, now: float, *, hint: str) -> dict[str, Any]:
         assert auth.exchange is not None
         name = spec.name
         try:
@@ -301,7 +318,7 @@ class CredentialManager:
     # -- sign-in, sign-out, status ---------------------------------------------------------------
     async def login(
         self,
-        spec: ProviderSpec,
+        spec: Provider,
         *,
         echo: Callable[[str], None] = print,
         open_url: Callable[[str], Any] | None = None,
@@ -337,7 +354,7 @@ class CredentialManager:
         log.info("signed in to %s", name)
         return self.describe(spec, row={"blob": blob, "expires_at": record["expires_at"]}, record=record)
 
-    async def logout(self, spec: ProviderSpec) -> bool:
+    async def logout(self, spec: Provider) -> bool:
         """Forget the provider's tokens here (the provider may still consider them valid until they expire)."""
         deleted = await asyncio.to_thread(self.store.delete_credentials, spec.name)
         self.vault.forget(spec.name)
@@ -346,14 +363,14 @@ class CredentialManager:
             log.info("signed out of %s", spec.name)
         return bool(deleted)
 
-    async def signed_in(self, spec: ProviderSpec) -> bool:
+    async def signed_in(self, spec: Provider) -> bool:
         """Whether requests to this provider carry a token from a sign-in or exchange (for readiness)."""
         try:
             return await self.access_token(spec) is not None
         except GatewayError:
             return False
 
-    def describe(self, spec: ProviderSpec, *, row: Mapping[str, Any] | None = None,
+    def describe(self, spec: Provider, *, row: Mapping[str, Any] | None = None,
                  record: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """One provider's sign-in state, without tokens: method, signed_in, expires_at, refreshable, problem."""
         auth: AuthSpec | None = getattr(spec, "auth", None)
@@ -377,7 +394,7 @@ class CredentialManager:
         info["refreshable"] = bool(record.get("refresh_token"))
         return info
 
-    def status(self, specs: Mapping[str, ProviderSpec]) -> list[dict[str, Any]]:
+    def status(self, specs: Mapping[str, Provider]) -> list[dict[str, Any]]:
         """`describe()` for every provider, in name order (synchronous: for the CLI)."""
         rows = {r["provider"]: r for r in self.store.list_credentials()}
         return [

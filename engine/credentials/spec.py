@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import jinja2
 
 from ..pointer import compile_pointer
-from ..spec.provider import EnvVar, SpecCompileError, _template
+from ..spec.common import EnvVar, SpecCompileError, jinja_template
 
 __all__ = ["SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "compile_auth"]
 
@@ -142,7 +142,7 @@ def _smoke(template: jinja2.Template, where: str, **context: Any) -> None:
 
 def _exchange(raw: Mapping[str, Any], sample_env: Mapping[str, str]) -> ExchangeSpec:
     base = "/api/auth/exchange"
-    headers = {str(h): _template(str(t), f"{base}/headers/{h}") for h, t in (raw.get("headers") or {}).items()}
+    headers = {str(h): jinja_template(str(t), f"{base}/headers/{h}") for h, t in (raw.get("headers") or {}).items()}
     for name, template in headers.items():
         _smoke(template, f"{base}/headers/{name}", token="x", env=sample_env)
     if raw.get("expires_at_field") is not None and raw.get("expires_in_field") is not None:
@@ -171,7 +171,7 @@ def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar
     exchange = _exchange(raw["exchange"], sample_env) if raw.get("exchange") else None
     headers: dict[str, jinja2.Template | None] = {}
     for name, source in (raw.get("headers") or {}).items():
-        headers[str(name)] = None if source is None else _template(str(source), f"/api/auth/headers/{name}")
+        headers[str(name)] = None if source is None else jinja_template(str(source), f"/api/auth/headers/{name}")
         if headers[str(name)] is not None:
             _smoke(headers[str(name)], f"/api/auth/headers/{name}", **context)  # type: ignore[arg-type]
     static_headers: dict[str, jinja2.Template] = {}
@@ -190,9 +190,9 @@ def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar
             header = str(name or "Authorization")
             prefix = "Bearer " if placement == "bearer" else ""
             if exchange is None:
-                static_headers[header] = _template(f"{prefix}{{{{ env.{variable} }}}}", "/api/auth/in")
+                static_headers[header] = jinja_template(f"{prefix}{{{{ env.{variable} }}}}", "/api/auth/in")
             else:
-                headers[header] = _template(f"{prefix}{{{{ credentials.access_token }}}}", "/api/auth/in")
+                headers[header] = jinja_template(f"{prefix}{{{{ credentials.access_token }}}}", "/api/auth/in")
         if exchange is None and raw.get("headers"):
             raise SpecCompileError(
                 "/api/auth/headers", "`headers` place a signed-in or exchanged token; a static key uses `in` and `name`"

@@ -66,6 +66,8 @@ def _fernet_key(value: str) -> bytes:
 
 def key_file_for(database_url: str) -> Path | None:
     """`gaud-secret.key` beside a SQLite database file; None for other databases and in-memory SQLite."""
+    # Here, not at the top: every spec load imports this package, and the store loads SQLAlchemy
+    # (~150 ms); only sign-in and serving need the key file.
     from ..accounts.store import sqlite_folder
 
     folder = sqlite_folder(database_url)
@@ -75,7 +77,7 @@ def key_file_for(database_url: str) -> Path | None:
 def _read_or_create(path: Path) -> str:
     """The key in `path`, which is created atomically with mode 0600 when missing."""
     if not path.exists():
-        from cryptography.fernet import Fernet
+        from cryptography.fernet import Fernet  # imported only when sealing: ~10 ms at start-up otherwise
 
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")

@@ -9,9 +9,9 @@ from .templates import compile_condition, compile_first_of, compile_source, comp
 from .turns import split_call_id
 
 __all__ = [
-    "Mapper",
     "OPS",
     "RULE_KEYS",
+    "Mapper",
     "compile_classifier",
     "compile_condition",
     "compile_first_of",

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..pointer import MISSING, compile_pointer, get, put
+from .ops import OPS_WITH_OWN_TEMPLATE, compile_op
 from .templates import compile_condition, compile_template, fresh, is_source
 
 __all__ = ["generate_runner"]
@@ -148,9 +149,6 @@ def _simple_comparison(arg: Any) -> bool:
 # ------------------------------------------------------------------------------------ rules
 def _rule_lines(em: _Emitter, rule: dict[str, Any], gate: tuple[str, ...] | None, depth: int) -> None:
     """One rule: pick a value, fall back to `default`, check `when`, render, apply the op, write."""
-    from .ops import compile_op
-    from .rules import OPS_WITH_OWN_TEMPLATE
-
     if gate is not None:
         em.line(depth, "if " + " or ".join(f"{key!r} in src" for key in gate) + ":")
         depth += 1

@@ -13,12 +13,20 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..pointer import MISSING, compile_pointer, get
+from .client import compile_message_to_parts, compile_turns_to_messages
+from .message import compile_parts_to_message
+from .registry import compile_nested_rules
 from .templates import compile_condition, compile_template
+from .turns import compile_collect_text, compile_messages_to_turns
 
-__all__ = ["OPS", "compile_op"]
+__all__ = ["OPS", "OPS_WITH_OWN_TEMPLATE", "compile_op"]
 
 Step = Callable[[Any, Any, dict[str, Any]], Any]
 OMIT = "_omit"
+
+#: Ops that read `template` as their own parameter (per item, or with `@text`), so the rule does
+#: not render it first.
+OPS_WITH_OWN_TEMPLATE = frozenset({"each", "collect_text"})
 
 
 def _op_table(rule: dict[str, Any]) -> Step:
@@ -29,7 +37,7 @@ def _op_table(rule: dict[str, Any]) -> Step:
     def lookup(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
         key = value.get("type", MISSING) if isinstance(value, dict) else value
         try:
-            render = entries[key] if key in entries else default
+            render = entries.get(key, default)
         except TypeError:  # unhashable value
             render = default
         return MISSING if render is None else render(value, ctx)
@@ -40,9 +48,7 @@ def _op_table(rule: dict[str, Any]) -> Step:
 def _op_each(rule: dict[str, Any]) -> Step:
     """Map every item of a list; drop items failing `when_item`; optionally `wrap` the list."""
     if "map" in rule:
-        from .rules import compile_rules
-
-        item_mapper = compile_rules(rule["map"])
+        item_mapper = compile_nested_rules(rule["map"])
         render: Callable[[Any, dict[str, Any]], Any] = item_mapper
     else:
         render = compile_template(rule.get("template", "@value"))
@@ -184,23 +190,6 @@ def _op_concat(rule: dict[str, Any]) -> Step:
     return concat
 
 
-def _op_collect_text(rule: dict[str, Any]) -> Step:
-    from .turns import compile_collect_text
-
-    return compile_collect_text(rule)
-
-
-def _op_messages_to_turns(rule: dict[str, Any]) -> Step:
-    from .turns import compile_messages_to_turns
-
-    return compile_messages_to_turns(rule)
-
-
-def _op_parts_to_message(rule: dict[str, Any]) -> Step:
-    from .message import compile_parts_to_message
-
-    return compile_parts_to_message(rule)
-
 
 def _op_bucket(rule: dict[str, Any]) -> Step:
     """A number -> the label of the first `ranges` entry `[upto, label]` with value <= upto, else `above`."""
@@ -218,25 +207,17 @@ def _op_bucket(rule: dict[str, Any]) -> Step:
     return bucket
 
 
-def _op_turns_to_messages(rule: dict[str, Any]) -> Step:
-    from .client import compile_turns_to_messages
-
-    return compile_turns_to_messages(rule)
 
 
-def _op_message_to_parts(rule: dict[str, Any]) -> Step:
-    from .client import compile_message_to_parts
-
-    return compile_message_to_parts(rule)
-
-
+#: Op name -> its compiler. The structural conversions (messages <-> turns of parts) are larger and
+#: live in turns.py, message.py and client.py.
 OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
     "table": _op_table,
     "each": _op_each,
     "sum": _op_sum,
-    "collect_text": _op_collect_text,
-    "messages_to_turns": _op_messages_to_turns,
-    "parts_to_message": _op_parts_to_message,
+    "collect_text": compile_collect_text,
+    "messages_to_turns": compile_messages_to_turns,
+    "parts_to_message": compile_parts_to_message,
     "json_encode": _op_json_encode,
     "json_decode": _op_json_decode,
     "as_list": _op_as_list,
@@ -245,8 +226,8 @@ OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
     "omit_keys": _op_omit_keys,
     "concat": _op_concat,
     "bucket": _op_bucket,
-    "turns_to_messages": _op_turns_to_messages,
-    "message_to_parts": _op_message_to_parts,
+    "turns_to_messages": compile_turns_to_messages,
+    "message_to_parts": compile_message_to_parts,
 }
 
 

@@ -12,16 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..pointer import MISSING, compile_pointer, put
-from . import templates
+from . import registry
 from .codegen import generate_runner
-from .templates import Getter, compile_condition, compile_first_of, compile_template, fresh
+from .ops import OPS_WITH_OWN_TEMPLATE, compile_op
+from .registry import Getter, Mapper
+from .templates import compile_condition, compile_first_of, compile_template, fresh
 
 __all__ = ["RULE_KEYS", "Mapper", "compile_rule_value", "compile_rules", "interpret_rules"]
-
-Mapper = Callable[[Any, dict[str, Any]], dict[str, Any]]
-
-#: Ops that read `template` as their own parameter (per item, or with `@text`).
-OPS_WITH_OWN_TEMPLATE = frozenset({"each", "collect_text"})
 
 #: Keys every rule may carry, whatever its op.
 RULE_KEYS = frozenset({"to", "from", "default", "const", "template", "when", "op", "description"})
@@ -29,8 +26,6 @@ RULE_KEYS = frozenset({"to", "from", "default", "const", "template", "when", "op
 
 def compile_rule_value(rule: dict[str, Any]) -> Getter:
     """Compile the value part of a rule (everything but `to`): fn(src, ctx) -> value | MISSING."""
-    from .ops import compile_op  # the ops module uses this one for nested rules
-
     if "const" in rule:
         constant = rule["const"]
         pick: Getter = (lambda src, ctx: fresh(constant)) if isinstance(constant, (dict, list)) else (
@@ -146,4 +141,5 @@ def interpret_rules(rules: list[dict[str, Any]]) -> Mapper:
     return run
 
 
-templates.inline_rule_compiler = compile_rule_value
+# Rules nest inside templates and ops (see registry.py): from now on they compile with these.
+registry.register(compile_rule_value, compile_rules)

@@ -12,19 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..pointer import MISSING, compile_pointer, get
+from .registry import Getter, compile_inline_rule
 
 __all__ = ["Getter", "compile_condition", "compile_source", "compile_template", "fresh"]
 
-Getter = Callable[[Any, dict[str, Any]], Any]
 Predicate = Callable[[Any, dict[str, Any]], bool]
-
-#: Compiles an inline rule found inside a template (a mapping with an `op` key); set by the rule
-#: compiler to avoid an import cycle.
-inline_rule_compiler: Callable[[dict[str, Any]], Getter] | None = None
 
 
 def is_source(text: str) -> bool:
-    return text.startswith("/") or text.startswith("@")
+    return text.startswith(("/", "@"))
 
 
 def compile_source(source: str) -> Getter:
@@ -128,8 +124,7 @@ def compile_template(shape: Any) -> Getter:
         return compile_source(shape)
     if isinstance(shape, dict):
         if "op" in shape:
-            assert inline_rule_compiler is not None
-            return inline_rule_compiler(shape)
+            return compile_inline_rule(shape)
         # Leading constant scalars (`type: text`) are copied in one go, in their place in the order.
         head: dict[str, Any] = {}
         for key, value in shape.items():

@@ -20,7 +20,7 @@ import orjson
 from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
 from ..errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, drop_tracebacks, error_for_kind
 from ..metrics import Metrics
-from ..spec.loader import Catalog
+from ..spec.catalog import Catalog
 from ..spec.models import Target
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from ..streaming.encoders import EncoderFactory, StreamEncoder

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..spec.catalog import Catalog
 from ..spec.crossref import price_key
-
-if TYPE_CHECKING:
-    from ..spec.loader import Catalog
 
 __all__ = ["Price", "cost_of", "price_for"]
 

@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import NotFound
+from ..spec.catalog import Catalog
 from ..spec.models import Target, resolve_model
+from . import rules
 from .breaker import BreakerBoard
-from .rules import Rule, RuleCompileError, compile_rule
+from .pricing import price_for
+from .rules import BACKENDS, DEFAULT_BACKEND, Rule, RuleCompileError, compile_rule
 from .tokens import estimate_prompt_tokens
-
-if TYPE_CHECKING:
-    from ..spec.loader import Catalog
 
 __all__ = [
     "Backoff",
@@ -182,9 +182,6 @@ def _rule(expression: str | None, pointer: str) -> Rule | None:
     (`validate`); a serving process compiles on the default backend only (`rules.CHECK_PORTABILITY`)."""
     if expression is None:
         return None
-    from . import rules
-    from .rules import BACKENDS, DEFAULT_BACKEND
-
     compiled = {}
     for backend in BACKENDS if rules.CHECK_PORTABILITY else [DEFAULT_BACKEND]:
         try:
@@ -294,8 +291,6 @@ class Router:
         return new
 
     def _list_price(self, provider: str, model: str) -> float | None:
-        from .pricing import price_for
-
         price = price_for(self.catalog, provider, model)
         return price.blended if price is not None else None
 

@@ -19,7 +19,7 @@ from ..pointer import compile_pointer, get
 if TYPE_CHECKING:
     import httpx
 
-    from ..spec.loader import Catalog
+    from ..spec.catalog import Catalog
     from ..spec.provider import ProviderSpec
 
 __all__ = ["fetch_upstream_models"]

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
 
 from ..errors import SpecError
-
-if TYPE_CHECKING:
-    from .loader import Catalog
+from .catalog import Catalog
 
 __all__ = ["cross_reference", "price_key"]
 

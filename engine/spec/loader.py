@@ -10,18 +10,23 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
 
-from ..errors import SpecError, SpecLoadError
-from .provider import ProviderSpec, SpecCompileError, compile_provider
+from ..errors import SpecError
+from ..pipeline.routing import RoutesError, compile_routes
+from .catalog import Catalog
+from .crossref import cross_reference
+from .ingress import IngressCompileError, compile_ingress
+from .provider import SpecCompileError, compile_provider
 from .yamlfile import YamlFile, read_yaml
 
+# Catalog lives in catalog.py (what reads it need not import the loader) and is still importable here.
 __all__ = ["Catalog", "default_root", "load_catalog", "schema_dir"]
 
 
@@ -47,14 +52,12 @@ def schema_dir() -> Path:
     return bundled if bundled.is_dir() else Path(__file__).resolve().parent.parent.parent / "schemas"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> Draft202012Validator:
     schema = json.loads((schema_dir() / f"{name}.schema.json").read_text())
     if name != "ingress":
         return Draft202012Validator(schema)
     # The ingress schema reuses the provider schema's rules and templates by reference.
-    from referencing import Registry, Resource
-
     provider = json.loads((schema_dir() / "provider.schema.json").read_text())
     registry = Registry().with_resource(provider["$id"], Resource.from_contents(provider))
     return Draft202012Validator(schema, registry=registry)
@@ -64,31 +67,6 @@ def release_validators() -> None:
     """Drop the compiled spec-schema validators (a long-running server needs them only to load
     or reload specs; a reload compiles them again)."""
     _validator.cache_clear()
-
-
-@dataclass
-class Catalog:
-    """Everything loaded from one spec tree."""
-
-    root: Path
-    providers: dict[str, ProviderSpec] = field(default_factory=dict)
-    #: Client-facing formats (ingress.d/), by file stem: engine.spec.ingress.IngressSpec.
-    ingress: dict[str, Any] = field(default_factory=dict)
-    pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
-    routes: dict[str, Any] = field(default_factory=dict)
-    route_table: Any = None  # routing.RouteTable, compiled with the CEL rules
-    problems: list[SpecError] = field(default_factory=list)
-    files: dict[str, YamlFile] = field(default_factory=dict)
-    #: Names of spec files that exist but failed to load (cross-references to them are not re-reported).
-    broken: set[str] = field(default_factory=set)
-    #: Price keys whose pricing.d entry is broken (already reported).
-    broken_prices: set[str] = field(default_factory=set)
-    #: True when a pricing.d file could not be read at all: missing prices are then not reported.
-    broken_pricing: bool = False
-
-    def raise_for_problems(self) -> None:
-        if self.problems:
-            raise SpecLoadError(self.problems)
 
 
 def _label(path: Path, root: Path) -> str:
@@ -138,19 +116,29 @@ def _what(value: Any) -> str:
     return repr(value)
 
 
+def _schema_of(error: ValidationError) -> Mapping[str, Any]:
+    """The subschema that failed, as a mapping (JSON Schema also allows `true` and `false`)."""
+    return error.schema if isinstance(error.schema, Mapping) else {}
+
+
+def _listed(value: Any) -> list[Any]:
+    """A schema keyword's value as a list: `type: string` or `type: [string, "null"]`."""
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _describe(error: ValidationError) -> tuple[str, str]:
     """A pointer and a message that says what to do, for one schema violation."""
     pointer = _pointer(error.absolute_path)
     schema_path = list(error.schema_path)
     if error.validator == "additionalProperties":
         extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
-        allowed = list((error.schema.get("properties") or {}).keys())
+        allowed = list((_schema_of(error).get("properties") or {}).keys())
         if extra:
             hint = difflib.get_close_matches(extra[0], allowed, n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
             return f"{pointer}/{_pointer([extra[0]])[1:]}", f"unknown field '{extra[0]}'{suggestion}"
     if error.validator == "enum":
-        options = [str(v) for v in error.validator_value]
+        options = [str(v) for v in _listed(error.validator_value)]
         hint = difflib.get_close_matches(str(error.instance), options, n=1) if isinstance(error.instance, str) else []
         suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; expected one of: {', '.join(options)}"
         key = error.absolute_path[-1] if error.absolute_path else None
@@ -162,14 +150,14 @@ def _describe(error: ValidationError) -> tuple[str, str]:
         name = missing[0] if missing else error.message
         return pointer, f"missing required field '{name}'; add it"
     if error.validator == "type":
-        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        expected = _listed(error.validator_value)
         wanted = " or ".join(_JSON_TYPES.get(t, t) for t in expected)
         message = f"expected {wanted}, got {_what(error.instance)}"
         if "string" in expected and not isinstance(error.instance, (dict, list)):
             message += " (quote it)"
         return pointer, message
     if error.validator == "pattern":
-        described = error.schema.get("description")
+        described = _schema_of(error).get("description")
         fix = f": {described}" if described else ""
         return pointer, f"{error.instance!r} does not match {error.validator_value}{fix}"
     return pointer, error.message
@@ -282,8 +270,6 @@ def _load_valid_prices(catalog: Catalog, doc: YamlFile, problems: list[SpecError
 
 def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
     """Keep routes.yaml and its compiled table; a bad CEL rule is a problem at its line."""
-    from ..pipeline.routing import RoutesError, compile_routes
-
     try:
         catalog.route_table = compile_routes(doc.data)
     except RoutesError as exc:
@@ -294,8 +280,6 @@ def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
 
 def _load_ingress(catalog: Catalog) -> None:
     """ingress.d/: client-facing formats; two specs may not claim one route."""
-    from .ingress import IngressCompileError, compile_ingress
-
     claimed: dict[str, str] = {}
     for name, doc in _load_dir(catalog, "ingress.d", "ingress").items():
         try:
@@ -356,19 +340,17 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
             catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
     routes_path = catalog.root / "routes.yaml"
     if routes_path.is_file():
-        doc, problem = read_yaml(routes_path, _label(routes_path, catalog.root))
+        routes_doc, problem = read_yaml(routes_path, _label(routes_path, catalog.root))
         if problem is not None:
             catalog.problems.append(problem)
-        elif doc is not None:
-            catalog.files[doc.label] = doc
-            problems = _schema_problems(doc, "routes") if isinstance(doc.data, dict) else [
-                doc.problem("", "the file must hold a mapping")
+        elif routes_doc is not None:
+            catalog.files[routes_doc.label] = routes_doc
+            problems = _schema_problems(routes_doc, "routes") if isinstance(routes_doc.data, dict) else [
+                routes_doc.problem("", "the file must hold a mapping")
             ]
             catalog.problems.extend(problems)
             if not problems:
-                _compile_routes(catalog, doc)
+                _compile_routes(catalog, routes_doc)
     _load_ingress(catalog)
-    from .crossref import cross_reference
-
     catalog.problems.extend(cross_reference(catalog))
     return catalog

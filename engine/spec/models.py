@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from ..errors import NotFound
+from .catalog import Catalog
 from .provider import ModelInfo, ProviderSpec
-
-if TYPE_CHECKING:
-    from .loader import Catalog
 
 __all__ = ["Target", "resolve_model"]
 

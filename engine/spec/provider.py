@@ -9,35 +9,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ..credentials.spec import AuthSpec, compile_auth
 from ..errors import GatewayError, InvalidRequest, error_for_kind
 from ..mapping import Mapper, compile_condition, compile_first_of, compile_rules
 from ..mapping.templates import Getter, compile_source
 from ..pointer import MISSING, compile_pointer
+from ..streaming import compile_stream
+from .common import EnvVar, SpecCompileError, jinja_template
 
-__all__ = ["EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "compile_provider"]
+# EnvVar and SpecCompileError live in common.py (credentials/spec.py needs them too) and are still
+# importable from here.
+__all__ = [
+    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "SpecCompileError",
+    "compile_provider",
+]
 
-_JINJA = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
-
-
-class SpecCompileError(Exception):
-    """A spec that passed the schema but cannot be compiled; `pointer` says where."""
-
-    def __init__(self, pointer: str, message: str) -> None:
-        super().__init__(message)
-        self.pointer = pointer
-        self.message = message
-
-
-@dataclass(frozen=True)
-class EnvVar:
-    name: str
-    secret: bool = False
-    required: bool = False
-    base_url: bool = False
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,13 +53,6 @@ class Endpoint:
     stream_only: bool = False
 
 
-def _template(source: str, pointer: str) -> jinja2.Template:
-    try:
-        return _JINJA.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise SpecCompileError(pointer, f"Jinja2 template error: {exc.message}") from None
-
-
 class ErrorTable:
     """Classifies an upstream failure into an error kind: by message regex, then code, then status."""
 
@@ -81,7 +62,7 @@ class ErrorTable:
         self.by_message: list[tuple[re.Pattern[str], str]] = []
         for i, entry in enumerate(spec.get("by_message", [])):
             try:
-                self.by_message.append((re.compile(entry["pattern"], re.I), entry["kind"]))
+                self.by_message.append((re.compile(entry["pattern"], re.IGNORECASE), entry["kind"]))
             except re.error as exc:
                 raise SpecCompileError(f"/errors/by_message/{i}/pattern", f"bad regular expression: {exc}") from None
         self.by_code: dict[str, str] = {str(k): v for k, v in spec.get("by_code", {}).items()}
@@ -190,13 +171,15 @@ class ProviderSpec:
     errors: ErrorTable
     embeddings: EmbeddingMaps | None
     models_list: dict[str, Any] | None
-    stream: Any  # streaming.StreamSpec, compiled lazily to keep this module free of stream code
+    # streaming.StreamSpec, None without a `stream:` section. Typed Any until its readers
+    # (pipeline/gateway.py, cli/recordings.py) narrow out the None themselves.
+    stream: Any
     special_tokens: tuple[str, ...]
     raw: dict[str, Any]
     env_values: dict[str, str] = field(default_factory=dict)
     _header_cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     _url_cache: dict[tuple[str, str, bool, str], str] = field(default_factory=dict)
-    auth: Any = None  # credentials.AuthSpec: `api.auth`, the credential strategy
+    auth: AuthSpec | None = None  # `api.auth`, the credential strategy
     _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     # -- credentials and readiness ------------------------------------------------------------
@@ -350,8 +333,6 @@ def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
 
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
-    from ..streaming import compile_stream
-
     environ = os.environ if environ is None else environ
     api = spec.get("api") or {}
     env = {
@@ -361,19 +342,17 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
     }
     env_values = {n: environ.get(n, "") for n in env}
     headers = {
-        h: _template(str(t), f"/api/headers/{h}") for h, t in (api.get("headers") or {}).items() if t is not None
+        h: jinja_template(str(t), f"/api/headers/{h}") for h, t in (api.get("headers") or {}).items() if t is not None
     }
-    auth = None
+    auth: AuthSpec | None = None
     if api.get("auth"):
-        from ..credentials import compile_auth
-
         auth = compile_auth(name, api["auth"], env)
         headers.update(auth.static_headers)
     endpoints = {}
     for ep_name, ep in (api.get("endpoints") or {}).items():
         endpoints[ep_name] = Endpoint(
-            path=_template(ep["path"], f"/api/endpoints/{ep_name}/path"),
-            stream_path=_template(ep["stream_path"], f"/api/endpoints/{ep_name}/stream_path")
+            path=jinja_template(ep["path"], f"/api/endpoints/{ep_name}/path"),
+            stream_path=jinja_template(ep["stream_path"], f"/api/endpoints/{ep_name}/stream_path")
             if ep.get("stream_path")
             else None,
             stream_only=bool(ep.get("stream_only", False)),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .chunks import ChunkWriter, MessageAssembler, sse
-from .events import EventReader, StreamFailure, StreamSpec, StreamState, compile_stream
+from .deltas import StreamFailure, StreamState
+from .events import EventReader, StreamSpec, compile_stream
 from .framing import make_framer
 from .tokens import TokenFilter, strip_tokens
 

@@ -21,57 +21,25 @@ The engine keeps the state (key -> tool index, ids, usage, finish); the spec onl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from ..mapping import compile_classifier, compile_condition, compile_source, encode_carry, new_call_id
+from ..mapping import compile_classifier, compile_condition, compile_source, encode_carry
 from ..pointer import MISSING, compile_pointer, get
+from .deltas import Delta, StreamFailure, StreamState, delta_chars
 from .framing import make_framer
+from .passthrough import Passthrough
 
-__all__ = ["EventReader", "StreamFailure", "StreamSpec", "StreamState", "compile_stream", "delta_chars"]
+# Delta, StreamFailure, StreamState and delta_chars live in deltas.py (passthrough.py needs them
+# too) and are still importable from here.
+__all__ = ["Delta", "EventReader", "StreamFailure", "StreamSpec", "StreamState", "compile_stream", "delta_chars"]
 
-Delta = tuple[Any, ...]
-Action = Callable[[Any, "StreamState", list[Delta]], None]
-
-
-class StreamFailure(Exception):
-    """The upstream reported an error inside the stream."""
-
-    def __init__(self, kind: str | None, message: str, body: Any = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.body = body
-        #: Deltas from frames read before the failing one (they still reach the client first).
-        self.partial: list[Delta] = []
+Action = Callable[[Any, StreamState, list[Delta]], None]
 
 
 class _Done(Exception):
     pass
-
-
-@dataclass
-class StreamState:
-    """What the engine remembers while reading one upstream stream."""
-
-    id: str | None = None
-    model: str | None = None
-    raw_usage: dict[str, Any] = field(default_factory=dict)
-    raw_finish: Any = None
-    tool_index: dict[Any, int] = field(default_factory=dict)
-    last_tool_key: Any = None
-    next_tool_index: int = 0
-    vars: dict[str, Any] = field(default_factory=dict)
-    content_keys: set[Any] = field(default_factory=set)
-    done: bool = False
-    frames: int = 0
-    new_call_id: Callable[[str], str] = new_call_id
-
-    @property
-    def has_tool_calls(self) -> bool:
-        return self.next_tool_index > 0
 
 
 class StreamSpec:
@@ -98,8 +66,6 @@ class StreamSpec:
         new chunks, or (`passthrough`) bytes to forward. Text with special tokens to filter is
         always interpreted."""
         if self.passthrough is not None and self.framing == "sse" and not special_tokens:
-            from .passthrough import Passthrough
-
             return Passthrough(self, state, self.passthrough)
         return EventReader(self, state)
 
@@ -148,20 +114,6 @@ class StreamSpec:
             failure.partial = batch
             raise
         return batch
-
-
-def delta_chars(deltas: list[Delta]) -> int:
-    """Characters generated in a list of deltas: text, reasoning, tool names and arguments."""
-    total = 0
-    for delta in deltas:
-        kind = delta[0]
-        if kind == "tool_start":
-            total += len(delta[3] or "")
-        elif kind == "tool_args":
-            total += len(delta[2])
-        elif kind in ("text", "reasoning"):
-            total += len(delta[1])
-    return total
 
 
 class EventReader:

@@ -14,16 +14,29 @@ call arguments: only used to estimate usage when an upstream reports none.
 
 from __future__ import annotations
 
-from .events import StreamFailure, StreamSpec, StreamState, delta_chars
+from typing import Protocol
+
+from .deltas import Delta, StreamFailure, StreamState, delta_chars
 from .framing import SseFramer
 
-__all__ = ["Passthrough"]
+__all__ = ["FrameTable", "Passthrough"]
+
+
+class FrameTable(Protocol):
+    """What the relay needs of a compiled `stream:` section (events.StreamSpec is one)."""
+
+    @property
+    def done_data(self) -> str | None: ...
+
+    def handle(self, event: str | None, data: str, state: StreamState) -> list[Delta]:
+        """Interpret one frame; the deltas it produced."""
+        ...
 
 
 class Passthrough:
     """Feed upstream reads, get the bytes to send to the client (whole frames only)."""
 
-    def __init__(self, stream: StreamSpec, state: StreamState, inspect: tuple[bytes, ...]) -> None:
+    def __init__(self, stream: FrameTable, state: StreamState, inspect: tuple[bytes, ...]) -> None:
         self.stream = stream
         self.state = state
         done = (stream.done_data.encode(),) if stream.done_data else ()
