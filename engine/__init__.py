@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .errors import GatewayError, SpecError, SpecLoadError
 from .pipeline.translate import build_request, completion_from_reply, error_from_reply
-from .spec.loader import Catalog, load_catalog
+from .spec.catalog import Catalog
+from .spec.loader import load_catalog
 from .spec.models import Target, resolve_model
 
 __all__ = [

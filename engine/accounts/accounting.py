@@ -89,6 +89,7 @@ class Budgets:
         """Hold `estimate` USD against the user's limits, or raise BudgetExceeded."""
         if not principal.has_budget:
             return Reservation(principal, 0.0)
+        assert principal.user_id is not None  # has_budget: a user with limits
         async with self._lock:
             spend = await self._load(principal.user_id)
             for label, limit, spent in (

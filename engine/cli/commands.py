@@ -12,7 +12,8 @@ import click
 
 from ..config import load_settings
 from ..errors import SpecError
-from ..spec.loader import Catalog, default_root, load_catalog, serving_root
+from ..spec.catalog import Catalog
+from ..spec.loader import default_root, load_catalog, serving_root
 
 if TYPE_CHECKING:
     from ..accounts.store import Store

@@ -17,6 +17,7 @@ the spec, not the prices, so it has no cost.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import itertools
@@ -593,10 +594,8 @@ def record(
             except httpx.HTTPError as exc:
                 raise RecordingProblem(f"{stem}: the upstream could not be reached: {scrub(str(exc), secrets)}") from None
             if upstream["status"] >= 400 and isinstance(upstream.get("body"), str):
-                try:
+                with contextlib.suppress(ValueError):
                     upstream["body"] = json.loads(upstream["body"])
-                except ValueError:
-                    pass
             data: dict[str, Any] = scrub(
                 {"description": description, "model": target.name, "request": request, "upstream": upstream}, secrets
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -198,10 +199,8 @@ class _Callback:
         self.servers.append(await asyncio.start_server(self._handle, first, port))
         bound = int(self.servers[0].sockets[0].getsockname()[1])
         if host == "localhost":  # browsers may resolve localhost to ::1 first
-            try:
+            with contextlib.suppress(OSError):
                 self.servers.append(await asyncio.start_server(self._handle, "::1", bound))
-            except OSError:
-                pass
         return bound
 
     async def close(self) -> None:

@@ -166,7 +166,7 @@ def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar
     for key, types in _ONLY_FOR.items():
         if key in raw and kind not in types:
             raise SpecCompileError(f"/api/auth/{key}", f"`{key}` has no effect with type {kind}; remove it")
-    sample_env = {n: "x" for n in env}
+    sample_env = dict.fromkeys(env, "x")
     context = {"model": "m", "env": sample_env, "api_base": "http://x", "credentials": {"access_token": "x"}}
     exchange = _exchange(raw["exchange"], sample_env) if raw.get("exchange") else None
     headers: dict[str, jinja2.Template | None] = {}

@@ -134,7 +134,8 @@ class FernetVault:
                 f"the stored credentials for {provider} do not open with this secret key "
                 f"(GAUD_SECRET_KEY or the key file changed?); run `gaud-engine login {provider}` again"
             )
-        return data["record"]
+        record: dict[str, Any] = data["record"]
+        return record
 
     def forget(self, provider: str) -> None:
         return None

@@ -79,7 +79,8 @@ def _op_sum(rule: dict[str, Any]) -> Step:
     subtrahends = [compile_pointer(p) for p in rule.get("minus", ())]
 
     def total(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
-        found, result = False, 0
+        found = False
+        result: float = 0
         for tokens in addends:
             number = get(value, tokens)
             if isinstance(number, (int, float)):
@@ -88,7 +89,8 @@ def _op_sum(rule: dict[str, Any]) -> Step:
             return MISSING
         if not subtrahends:
             return result
-        subtracted, less = False, 0
+        subtracted = False
+        less: float = 0
         for tokens in subtrahends:
             number = get(value, tokens)
             if isinstance(number, (int, float)):

@@ -19,8 +19,16 @@ Getter = Callable[[Any, dict[str, Any]], Any]
 #: A compiled rule list: fn(src, ctx) -> the new document.
 Mapper = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
-_rule_value_compiler: Callable[[dict[str, Any]], Getter] | None = None
-_rule_list_compiler: Callable[[list[dict[str, Any]]], Mapper] | None = None
+
+
+class _Compilers:
+    """The installed compilers (None until rules.py registers them)."""
+
+    value: Callable[[dict[str, Any]], Getter] | None = None
+    rule_list: Callable[[list[dict[str, Any]]], Mapper] | None = None
+
+
+_installed = _Compilers()
 
 
 def register(
@@ -28,20 +36,19 @@ def register(
     rule_list_compiler: Callable[[list[dict[str, Any]]], Mapper],
 ) -> None:
     """Install the compilers of one rule's value and of a rule list (rules.py does, at import)."""
-    global _rule_value_compiler, _rule_list_compiler
-    _rule_value_compiler = rule_value_compiler
-    _rule_list_compiler = rule_list_compiler
+    _installed.value = rule_value_compiler
+    _installed.rule_list = rule_list_compiler
 
 
 def compile_inline_rule(rule: dict[str, Any]) -> Getter:
     """A rule written inside a template, compiled as the value of a rule (it has no `to`)."""
-    if _rule_value_compiler is None:
+    if _installed.value is None:
         raise RuntimeError("engine.mapping.rules is not imported: import engine.mapping first")
-    return _rule_value_compiler(rule)
+    return _installed.value(rule)
 
 
 def compile_nested_rules(rules: list[dict[str, Any]]) -> Mapper:
     """A rule list inside an op (`each` with `map:`), compiled as any rule list is."""
-    if _rule_list_compiler is None:
+    if _installed.rule_list is None:
         raise RuntimeError("engine.mapping.rules is not imported: import engine.mapping first")
-    return _rule_list_compiler(rules)
+    return _installed.rule_list(rules)

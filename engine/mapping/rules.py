@@ -34,13 +34,14 @@ def compile_rule_value(rule: dict[str, Any]) -> Getter:
     elif "from" in rule:
         pick = compile_first_of(rule["from"])
     else:
-        pick = lambda src, ctx: src
+        def pick(src: Any, ctx: dict[str, Any]) -> Any:
+            return src
 
     if "default" in rule:
         default = rule["default"]
         base_pick = pick
 
-        def pick(src: Any, ctx: dict[str, Any]) -> Any:  # type: ignore[misc]
+        def pick(src: Any, ctx: dict[str, Any]) -> Any:
             value = base_pick(src, ctx)
             return fresh(default) if value is MISSING else value
 

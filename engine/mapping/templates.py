@@ -139,7 +139,7 @@ def compile_template(shape: Any) -> Getter:
                 value = fn(src, ctx)
                 if value is not MISSING:
                     out[key] = value
-            return out if out else MISSING
+            return out or MISSING
 
         return render_object
     assert isinstance(shape, list)
@@ -147,7 +147,7 @@ def compile_template(shape: Any) -> Getter:
 
     def render_list(src: Any, ctx: dict[str, Any]) -> Any:
         out = [v for v in (fn(src, ctx) for fn in elements) if v is not MISSING]
-        return out if out else MISSING
+        return out or MISSING
 
     return render_list
 

@@ -29,7 +29,7 @@ __all__ = ["compile_collect_text", "compile_messages_to_turns", "decode_carry", 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 _TEXT_ROLES = ("user", "system", "developer")  # roles whose items are only their content (a tuple: roles may be unhashable)
-_DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[^;,]*)*);base64,(?P<data>.*)$", re.S)
+_DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[^;,]*)*);base64,(?P<data>.*)$", re.DOTALL)
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 DROP = "_drop"
 

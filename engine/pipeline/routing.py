@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import NotFound
@@ -24,16 +25,19 @@ from .rules import BACKENDS, DEFAULT_BACKEND, Rule, RuleCompileError, compile_ru
 from .tokens import estimate_prompt_tokens
 
 __all__ = [
+    "STRATEGIES",
     "Backoff",
     "Plan",
     "Policy",
     "Route",
     "Router",
-    "STRATEGIES",
     "compile_routes",
     "explain",
     "request_facts",
 ]
+
+#: The activation of a route without conditions: no rule reads it, so it is never built.
+_NO_FACTS: Mapping[str, Any] = MappingProxyType({})
 
 STRATEGIES = ("priority", "round-robin", "weighted", "least-busy", "lowest-cost", "lowest-latency")
 
@@ -317,7 +321,7 @@ class Router:
             if explain:
                 self._note_open_breakers(planned, notes)
             return Plan(str(name), None, planned, self.table.default_policy, facts, notes)
-        act = activation(facts) if route.has_conditions else None  # only rules read it
+        act = activation(facts) if route.has_conditions else _NO_FACTS  # only rules read it
         if route.when is not None and not route.when.matches(act):
             raise NotFound(f"No route of '{route.name}' applies to this request.", param="model")
         eligible: list[tuple[Candidate, Target]] = []
@@ -361,7 +365,7 @@ class Router:
             return sorted(eligible, key=lambda ct: self.in_flight.get(ct[1].name, 0))
         if strategy == "lowest-cost":
             def cost(ct: tuple[Candidate, Target]) -> float:
-                price = self.price_of(ct[1].provider.name, ct[1].model) if self.price_of else None
+                price = self.price_of(ct[1].provider.name, ct[1].model)
                 return float("inf") if price is None else price
 
             return sorted(eligible, key=cost)

@@ -297,7 +297,7 @@ class Pipeline:
             return exc.status
         if isinstance(exc, ClientGone):
             return 499
-        log.exception("unhandled error on %s", port.path, exc_info=exc)
+        log.error("unhandled error on %s", port.path, exc_info=exc)
         if not port.started:
             await port.internal_error()
         return 500

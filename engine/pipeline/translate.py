@@ -12,7 +12,8 @@ import orjson
 from ..errors import GatewayError, InvalidRequest, ResponseParsing
 from ..pointer import MISSING, get
 from ..spec.models import Target
-from ..streaming import strip_tokens
+from ..spec.provider import ProviderSpec
+from ..streaming import StreamState, strip_tokens
 from .tokens import estimate_output_tokens, estimate_prompt_tokens
 from .upstream import UpstreamRequest
 from .validation import check_for_model
@@ -134,7 +135,7 @@ def with_usage(completion: dict[str, Any], prompt_estimate: int | None) -> dict[
     return completion
 
 
-def stream_usage(spec: Any, raw_usage: dict[str, Any], output_chars: int, prompt_estimate: int | None) -> dict[str, Any]:
+def stream_usage(spec: ProviderSpec, raw_usage: dict[str, Any], output_chars: int, prompt_estimate: int | None) -> dict[str, Any]:
     """A stream's usage as reported; estimated where the upstream reported nothing, or no output
     yet (a stream cut short before its final usage event)."""
     usage = spec.usage_of(raw_usage) if raw_usage else None
@@ -146,7 +147,7 @@ def stream_usage(spec: Any, raw_usage: dict[str, Any], output_chars: int, prompt
     return usage
 
 
-def closing_finish_reason(spec: Any, state: Any, forwarded: bool) -> str | None:
+def closing_finish_reason(spec: ProviderSpec, state: StreamState, forwarded: bool) -> str | None:
     """The finish reason of a stream's closing chunk; None when a forwarded upstream chunk
     already carried one (`stream.passthrough`)."""
     if forwarded and state.raw_finish is not None:

@@ -93,7 +93,8 @@ class IngressSpec:
         return self._response(completion, ctx)
 
     def count_tokens(self, estimated: int) -> dict[str, Any]:
-        return self._count(None, {"estimated_tokens": estimated})
+        counted: dict[str, Any] = self._count(None, {"estimated_tokens": estimated})
+        return counted
 
     # -- errors ---------------------------------------------------------------------------------
     def error_type(self, exc: GatewayError) -> str:

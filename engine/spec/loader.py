@@ -78,9 +78,8 @@ def _label(path: Path, root: Path) -> str:
 
 def _schema_problems(doc: YamlFile, schema: str) -> list[SpecError]:
     problems = []
-    for error in _validator(schema).iter_errors(doc.data):
-        if error.context:
-            error = best_match(error.context)
+    for found in _validator(schema).iter_errors(doc.data):
+        error = best_match(found.context) if found.context else found
         pointer, message = _describe(error)
         problems.append(doc.problem(pointer, message))
     problems.sort(key=lambda p: p.line)
@@ -217,7 +216,8 @@ def _resolve_extends(
     if base is None:
         return None
     base.pop("models", None)  # a models list is never inherited
-    return _deep_merge(base, data)
+    merged: dict[str, Any] = _deep_merge(base, data)
+    return merged
 
 
 def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]:
@@ -332,10 +332,10 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
             catalog.problems.append(doc.problem(exc.pointer, exc.message))
             catalog.broken.add(name)
 
-    for name in provider_docs:
+    for name in list(provider_docs):
         compile_one(name)
     catalog.providers = {name: catalog.providers[name] for name in provider_docs if name in catalog.providers}
-    for name, doc in _load_dir(catalog, "pricing.d", "pricing").items():
+    for doc in _load_dir(catalog, "pricing.d", "pricing").values():
         for model, price in (doc.data.get("models") or {}).items():
             catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
     routes_path = catalog.root / "routes.yaml"

@@ -61,7 +61,7 @@ def resolve_model(catalog: Catalog, name: str) -> list[Target]:
         spec = catalog.providers[provider_name]
         info = _in_provider(spec, model) or ModelInfo(model)
         return [Target(spec, info.id, info)]
-    found = [(spec, info) for spec in catalog.providers.values() if (info := _in_provider(spec, name)) is not None]
+    found = [(spec, listed) for spec in catalog.providers.values() if (listed := _in_provider(spec, name)) is not None]
     if len(found) == 1:
         spec, info = found[0]
         return [Target(spec, info.id, info)]

@@ -294,8 +294,8 @@ def normalize_usage(usage: dict[str, Any]) -> dict[str, Any]:
 
 def _models(raw: Mapping[str, Any]) -> dict[str, ModelInfo]:
     models = {}
-    for model_id, info in (raw or {}).items():
-        info = info or {}
+    for model_id, given in (raw or {}).items():
+        info = given or {}
         models[str(model_id)] = ModelInfo(
             id=str(model_id),
             aliases=tuple(info.get("aliases", ())),
@@ -410,11 +410,11 @@ def _smoke_render(spec: ProviderSpec) -> None:
         except jinja2.UndefinedError as exc:
             raise SpecCompileError(f"/api/headers/{name}", f"template names an undeclared value: {exc.message}") from None
     for ep_name, ep in spec.endpoints.items():
-        for which, template in (("path", ep.path), ("stream_path", ep.stream_path)):
-            if template is None:
+        for which, path_template in (("path", ep.path), ("stream_path", ep.stream_path)):
+            if path_template is None:
                 continue
             try:
-                template.render(model="m", env=sample_env, api_base="http://x")
+                path_template.render(model="m", env=sample_env, api_base="http://x")
             except jinja2.UndefinedError as exc:
                 raise SpecCompileError(
                     f"/api/endpoints/{ep_name}/{which}", f"template names an undeclared value: {exc.message}"

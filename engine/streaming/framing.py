@@ -25,7 +25,7 @@ class Framer:
     def feed(self, chunk: bytes) -> Iterator[Frame]:
         lines = (self._buffer + self._decoder.decode(chunk)).split("\n")
         self._buffer = lines.pop()
-        return self._frames([line[:-1] if line.endswith("\r") else line for line in lines])
+        return self._frames([line.removesuffix("\r") for line in lines])
 
     def close(self) -> Iterator[Frame]:
         tail = (self._buffer + self._decoder.decode(b"", final=True)).rstrip("\r")

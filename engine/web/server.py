@@ -45,7 +45,8 @@ from ..pipeline.stages import CHAT, EMBEDDINGS, OPENAI, IngressCodec, Pipeline, 
 from ..pipeline.upstream import Upstream
 from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
-from ..spec.loader import Catalog, load_catalog, release_validators
+from ..spec.catalog import Catalog
+from ..spec.loader import load_catalog, release_validators
 from .asgi import GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
 
@@ -218,7 +219,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
     body = {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}}
     return JSONResponse(body, status_code=500)
 
