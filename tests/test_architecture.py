@@ -219,3 +219,47 @@ def test_every_layer_folder_says_what_it_is_for(folder: Path) -> None:
     assert not rest or not rest[0].strip(), (
         f"{init.relative_to(ENGINE.parent)}: say what the layer is for in one line, then a blank line before any detail"
     )
+
+
+#: The layers, lowest first; a module may import only from its own layer or a lower one. Layers on
+#: one line are siblings and do not import each other. docs/architecture.md draws this.
+LAYERS: list[set[str]] = [
+    {"errors", "pointer", "config", "logs", "metrics"},  # engine/*.py: used everywhere
+    {"mapping"},
+    {"streaming"},
+    {"spec", "accounts"},
+    {"pipeline", "credentials"},
+    {"web"},
+    {"cli"},  # `serve` starts the web layer
+]
+
+
+def _layer_of(module: str) -> tuple[int, str] | None:
+    parts = module.split(".")
+    name = parts[1] if len(parts) > 1 else ""
+    for level, members in enumerate(LAYERS):
+        if name in members:
+            return level, name
+    return None  # engine itself, __main__: entry points, not layers
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    strays = sorted(m for m in import_graph(ENGINE) if m.count(".") >= 1 and _layer_of(m) is None
+                    and m != "engine.__main__")
+    assert not strays, f"modules outside every layer (add their folder to LAYERS and docs/architecture.md): {strays}"
+
+
+def test_layers_import_only_downwards() -> None:
+    graph = import_graph(ENGINE)
+    upward = []
+    for module, edges in graph.items():
+        source = _layer_of(module)
+        if source is None:
+            continue
+        for target, site in edges.items():
+            dest = _layer_of(target)
+            if dest is None:
+                continue
+            if dest[0] > source[0] or (dest[0] == source[0] and dest[1] != source[1]):
+                upward.append(f"{source[1]} -> {dest[1]}: {site}")
+    assert not upward, "imports against the layer order (see LAYERS):\n" + "\n".join(upward)

@@ -132,7 +132,7 @@ def test_retries_with_exponential_backoff_then_succeeds(run, upstream):
 
 
 def test_backoff_is_capped_and_jittered():
-    from engine.pipeline.routing import Backoff
+    from engine.spec.routes import Backoff
 
     backoff = Backoff(initial=1, multiplier=2, max=8, jitter=0.2)
     rng = random.Random(1)

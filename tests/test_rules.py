@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.pipeline.rules import BACKENDS, RuleCompileError, RuleError, compile_rule, sample_activation
+from engine.spec.rules import BACKENDS, RuleCompileError, RuleError, compile_rule, sample_activation
 
 ACT = {
     "request": {"model": "smart", "n_messages": 3, "n_tools": 2, "estimated_tokens": 200000, "stream": True,

@@ -154,7 +154,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     root = serving_root(settings)
-    from ..pipeline import rules
+    from ..spec import rules
 
     rules.CHECK_PORTABILITY = False  # `validate` checks rules on both CEL backends; serving needs one
     catalog = load_catalog(root)

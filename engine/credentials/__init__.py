@@ -14,9 +14,9 @@ Strategies (the schema's `api.auth` documents every field):
 request needs; tokens are sealed at rest by `vault.py` and never logged.
 """
 
+from ..spec.credentials import SIGN_IN_TYPES, AuthSpec, ExchangeSpec, compile_auth
 from .flows import OAuthError, TokenSet, pkce_pair
 from .manager import CredentialManager
-from .spec import SIGN_IN_TYPES, AuthSpec, ExchangeSpec, compile_auth
 from .vault import FernetVault, KeyringVault, Vault, VaultError, key_file_for, open_vault
 
 __all__ = [

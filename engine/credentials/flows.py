@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..errors import AuthenticationFailed, UpstreamConnection, UpstreamTimeout
 from ..pointer import MISSING, get
-from .spec import AuthSpec, ExchangeSpec
+from ..spec.credentials import AuthSpec, ExchangeSpec
 
 if TYPE_CHECKING:
     import httpx

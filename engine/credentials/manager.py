@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import AuthenticationFailed, GatewayError, UpstreamError
+from ..spec.credentials import AuthSpec
 from .flows import OAuthError, device_login, exchange_token, pkce_login, refresh_token
-from .spec import AuthSpec
 from .vault import Vault, VaultError, open_vault
 
 if TYPE_CHECKING:

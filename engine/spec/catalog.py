@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import SpecError, SpecLoadError
 from .provider import ProviderSpec
+from .routes import RouteTable
 from .yamlfile import YamlFile
 
 __all__ = ["Catalog"]
@@ -27,9 +28,8 @@ class Catalog:
     ingress: dict[str, Any] = field(default_factory=dict)
     pricing: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, Any] = field(default_factory=dict)
-    #: engine.pipeline.routing.RouteTable, compiled with the CEL rules (Any: the pipeline layer
-    #: imports this module, not the other way round).
-    route_table: Any = None
+    #: routes.yaml compiled with its CEL rules (None until the loader compiles it).
+    route_table: RouteTable | None = None
     problems: list[SpecError] = field(default_factory=list)
     files: dict[str, YamlFile] = field(default_factory=dict)
     #: Names of spec files that exist but failed to load (cross-references to them are not re-reported).

@@ -19,11 +19,11 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
 from ..errors import SpecError
-from ..pipeline.routing import RoutesError, compile_routes
 from .catalog import Catalog
 from .crossref import cross_reference
 from .ingress import IngressCompileError, compile_ingress
 from .provider import SpecCompileError, compile_provider
+from .routes import RoutesError, compile_routes
 from .yamlfile import YamlFile, read_yaml
 
 # Catalog lives in catalog.py (what reads it need not import the loader) and is still importable here.

@@ -10,13 +10,13 @@ from typing import Any
 
 import jinja2
 
-from ..credentials.spec import AuthSpec, compile_auth
 from ..errors import GatewayError, InvalidRequest, error_for_kind
 from ..mapping import Mapper, compile_condition, compile_first_of, compile_rules
 from ..mapping.templates import Getter, compile_source
 from ..pointer import MISSING, compile_pointer
 from ..streaming import compile_stream
 from .common import EnvVar, SpecCompileError, jinja_template
+from .credentials import AuthSpec, compile_auth
 
 # EnvVar and SpecCompileError live in common.py (credentials/spec.py needs them too) and are still
 # importable from here.

@@ -34,13 +34,14 @@ from ..accounts.auth import LOCAL_USER, Authenticator
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.guards import Guards
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from ..accounts.shared import RedisBudgets, SharedBreakerBoard
+from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
 from ..config import Settings
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..metrics import Metrics
 from ..pipeline.gateway import Gateway
 from ..pipeline.images import ImageFetcher
+from ..pipeline.shared_breakers import SharedBreakerBoard
 from ..pipeline.stages import CHAT, EMBEDDINGS, OPENAI, IngressCodec, Pipeline, parse_json
 from ..pipeline.upstream import Upstream
 from ..pipeline.upstream_models import fetch_upstream_models

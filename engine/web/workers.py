@@ -44,7 +44,7 @@ def prepare_store(settings: Settings) -> None:
 def worker_app() -> Any:
     """The app of one worker process (a uvicorn factory): settings from the environment."""
     from ..logs import logging_from_settings
-    from ..pipeline import rules
+    from ..spec import rules
     from ..spec.loader import load_catalog, serving_root
     from .process import limit_malloc_arenas
     from .server import create_app

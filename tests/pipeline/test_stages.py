@@ -21,9 +21,10 @@ from engine.accounts.store import Principal
 from engine.errors import AuthenticationFailed, GatewayError, Overloaded
 from engine.metrics import Metrics
 from engine.pipeline.gateway import ChatResult, Exchange, StreamResult
-from engine.pipeline.routing import Backoff, Plan, Policy
+from engine.pipeline.routing import Plan
 from engine.pipeline.stages import CHAT, EMBEDDINGS, OPENAI, ClientGone, Pipeline
 from engine.pipeline.tokens import estimate_prompt_tokens
+from engine.spec.routes import Backoff, Policy
 
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "hello"}]}'
 USER = Principal(user_id=7, user_name="ann", role="member", budget_daily=10.0, tpm_limit=10_000)

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import jinja2
 
 from ..pointer import compile_pointer
-from ..spec.common import EnvVar, SpecCompileError, jinja_template
+from .common import EnvVar, SpecCompileError, jinja_template
 
 __all__ = ["SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "compile_auth"]
 
