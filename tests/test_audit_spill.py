@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from engine.accounts.accounting import SPILL_PATTERN, AuditWriter, import_spilled, spill_records
+from engine.accounts.audit import SPILL_PATTERN, AuditWriter, import_spilled, spill_records
 from engine.accounts.store import Store
 
 from .conftest import provider_env, spec_tree, start_gateway

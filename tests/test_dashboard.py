@@ -20,7 +20,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine.accounts.accounting import day_start, month_start
+from engine.accounts.budgets import day_start, month_start
 from engine.accounts.store import KEY_PREFIX, Store
 from engine.web.dashboard.charts import format_money, stacked_bars
 from engine.web.dashboard.queries import (

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import BudgetExceeded
 from ._redis import connect
-from .accounting import Reservation, day_start, month_start
+from .budgets import Reservation, day_start, month_start
 from .store import Principal, Store
 
 __all__ = ["RedisBudgets"]
@@ -57,7 +57,7 @@ _PERIOD_KEY_TTL_MS = 40 * 86400 * 1000
 
 
 class RedisBudgets:
-    """The same interface as `accounting.Budgets`, with spend and reservations in Redis."""
+    """The same interface as `budgets.Budgets`, with spend and reservations in Redis."""
 
     def __init__(
         self,

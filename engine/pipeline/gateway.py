@@ -41,7 +41,7 @@ from .upstream import Upstream, UpstreamRequest, iter_chunks
 from .validation import check_structured_output
 
 if TYPE_CHECKING:
-    from ..accounts.accounting import Reservation
+    from ..accounts.budgets import Reservation
     from ..accounts.guards import Admission
     from ..accounts.store import Principal
 

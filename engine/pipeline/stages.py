@@ -33,8 +33,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..accounts.accounting import AuditWriter, Budgets, Reservation
+from ..accounts.audit import AuditWriter
 from ..accounts.auth import Authenticator
+from ..accounts.budgets import Budgets, Reservation
 from ..accounts.guards import Admission, CachePlan, Guards
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal

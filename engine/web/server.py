@@ -29,8 +29,9 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..accounts.accounting import AuditWriter, Budgets, audit_spill_dir, import_spilled
+from ..accounts.audit import AuditWriter, audit_spill_dir, import_spilled
 from ..accounts.auth import LOCAL_USER, Authenticator
+from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.guards import Guards
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter

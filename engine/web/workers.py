@@ -27,7 +27,7 @@ CONFIG_ENV = "GAUD_CONFIG"
 def prepare_store(settings: Settings) -> None:
     """What must run once before workers start: migrations, audit records spilled at the last
     shutdown and, with auth on, the first admin."""
-    from ..accounts.accounting import audit_spill_dir, import_spilled
+    from ..accounts.audit import audit_spill_dir, import_spilled
     from ..accounts.store import Store
     from .server import _first_admin
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from engine.accounts.accounting import Budgets, Reservation
+from engine.accounts.budgets import Budgets, Reservation
 from engine.accounts.cache import MemoryCache
 from engine.accounts.guards import Admission, Guards
 from engine.accounts.ratelimit import MemoryRateLimiter

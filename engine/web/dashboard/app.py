@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ...accounts.accounting import day_start
 from ...accounts.auth import LOCAL_USER
+from ...accounts.budgets import day_start
 from ...accounts.store import KEY_PREFIX, Principal, Store
 from ..asgi_headers import ResponseHeaders
 from . import queries

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ...accounts.accounting import day_start, month_start
+from ...accounts.budgets import day_start, month_start
 from ...accounts.store import api_keys, audit_log, users
 
 __all__ = [
