@@ -171,6 +171,7 @@ def _compile_system_message(rule: dict[str, Any]) -> Callable[[Any, dict[str, An
 
 
 def compile_turns_to_messages(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """The `turns_to_messages` op: a client's turns of typed parts -> canonical chat messages."""
     roles: dict[str, str] = rule["roles"]
     role_of = compile_pointer(rule.get("role_from", "/role"))
     content_of = compile_pointer(rule.get("content_from", "/content"))

@@ -129,9 +129,10 @@ def _compile_tool_call(rule: dict[str, Any], field: FieldGetter) -> ToolCallRend
 
 
 def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """The `parts_to_message` op: a provider's content parts -> one OpenAI assistant message."""
     classify = compile_classifier(rule["classify"])
     field = _compile_field_getter(rule)
-    _tool_call = _compile_tool_call(rule, field)
+    tool_call = _compile_tool_call(rule, field)
     extra_sources = [compile_first_of(s) for s in rule.get("also_from", [])]
     # A tool the spec itself forced (structured output by tool call): its arguments are the content.
     content_tool: str | None = rule.get("content_tool")
@@ -156,7 +157,7 @@ def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
                 if isinstance(text, str):
                     {"text": texts, "reasoning": reasoning, "refusal": refusals}[kind].append(text)
             elif kind == "tool_call":
-                call = _tool_call(part, ctx, last_of_kind)
+                call = tool_call(part, ctx, last_of_kind)
                 if content_tool is not None and call["function"]["name"] == content_tool:
                     texts.append(call["function"]["arguments"])
                 else:
