@@ -560,25 +560,15 @@ def spec_test(targets: tuple[str, ...], update: bool) -> None:
         gaud-engine spec test providers.d/acme.yaml
         gaud-engine spec test acme --update
     """
-    from .recordings import (
-        RecordingProblem,
-        check,
-        load_recordings,
-        owner_of,
-        recordings_dir,
-        select,
-        spec_names,
-        write_expect,
-    )
+    from .recordings import RecordingProblem, owner_of, recordings_dir, select, spec_names
 
     catalogs: dict[Path, Catalog] = {}
-    passed = failed = updated = 0
+    tally = _Tally()
     for raw in targets or (str(default_root()),):
         try:
             chosen = select(raw, default_root())
         except RecordingProblem as exc:
-            click.echo(f"FAIL  {exc}")
-            failed += 1
+            tally.fail(str(exc))
             continue
         if chosen.root not in catalogs:
             catalogs[chosen.root] = load_catalog(chosen.root, environ={})
@@ -587,46 +577,68 @@ def spec_test(targets: tuple[str, ...], update: bool) -> None:
         if chosen.path is not None:
             owner = owner_of(catalog, chosen.path)
             if owner is None:
-                click.echo(f"FAIL  {_shown(chosen.path)}: not in the recordings folder of any spec under {_shown(chosen.root)}")
-                failed += 1
+                tally.fail(f"{_shown(chosen.path)}: not in the recordings folder of any spec under {_shown(chosen.root)}")
                 continue
             names = [owner]
         for name in names if names is not None else spec_names(catalog):
             if name not in catalog.providers:
-                known = spec_names(catalog)
-                if name not in known:
-                    click.echo(f"FAIL  {name}: no such spec in {_shown(chosen.root / 'providers.d')}")
-                else:
-                    click.echo(f"FAIL  {name}: the spec has problems; run `gaud-engine validate`")
-                    for problem in catalog.problems:
-                        if Path(problem.file).stem == name:
-                            click.echo(f"      {problem}")
-                failed += 1
+                _unusable_spec(catalog, chosen.root, name, tally)
                 continue
-            folder = chosen.path or recordings_dir(catalog, name)
-            recordings = load_recordings(folder, name)
-            if not recordings:
-                click.echo(f"--    {name}: no recordings in {_shown(folder)}")
-                continue
-            for recording in recordings:
-                outcome = check(catalog, recording)
-                if outcome.ok:
-                    passed += 1
-                    click.echo(f"ok    {recording.name}")
-                elif update and outcome.actual is not None:
-                    write_expect(recording, outcome.actual)
-                    updated += 1
-                    click.echo(f"updated {recording.name}  ({_shown(recording.path)}: review the change)")
-                else:
-                    failed += 1
-                    click.echo(f"FAIL  {recording.name}  ({_shown(recording.path)})")
-                    for line in outcome.diff().splitlines():
-                        click.echo(f"      {line}")
-    if passed + failed + updated == 0:
+            _replay(catalog, name, chosen.path or recordings_dir(catalog, name), update, tally)
+    if tally.passed + tally.failed + tally.updated == 0:
         click.echo("no recordings found")
         sys.exit(1)
-    click.echo(f"{passed} passed, {failed} failed" + (f", {updated} updated" if update else ""))
-    sys.exit(1 if failed else 0)
+    click.echo(f"{tally.passed} passed, {tally.failed} failed" + (f", {tally.updated} updated" if update else ""))
+    sys.exit(1 if tally.failed else 0)
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What `spec test` has seen so far."""
+
+    passed: int = 0
+    failed: int = 0
+    updated: int = 0
+
+    def fail(self, message: str) -> None:
+        click.echo(f"FAIL  {message}")
+        self.failed += 1
+
+
+def _unusable_spec(catalog: Catalog, root: Path, name: str, tally: _Tally) -> None:
+    """A named spec that is missing or did not load: say which, with its problems."""
+    from .recordings import spec_names
+
+    if name not in spec_names(catalog):
+        tally.fail(f"{name}: no such spec in {_shown(root / 'providers.d')}")
+        return
+    tally.fail(f"{name}: the spec has problems; run `gaud-engine validate`")
+    for problem in catalog.problems:
+        if Path(problem.file).stem == name:
+            click.echo(f"      {problem}")
+
+
+def _replay(catalog: Catalog, name: str, folder: Path, update: bool, tally: _Tally) -> None:
+    """Replay one spec's recordings in `folder`: a line each, a diff under each failure."""
+    from .recordings import check, load_recordings, write_expect
+
+    recordings = load_recordings(folder, name)
+    if not recordings:
+        click.echo(f"--    {name}: no recordings in {_shown(folder)}")
+        return
+    for recording in recordings:
+        outcome = check(catalog, recording)
+        if outcome.ok:
+            tally.passed += 1
+            click.echo(f"ok    {recording.name}")
+        elif update and outcome.actual is not None:
+            write_expect(recording, outcome.actual)
+            tally.updated += 1
+            click.echo(f"updated {recording.name}  ({_shown(recording.path)}: review the change)")
+        else:
+            tally.fail(f"{recording.name}  ({_shown(recording.path)})")
+            for line in outcome.diff().splitlines():
+                click.echo(f"      {line}")
 
 
 @spec.command("record")

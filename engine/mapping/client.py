@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..pointer import MISSING, compile_pointer, get
-from .message import compile_classifier, encode_carry
+from .message import Classifier, compile_classifier, encode_carry
 from .templates import compile_condition, compile_source, compile_template
 from .turns import split_call_id
 
@@ -56,32 +56,134 @@ class _Part:
         self.when = compile_condition(spec["when"]) if "when" in spec else None
 
 
-def compile_turns_to_messages(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
-    roles: dict[str, str] = rule["roles"]
-    role_of = compile_pointer(rule.get("role_from", "/role"))
-    content_of = compile_pointer(rule.get("content_from", "/content"))
-    classify = compile_classifier(rule["classify"])
+class _Carry:
+    """`carry:` of turns_to_messages: what a `from` part holds (a thinking block's signature) rides in the
+    id of the next `to` part of its turn (a tool call), and the `refs` naming that call later follow."""
+
+    __slots__ = ("from_kind", "id", "refs", "render", "sep", "to_kind")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.from_kind: str = spec["from"]
+        self.to_kind: str = spec["to"]
+        self.render = compile_template(spec["template"])
+        self.id = compile_pointer(spec.get("id", "/id"))
+        self.sep: str = spec.get("sep", "~")
+        self.refs = {kind: compile_pointer(p) for kind, p in spec.get("refs", {}).items()}
+
+    def take(self, part: Any, ctx: dict[str, Any]) -> dict[str, Any] | None:
+        """What `part` (of the `from` kind) hands to the next tool call, if anything."""
+        carried = self.render(part, ctx)
+        return carried if isinstance(carried, dict) else None
+
+    def attach(self, call: dict[str, Any], pending: dict[str, Any], renamed: dict[str, str]) -> bool:
+        """Pack `pending` into the rendered `call`'s id and note the rename; False when it has no id."""
+        old = get(call, self.id)
+        if not isinstance(old, str):
+            return False
+        plain, had = split_call_id(old, self.sep)
+        new = encode_carry(plain, {**had, **pending}, self.sep)
+        renamed[old] = new
+        _put_at(call, self.id, new)
+        return True
+
+    def follow(self, kind: str, value: dict[str, Any], renamed: dict[str, str]) -> None:
+        """Point a rendered reference (a tool result's call id) at its call's new id."""
+        tokens = self.refs[kind]
+        ref = get(value, tokens)
+        if isinstance(ref, str) and ref in renamed:
+            _put_at(value, tokens, renamed[ref])
+
+
+#: Renders a turn's list of content parts: (parts, where, role, message, before, renamed, ctx) -> None.
+ContentRenderer = Callable[
+    [list[Any], str, str, dict[str, Any], list[dict[str, Any]], dict[str, str], dict[str, Any]], None
+]
+
+
+def _compile_content(rule: dict[str, Any], classify: Classifier) -> ContentRenderer:
+    """The per-part loop of turns_to_messages: classify each part and add what its templates render."""
     parts: dict[str, list[_Part] | None] = {}
     for kind, spec in rule.get("blocks", {}).items():
         parts[kind] = None if spec == "_drop" else [_Part(s) for s in (spec if isinstance(spec, list) else [spec])]
     reject_missing = rule.get("on_missing_part", "reject") == "reject"
     join_sep: str = rule.get("join_sep", "")
+    carry = _Carry(rule["carry"]) if rule.get("carry") else None
+    carry_from, carry_to = (carry.from_kind, carry.to_kind) if carry is not None else (None, None)
+    carry_refs = carry.refs if carry is not None else {}
+
+    def render_content(
+        content: list[Any], where: str, role: str, message: dict[str, Any], before: list[dict[str, Any]],
+        renamed: dict[str, str], ctx: dict[str, Any],
+    ) -> None:
+        """Add the parts of one turn to `message` (and to `before`: the messages placed ahead of it)."""
+        pending: dict[str, Any] | None = None
+        for j, part in enumerate(content):
+            pwhere = f"{where}.content[{j}]"
+            if not isinstance(part, dict):
+                raise InvalidRequest(f"{pwhere} must be an object", param=pwhere)
+            kind = classify(part, ctx)
+            specs = parts.get(kind, MISSING) if kind is not None else MISSING
+            if specs is None:
+                continue
+            if specs is MISSING or kind is None:  # a kind the rule has no blocks for (or one it ignores)
+                if reject_missing:
+                    raise InvalidRequest(
+                        f"{pwhere}: content of type {part.get('type')!r} is not supported here", param=pwhere
+                    )
+                continue
+            part_ctx = {**ctx, "role": role, "index": j}
+            if carry is not None and kind == carry_from:
+                pending = carry.take(part, part_ctx)
+            for spec in specs:
+                if spec.when is not None and not spec.when(part, part_ctx):
+                    continue
+                value = spec.render(part, part_ctx)
+                if value is MISSING:
+                    continue
+                if carry is not None and isinstance(value, dict):
+                    if kind == carry_to and pending:
+                        if carry.attach(value, pending, renamed):
+                            pending = None
+                    elif kind in carry_refs:
+                        carry.follow(kind, value, renamed)
+                _add(message, before, spec, value, join_sep)
+
+    return render_content
+
+
+def _compile_system_message(rule: dict[str, Any]) -> Callable[[Any, dict[str, Any]], dict[str, Any] | None] | None:
+    """The message made of the request's `system_from` (None when blank); None when the rule has none."""
+    if "system_from" not in rule:
+        return None
+    system = compile_source(rule["system_from"])
+    render = compile_template(rule.get("system_template", {"role": "system", "content": "@value"}))
+
+    def system_message(src: Any, ctx: dict[str, Any]) -> dict[str, Any] | None:
+        value = system(src, ctx)
+        if value is MISSING or value == "" or value == []:
+            return None
+        if not isinstance(value, (str, list)):
+            raise InvalidRequest("system must be a string or a list of text blocks", param="system")
+        result: dict[str, Any] = render(value, ctx)
+        return result
+
+    return system_message
+
+
+def compile_turns_to_messages(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """The `turns_to_messages` op: a client's turns of typed parts -> canonical chat messages."""
+    roles: dict[str, str] = rule["roles"]
+    role_of = compile_pointer(rule.get("role_from", "/role"))
+    content_of = compile_pointer(rule.get("content_from", "/content"))
+    classify = compile_classifier(rule["classify"])
+    render_content = _compile_content(rule, classify)
+    system_message = _compile_system_message(rule)
     label: str = rule.get("param", "messages")
-    system = compile_source(rule["system_from"]) if "system_from" in rule else None
-    system_render = compile_template(rule.get("system_template", {"role": "system", "content": "@value"}))
     # A string instead of a turn list: one turn of this role. An item without a role (e.g. a tool
     # call listed on its own): a one-part turn, its role by kind; same-role turns then merge.
     string_role: str | None = rule.get("string_as")
     loose_roles: dict[str, str] = rule.get("loose_items", {})
     merge_same_role: bool = bool(rule.get("merge_same_role", False))
-    carry_spec = rule.get("carry")
-    if carry_spec:
-        carry_from: str = carry_spec["from"]
-        carry_to: str = carry_spec["to"]
-        carry_render = compile_template(carry_spec["template"])
-        carry_id = compile_pointer(carry_spec.get("id", "/id"))
-        carry_sep: str = carry_spec.get("sep", "~")
-        carry_refs = {kind: compile_pointer(p) for kind, p in carry_spec.get("refs", {}).items()}
 
     def to_messages(turns: Any, src: Any, ctx: dict[str, Any]) -> Any:
         if string_role is not None and isinstance(turns, str) and turns:
@@ -89,12 +191,10 @@ def compile_turns_to_messages(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
         if not isinstance(turns, list) or not turns:
             raise InvalidRequest(f"{label} must be a non-empty list", param=label)
         out: list[dict[str, Any]] = []
-        if system is not None:
-            value = system(src, ctx)
-            if value is not MISSING and value != "" and value != []:
-                if not isinstance(value, (str, list)):
-                    raise InvalidRequest("system must be a string or a list of text blocks", param="system")
-                out.append(system_render(value, ctx))
+        if system_message is not None:
+            system = system_message(src, ctx)
+            if system is not None:
+                out.append(system)
         renamed: dict[str, str] = {}  # client id -> carried id
         for i, turn in enumerate(turns):
             where = f"{label}[{i}]"
@@ -106,7 +206,7 @@ def compile_turns_to_messages(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
                 if kind is None:
                     continue  # an item the spec ignores (e.g. a reasoning item)
                 if kind in loose_roles:
-                    client_role, turn = loose_roles[kind], {"role": loose_roles[kind], "content": [turn]}
+                    client_role, turn = loose_roles[kind], {"role": loose_roles[kind], "content": [turn]}  # noqa: PLW2901 - a loose item becomes a turn of its own
             role = roles.get(client_role) if isinstance(client_role, str) else None
             if role is None:
                 raise InvalidRequest(
@@ -118,45 +218,7 @@ def compile_turns_to_messages(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
             if isinstance(content, str):
                 message["content"] = content
             elif isinstance(content, list):
-                pending: dict[str, Any] | None = None
-                for j, part in enumerate(content):
-                    pwhere = f"{where}.content[{j}]"
-                    if not isinstance(part, dict):
-                        raise InvalidRequest(f"{pwhere} must be an object", param=pwhere)
-                    kind = classify(part, ctx)
-                    specs = parts.get(kind, MISSING) if kind is not None else MISSING
-                    if specs is None:
-                        continue
-                    if specs is MISSING:
-                        if reject_missing:
-                            raise InvalidRequest(
-                                f"{pwhere}: content of type {part.get('type')!r} is not supported here", param=pwhere
-                            )
-                        continue
-                    part_ctx = {**ctx, "role": role, "index": j}
-                    if carry_spec and kind == carry_from:
-                        carried = carry_render(part, part_ctx)
-                        pending = carried if isinstance(carried, dict) else None
-                    for spec in specs:
-                        if spec.when is not None and not spec.when(part, part_ctx):
-                            continue
-                        value = spec.render(part, part_ctx)
-                        if value is MISSING:
-                            continue
-                        if carry_spec and isinstance(value, dict):
-                            if kind == carry_to and pending:
-                                old = get(value, carry_id)
-                                if isinstance(old, str):
-                                    plain, had = split_call_id(old, carry_sep)
-                                    new = encode_carry(plain, {**had, **pending}, carry_sep)
-                                    renamed[old] = new
-                                    _put_at(value, carry_id, new)
-                                    pending = None
-                            elif kind in carry_refs:
-                                ref = get(value, carry_refs[kind])
-                                if isinstance(ref, str) and ref in renamed:
-                                    _put_at(value, carry_refs[kind], renamed[ref])
-                        _add(message, before, spec, value, join_sep)
+                render_content(content, where, role, message, before, renamed, ctx)
             elif content is not MISSING and content is not None:
                 raise InvalidRequest(f"{where}.content must be a string or a list of content blocks", param=f"{where}.content")
             else:
@@ -229,7 +291,9 @@ def compile_message_to_parts(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
     def to_parts(message: Any, src: Any, ctx: dict[str, Any]) -> Any:
         if not isinstance(message, dict):
             return []
-        calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
+        calls = message.get("tool_calls")
+        if not isinstance(calls, list):
+            calls = []
         rendered_calls = []
         moved: dict[str, Any] = {}
         for call in calls:
@@ -237,7 +301,9 @@ def compile_message_to_parts(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
             call_id, taken = split_carry(str(call.get("id") or ""), sep, to_reasoning)
             if taken and not moved:
                 moved = taken
-            arguments = fn.get("arguments") if isinstance(fn.get("arguments"), str) else "{}"
+            arguments = fn.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = "{}"
             try:
                 args = json.loads(arguments) if arguments.strip() else {}
             except ValueError:

@@ -65,9 +65,27 @@ def _compile_fields(fields: dict[str, Any]) -> dict[str, Callable[[Any, dict[str
     return {name: compile_first_of(source) for name, source in fields.items()}
 
 
-def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
-    classify = compile_classifier(rule["classify"])
+#: A compiled part field: (kind, field name, part, ctx) -> its value, or MISSING.
+FieldGetter = Callable[[str, str, Any, dict[str, Any]], Any]
+#: Renders a tool-call part as an OpenAI tool call: (part, ctx, the last part of each kind before it).
+ToolCallRenderer = Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def _compile_field_getter(rule: dict[str, Any]) -> FieldGetter:
+    """`fields: {kind: {name: source, ...}}`: where each kind of part keeps its text, id, name, arguments."""
     fields = {kind: _compile_fields(f) for kind, f in rule.get("fields", {}).items()}
+
+    def field(kind: str, name: str, part: Any, ctx: dict[str, Any]) -> Any:
+        getter = fields.get(kind, {}).get(name)
+        return getter(part, ctx) if getter is not None else MISSING
+
+    return field
+
+
+def _compile_tool_call(rule: dict[str, Any], field: FieldGetter) -> ToolCallRenderer:
+    """A tool-call part -> `{id, type: function, function: {name, arguments}}`, with provider data it must
+    get back (`id.carry`: from the part; `id.carry_preceding`: from the part of a kind just before it)
+    packed into the id."""
     args_are_objects = rule.get("arguments_encoding", "object") == "object"
     ids = rule.get("id", {})
     id_prefix: str = ids.get("synth_prefix", "call_")
@@ -76,49 +94,8 @@ def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
     carry_preceding = {
         name: (spec["kind"], compile_pointer(spec["from"])) for name, spec in ids.get("carry_preceding", {}).items()
     }
-    extra_sources = [compile_first_of(s) for s in rule.get("also_from", [])]
-    # A tool the spec itself forced (structured output by tool call): its arguments are the content.
-    content_tool: str | None = rule.get("content_tool")
 
-    def field(kind: str, name: str, part: Any, ctx: dict[str, Any]) -> Any:
-        getter = fields.get(kind, {}).get(name)
-        return getter(part, ctx) if getter is not None else MISSING
-
-    def to_message(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
-        parts = list(value) if isinstance(value, list) else []
-        for extra in extra_sources:
-            more = extra(src, ctx)
-            if isinstance(more, list):
-                parts.extend(more)
-        texts: list[str] = []
-        reasoning: list[str] = []
-        refusals: list[str] = []
-        calls: list[dict[str, Any]] = []
-        last_of_kind: dict[str, Any] = {}
-        for part in parts:
-            kind = classify(part, ctx)
-            if kind is None:
-                continue
-            if kind in ("text", "reasoning", "refusal"):
-                text = field(kind, "text", part, ctx)
-                if isinstance(text, str):
-                    {"text": texts, "reasoning": reasoning, "refusal": refusals}[kind].append(text)
-            elif kind == "tool_call":
-                call = _tool_call(part, ctx, last_of_kind)
-                if content_tool is not None and call["function"]["name"] == content_tool:
-                    texts.append(call["function"]["arguments"])
-                else:
-                    calls.append(call)
-            last_of_kind[kind] = part
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-        if reasoning:
-            message["reasoning_content"] = "".join(reasoning)
-        message["refusal"] = "".join(refusals) if refusals else None
-        if calls:
-            message["tool_calls"] = calls
-        return message
-
-    def _tool_call(part: Any, ctx: dict[str, Any], last_of_kind: dict[str, Any]) -> dict[str, Any]:
+    def tool_call(part: Any, ctx: dict[str, Any], last_of_kind: dict[str, Any]) -> dict[str, Any]:
         make_id = ctx.get("new_call_id", new_call_id)
         call_id = field("tool_call", "id", part, ctx)
         if not isinstance(call_id, str) or not call_id:
@@ -147,5 +124,51 @@ def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[s
             "type": "function",
             "function": {"name": field("tool_call", "name", part, ctx), "arguments": arguments},
         }
+
+    return tool_call
+
+
+def compile_parts_to_message(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """The `parts_to_message` op: a provider's content parts -> one OpenAI assistant message."""
+    classify = compile_classifier(rule["classify"])
+    field = _compile_field_getter(rule)
+    tool_call = _compile_tool_call(rule, field)
+    extra_sources = [compile_first_of(s) for s in rule.get("also_from", [])]
+    # A tool the spec itself forced (structured output by tool call): its arguments are the content.
+    content_tool: str | None = rule.get("content_tool")
+
+    def to_message(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        parts = list(value) if isinstance(value, list) else []
+        for extra in extra_sources:
+            more = extra(src, ctx)
+            if isinstance(more, list):
+                parts.extend(more)
+        texts: list[str] = []
+        reasoning: list[str] = []
+        refusals: list[str] = []
+        calls: list[dict[str, Any]] = []
+        last_of_kind: dict[str, Any] = {}
+        for part in parts:
+            kind = classify(part, ctx)
+            if kind is None:
+                continue
+            if kind in ("text", "reasoning", "refusal"):
+                text = field(kind, "text", part, ctx)
+                if isinstance(text, str):
+                    {"text": texts, "reasoning": reasoning, "refusal": refusals}[kind].append(text)
+            elif kind == "tool_call":
+                call = tool_call(part, ctx, last_of_kind)
+                if content_tool is not None and call["function"]["name"] == content_tool:
+                    texts.append(call["function"]["arguments"])
+                else:
+                    calls.append(call)
+            last_of_kind[kind] = part
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+        if reasoning:
+            message["reasoning_content"] = "".join(reasoning)
+        message["refusal"] = "".join(refusals) if refusals else None
+        if calls:
+            message["tool_calls"] = calls
+        return message
 
     return to_message
