@@ -42,7 +42,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # strip | refuse: what to do with control characters (NUL, ESC, ...) in message text.
         "control_chars": "strip",
     },
-    "auth": {"enabled": True},
+    # key_secret: the secret API keys are HMAC'd under (several, comma-separated, rotate: the first
+    # is current). Unset: GAUD_SECRET_KEY, GAUD_SECRET_KEY_FILE, or gaud-secret.key beside a SQLite
+    # database (docs/keys.md). Every instance of one deployment must share it.
+    "auth": {"enabled": True, "key_secret": None},
     # Shared state (rate limits, cache) for several gateway instances; in-process when unset.
     "redis": {"url": None},
     # Defaults for every API key; a user's own rpm/tpm (keys create --rpm/--tpm) win.

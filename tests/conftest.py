@@ -120,6 +120,10 @@ def one_target(cat: Catalog, model: str) -> Target:
     return found
 
 
+#: The server secret of tests on PostgreSQL (GAUD_SECRET_KEY for their gateways).
+TEST_KEY_SECRET = "test-server-secret-0123456789abcdef"
+
+
 def pg_store(url: str, **store_options: object) -> Iterator[object]:
     """A Store in a fresh schema of the PostgreSQL database at `url`, dropped afterwards
     (for `yield from` in a fixture). Tests on one database never see each other's rows."""
@@ -134,6 +138,7 @@ def pg_store(url: str, **store_options: object) -> Iterator[object]:
     admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    store_options.setdefault("key_secret", TEST_KEY_SECRET)  # PostgreSQL has no key file beside it
     store = Store(f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}", **store_options)  # type: ignore[arg-type]
     try:
         yield store

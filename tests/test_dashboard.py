@@ -322,7 +322,7 @@ def two_dashboards(store: Store, **options):
 
     from engine.web.dashboard import dashboard_app
 
-    other = Store(store.url)
+    other = Store(store.url, key_secret=store._key_secret)  # one deployment: one server secret
     clients = [TestClient(dashboard_app(s, SimpleNamespace(), **options), follow_redirects=False) for s in (store, other)]
     return clients, other
 
@@ -376,7 +376,7 @@ def test_sessions_expire_after_8_hours_and_expired_ones_are_purged(query_store):
 
     now = [1_700_000_000.0]
     sessions = Sessions(query_store, clock=lambda: now[0])
-    elsewhere = Sessions(Store(query_store.url), clock=lambda: now[0])
+    elsewhere = Sessions(Store(query_store.url, key_secret=query_store._key_secret), clock=lambda: now[0])
     try:
         root = query_store.verify_key(query_store.create_key("root", role="admin")[0])
         first, session = sessions.create(root)

@@ -14,7 +14,7 @@ import yaml
 
 from engine.accounts.store import Store
 
-from .conftest import provider_env, spec_tree, start_gateway
+from .conftest import TEST_KEY_SECRET, provider_env, spec_tree, start_gateway
 
 PG = os.environ.get("GAUD_TEST_POSTGRES_URL")
 REDIS = os.environ.get("GAUD_TEST_REDIS_URL")
@@ -48,7 +48,7 @@ def cluster(upstream, tmp_path):
     routes["defaults"]["fallback"] = 'error.kind in ["overloaded", "upstream_5xx"]'
     (tree / "routes.yaml").write_text(yaml.safe_dump(routes))
 
-    store = Store(PG)
+    store = Store(PG, key_secret=TEST_KEY_SECRET)
     store.migrate()
     keys = {
         "limited": store.create_key("limited", rpm_limit=6)[0],
@@ -58,7 +58,7 @@ def cluster(upstream, tmp_path):
     }
     store.close()
     env = {**provider_env(upstream.url), "GAUD_SPECS_DIR": str(tree), "GAUD_DATABASE_URL": PG,
-           "GAUD_REDIS_URL": redis_url, "GAUD_AUTH_ENABLED": "true"}
+           "GAUD_REDIS_URL": redis_url, "GAUD_AUTH_ENABLED": "true", "GAUD_SECRET_KEY": TEST_KEY_SECRET}
     gateways = [start_gateway(env, tmp_path / f"gw{i}.log") for i in range(2)]
     yield gateways, keys
     for gw in gateways:
@@ -126,7 +126,7 @@ def test_budget_holds_across_instances(cluster, upstream):
     for gw in (a, b):  # stop both: every record is flushed on shutdown
         gw.process.terminate()
         assert gw.process.wait(10) == 0
-    store = Store(PG)
+    store = Store(PG, key_secret=TEST_KEY_SECRET)
     records = list(store.audit_records(user="budget"))
     store.close()
     assert len(records) == 40

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping
 
 from ..errors import AuthenticationFailed, PermissionDenied
-from .store import Principal, Store
+from .store import Principal, Store, key_shaped
 
 __all__ = ["LOCAL_USER", "Authenticator"]
 
@@ -22,15 +21,16 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 class Authenticator:
-    """Maps request headers to a Principal. With auth disabled every caller is the local user."""
+    """Maps request headers to a Principal. With auth disabled every caller is the local user.
+
+    Every request reads its key's row (Store.verify_key, in a thread): no verified-key cache, so a
+    key revoked, expired or changed by any process or instance is refused or changed at once.
+    """
 
     def __init__(self, store: Store, *, enabled: bool, local: Principal | None = None) -> None:
         self.store = store
         self.enabled = enabled
         self.local = local or Principal(user_id=None, user_name=LOCAL_USER, role="admin")
-        # Verifications under way, by SHA-256 of the key: concurrent requests with one key not yet
-        # cached share a single argon2 check instead of running one each.
-        self._verifying: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     async def principal(self, headers: Mapping[str, str]) -> Principal:
         if not self.enabled:
@@ -40,25 +40,10 @@ class Authenticator:
             raise AuthenticationFailed(
                 "No API key: send it as 'Authorization: Bearer sk-gaud-...' or 'x-api-key'.", code="missing_api_key"
             )
-        principal = self.store.cached_principal(key) or await self._verify(key)
+        principal = await asyncio.to_thread(self.store.verify_key, key) if key_shaped(key) else None
         if principal is None:
-            raise AuthenticationFailed("Invalid or revoked API key.")
+            raise AuthenticationFailed("Invalid, expired or revoked API key.")
         return principal
-
-    async def _verify(self, key: str) -> Principal | None:
-        digest = hashlib.sha256(key.encode("utf-8", "replace")).digest()
-        pending = self._verifying.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(asyncio.to_thread(self.store.verify_key, key))
-            self._verifying[digest] = pending
-            pending.add_done_callback(lambda done: self._finished(digest, done))
-        # shield: one caller going away does not cancel the check the others wait on.
-        return await asyncio.shield(pending)
-
-    def _finished(self, digest: bytes, done: asyncio.Future[Principal | None]) -> None:
-        self._verifying.pop(digest, None)
-        if not done.cancelled():
-            done.exception()  # retrieved here, so a failure nobody awaits any more is not logged as lost
 
     async def admin(self, headers: Mapping[str, str]) -> Principal:
         principal = await self.principal(headers)

@@ -1,4 +1,4 @@
-"""Users, API keys (argon2-hashed), the audit log, upstream sign-ins and dashboard sessions, on
+"""Users, API keys (HMAC-SHA256 under the server secret), the audit log, upstream sign-ins and dashboard sessions, on
 SQLite by default or PostgreSQL.
 
 SQLAlchemy Core keeps one schema and one set of queries for both databases. Migrations are
@@ -9,23 +9,30 @@ the server runs them in a thread, off the event loop.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
+import os
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["KEY_PREFIX", "KeyInfo", "Principal", "Store"]
+from .keys import KEY_FIELDS, USER_FIELDS, model_patterns
+from .server_secret import find_secrets, sqlite_folder
+
+__all__ = ["KEY_PREFIX", "KeyInfo", "Principal", "Store", "sqlite_folder"]
 
 KEY_PREFIX = "sk-gaud-"
 _LOOKUP_CHARS = 12
+#: sk-gaud-, 12 hex characters of lookup, 32 of token_urlsafe(24): what create_key makes.
+_KEY_SHAPE = re.compile(r"sk-gaud-[0-9a-f]{12}[A-Za-z0-9_-]{32}")
+#: Stored hashes: HMAC_SCHEME$<secret fingerprint>$<hex digest>; anything else is a legacy argon2 hash.
+HMAC_SCHEME = "hmac-sha256"
 
 metadata = sa.MetaData()
 
@@ -56,6 +63,9 @@ api_keys = sa.Table(
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("label", sa.String(200), nullable=True),
+    sa.Column("models", sa.Text, nullable=True),  # comma-separated glob patterns; NULL: every model
 )
 audit_log = sa.Table(
     "audit_log",
@@ -85,7 +95,8 @@ audit_log = sa.Table(
 AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
 #: Rows per INSERT statement: 50 x 19 bind parameters stays under every SQLite build's limit (999).
 AUDIT_ROWS_PER_INSERT = 50
-#: Concurrent argon2 computations per process (each takes the hasher's memory_cost, 64 MiB).
+#: Concurrent argon2 computations per process (each takes the hasher's memory_cost, 64 MiB): only
+#: legacy keys (made before m005) are argon2-hashed, until their first use rewrites them.
 ARGON2_AT_ONCE = 2
 
 
@@ -160,6 +171,18 @@ def m004_dashboard_sessions(conn: sa.Connection) -> None:
 MIGRATIONS.append(m004_dashboard_sessions)
 
 
+def m005_key_policies(conn: sa.Connection) -> None:
+    """Per-key model allow-list, expiry and label. (Key hashes need no column: HMAC hashes go in
+    `hash` beside the argon2 ones they replace, told apart by their scheme.)"""
+    existing = {c["name"] for c in sa.inspect(conn).get_columns("api_keys")}
+    for column, sql_type in (("expires_at", "FLOAT"), ("label", "VARCHAR(200)"), ("models", "TEXT")):
+        if column not in existing:
+            conn.execute(sa.text(f"ALTER TABLE api_keys ADD COLUMN {column} {sql_type}"))
+
+
+MIGRATIONS.append(m005_key_policies)
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the user behind an API key (or the anonymous local user)."""
@@ -172,10 +195,16 @@ class Principal:
     budget_monthly: float | None = None
     rpm_limit: float | None = None
     tpm_limit: float | None = None
+    #: The key's model allow-list (glob patterns); None: every model.
+    models: tuple[str, ...] | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    def may_call(self, model: str) -> bool:
+        """Whether this key's allow-list (engine.accounts.keys) admits the model name sent."""
+        return self.models is None or model_patterns(self.models).allows(model)
 
     @property
     def has_budget(self) -> bool:
@@ -193,6 +222,46 @@ class KeyInfo:
     revoked_at: float | None
     budget_daily: float | None
     budget_monthly: float | None
+    expires_at: float | None = None
+    label: str | None = None
+    models: tuple[str, ...] | None = None
+    rpm_limit: float | None = None
+    tpm_limit: float | None = None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (time.time() if now is None else now)
+
+
+def _models_column(models: tuple[str, ...] | None) -> str | None:
+    return ",".join(models) if models else None
+
+
+def _models_of(column: str | None) -> tuple[str, ...] | None:
+    return tuple(column.split(",")) if column else None
+
+
+class KeySecrets:
+    """HMAC-SHA256 keys derived from the server secrets (engine.accounts.server_secret), current
+    first, each known by a short fingerprint stored with the hashes it made."""
+
+    def __init__(self, secrets_: list[str]) -> None:
+        self.keys: dict[str, bytes] = {}
+        for raw in secrets_:
+            derived = hmac.new(raw.encode(), b"gaud-engine api keys v1", hashlib.sha256).digest()
+            self.keys.setdefault(hashlib.sha256(derived).hexdigest()[:8], derived)
+        self.current = next(iter(self.keys))
+
+    def digest(self, key: str, fingerprint: str | None = None) -> str | None:
+        """The hex HMAC of `key` under the secret `fingerprint` names (default: the current one);
+        None when no configured secret has that fingerprint (rotated out)."""
+        derived = self.keys.get(fingerprint or self.current)
+        if derived is None:
+            return None
+        return hmac.new(derived, key.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+    def stored(self, key: str) -> str:
+        """What the database keeps for a key: scheme, secret fingerprint, digest."""
+        return f"{HMAC_SCHEME}${self.current}${self.digest(key)}"
 
 
 def _engine_for(url: str) -> sa.Engine:
@@ -214,31 +283,59 @@ def _engine_for(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def sqlite_folder(url: str) -> Path | None:
-    """The folder of a SQLite database file; None for other databases and in-memory SQLite."""
-    parsed = sa.engine.make_url(url)
-    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database).resolve().parent
+def key_shaped(key: str) -> bool:
+    """Whether `key` looks like a key this gateway makes (else it is refused without a lookup)."""
+    return _KEY_SHAPE.fullmatch(key) is not None
+
+
+def _lookup_id(key_or_lookup: str) -> str:
+    """The lookup id in a key, its prefix (sk-gaud-xxxxxxxxxxxx) or the id itself."""
+    return key_or_lookup.removeprefix(KEY_PREFIX)[:_LOOKUP_CHARS]
 
 
 class Store:
-    """The gateway's database. Example: `store = Store("sqlite:///gaud.db"); store.migrate()`."""
+    """The gateway's database. Example: `store = Store("sqlite:///gaud.db"); store.migrate()`.
 
-    def __init__(self, url: str, *, hasher: PasswordHasher | None = None, key_cache_seconds: float = 60.0) -> None:
+    `key_secret` (the `auth.key_secret` setting) keys the HMAC of API keys; without it the server
+    secret is found as engine.accounts.server_secret describes (GAUD_SECRET_KEY, its file, or
+    `gaud-secret.key` beside a SQLite database). `hasher` checks legacy argon2 hashes.
+    """
+
+    def __init__(
+        self, url: str, *, key_secret: str | None = None, environ: Mapping[str, str] | None = None, hasher: Any = None
+    ) -> None:
         self.url = url
         self.engine = _engine_for(url)
-        self.hasher = hasher or PasswordHasher()
-        self._dummy_hash: str | None = None  # made on the first unknown key: argon2 takes 64 MiB a hash
-        self._key_cache: dict[bytes, tuple[float, Principal]] = {}
-        self._key_cache_seconds = key_cache_seconds
+        self._hasher = hasher
+        self._key_secret = None if key_secret is None else str(key_secret)  # a YAML scalar may parse as a number
+        self._environ = environ
+        self._secrets: KeySecrets | None = None
+        self._ephemeral: list[str] = []
         self._lock = threading.Lock()
-        #: argon2 hashes take 64 MiB each: at most this many at once, however many keys arrive
-        #: together (a burst of wrong keys must not become a burst of memory).
+        #: argon2 hashes take 64 MiB each: at most this many at once, however many legacy keys
+        #: arrive together.
         self._argon2_slots = threading.BoundedSemaphore(ARGON2_AT_ONCE)
         self._audit_inserts: dict[int, tuple[str, Callable[[list[tuple[Any, ...]]], Any]]] = {}
-        #: Bumped by every revocation: a check begun before one must not cache what it read.
-        self._revocations = 0
+
+    @property
+    def hasher(self) -> Any:
+        """The argon2 hasher for legacy hashes, imported on first need (never for HMAC keys)."""
+        if self._hasher is None:
+            from argon2 import PasswordHasher
+
+            self._hasher = PasswordHasher()
+        return self._hasher
+
+    @property
+    def key_secrets(self) -> KeySecrets:
+        """The HMAC keys, found on first use (a missing secret fails the key operation, with a
+        message saying what to set)."""
+        if self._secrets is None:
+            env = os.environ if self._environ is None else self._environ
+            found = find_secrets(self.url, env, self._key_secret, self._ephemeral, purpose="hash API keys in this database")
+            with self._lock:
+                self._secrets = self._secrets or KeySecrets(found)
+        return self._secrets
 
     # -- schema -----------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -285,97 +382,137 @@ class Store:
             conn.execute(users.update().where(users.c.id == row[0]).values(**changes))
             return int(row[0])
 
-    def create_key(self, user_name: str, **user_fields: Any) -> tuple[str, KeyInfo]:
-        """A new key for a user (created if needed). The plaintext is returned once, never stored."""
-        user_id = self.ensure_user(user_name, **user_fields)
+    def create_key(
+        self,
+        user_name: str,
+        *,
+        models: tuple[str, ...] | None = None,
+        expires_at: float | None = None,
+        label: str | None = None,
+        **user_fields: Any,
+    ) -> tuple[str, KeyInfo]:
+        """A new key for a user (created if needed; `user_fields` as in `ensure_user`). The
+        plaintext is returned once; the database keeps its HMAC."""
         lookup = secrets.token_hex(_LOOKUP_CHARS // 2)
         key = f"{KEY_PREFIX}{lookup}{secrets.token_urlsafe(24)}"
+        stored = self.key_secrets.stored(key)  # before any write: a missing secret changes nothing
+        user_id = self.ensure_user(user_name, **user_fields)
         with self.engine.begin() as conn:
-            conn.execute(
-                api_keys.insert().values(lookup=lookup, hash=self._hash(key), user_id=user_id, created_at=time.time())
-            )
-        info = next(k for k in self.list_keys() if k.lookup == lookup)
+            conn.execute(api_keys.insert().values(
+                lookup=lookup, hash=stored, user_id=user_id, created_at=time.time(), expires_at=expires_at,
+                label=label, models=_models_column(models),
+            ))
+        info = self.key_info(lookup)
+        assert info is not None
         return key, info
 
-    def list_keys(self) -> list[KeyInfo]:
-        query = sa.select(
+    def _key_infos(self) -> sa.Select[Any]:
+        return sa.select(
             api_keys.c.id, api_keys.c.lookup, users.c.name, users.c.role, api_keys.c.created_at, api_keys.c.revoked_at,
-            users.c.budget_daily, users.c.budget_monthly,
+            users.c.budget_daily, users.c.budget_monthly, api_keys.c.expires_at, api_keys.c.label, api_keys.c.models,
+            users.c.rpm_limit, users.c.tpm_limit,
         ).join(users, users.c.id == api_keys.c.user_id).order_by(api_keys.c.id)
+
+    @staticmethod
+    def _key_info(row: Any) -> KeyInfo:
+        values = list(row)
+        values[10] = _models_of(values[10])
+        return KeyInfo(*values)
+
+    def list_keys(self) -> list[KeyInfo]:
         with self.engine.connect() as conn:
-            return [KeyInfo(*row) for row in conn.execute(query)]
+            return [self._key_info(row) for row in conn.execute(self._key_infos())]
+
+    def key_info(self, key_or_lookup: str) -> KeyInfo | None:
+        """One key by the key itself, its prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
+        with self.engine.connect() as conn:
+            row = conn.execute(self._key_infos().where(api_keys.c.lookup == _lookup_id(key_or_lookup))).first()
+        return self._key_info(row) if row is not None else None
+
+    def update_key(self, key_or_lookup: str, changes: Mapping[str, Any]) -> KeyInfo | None:
+        """Apply `changes` (engine.accounts.keys.key_changes) to a key that is not revoked: models,
+        expires_at and label to the key; role, budgets and limits to its user (and so to every key
+        of that user). None when there is no such active key."""
+        lookup = _lookup_id(key_or_lookup)
+        on_key = {k: v for k, v in changes.items() if k in KEY_FIELDS}
+        if "models" in on_key:
+            on_key["models"] = _models_column(on_key["models"])
+        on_user = {k: v for k, v in changes.items() if k in USER_FIELDS}
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(api_keys.c.id, api_keys.c.user_id).where(
+                api_keys.c.lookup == lookup, api_keys.c.revoked_at.is_(None))).first()
+            if row is None:
+                return None
+            if on_key:
+                conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(**on_key))
+            if on_user:
+                conn.execute(users.update().where(users.c.id == row.user_id).values(**on_user))
+        return self.key_info(lookup)
 
     def revoke_key(self, key_or_lookup: str) -> bool:
         """Revoke by the key itself, its shown prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        lookup = key_or_lookup.removeprefix(KEY_PREFIX)
-        lookup = lookup[:_LOOKUP_CHARS]
         with self.engine.begin() as conn:
             result = conn.execute(
                 api_keys.update()
-                .where(api_keys.c.lookup == lookup, api_keys.c.revoked_at.is_(None))
+                .where(api_keys.c.lookup == _lookup_id(key_or_lookup), api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
-        with self._lock:
-            self._revocations += 1
-            self._key_cache.clear()
         return result.rowcount > 0
 
-    def cached_principal(self, key: str) -> Principal | None:
-        """The principal of a key verified in the last minute, without touching the database."""
-        digest = hashlib.sha256(key.encode("utf-8", "replace")).digest()
-        with self._lock:
-            cached = self._key_cache.get(digest)
-        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+    def verify_key(self, key: str, *, now: float | None = None) -> Principal | None:
+        """The principal of a valid key that is neither revoked nor expired; None otherwise.
 
-    def verify_key(self, key: str) -> Principal | None:
-        """The principal of a valid, unrevoked key; None otherwise. One argon2 check per new key,
-        then a short in-memory cache keyed by a SHA-256 of the key (never the key itself)."""
-        cached = self.cached_principal(key)
-        if cached is not None:
-            return cached
-        with self._lock:
-            revocations = self._revocations
-        principal = self._verify_uncached(key)
-        if principal is not None:
-            digest = hashlib.sha256(key.encode("utf-8", "replace")).digest()
-            with self._lock:
-                if self._revocations == revocations:  # else the row read may predate a revocation
-                    self._key_cache[digest] = (time.monotonic() + self._key_cache_seconds, principal)
-        return principal
-
-    def _verify_uncached(self, key: str) -> Principal | None:
-        lookup = key[len(KEY_PREFIX):len(KEY_PREFIX) + _LOOKUP_CHARS] if key.startswith(KEY_PREFIX) else ""
-        row = None
-        if len(lookup) == _LOOKUP_CHARS:
-            query = sa.select(
-                api_keys.c.id, api_keys.c.hash, api_keys.c.revoked_at, users.c.id, users.c.name, users.c.role,
-                users.c.budget_daily, users.c.budget_monthly, users.c.rpm_limit, users.c.tpm_limit,
-            ).join(users, users.c.id == api_keys.c.user_id).where(api_keys.c.lookup == lookup)
-            with self.engine.connect() as conn:
-                row = conn.execute(query).first()
-        # Always run one argon2 verification so an unknown prefix costs the same time.
-        with self._argon2_slots:
-            if row is not None:
-                stored = row[1]
-            else:
-                if self._dummy_hash is None:
-                    self._dummy_hash = self.hasher.hash("gaud-dummy-key")
-                stored = self._dummy_hash
-            valid: bool
-            try:
-                valid = self.hasher.verify(stored, key)
-            except (VerificationError, InvalidHashError):
-                valid = False
-        if row is None or not valid or row[2] is not None:
+        No cache: every call reads the key's row (one indexed SELECT by its lookup id, joined with
+        its user), so a revocation, expiry, role or budget change made by any process applies to
+        the next request. The HMAC is compared in constant time. A legacy argon2 hash is checked
+        with argon2 once and then rewritten as an HMAC."""
+        if not key_shaped(key):  # not a key this gateway makes: no database read
             return None
+        row = self._key_row(key[len(KEY_PREFIX):len(KEY_PREFIX) + _LOOKUP_CHARS])
+        if row is None:
+            return None
+        stored: str = row.hash
+        if stored.startswith(HMAC_SCHEME + "$"):
+            _, fingerprint, digest = stored.split("$", 2)
+            expected = self.key_secrets.digest(key, fingerprint)
+            valid = expected is not None and hmac.compare_digest(expected, digest)
+            stale = fingerprint != self.key_secrets.current
+        else:
+            valid, stale = self._verify_legacy(stored, key), True
+        now = time.time() if now is None else now
+        if not valid or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            return None
+        if stale:
+            self._rehash(row.key_id, stored, key)
         return Principal(
-            user_id=row[3], user_name=row[4], role=row[5], key_id=row[0], budget_daily=row[6], budget_monthly=row[7],
-            rpm_limit=row[8], tpm_limit=row[9],
+            user_id=row.user_id, user_name=row.name, role=row.role, key_id=row.key_id, budget_daily=row.budget_daily,
+            budget_monthly=row.budget_monthly, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+            models=_models_of(row.models),
         )
 
-    def _hash(self, key: str) -> str:
+    def _key_row(self, lookup: str) -> Any:
+        query = sa.select(
+            api_keys.c.id.label("key_id"), api_keys.c.hash, api_keys.c.revoked_at, api_keys.c.expires_at,
+            api_keys.c.models, users.c.id.label("user_id"), users.c.name, users.c.role, users.c.budget_daily,
+            users.c.budget_monthly, users.c.rpm_limit, users.c.tpm_limit,
+        ).join(users, users.c.id == api_keys.c.user_id).where(api_keys.c.lookup == lookup)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first()
+
+    def _verify_legacy(self, stored: str, key: str) -> bool:
+        from argon2.exceptions import InvalidHashError, VerificationError
+
         with self._argon2_slots:
-            return self.hasher.hash(key)
+            try:
+                return bool(self.hasher.verify(stored, key))
+            except (VerificationError, InvalidHashError):
+                return False
+
+    def _rehash(self, key_id: int, old: str, key: str) -> None:
+        """Store the key's HMAC under the current secret, unless another process already did."""
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.update().where(api_keys.c.id == key_id, api_keys.c.hash == old)
+                         .values(hash=self.key_secrets.stored(key)))
 
     # -- audit and spend --------------------------------------------------------------------------
     def write_audit(self, records: Iterable[dict[str, Any]]) -> int:

@@ -201,7 +201,7 @@ def _store(config_file: str | None) -> Store:
         settings = load_settings(config_file)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    store = Store(str(settings.get("database.url")))
+    store = Store(str(settings.get("database.url")), key_secret=settings.get("auth.key_secret"))
     store.migrate()
     return store
 
@@ -214,57 +214,121 @@ CONFIG_OPTION = click.option(
 
 @main.group()
 def keys() -> None:
-    """Create, list and revoke gateway API keys."""
+    """Create, list, update and revoke gateway API keys."""
+
+
+def _key_changes(raw: dict[str, Any]) -> dict[str, Any]:
+    """The options given, validated as POST /admin/keys validates them (engine.accounts.keys)."""
+    from ..accounts.keys import key_changes
+    from ..errors import GatewayError
+
+    try:
+        return key_changes({name: value for name, value in raw.items() if value is not None})
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _key_line(info: Any) -> str:
+    models = ",".join(info.models) if info.models else "all"
+    return f"sk-gaud-{info.lookup} ({info.user_name}, {info.role}; models: {models}; expires: {_key_expiry(info.expires_at)})"
+
+
+def _key_expiry(ts: float | None) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%dT%H:%MZ", _time.gmtime(ts)) if ts is not None else "never"
+
+
+USER_FIELDS_HELP = "Applies to the key's user, so to every key of that user."
 
 
 @keys.command("create")
 @click.option("--user", required=True, help="User name (created if new).")
-@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
-@click.option("--budget-daily", type=float, default=None, help="Daily limit in USD.")
-@click.option("--budget-monthly", type=float, default=None, help="Monthly limit in USD.")
-@click.option("--rpm", type=float, default=None, help="Requests per minute (default: ratelimits.key_rpm).")
-@click.option("--tpm", type=float, default=None, help="Tokens per minute (default: ratelimits.key_tpm).")
+@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True,
+              help=f"The user's role. {USER_FIELDS_HELP}")
+@click.option("--budget-daily", default=None, help=f"Daily limit in USD. {USER_FIELDS_HELP}")
+@click.option("--budget-monthly", default=None, help=f"Monthly limit in USD. {USER_FIELDS_HELP}")
+@click.option("--rpm", default=None, help=f"Requests per minute (default: ratelimits.key_rpm). {USER_FIELDS_HELP}")
+@click.option("--tpm", default=None, help=f"Tokens per minute (default: ratelimits.key_tpm). {USER_FIELDS_HELP}")
+@click.option("--models", default=None,
+              help="Models this key may call: comma-separated glob patterns (smart,claude-*) matched against the "
+                   "model name the client sends. Default: every model.")
+@click.option("--expires", default=None, help="Expiry: 30d, 12h, 45m, 2w, a date (2027-01-31, UTC) or an ISO time.")
+@click.option("--label", default=None, help="Free text shown by `keys list` (what the key is for).")
 @CONFIG_OPTION
-def keys_create(
-    user: str,
-    role: str,
-    budget_daily: float | None,
-    budget_monthly: float | None,
-    rpm: float | None,
-    tpm: float | None,
-    config_file: str | None,
-) -> None:
-    """Create an API key; it is shown once and stored only as a hash.
+def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
+                tpm: str | None, models: str | None, expires: str | None, label: str | None,
+                config_file: str | None) -> None:
+    """Create an API key; it is shown once and stored only as a keyed hash (HMAC).
 
     \b
     Example usage:
-        gaud-engine keys create --user alice --budget-daily 5
+        gaud-engine keys create --user alice --budget-daily 5 --models smart,claude-* --expires 30d
     """
-    key, info = _store(config_file).create_key(
-        user, role=role, budget_daily=budget_daily, budget_monthly=budget_monthly, rpm_limit=rpm, tpm_limit=tpm
-    )
-    click.echo(f"Key for {info.user_name} ({info.role}), shown once:\n  {key}")
+    fields = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
+                           "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label})
+    if "expires_at" in fields and fields["expires_at"] is None:
+        del fields["expires_at"]
+    key, info = _store(config_file).create_key(user.strip(), **fields)
+    click.echo(f"Key {_key_line(info)}, shown once:\n  {key}")
+
+
+@keys.command("update")
+@click.argument("prefix")
+@click.option("--role", type=click.Choice(["member", "admin"]), default=None, help=f"The user's role. {USER_FIELDS_HELP}")
+@click.option("--budget-daily", default=None, help=f"Daily limit in USD, or none. {USER_FIELDS_HELP}")
+@click.option("--budget-monthly", default=None, help=f"Monthly limit in USD, or none. {USER_FIELDS_HELP}")
+@click.option("--rpm", default=None, help=f"Requests per minute, or none. {USER_FIELDS_HELP}")
+@click.option("--tpm", default=None, help=f"Tokens per minute, or none. {USER_FIELDS_HELP}")
+@click.option("--models", default=None, help="This key's allowed models (comma-separated globs); '' for every model.")
+@click.option("--expires", default=None, help="This key's expiry (30d, a date, an ISO time), or never.")
+@click.option("--label", default=None, help="This key's label; '' to remove it.")
+@CONFIG_OPTION
+def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
+                tpm: str | None, models: str | None, expires: str | None, label: str | None,
+                config_file: str | None) -> None:
+    """Change an active key: its models, expiry and label, and its user's role, budgets and limits.
+    Only the options given change. Running gateways apply the change to the next request.
+
+    \b
+    Example usage:
+        gaud-engine keys update sk-gaud-1a2b3c4d5e6f --role member --budget-daily 2 --expires 7d
+    """
+    changes = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
+                            "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label})
+    if not changes:
+        raise click.UsageError("give at least one option to change")
+    info = _store(config_file).update_key(prefix, changes)
+    if info is None:
+        raise click.ClickException(f"no active key with prefix {prefix}")
+    click.echo(f"updated {_key_line(info)}")
 
 
 @keys.command("list")
 @CONFIG_OPTION
 def keys_list(config_file: str | None) -> None:
-    """List keys (their prefixes, never the keys).
+    """List keys (their prefixes, never the keys), with label, allowed models and expiry.
 
     \b
     Example usage:
         gaud-engine keys list
     """
+    import time as _time
+
     rows = _store(config_file).list_keys()
     if not rows:
         click.echo("no keys")
         return
-    click.echo(f"{'prefix':<22} {'user':<16} {'role':<7} {'daily':>8} {'monthly':>8}  status")
+    now = _time.time()
+    click.echo(f"{'prefix':<22} {'user':<16} {'role':<7} {'daily':>8} {'monthly':>8}  {'status':<8} "
+               f"{'expires':<17} {'models':<24} label")
     for k in rows:
         daily = f"{k.budget_daily:g}" if k.budget_daily is not None else "-"
         monthly = f"{k.budget_monthly:g}" if k.budget_monthly is not None else "-"
-        status = "revoked" if k.revoked_at else "active"
-        click.echo(f"sk-gaud-{k.lookup:<14} {k.user_name:<16} {k.role:<7} {daily:>8} {monthly:>8}  {status}")
+        status = "revoked" if k.revoked_at else "expired" if k.expired(now) else "active"
+        models = ",".join(k.models) if k.models else "all"
+        click.echo(f"sk-gaud-{k.lookup:<14} {k.user_name:<16} {k.role:<7} {daily:>8} {monthly:>8}  {status:<8} "
+                   f"{_key_expiry(k.expires_at):<17} {models:<24} {k.label or '-'}".rstrip())
 
 
 @keys.command("revoke")

@@ -9,6 +9,9 @@ The key, first found wins:
 3. For SQLite, `gaud-secret.key` next to the database file, created with mode 0600 on first use.
    PostgreSQL needs 1 or 2.
 
+(engine.accounts.server_secret finds it; the gateway's API keys are keyed by the same secret
+unless `auth.key_secret` is set.)
+
 A key file readable by other users is refused. `GAUD_CREDENTIALS_BACKEND=keyring` keeps the
 tokens in the OS keyring (the optional `keyring` package) instead, and only a marker and the
 expiry time in the database.
@@ -25,21 +28,20 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
+
+from ..accounts.server_secret import SecretUnavailable, find_secrets, key_file_for
 
 __all__ = ["FernetVault", "KeyringVault", "Vault", "VaultError", "key_file_for", "open_vault"]
 
 log = logging.getLogger("gaud.credentials")
 
-KEY_FILE_NAME = "gaud-secret.key"
 KEYRING_SERVICE = "gaud-engine"
 KEYRING_MARKER = "keyring:v1"
 
 
-class VaultError(Exception):
+class VaultError(SecretUnavailable):
     """The credentials cannot be sealed or opened (a missing or wrong key); the message is safe to show."""
 
 
@@ -62,43 +64,6 @@ def _fernet_key(value: str) -> bytes:
     if len(raw) < 16:
         raise VaultError("GAUD_SECRET_KEY is too short: use a Fernet key or 16+ random characters")
     return base64.urlsafe_b64encode(hashlib.sha256(b"gaud-engine credentials v1\0" + raw).digest())
-
-
-def key_file_for(database_url: str) -> Path | None:
-    """`gaud-secret.key` beside a SQLite database file; None for other databases and in-memory SQLite."""
-    # Here, not at the top: every spec load imports this package, and the store loads SQLAlchemy
-    # (~150 ms); only sign-in and serving need the key file.
-    from ..accounts.store import sqlite_folder
-
-    folder = sqlite_folder(database_url)
-    return folder / KEY_FILE_NAME if folder is not None else None
-
-
-def _read_or_create(path: Path) -> str:
-    """The key in `path`, which is created atomically with mode 0600 when missing."""
-    if not path.exists():
-        from cryptography.fernet import Fernet  # imported only when sealing: ~10 ms at start-up otherwise
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, Fernet.generate_key() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, path)  # atomic, and never replaces a key another process just made
-            log.info("created the credentials key file %s (mode 0600); back it up apart from the database", path)
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink(missing_ok=True)
-    if os.name == "posix":
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise VaultError(f"{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")
-    return path.read_text().strip()
 
 
 class FernetVault:
@@ -189,19 +154,9 @@ def open_vault(database_url: str, environ: Mapping[str, str] | None = None, secr
     ephemeral: list[str] = []
 
     def keys() -> list[str]:
-        if secret_key:
-            return [k for k in secret_key.split(",") if k.strip()]
-        if env.get("GAUD_SECRET_KEY"):
-            return [k for k in env["GAUD_SECRET_KEY"].split(",") if k.strip()]
-        if env.get("GAUD_SECRET_KEY_FILE"):
-            return [_read_or_create(Path(env["GAUD_SECRET_KEY_FILE"]).expanduser())]
-        path = key_file_for(database_url)
-        if path is not None:
-            return [_read_or_create(path)]
-        if database_url.startswith("sqlite"):  # in-memory: the tokens die with the process anyway
-            if not ephemeral:
-                ephemeral.append(base64.urlsafe_b64encode(os.urandom(32)).decode())
-            return ephemeral
-        raise VaultError("set GAUD_SECRET_KEY (or GAUD_SECRET_KEY_FILE) to keep provider tokens in this database")
+        try:
+            return find_secrets(database_url, env, secret_key, ephemeral, purpose="keep provider tokens in this database")
+        except SecretUnavailable as exc:
+            raise VaultError(str(exc)) from None
 
     return FernetVault(keys)

@@ -1,6 +1,6 @@
 """One client request as named stages, in the order it runs:
 
-    authenticate -> parse (and validate) -> plan (route) -> admit (rate limits) -> cache lookup
+    authenticate -> parse (and validate) -> authorize (model allow-list) -> plan (route) -> admit (rate limits) -> cache lookup
     -> price and reserve (budget) -> call (gateway: attempts, retries, fallback) -> settle -> audit
 
 Every route that serves a model goes through `Pipeline.run`: chat (streamed or not), embeddings,
@@ -39,7 +39,7 @@ from ..accounts.budgets import Budgets, Reservation
 from ..accounts.guards import Admission, CachePlan, Guards
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal
-from ..errors import GatewayError, InvalidRequest, drop_tracebacks
+from ..errors import GatewayError, InvalidRequest, PermissionDenied, drop_tracebacks
 from ..logs import FieldLogger
 from ..metrics import Metrics
 from .embeddings import validate_embeddings_request
@@ -243,6 +243,7 @@ class Pipeline:
         try:
             raw = parse_json(await port.read())
             body = exchange.body = self.parse(endpoint, codec, raw)
+            self.authorize(principal, body)
             exchange.stream = endpoint.streamable and bool(body.get("stream"))
             plan = await self.plan(body)
             admission = exchange.admission = await self.admit(principal, endpoint.tokens(body, plan))
@@ -311,6 +312,16 @@ class Pipeline:
     def parse(self, endpoint: Endpoint, codec: Codec, raw: dict[str, Any]) -> dict[str, Any]:
         """The client's request in canonical form, validated once (later stages trust it)."""
         return endpoint.validate(codec.request(raw), self.limits)
+
+    @staticmethod
+    def authorize(principal: Principal, body: dict[str, Any]) -> None:
+        """The key's model allow-list against the model name the client sent (a 403 before any
+        routing or upstream call). Fallbacks an allowed alias reaches are allowed: only the name
+        asked for is checked. A key without a list pays one attribute test."""
+        if principal.models is not None and not principal.may_call(str(body.get("model"))):
+            raise PermissionDenied(
+                f"This API key may not call the model {body.get('model')!r}.", code="model_not_allowed", param="model"
+            )
 
     def plan(self, body: dict[str, Any]) -> Awaitable[Plan]:
         """The route: candidate deployments in order, and the retry/fallback policy."""

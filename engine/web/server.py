@@ -34,6 +34,7 @@ from ..accounts.auth import LOCAL_USER, Authenticator
 from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.guards import Guards
+from ..accounts.keys import key_changes
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
@@ -125,9 +126,11 @@ def answers_errors(handler: Handler) -> Handler:
 @answers_errors
 async def list_models(request: Request) -> Response:
     services = _services(request)
-    await services.authenticator.principal(request.headers)
+    principal = await services.authenticator.principal(request.headers)
     ready = await ready_providers(services.gateway)
     data = model_list(services.catalog, int(services.started), services.upstream_models, ready)
+    if principal.models is not None:  # only what this key may call
+        data = [entry for entry in data if principal.may_call(entry["id"])]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -162,19 +165,29 @@ async def admin_keys(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
     body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
     user = body.get("user")
-    role = body.get("role", "member")
-    if not isinstance(user, str) or not user.strip():
-        raise InvalidRequest("'user' is required.", param="user")
-    if role not in ("admin", "member"):
-        raise InvalidRequest("'role' must be admin or member.", param="role")
-    fields = {"role": role}
-    for name in ("budget_daily", "budget_monthly"):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
-            raise InvalidRequest(f"'{name}' must be a non-negative number of USD.", param=name)
-        fields[name] = value
+    if not isinstance(user, str) or not user.strip() or len(user.strip()) > 200 or not user.isprintable():
+        raise InvalidRequest("'user' is required (1 to 200 printable characters).", param="user")
+    fields = key_changes({"role": "member", **body})  # the same validation as `keys create`
+    if fields.get("expires_at", 0) is None:
+        del fields["expires_at"]
     key, info = await asyncio.to_thread(services.store.create_key, user.strip(), **fields)
     return JSONResponse({"key": key, **_key_json(info)}, status_code=201)
+
+
+@answers_errors
+async def admin_update_key(request: Request) -> Response:
+    """PATCH /admin/keys/{id}: the fields of POST /admin/keys but `user` (as `keys update`)."""
+    services = _services(request)
+    await services.authenticator.admin(request.headers)
+    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    changes = key_changes(body)
+    if not changes:
+        raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
+                             "models, expires or label.", code="nothing_to_change")
+    info = await asyncio.to_thread(services.store.update_key, request.path_params["lookup"], changes)
+    if info is None:
+        raise NotFound("No active key with that id.", code="key_not_found")
+    return JSONResponse(_key_json(info))
 
 
 @answers_errors
@@ -364,6 +377,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
+        Route("/admin/keys/{lookup}", admin_update_key, methods=["PATCH"]),
         Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
         Route("/admin/usage", admin_usage, methods=["GET"]),
         Mount("/ui", app=dashboard),
@@ -398,7 +412,7 @@ def build_services(
         read_timeout=float(settings.get("upstream.read_timeout")),
         max_connections=int(settings.get("upstream.max_connections")),
     )
-    store = store or Store(str(settings.get("database.url")))
+    store = store or Store(str(settings.get("database.url")), key_secret=settings.get("auth.key_secret"))
     limits = Limits(**{f: settings.get(f"limits.{f}") for f in Limits.__dataclass_fields__})
     if limits.control_chars not in ("strip", "refuse"):
         raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
@@ -489,8 +503,14 @@ def _key_json(info: Any) -> dict[str, Any]:
         "role": info.role,
         "created_at": info.created_at,
         "revoked": info.revoked_at is not None,
+        "expires_at": info.expires_at,
+        "expired": info.expired(),
+        "label": info.label,
+        "models": list(info.models) if info.models else None,
         "budget_daily": info.budget_daily,
         "budget_monthly": info.budget_monthly,
+        "rpm_limit": info.rpm_limit,
+        "tpm_limit": info.tpm_limit,
     }
 
 

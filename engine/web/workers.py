@@ -31,7 +31,7 @@ def prepare_store(settings: Settings) -> None:
     from ..accounts.store import Store
     from .server import _first_admin
 
-    store = Store(str(settings.get("database.url")))
+    store = Store(str(settings.get("database.url")), key_secret=settings.get("auth.key_secret"))
     try:
         store.migrate()
         import_spilled(store, audit_spill_dir(settings))

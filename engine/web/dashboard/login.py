@@ -46,10 +46,10 @@ async def admin_of_login_form(ui: Dashboard, request: Request) -> Principal:
     key = form.get("key", "").strip()
     principal = None
     if key:
-        principal = ui.store.cached_principal(key) or await asyncio.to_thread(ui.store.verify_key, key)
+        principal = await asyncio.to_thread(ui.store.verify_key, key)
     if principal is None:
         log.warning("dashboard: failed login from %s", request.client.host if request.client else "?")
-        raise FormError(401, "Invalid or revoked key.")
+        raise FormError(401, "Invalid, expired or revoked key.")
     if not principal.is_admin:
         log.warning("dashboard: user %s tried to log in without an admin key", principal.user_name)
         raise FormError(

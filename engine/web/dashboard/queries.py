@@ -6,6 +6,7 @@ Every function is synchronous (the dashboard calls them in a thread) and takes t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,9 +180,9 @@ def user_role(engine: sa.Engine, name: str) -> str | None:
 
 
 def session_key_status(engine: sa.Engine, key_id: int) -> tuple[bool, str | None]:
-    """(still unrevoked, the user's current role) of the key a dashboard session logged in with."""
+    """(still unrevoked and unexpired, the user's current role) of the key a dashboard session logged in with."""
     query = (
-        sa.select(api_keys.c.revoked_at, users.c.role)
+        sa.select(api_keys.c.revoked_at, users.c.role, api_keys.c.expires_at)
         .join(users, users.c.id == api_keys.c.user_id)
         .where(api_keys.c.id == key_id)
     )
@@ -189,4 +190,4 @@ def session_key_status(engine: sa.Engine, key_id: int) -> tuple[bool, str | None
         row = conn.execute(query).first()
     if row is None:
         return False, None
-    return row[0] is None, row[1]
+    return row[0] is None and (row[2] is None or row[2] > time.time()), row[1]
