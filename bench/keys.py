@@ -69,20 +69,22 @@ def verify_costs(url: str, label: str) -> None:
 
 
 async def probe(url: str, key: str, n: int, flood: int) -> list[float]:
-    stop, flooded = asyncio.Event(), [0]
+    stop, full_width, flooded = asyncio.Event(), asyncio.Event(), [0]
 
     async def one(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
             fake = f"sk-gaud-{secrets.token_hex(6)}{secrets.token_urlsafe(24)}"
             await client.get("/v1/models", headers={"authorization": f"Bearer {fake}"})
             flooded[0] += 1
+            if flooded[0] >= 500:
+                full_width.set()
 
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=max(flood, 1))) as bad, \
             httpx.AsyncClient(base_url=url, timeout=60) as good:
         tasks = [asyncio.create_task(one(bad)) for _ in range(flood)]
-        while flood and flooded[0] < 500:  # the flood at full width first
-            await asyncio.sleep(0.01)
+        if flood:
+            await asyncio.wait_for(full_width.wait(), 60)  # the flood at full width first
         for _ in range(n):
             started = time.perf_counter()
             response = await good.get("/v1/models", headers={"authorization": f"Bearer {key}"})

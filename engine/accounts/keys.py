@@ -1,7 +1,7 @@
 """What a key may do, as an operator writes it: the fields of `keys create` / `keys update` and of
 `POST /admin/keys` / `PATCH /admin/keys/{id}`, validated by one implementation for both.
 
-- `models`: glob patterns (`smart,claude-*`), matched against the model name the client sent. A
+- `models`: glob patterns (`smart,fast-*`), matched against the model name the client sent. A
   pattern without `/` matches the name, or the model part of `provider/model`; a pattern with `/`
   matches only `provider/model` names. No list: every model.
 - `expires`: `30d`, `12h`, `45m`, `2w`, a date (`2027-01-31`, 00:00 UTC), an ISO date-time, a Unix
@@ -43,7 +43,7 @@ _CLEAR = (None, "", "none", "never", "null")
 
 
 class ModelPatterns:
-    """A compiled allow-list: `patterns.allows("claude-sonnet-4")`."""
+    """A compiled allow-list: `patterns.allows("fast-large")`."""
 
     __slots__ = ("_bare", "_qualified", "patterns")
 

@@ -251,7 +251,7 @@ USER_FIELDS_HELP = "Applies to the key's user, so to every key of that user."
 @click.option("--rpm", default=None, help=f"Requests per minute (default: ratelimits.key_rpm). {USER_FIELDS_HELP}")
 @click.option("--tpm", default=None, help=f"Tokens per minute (default: ratelimits.key_tpm). {USER_FIELDS_HELP}")
 @click.option("--models", default=None,
-              help="Models this key may call: comma-separated glob patterns (smart,claude-*) matched against the "
+              help="Models this key may call: comma-separated glob patterns (smart,fast-*) matched against the "
                    "model name the client sends. Default: every model.")
 @click.option("--expires", default=None, help="Expiry: 30d, 12h, 45m, 2w, a date (2027-01-31, UTC) or an ISO time.")
 @click.option("--label", default=None, help="Free text shown by `keys list` (what the key is for).")
@@ -263,7 +263,7 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
 
     \b
     Example usage:
-        gaud-engine keys create --user alice --budget-daily 5 --models smart,claude-* --expires 30d
+        gaud-engine keys create --user alice --budget-daily 5 --models smart,fast-* --expires 30d
     """
     fields = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
                            "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label})
