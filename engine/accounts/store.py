@@ -356,7 +356,7 @@ class Store:
         message saying what to set)."""
         if self._secrets is None:
             env = os.environ if self._environ is None else self._environ
-            found = find_secrets(self.url, env, self._key_secret, self._ephemeral, purpose="hash API keys in this database")
+            found = find_secrets(self.url, env, self._key_secret, self._ephemeral, purpose="hash API keys in this database (or set auth.key_secret)")
             with self._lock:
                 self._secrets = self._secrets or KeySecrets(found)
         return self._secrets

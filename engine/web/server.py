@@ -489,6 +489,9 @@ def _shared_state(settings: Settings) -> tuple[RateLimiter, ResponseCache]:
 
 def _first_admin(store: Store) -> None:
     """On first start with auth on and no keys: create an admin and print its key, once."""
+    # The key secret is found (or its absence reported: set GAUD_SECRET_KEY) at start, not at the
+    # first request.
+    store.key_secrets  # noqa: B018
     # No key at all yet (a database used with auth off holds only the local user).
     if not store.list_keys():
         key, _ = store.create_key("admin", role="admin")
