@@ -328,7 +328,29 @@ def test_model_without_price(tree: Path) -> None:
 
 def test_free_model_needs_no_price(tree: Path) -> None:
     (tree / "pricing.d" / "acme.yaml").unlink()
+    edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n",
+         "    capabilities: [tools]\n    free: true\n    reason: a test upstream that charges nothing\n")
+    code, lines = validate(str(tree))
+    assert code == 0, "\n".join(lines)
+
+
+def test_free_model_without_a_reason(tree: Path) -> None:
+    (tree / "pricing.d" / "acme.yaml").unlink()
     edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n", "    capabilities: [tools]\n    free: true\n")
+    line = line_of(ACME, "  acme-large:")
+    assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /models/acme-large: ", "'reason'", "costs nothing")
+
+
+@pytest.mark.parametrize("reason", ['""', '"   "'])
+def test_free_model_with_a_blank_reason(tree: Path, reason: str) -> None:
+    (tree / "pricing.d" / "acme.yaml").unlink()
+    line = edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n",
+                f"    capabilities: [tools]\n    free: true\n    reason: {reason}\n", marker="reason:")
+    assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /models/acme-large/reason: ", "does not match")
+
+
+def test_free_false_needs_no_reason(tree: Path) -> None:
+    edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n", "    capabilities: [tools]\n    free: false\n")
     code, lines = validate(str(tree))
     assert code == 0, "\n".join(lines)
 
