@@ -112,7 +112,7 @@ def ceiling_price(catalog: Catalog, provider: str) -> Price | None:
                 fields[name] = max(fields[name], getattr(level, name))
     if not any(fields.values()):
         return None
-    return Price(**fields)
+    return Price(fields["input"], fields["output"], fields["cached_input"], fields["cache_write"])
 
 
 def quote_for(catalog: Catalog, target: Target) -> Quote | None:

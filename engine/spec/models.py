@@ -64,9 +64,9 @@ def resolve_model(catalog: Catalog, name: str, *, allow_unlisted: bool = False) 
     provider_name, slash, model = name.partition("/")
     if slash and provider_name in catalog.providers:
         spec = catalog.providers[provider_name]
-        info = _in_provider(spec, model)
-        if info is not None:
-            return [Target(spec, info.id, info)]
+        listed = _in_provider(spec, model)
+        if listed is not None:
+            return [Target(spec, listed.id, listed)]
         if allow_unlisted:
             return [Target(spec, model, ModelInfo(model), listed=False)]
         raise NotFound(
