@@ -174,7 +174,10 @@ class Router:
         if route is None:
             targets = resolve_model(self.catalog, name, allow_unlisted=self.allow_unlisted)  # type: ignore[arg-type]
             for target in targets:
-                if self.quote(target) is None:  # never served at $0 without being declared free
+                # Never served at $0 without being declared free. A listed model has a price or is
+                # free in any catalog that is served (`validate` runs first); an unlisted one is
+                # billed at its provider's highest price, if the provider has one.
+                if not target.listed and self.quote(target) is None:
                     raise NotFound(
                         f"The model '{name}' has no price and {target.provider.name} lists no priced model "
                         "to estimate one from; it cannot be served.",
@@ -193,10 +196,6 @@ class Router:
             if spec is None:
                 continue
             target = self._target(candidate)
-            if self.quote(target) is None:  # no price at all: never served at $0 (logged by quote_for)
-                if explain:
-                    notes.append(f"{target.name}: skipped, no price and none to estimate from")
-                continue
             if candidate.when is not None:
                 matched = candidate.when.matches(act)
                 if explain:
