@@ -7,8 +7,8 @@ The estimate must not fall short for any script, because budgets reserve it befo
   accented Latin, Cyrillic or Greek well under that);
 - every character outside the Basic Multilingual Plane (emoji, rare CJK): two tokens, since a
   byte-level tokenizer often spends two or more on its four UTF-8 bytes;
-- an image: 85 tokens at `detail: low`, else 1,600 (Claude's largest image, above OpenAI's
-  high-detail maximum of 1,445).
+- an image: 85 tokens at `detail: low`, else 1,600 (about the largest any shipped provider
+  charges for one image: ~1.15 megapixels at 750 pixels a token; high detail tops out at 1,445).
 No tokenizer data is downloaded; text that is all ASCII costs one `str.isascii()` more than a
 plain character count (that check reads a flag CPython keeps on every string).
 """
@@ -25,10 +25,10 @@ __all__ = [
 #: ASCII characters per token wherever a count is estimated without a tokenizer.
 CHARS_PER_TOKEN = 4
 
-#: What an image at `detail: low` costs (OpenAI's figure), in tokens.
+#: What an image at `detail: low` costs (the OpenAI API's figure), in tokens.
 IMAGE_TOKENS_LOW = 85
 
-#: What any other image is reserved at: the largest image Claude takes (~1.15 megapixels / 750).
+#: What any other image is reserved at: about the largest image any shipped provider bills.
 IMAGE_TOKENS = 1600
 
 
