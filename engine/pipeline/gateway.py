@@ -300,16 +300,24 @@ class Gateway:
         exchange.price_estimated = quote.estimated
         exchange.cost = cost_of(quote.price, usage) if usage else 0.0
 
-    def estimate_cost(self, body: dict[str, Any], plan: Plan) -> float:
-        """A cost to reserve against budgets before the call: the prompt estimate plus the
-        requested output (or the first candidate's max output, at most 4096 tokens)."""
-        target = plan.targets[0].target if plan.targets else None
-        price = self.price(target) if target is not None else None
-        if price is None or target is None:
-            return 0.0
-        output = body.get("max_completion_tokens") or body.get("max_tokens") or min(target.info.max_output_tokens or 4096, 4096)
-        usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
-        return cost_of(price, usage)
+    def estimate_cost(
+        self, body: dict[str, Any], plan: Plan, *, prompt_tokens: int | None = None, output: bool = True
+    ) -> float:
+        """A cost to reserve against budgets before the call: the prompt estimate (the plan's, or
+        `prompt_tokens`) plus, with `output` (chat; not embeddings), the output asked for or each
+        candidate's max output (at most 4096 tokens); at the dearest candidate's price, since a
+        fallback may serve the request."""
+        prompt = plan.facts["estimated_tokens"] if prompt_tokens is None else prompt_tokens
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        most = 0.0
+        for planned in plan.targets:
+            target = planned.target
+            price = self.price(target)
+            if price is None:
+                continue
+            completion = int(asked or min(target.info.max_output_tokens or 4096, 4096)) if output else 0
+            most = max(most, cost_of(price, {"prompt_tokens": prompt, "completion_tokens": completion}))
+        return most
 
     async def chat(self, body: dict[str, Any], exchange: Exchange | None = None, *, plan: Plan | None = None) -> ChatResult:
         """A validated OpenAI chat request (`validation.validate_request`), not streamed."""

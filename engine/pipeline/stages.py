@@ -181,8 +181,8 @@ class Endpoint:
 
 
 class EmbeddingsEndpoint(Endpoint):
-    """Embeddings: admitted for the input estimate; nothing reserved up front (the reply's usage
-    is billed when settled); never streamed or cached."""
+    """Embeddings: admitted for, and priced at, the input estimate (no output); never streamed
+    or cached."""
 
     name = "embeddings"
     streamable = False
@@ -195,7 +195,7 @@ class EmbeddingsEndpoint(Endpoint):
         return estimate_input_tokens(body["input"])
 
     def estimate_cost(self, gateway: Gateway, body: dict[str, Any], plan: Plan) -> float:
-        return 0.0
+        return gateway.estimate_cost(body, plan, prompt_tokens=estimate_input_tokens(body["input"]), output=False)
 
     def call(self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan) -> Awaitable[ChatResult]:
         return gateway.embeddings(body, exchange, plan=plan)
