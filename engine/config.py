@@ -51,6 +51,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Defaults for every API key; a user's own rpm/tpm (keys create --rpm/--tpm) win.
     "ratelimits": {"key_rpm": None, "key_tpm": None},
     "cache": {"max_entries": 1000, "default_ttl": 600.0},
+    # allow_unlisted_models: serve a `provider/model` its spec does not list, billed at the
+    # provider's highest listed price and marked estimated (false: such a request gets a 404).
+    "routing": {"allow_unlisted_models": False},
     # Add each upstream's own model list to GET /v1/models (fetched at start and on reload).
     "models": {"refresh_from_upstream": False},
     # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.

@@ -128,6 +128,25 @@ class RateLimited(GatewayError):
 class BudgetExceeded(GatewayError):
     kind, status, type, code = "budget_exceeded", 429, "insufficient_quota", "budget_exceeded"
 
+    @classmethod
+    def refused(cls, period: str, limit: float, user: str, used: float, reserved: float, estimate: float) -> BudgetExceeded:
+        """The refusal of a request whose estimated cost the `period` ("daily", "monthly") budget
+        cannot hold: what is used, what requests in flight hold, what this one would take. Every
+        budget store (in-process, Redis) words it so."""
+        why = "is spent" if used >= limit else "cannot cover this request"
+        whole = " (more than the whole budget)" if estimate > limit else ""
+        return cls(
+            f"The {period} budget of {_usd(limit)} for user '{user}' {why}: {_usd(used)} used, "
+            f"{_usd(reserved)} reserved by requests in flight, {_usd(estimate)} estimated for this request{whole}."
+        )
+
+
+def _usd(amount: float) -> str:
+    """Dollars to the 8th decimal (as x-gaud-cost), trailing zeros dropped: $0.05, $0.000414.
+    Float sums of reservations can end a hair below zero; that prints as $0.00."""
+    whole, _, fraction = f"{max(amount, 0.0):.8f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
 
 class UpstreamError(GatewayError):
     kind, status, type, code = "upstream_5xx", 502, "upstream_error", "upstream_5xx"

@@ -238,7 +238,7 @@ def server(clock: FakeClock) -> Iterator[FakeAuthServer]:
 
 # -- a spec tree with test providers that point at the fake server --------------------------------
 def provider_files(url: str, redirect_host: str = "127.0.0.1") -> dict[str, str]:
-    model = "models:\n  m1: {context_window: 100000, max_output_tokens: 1000, capabilities: [tools], free: true}\n"
+    model = "models:\n  m1: {context_window: 100000, max_output_tokens: 1000, capabilities: [tools], free: true, reason: test model}\n"
     base = """\
 extends: openai
 description: {description}

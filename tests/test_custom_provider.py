@@ -32,6 +32,7 @@ models:
     max_output_tokens: 8192
     capabilities: [tools, vision]
     free: true
+    reason: a local server
 request:
   map:
     - {to: /model, from: "@model"}

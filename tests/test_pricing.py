@@ -300,7 +300,7 @@ def test_price_command_errors():
     result = CliRunner().invoke(main, ["price", "no-such-model", "--input", "1", "--output", "1"])
     assert result.exit_code == 1 and "does not exist" in result.output
     result = CliRunner().invoke(main, ["price", "anthropic/claude-unpriced", "--input", "1", "--output", "1"])
-    assert result.exit_code == 1 and "no price for anthropic/claude-unpriced" in result.output
+    assert result.exit_code == 1 and "'anthropic/claude-unpriced' is not listed" in result.output
 
 
 # -- streamed and non-streamed replies cost the same ---------------------------------------------

@@ -34,7 +34,7 @@ api:
     headers:
       Authorization: "Bearer {{ credentials.access_token }}"
 models:
-  acme-1: {context_window: 8000, max_output_tokens: 1000, capabilities: [tools], free: true}
+  acme-1: {context_window: 8000, max_output_tokens: 1000, capabilities: [tools], free: true, reason: test model}
 """
 
 

@@ -172,7 +172,7 @@ def test_a_non_stream_request_to_a_stream_only_upstream_is_assembled(tmp_path: P
         "extends: anthropic\n"
         "recordings: ../streamy-recordings\n"
         "api:\n  endpoints:\n    chat: {stream_only: true}\n"
-        "models:\n  claude-sonnet-4-20250514: {context_window: 200000, max_output_tokens: 64000, capabilities: [tools], free: true}\n"
+        "models:\n  claude-sonnet-4-20250514: {context_window: 200000, max_output_tokens: 64000, capabilities: [tools], free: true, reason: test model}\n"
     )
     folder = tree / "streamy-recordings"
     folder.mkdir()

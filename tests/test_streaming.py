@@ -217,7 +217,7 @@ def test_non_stream_request_served_from_a_streamed_upstream(upstream, tmp_path):
     (tmp_path / "providers.d" / "streamy.yaml").write_text(
         "extends: anthropic\n"
         "api:\n  endpoints:\n    chat: {stream_only: true}\n"
-        "models:\n  claude-sonnet-4-20250514: {context_window: 200000, max_output_tokens: 64000, capabilities: [tools], free: true}\n"
+        "models:\n  claude-sonnet-4-20250514: {context_window: 200000, max_output_tokens: 64000, capabilities: [tools], free: true, reason: test model}\n"
     )
     catalog = load_catalog(tmp_path, environ=provider_env(upstream.url))
     assert catalog.providers["streamy"].endpoints["chat"].stream_only

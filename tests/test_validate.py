@@ -305,6 +305,27 @@ def test_route_to_a_model_alias_is_fine(tree: Path) -> None:
     assert validate(str(tree))[0] == 0
 
 
+ACME_MODELS = """\
+models:
+  acme-large:
+    aliases: [acme-large-001]
+    context_window: 128000
+    max_output_tokens: 8192
+    capabilities: [tools]
+
+"""
+
+
+def test_route_to_a_provider_without_models_needs_a_price(tree: Path) -> None:
+    edit(tree, "providers.d/acme.yaml", ACME_MODELS, "")
+    assert validate(str(tree))[0] == 0  # acme-large is priced in pricing.d/acme.yaml
+    line = edit(tree, "routes.yaml", "model: acme-large\n", "model: acme-other\n", marker="model: acme-other")
+    assert_one_problem(
+        tree, f"routes.yaml:{line}: /aliases/acme/candidates/0/model: ",
+        "'acme-other' has no price", "pricing.d/", "free: true", "reason",
+    )
+
+
 def test_route_to_a_broken_provider_is_not_reported_again(tree: Path) -> None:
     line = edit(tree, "providers.d/acme.yaml", "description: Acme", "descripton: Acme")
     assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /descripton: ")
@@ -328,7 +349,29 @@ def test_model_without_price(tree: Path) -> None:
 
 def test_free_model_needs_no_price(tree: Path) -> None:
     (tree / "pricing.d" / "acme.yaml").unlink()
+    edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n",
+         "    capabilities: [tools]\n    free: true\n    reason: a test upstream that charges nothing\n")
+    code, lines = validate(str(tree))
+    assert code == 0, "\n".join(lines)
+
+
+def test_free_model_without_a_reason(tree: Path) -> None:
+    (tree / "pricing.d" / "acme.yaml").unlink()
     edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n", "    capabilities: [tools]\n    free: true\n")
+    line = line_of(ACME, "  acme-large:")
+    assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /models/acme-large: ", "'reason'", "costs nothing")
+
+
+@pytest.mark.parametrize("reason", ['""', '"   "'])
+def test_free_model_with_a_blank_reason(tree: Path, reason: str) -> None:
+    (tree / "pricing.d" / "acme.yaml").unlink()
+    line = edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n",
+                f"    capabilities: [tools]\n    free: true\n    reason: {reason}\n", marker="reason:")
+    assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /models/acme-large/reason: ", "does not match")
+
+
+def test_free_false_needs_no_reason(tree: Path) -> None:
+    edit(tree, "providers.d/acme.yaml", "    capabilities: [tools]\n", "    capabilities: [tools]\n    free: false\n")
     code, lines = validate(str(tree))
     assert code == 0, "\n".join(lines)
 

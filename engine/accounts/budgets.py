@@ -87,10 +87,7 @@ class Budgets:
                 if limit is None:
                     continue
                 if spent >= limit or spent + spend.reserved + estimate > limit:
-                    raise BudgetExceeded(
-                        f"The {label} budget of ${limit:.2f} for user '{principal.user_name}' is spent "
-                        f"(${spent:.4f} used, ${spend.reserved:.4f} reserved by requests in flight)."
-                    )
+                    raise BudgetExceeded.refused(label, limit, principal.user_name, spent, spend.reserved, estimate)
             spend.reserved += estimate
         return Reservation(principal, estimate)
 

@@ -107,10 +107,7 @@ class RedisBudgets:
         )
         if not int(allowed):
             label, limit = ("daily", daily) if int(which) == 1 else ("monthly", monthly)
-            raise BudgetExceeded(
-                f"The {label} budget of ${limit:.2f} for user '{principal.user_name}' is spent "
-                f"(${float(first):.4f} used, ${float(second):.4f} reserved by requests in flight)."
-            )
+            raise BudgetExceeded.refused(label, limit, principal.user_name, float(first), float(second), estimate)
         self._last_spend[user_id] = (float(first), float(second))
         reservation = Reservation(principal, estimate)
         reservation.keys = keys  # type: ignore[attr-defined]

@@ -90,11 +90,14 @@ audit_log = sa.Table(
     sa.Column("stream", sa.Boolean, nullable=False, default=False),
     sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
     sa.Column("content", sa.Text, nullable=True),
+    # Billed at the provider's highest price: the model had no price of its own (m006).
+    sa.Column("price_estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
-#: Rows per INSERT statement: 50 x 19 bind parameters stays under every SQLite build's limit (999).
-AUDIT_ROWS_PER_INSERT = 50
+#: Rows per INSERT statement: rows x columns bind parameters stays under every SQLite build's
+#: limit (999).
+AUDIT_ROWS_PER_INSERT = 999 // len(AUDIT_FIELDS)
 #: Concurrent argon2 computations per process (each takes the hasher's memory_cost, 64 MiB): only
 #: legacy keys (made before m005) are argon2-hashed, until their first use rewrites them.
 ARGON2_AT_ONCE = 2
@@ -113,7 +116,7 @@ def _audit_row(record: dict[str, Any]) -> tuple[Any, ...]:
 
 _AUDIT_COUNTS = tuple(AUDIT_FIELDS.index(n) for n in ("attempts", "prompt_tokens", "completion_tokens", "cached_tokens"))
 _AUDIT_COST = AUDIT_FIELDS.index("cost")
-_AUDIT_FLAGS = (AUDIT_FIELDS.index("stream"), AUDIT_FIELDS.index("cache_hit"))
+_AUDIT_FLAGS = tuple(AUDIT_FIELDS.index(n) for n in ("stream", "cache_hit", "price_estimated"))
 
 
 def m001_initial(conn: sa.Connection) -> None:
@@ -181,6 +184,15 @@ def m005_key_policies(conn: sa.Connection) -> None:
 
 
 MIGRATIONS.append(m005_key_policies)
+
+
+def m006_audit_price_estimated(conn: sa.Connection) -> None:
+    """audit_log.price_estimated: the request was billed at its provider's highest price (issue 18)."""
+    if "price_estimated" not in {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}:
+        conn.execute(sa.text("ALTER TABLE audit_log ADD COLUMN price_estimated BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+MIGRATIONS.append(m006_audit_price_estimated)
 
 
 @dataclass(frozen=True)

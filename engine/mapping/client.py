@@ -122,10 +122,12 @@ def _compile_content(rule: dict[str, Any], classify: Classifier) -> ContentRende
             if not isinstance(part, dict):
                 raise InvalidRequest(f"{pwhere} must be an object", param=pwhere)
             kind = classify(part, ctx)
-            specs = parts.get(kind, MISSING) if kind is not None else MISSING
+            if kind is None:  # the classifier says `_ignore`: dropped, as documented
+                continue
+            specs = parts.get(kind, MISSING)
             if specs is None:
                 continue
-            if specs is MISSING or kind is None:  # a kind the rule has no blocks for (or one it ignores)
+            if specs is MISSING:  # a kind the rule has no blocks for
                 if reject_missing:
                     raise InvalidRequest(
                         f"{pwhere}: content of type {part.get('type')!r} is not supported here", param=pwhere

@@ -26,7 +26,7 @@ from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailur
 from ..streaming.encoders import EncoderFactory, StreamEncoder
 from .embeddings import build_embeddings_request, embeddings_from_reply
 from .images import ImageFetcher, inline_image_urls
-from .pricing import Price, cost_of, price_for
+from .pricing import Price, Quote, cost_of
 from .routing import Plan, PlannedTarget, Router, activation
 from .translate import (
     build_request,
@@ -67,6 +67,8 @@ class Exchange:
     attempts: int = 0
     usage: dict[str, Any] | None = None
     cost: float = 0.0
+    #: Billed at the provider's highest price: the model has no price of its own (unlisted).
+    price_estimated: bool = False
     error: GatewayError | None = None
     cache_hit: bool = False
     started: float = field(default_factory=time.perf_counter)
@@ -126,15 +128,15 @@ class Gateway:
         limiter: RateLimiter | None = None,
         metrics: Metrics | None = None,
         credentials: Any = None,
+        allow_unlisted: bool = False,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
         self.images = images or ImageFetcher()
-        self.router = router or Router(catalog, clock=clock)
+        self.router = router or Router(catalog, clock=clock, allow_unlisted=allow_unlisted)
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
-        self._prices: dict[str, Price | None] = {}
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
         self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
@@ -144,7 +146,6 @@ class Gateway:
         states, latency averages and in-flight counts carry over."""
         self.router = self.router.rebound(catalog)
         self.catalog = catalog
-        self._prices = {}
 
     # -- the attempt loop -----------------------------------------------------------------------
     async def plan(self, body: dict[str, Any]) -> Plan:
@@ -215,6 +216,10 @@ class Gateway:
                         self.metrics.upstream_latency.labels(target.name).observe(latency)
                     breaker.record_success()
                     result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
+                    quote = self.quote(target)
+                    if quote is not None and quote.estimated:  # for a stream: with its headers
+                        exchange.price_estimated = True
+                        result.headers["x-gaud-cost-estimated"] = "true"
                     return result
         raise self._all_failed(plan.alias, failures)
 
@@ -276,27 +281,43 @@ class Gateway:
         return request
 
     # -- non-streaming --------------------------------------------------------------------------
+    def quote(self, target: Target) -> Quote | None:
+        """What a deployment is billed at: $0 only when declared free; an unlisted model at its
+        provider's highest price, estimated. None (no price to give) is refused when planned."""
+        return self.router.quote(target)
+
     def price(self, target: Target) -> Price | None:
-        key = target.name
-        if key not in self._prices:
-            self._prices[key] = price_for(self.catalog, target.provider.name, target.model)
-        return self._prices[key]
+        quote = self.router.quote(target)
+        return quote.price if quote is not None else None
 
     def _account(self, exchange: Exchange, target: Target, usage: dict[str, Any] | None) -> None:
         exchange.usage = usage
-        price = self.price(target)
-        exchange.cost = cost_of(price, usage) if usage and price else 0.0
+        quote = self.router.quote(target)
+        if quote is None:  # planning refuses these; a reload may have dropped the price since
+            log.error("no price for %s: this request is recorded at $0", target.name)
+            exchange.cost = 0.0
+            return
+        exchange.price_estimated = quote.estimated
+        exchange.cost = cost_of(quote.price, usage) if usage else 0.0
 
-    def estimate_cost(self, body: dict[str, Any], plan: Plan) -> float:
-        """A cost to reserve against budgets before the call: the prompt estimate plus the
-        requested output (or the first candidate's max output, at most 4096 tokens)."""
-        target = plan.targets[0].target if plan.targets else None
-        price = self.price(target) if target is not None else None
-        if price is None or target is None:
-            return 0.0
-        output = body.get("max_completion_tokens") or body.get("max_tokens") or min(target.info.max_output_tokens or 4096, 4096)
-        usage = {"prompt_tokens": plan.facts["estimated_tokens"], "completion_tokens": int(output)}
-        return cost_of(price, usage)
+    def estimate_cost(
+        self, body: dict[str, Any], plan: Plan, *, prompt_tokens: int | None = None, output: bool = True
+    ) -> float:
+        """A cost to reserve against budgets before the call: the prompt estimate (the plan's, or
+        `prompt_tokens`) plus, with `output` (chat; not embeddings), the output asked for or each
+        candidate's max output (at most 4096 tokens); at the dearest candidate's price, since a
+        fallback may serve the request."""
+        prompt = plan.facts["estimated_tokens"] if prompt_tokens is None else prompt_tokens
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        most = 0.0
+        for planned in plan.targets:
+            target = planned.target
+            price = self.price(target)
+            if price is None:
+                continue
+            completion = int(asked or min(target.info.max_output_tokens or 4096, 4096)) if output else 0
+            most = max(most, cost_of(price, {"prompt_tokens": prompt, "completion_tokens": completion}))
+        return most
 
     async def chat(self, body: dict[str, Any], exchange: Exchange | None = None, *, plan: Plan | None = None) -> ChatResult:
         """A validated OpenAI chat request (`validation.validate_request`), not streamed."""

@@ -19,7 +19,7 @@ from ..spec.catalog import Catalog
 from ..spec.models import Target, resolve_model
 from ..spec.routes import Candidate, Policy, Route, RouteTable, compile_routes
 from .breaker import BreakerBoard
-from .pricing import price_for
+from .pricing import Quote, price_for, quote_for
 from .tokens import estimate_prompt_tokens
 
 __all__ = ["Plan", "PlannedTarget", "Router", "activation", "explain", "request_facts"]
@@ -108,8 +108,13 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         price_of: Callable[[str, str], float | None] | None = None,
+        allow_unlisted: bool = False,
     ) -> None:
         self.catalog = catalog
+        #: routing.allow_unlisted_models: serve a `provider/model` its spec does not list
+        #: (billed at the provider's highest price, estimated) instead of a 404.
+        self.allow_unlisted = allow_unlisted
+        self._quotes: dict[tuple[str, bool], Quote | None] = {}
         self.table = table or catalog.route_table or compile_routes(catalog.routes)
         self.rng = rng or random.Random()
         self.breakers = BreakerBoard(failures=self.table.breaker_failures, cooldown=self.table.breaker_cooldown, clock=clock)
@@ -120,19 +125,28 @@ class Router:
         self.price_of = price_of or self._list_price
 
     def _target(self, candidate: Candidate) -> Target:
-        """The deployment of a route candidate, resolved once per catalog."""
+        """The deployment of a route candidate, resolved once per catalog. A candidate names its
+        model in routes.yaml, so it counts as listed even where its provider lists no models."""
         key = (candidate.provider, candidate.model, candidate.api_base)
         target = self._targets.get(key)
         if target is None:
-            target = resolve_model(self.catalog, f"{candidate.provider}/{candidate.model}")[0]
-            if candidate.api_base:
-                target = Target(target.provider, target.model, target.info, candidate.api_base)
+            target = resolve_model(self.catalog, f"{candidate.provider}/{candidate.model}", allow_unlisted=True)[0]
+            target = Target(target.provider, target.model, target.info, candidate.api_base, listed=True)
             self._targets[key] = target
         return target
 
+    def quote(self, target: Target) -> Quote | None:
+        """What a deployment is billed at (engine.pipeline.pricing.quote_for), once per catalog."""
+        key = (target.name, target.listed)
+        try:
+            return self._quotes[key]
+        except KeyError:
+            quote = self._quotes[key] = quote_for(self.catalog, target)
+            return quote
+
     def rebound(self, catalog: Catalog) -> Router:
         """A router for a reloaded catalog that keeps this one's live state."""
-        new = Router(catalog, rng=self.rng)
+        new = Router(catalog, rng=self.rng, allow_unlisted=self.allow_unlisted)
         new.breakers, new.in_flight, new.latency, new._turn = self.breakers, self.in_flight, self.latency, self._turn
         return new
 
@@ -158,7 +172,17 @@ class Router:
         route = self.table.routes.get(name) if isinstance(name, str) else None
         notes: list[str] = []
         if route is None:
-            targets = resolve_model(self.catalog, name)  # type: ignore[arg-type]
+            targets = resolve_model(self.catalog, name, allow_unlisted=self.allow_unlisted)  # type: ignore[arg-type]
+            for target in targets:
+                # Never served at $0 without being declared free. A listed model has a price or is
+                # free in any catalog that is served (`validate` runs first); an unlisted one is
+                # billed at its provider's highest price, if the provider has one.
+                if not target.listed and self.quote(target) is None:
+                    raise NotFound(
+                        f"The model '{name}' has no price and {target.provider.name} lists no priced model "
+                        "to estimate one from; it cannot be served.",
+                        param="model",
+                    )
             planned = [PlannedTarget(t) for t in targets]
             if explain:
                 self._note_open_breakers(planned, notes)

@@ -181,8 +181,8 @@ class Endpoint:
 
 
 class EmbeddingsEndpoint(Endpoint):
-    """Embeddings: admitted for the input estimate; nothing reserved up front (the reply's usage
-    is billed when settled); never streamed or cached."""
+    """Embeddings: admitted for, and priced at, the input estimate (no output); never streamed
+    or cached."""
 
     name = "embeddings"
     streamable = False
@@ -195,7 +195,7 @@ class EmbeddingsEndpoint(Endpoint):
         return estimate_input_tokens(body["input"])
 
     def estimate_cost(self, gateway: Gateway, body: dict[str, Any], plan: Plan) -> float:
-        return 0.0
+        return gateway.estimate_cost(body, plan, prompt_tokens=estimate_input_tokens(body["input"]), output=False)
 
     def call(self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan) -> Awaitable[ChatResult]:
         return gateway.embeddings(body, exchange, plan=plan)
@@ -416,6 +416,7 @@ def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
         "completion_tokens": usage.get("completion_tokens", 0),
         "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         "cost": exchange.cost,
+        "price_estimated": exchange.price_estimated,
         "latency_ms": (time.perf_counter() - exchange.started) * 1000,
         "ttft_ms": (exchange.first_byte - exchange.started) * 1000 if exchange.first_byte else None,
         "stream": exchange.stream,

@@ -61,6 +61,19 @@ def cross_reference(catalog: Catalog) -> list[SpecError]:
                     )
                 continue
             known = set(provider.models) | {a for m in provider.models.values() for a in m.aliases}
+            if not provider.models and price_key(catalog, provider.name, candidate["model"]) is None:
+                # Listed only here: it needs a price, or a free declaration in the provider's spec.
+                reported = {f"{provider.name}/{candidate['model']}", candidate["model"]} & catalog.broken_prices
+                if routes_doc is not None and not catalog.broken_pricing and not reported:
+                    problems.append(
+                        routes_doc.problem(
+                            f"{where}/model",
+                            f"model '{candidate['model']}' has no price: add '{provider.name}/{candidate['model']}' "
+                            f"to a file in pricing.d/, or list it under `models` in {provider.name}'s spec "
+                            "(`free: true` with a `reason` if it costs nothing)",
+                        )
+                    )
+                continue
             if provider.models and candidate["model"] not in known:
                 hint = difflib.get_close_matches(candidate["model"], sorted(known), n=1)
                 suffix = f"; did you mean '{hint[0]}'?" if hint else f"; it lists: {', '.join(sorted(provider.models))}"

@@ -147,7 +147,8 @@ def _describe(error: ValidationError) -> tuple[str, str]:
     if error.validator == "required":
         missing = re.findall(r"^'([^']+)'", error.message)
         name = missing[0] if missing else error.message
-        return pointer, f"missing required field '{name}'; add it"
+        why = _schema_of(error).get("description") if schema_path[-2:-1] == ["then"] else None
+        return pointer, f"missing required field '{name}'; add it" + (f" ({why})" if why else "")
     if error.validator == "type":
         expected = _listed(error.validator_value)
         wanted = " or ".join(_JSON_TYPES.get(t, t) for t in expected)

@@ -20,6 +20,9 @@ class Target:
     model: str
     info: ModelInfo
     api_base: str | None = None
+    #: Named by a spec (the provider's `models`, or a routes.yaml candidate). An unlisted
+    #: `provider/model` (routing.allow_unlisted_models) has no price of its own.
+    listed: bool = True
 
     @cached_property
     def name(self) -> str:
@@ -36,11 +39,13 @@ def _in_provider(spec: ProviderSpec, name: str) -> ModelInfo | None:
     return None
 
 
-def resolve_model(catalog: Catalog, name: str) -> list[Target]:
+def resolve_model(catalog: Catalog, name: str, *, allow_unlisted: bool = False) -> list[Target]:
     """Candidate deployments for a requested model, in route order.
 
-    `provider/model` always resolves (an unlisted model gets no limits). A bare name resolves
-    through routes.yaml's aliases, else when exactly one provider spec lists it.
+    `provider/model` resolves when the provider's spec lists the model (by id or alias); a model
+    it does not list only with `allow_unlisted` (it then gets no limits and no price of its own:
+    `Target.listed` is false). A bare name resolves through routes.yaml's aliases, else when
+    exactly one provider spec lists it.
     """
     if not isinstance(name, str) or not name:
         raise NotFound("model is required", param="model")
@@ -59,8 +64,16 @@ def resolve_model(catalog: Catalog, name: str) -> list[Target]:
     provider_name, slash, model = name.partition("/")
     if slash and provider_name in catalog.providers:
         spec = catalog.providers[provider_name]
-        info = _in_provider(spec, model) or ModelInfo(model)
-        return [Target(spec, info.id, info)]
+        listed = _in_provider(spec, model)
+        if listed is not None:
+            return [Target(spec, listed.id, listed)]
+        if allow_unlisted:
+            return [Target(spec, model, ModelInfo(model), listed=False)]
+        raise NotFound(
+            f"The model '{name}' is not listed by this gateway; ask for a listed model (GET /v1/models) "
+            "or an alias.",
+            param="model",
+        )
     found = [(spec, listed) for spec in catalog.providers.values() if (listed := _in_provider(spec, name)) is not None]
     if len(found) == 1:
         spec, info = found[0]

@@ -35,7 +35,9 @@ class ModelInfo:
     context_window: int | None = None
     max_output_tokens: int | None = None
     capabilities: frozenset[str] = frozenset()
+    #: Declared free (`free: true`, with the spec's `reason`): the only way a request costs $0.
     free: bool = False
+    free_reason: str | None = None
 
     def as_context(self) -> dict[str, Any]:
         return {
@@ -303,6 +305,7 @@ def _models(raw: Mapping[str, Any]) -> dict[str, ModelInfo]:
             max_output_tokens=info.get("max_output_tokens"),
             capabilities=frozenset(info.get("capabilities", ())),
             free=bool(info.get("free", False)),
+            free_reason=info.get("reason"),
         )
     return models
 

@@ -417,7 +417,8 @@ def build_services(
     if limits.control_chars not in ("strip", "refuse"):
         raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
     limiter, cache = _shared_state(settings)
-    gateway = Gateway(catalog, upstream, _images(settings), limiter=limiter, credentials=_credentials(store, catalog))
+    gateway = Gateway(catalog, upstream, _images(settings), limiter=limiter, credentials=_credentials(store, catalog),
+                      allow_unlisted=bool(settings.get("routing.allow_unlisted_models")))
     guards = Guards(
         limiter,
         cache,

@@ -190,6 +190,19 @@ def test_unsupported_parts_are_rejected_or_skipped():
     assert to_messages(lenient, turns) == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
 
 
+def test_parts_the_classifier_ignores_are_dropped_not_refused():
+    """`redacted_thinking: _ignore` drops the block; only kinds without blocks are refused."""
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "opaque"},
+                                          {"type": "text", "text": "hello"}]},
+    ]
+    assert to_messages(MESSAGES, turns) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+    ]
+
+
 @pytest.mark.parametrize(("turns", "src", "message", "param"), [
     ([], {}, "messages must be a non-empty list", "messages"),
     ({"role": "user"}, {}, "messages must be a non-empty list", "messages"),

@@ -52,8 +52,8 @@ class FakeGateway:
         return Plan(alias=body["model"], route=None, targets=[], policy=Policy(None, None, Backoff()),
                     facts={"estimated_tokens": estimate_prompt_tokens(body)})
 
-    def estimate_cost(self, body: dict[str, Any], plan: Plan) -> float:
-        return 0.5
+    def estimate_cost(self, body: dict[str, Any], plan: Plan, *, prompt_tokens: int | None = None, output: bool = True) -> float:
+        return 0.5 if output else (prompt_tokens or 0) / 100  # embeddings: a cent a token
 
     async def chat(self, body: dict[str, Any], exchange: Exchange, *, plan: Plan) -> ChatResult:
         self.calls.append("call")
@@ -302,7 +302,7 @@ def test_embeddings_go_through_the_same_stages_and_never_stream():
     assert p.calls == ALL_STAGES
     assert port.sent == [(200, {"object": "list", "data": []})]
     [(reservation, _)] = p.budgets.settled  # type: ignore[attr-defined]
-    assert reservation.amount == 0.0  # embeddings reserve nothing up front
+    assert reservation.amount == 0.03  # embeddings reserve their input: "some text" is 9 // 4 + 1 tokens
     assert audited(p)[0]["stream"] is False
 
 
