@@ -12,6 +12,7 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
     ├── NotFound                  404 invalid_request_error   model_not_found
     ├── RateLimited               429 rate_limit_error        rate_limit_exceeded
     ├── BudgetExceeded            429 insufficient_quota      budget_exceeded
+    ├── NotConfigured             503 server_error            not_configured (no credentials)
     └── UpstreamError             502 upstream_error          the kind
         ├── Overloaded            503
         ├── UpstreamTimeout       504 timeout_error           upstream_timeout
@@ -37,6 +38,7 @@ __all__ = [
     "GatewayError",
     "InvalidOutput",
     "InvalidRequest",
+    "NotConfigured",
     "NotFound",
     "Overloaded",
     "PermissionDenied",
@@ -148,6 +150,13 @@ def _usd(amount: float) -> str:
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
+class NotConfigured(GatewayError):
+    """A deployment whose provider has no credentials here: skipped, never sent upstream. The
+    message names the provider and the variables to set, never their values."""
+
+    kind, status, type, code = "not_configured", 503, "server_error", "not_configured"
+
+
 class UpstreamError(GatewayError):
     kind, status, type, code = "upstream_5xx", 502, "upstream_error", "upstream_5xx"
 
@@ -193,6 +202,7 @@ _BY_KIND: dict[str, type[GatewayError]] = {
         NotFound,
         RateLimited,
         BudgetExceeded,
+        NotConfigured,
         Upstream5xx,
         Overloaded,
         UpstreamTimeout,

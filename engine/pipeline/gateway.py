@@ -18,10 +18,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
-from ..errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, drop_tracebacks, error_for_kind
+from ..errors import (
+    AllFailed,
+    GatewayError,
+    NotConfigured,
+    Overloaded,
+    RateLimited,
+    ResponseParsing,
+    drop_tracebacks,
+    error_for_kind,
+)
 from ..metrics import Metrics
 from ..spec.catalog import Catalog
 from ..spec.models import Target
+from ..spec.provider import ProviderSpec
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from ..streaming.encoders import EncoderFactory, StreamEncoder
 from .embeddings import build_embeddings_request, embeddings_from_reply
@@ -167,6 +177,10 @@ class Gateway:
         total = 0
         for planned in plan.targets:
             target = planned.target
+            if target.provider.name in self.router.unconfigured and (skip := await self.not_configured(target.provider)):
+                log.info("skipping %s: %s", target.name, skip.message)
+                failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
+                continue
             breaker = self.router.breakers[target.name]
             tries = 0
             while True:
@@ -223,6 +237,21 @@ class Gateway:
                     return result
         raise self._all_failed(plan.alias, failures)
 
+    async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
+        """Why a provider cannot be called here, or None. Its required variables are looked up once
+        per catalog (Router.unconfigured); a provider that signs in counts as configured while
+        signed in (the credential manager caches that)."""
+        hint = self.router.unconfigured.get(spec.name)
+        if hint is None:
+            return None
+        if self.credentials is not None and spec.auth is not None and spec.auth.signs_in:
+            try:
+                if await self.credentials.access_token(spec) is not None:
+                    return None
+            except GatewayError:  # signed in, but it no longer works: the attempt says why
+                return None
+        return NotConfigured(f"{spec.name} is not configured: {hint}")
+
     async def _take_deployment_limits(self, planned: PlannedTarget, exchange: Exchange) -> None:
         """A deployment's own rpm/tpm (routes.yaml): over it, the attempt fails as `rate_limit`."""
         name = planned.target.name
@@ -241,13 +270,17 @@ class Gateway:
             return Overloaded(f"No deployment for '{alias}' is available: every circuit breaker is open.")
         if len({t.name for t, _ in failures}) == 1:
             return failures[-1][1]
+        tried = [error for _, error in failures if error.attempts]  # skipped ones have none
+        if not tried:  # every deployment skipped: one 503 naming each provider once
+            return NotConfigured("; ".join(dict.fromkeys(error.message for _, error in failures)))
         last: dict[str, tuple[Target, GatewayError]] = {}
         for target, error in failures:
             last[target.name] = (target, error)
-        parts = [f"{name} ({error.kind} after {error.attempts} attempt(s): {error.message})" for name, (_, error) in last.items()]
+        parts = [f"{name} ({error.kind} after {error.attempts} attempt(s): {error.message})" if error.attempts
+                 else f"{name} (skipped: {error.message})" for name, (_, error) in last.items()]
         result = AllFailed(
             f"All deployments for '{alias}' failed: " + "; ".join(parts),
-            status=failures[-1][1].status,
+            status=tried[-1].status,
             attempts=sum(e.attempts for _, (_, e) in last.items()),
         )
         result.failures = [
