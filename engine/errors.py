@@ -12,6 +12,7 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
     ├── NotFound                  404 invalid_request_error   model_not_found
     ├── RateLimited               429 rate_limit_error        rate_limit_exceeded
     ├── BudgetExceeded            429 insufficient_quota      budget_exceeded
+    ├── InternalError             500 server_error            internal_error (the gateway's own fault)
     └── UpstreamError             502 upstream_error          the kind
         ├── Overloaded            503
         ├── UpstreamTimeout       504 timeout_error           upstream_timeout
@@ -35,6 +36,7 @@ __all__ = [
     "ContentFilter",
     "ContextWindowExceeded",
     "GatewayError",
+    "InternalError",
     "InvalidOutput",
     "InvalidRequest",
     "NotFound",
@@ -146,6 +148,17 @@ def _usd(amount: float) -> str:
     Float sums of reservations can end a hair below zero; that prints as $0.00."""
     whole, _, fraction = f"{max(amount, 0.0):.8f}".partition(".")
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+class InternalError(GatewayError):
+    """Something in the gateway failed unexpectedly (a bug). The client sees only this generic
+    message; what happened is logged. Counted as a failure of the deployment being tried.
+    Not a kind a provider spec can classify an upstream error as."""
+
+    kind, status, type, code = "internal_error", 500, "server_error", "internal_error"
+
+    def __init__(self, message: str = "Internal gateway error.", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
 
 
 class UpstreamError(GatewayError):
