@@ -59,7 +59,8 @@ import yaml
 from engine.config import DEFAULTS
 
 from .conftest import RunningGateway, spec_tree, start_gateway
-from .faultserver import FAULTS, HEALTHY_TEXT, FaultServer, marker
+from .faultjudge import judge_json, judge_sse
+from .faultserver import FAULTS, FaultServer, marker
 
 READ_TIMEOUT = 0.4
 IDLE_TIMEOUT = 0.8
@@ -87,67 +88,42 @@ FALLBACK = "openai/gpt-4-turbo"
 
 @dataclass
 class Seen:
-    """What the client saw: the outcome, the HTTP status, how long it took, and why (for messages)."""
+    """What the client saw: the outcome (tests/faultjudge.py), the HTTP status, how long it took,
+    and why (for messages)."""
 
     outcome: str  # reply | error | false_success | unclean
     status: int | None
     elapsed: float
     detail: str = ""
-    error: dict[str, Any] = field(default_factory=dict)
-
-
-def clean_error(error: Any) -> bool:
-    """An OpenAI-style error object: message and type strings, and a code field."""
-    return (isinstance(error, dict) and isinstance(error.get("message"), str) and bool(error["message"])
-            and isinstance(error.get("type"), str) and "code" in error)
 
 
 def call(client: openai.OpenAI, model: str, prompt: str, stream: bool, request_id: str) -> Seen:
-    """One request through the SDK, classified."""
+    """One request through the SDK, judged from the bytes it received (a stream's whole SSE body,
+    so that frames after an error event, or a missing [DONE], are seen too)."""
     started = time.monotonic()
     messages = [{"role": "user", "content": prompt}]
     headers = {"x-request-id": request_id}
     status: int | None = None
     try:
         if stream:
-            events = client.chat.completions.create(model=model, messages=messages, stream=True,  # type: ignore[arg-type]
-                                                    extra_headers=headers)
-            status = events.response.status_code
-            text, finish = [], None
-            try:
-                for chunk in events:
-                    for choice in chunk.choices:
-                        text.append(choice.delta.content or "")
-                        finish = choice.finish_reason or finish
-            except openai.APIError as exc:  # an SSE error event
-                seen = Seen(ERROR if clean_error(exc.body) else "unclean", status, time.monotonic() - started,
-                            f"error event {exc.body!r}", exc.body if isinstance(exc.body, dict) else {})
-                if finish is not None:
-                    seen.outcome, seen.detail = "unclean", f"error event after finish_reason {finish!r}: {exc.body!r}"
-                return seen
-            content = "".join(text)
+            with client.chat.completions.with_streaming_response.create(
+                    model=model, messages=messages, stream=True, extra_headers=headers) as response:  # type: ignore[arg-type]
+                status = response.status_code
+                kind = response.headers.get("content-type", "")
+                raw = b"".join(response.iter_bytes())
+            outcome, detail = judge_sse(raw) if kind.startswith("text/event-stream") else ("unclean", f"a {kind} stream")
         else:
-            raw = client.chat.completions.with_raw_response.create(model=model, messages=messages,  # type: ignore[arg-type]
-                                                                   extra_headers=headers)
-            status = raw.status_code
-            body = raw.http_response.json()
-            choice = body["choices"][0] if isinstance(body.get("choices"), list) and body["choices"] else {}
-            content = (choice.get("message") or {}).get("content")
-            finish = choice.get("finish_reason")
+            reply = client.chat.completions.with_raw_response.create(model=model, messages=messages,  # type: ignore[arg-type]
+                                                                     extra_headers=headers)
+            status = reply.status_code
+            outcome, detail = judge_json(status, reply.http_response.content)
     except openai.APIStatusError as exc:
         status = exc.status_code
-        try:
-            error = exc.response.json().get("error")
-        except ValueError:
-            error = None
-        outcome = ERROR if clean_error(error) and status >= 400 else "unclean"
-        return Seen(outcome, status, time.monotonic() - started, f"{status} {exc.response.text[:300]}", error or {})
+        outcome, detail = judge_json(status, exc.response.read())
+        detail = detail or f"{status} {exc.response.text[:300]}"
     except Exception as exc:  # noqa: BLE001 - anything else the client meets is an unclean answer
-        return Seen("unclean", status, time.monotonic() - started, f"{type(exc).__name__}: {exc}"[:400])
-    elapsed = time.monotonic() - started
-    if content == HEALTHY_TEXT and finish == "stop":
-        return Seen(REPLY, status, elapsed)
-    return Seen("false_success", status, elapsed, f"200 with content {content!r}, finish_reason {finish!r}")
+        outcome, detail = "unclean", f"{type(exc).__name__}: {exc}"[:400]
+    return Seen(outcome, status, time.monotonic() - started, detail)
 
 
 class Audit:
@@ -205,7 +181,7 @@ def routes_for(faults: FaultServer, tree: Path) -> None:
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     tmp = tmp_path_factory.mktemp("faults")
-    faults = FaultServer(trickle_seconds=HUNG_AFTER + 1.5, stall_max=30.0)
+    faults = FaultServer(trickle_seconds=HUNG_AFTER + 0.7, stall_max=30.0)
     faults.start()
     # A breaker that never opens here: every request must meet its fault (bench/chaos.py keeps one).
     tree = spec_tree(tmp, backoff={"initial": 0.05, "multiplier": 2.0, "max": 0.1, "jitter": 0.0, "max_retry_after": 2},
