@@ -4,8 +4,10 @@
 Each alias has a faulty first deployment (tag `a` of tests/faultserver.py: the fault named by the
 prompt's marker) and a healthy fallback (tag `b`). The client must get either the complete
 healthy reply (content == HEALTHY_TEXT, finish_reason "stop") or a clean OpenAI-style error
-(JSON `{"error": {"message", "type", "code"}}`, or an SSE error event), never a false success; it
-must get it within the request deadline; and the request's audit row must say what the client saw.
+(JSON `{"error": {"message", "type", "code"}}`, or an SSE error event with no finish reason before
+it and nothing after it, no [DONE]), never a false success; it must get it within the request
+deadline; and the request's audit row must say what the client saw. Answers are judged from the
+bytes the SDK received (tests/faultjudge.py), so a stream's missing [DONE] or extra frames count.
 
 The contract, per fault (REPLY: the fallback's complete reply; ERROR: a clean error; for a stream
 that already sent content, the error is an SSE error event after a 200):
@@ -27,6 +29,9 @@ that already sent content, the error is an SSE error event after a 200):
 |             |            |                      | response_parsing                                 |
 | wrong_shape | REPLY      | REPLY                | response_parsing (502), counted by the breaker   |
 | malformed   | REPLY      | REPLY                | a first frame that is not JSON is not forwarded  |
+|             |            |                      | (a bad frame mid-way through a pass-through      |
+|             |            |                      | stream is not tried: the issue lets pass-through |
+|             |            |                      | check only the frames it reads)                  |
 | html        | REPLY      | REPLY                | 502 with a non-JSON body: upstream_5xx           |
 
 When both deployments fail (`test_both_deployments_fail`), the client gets a clean error with a
@@ -37,8 +42,9 @@ status the client saw, and row.error_kind is empty exactly when the client got t
 A REPLY row names the deployment that served it (`b` after a fault) and counts every attempt.
 
 Deadlines (upstream.total_timeout, idle_timeout, request_deadline) are set through GAUD_*
-variables: a setting engine/config.py does not know yet is ignored, not refused, so this file
-runs on a gateway with or without them (without them, the trickle cases fail: too slow).
+variables: a GAUD_* variable engine/config.py does not know is ignored (a config file naming it
+would be refused: "unknown setting"), so this file runs on a gateway with or without them; without
+them the trickle cases fail, too slow.
 """
 
 from __future__ import annotations
