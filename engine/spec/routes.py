@@ -27,9 +27,9 @@ __all__ = [
 
 STRATEGIES = ("priority", "round-robin", "weighted", "least-busy", "lowest-cost", "lowest-latency")
 
-DEFAULT_RETRY = 'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection"] && attempt <= 3'
+DEFAULT_RETRY = 'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "incomplete_stream"] && attempt <= 3'
 DEFAULT_FALLBACK = (
-    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "response_parsing",'
+    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "response_parsing", "incomplete_stream",'
     ' "context_window_exceeded", "content_filter", "authentication", "permission", "not_found"]'
 )
 
