@@ -517,6 +517,8 @@ class Gateway:
             finished = True
             self._account(exchange, target, usage_so_far())  # what was generated is still billed
             exchange.error = exc
+            if exc.kind in BREAKER_KINDS:  # the attempt counted as a success at its first byte
+                self.router.breakers[target.name].record_failure()
             yield writer.error(exc)
             return
         finally:
