@@ -18,6 +18,7 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
         ├── Overloaded            503
         ├── UpstreamTimeout       504 timeout_error           upstream_timeout
         ├── Upstream5xx, UpstreamConnection, ResponseParsing
+        ├── IncompleteStream      502                         incomplete_stream (no terminal event)
         ├── InvalidOutput         502                         invalid_output (strict json_schema)
         └── AllFailed             status of the last error    all_failed
 
@@ -37,6 +38,7 @@ __all__ = [
     "ContentFilter",
     "ContextWindowExceeded",
     "GatewayError",
+    "IncompleteStream",
     "InternalError",
     "InvalidOutput",
     "InvalidRequest",
@@ -194,6 +196,12 @@ class ResponseParsing(UpstreamError):
     kind, code = "response_parsing", "response_parsing"
 
 
+class IncompleteStream(UpstreamError):
+    """A stream that ended cleanly without its terminal event (spec `stream.ends_with`): cut short."""
+
+    kind, code = "incomplete_stream", "incomplete_stream"
+
+
 class InvalidOutput(UpstreamError):
     """The reply does not match the strict JSON Schema the request asked for."""
 
@@ -221,6 +229,7 @@ _BY_KIND: dict[str, type[GatewayError]] = {
         UpstreamTimeout,
         UpstreamConnection,
         ResponseParsing,
+        IncompleteStream,
         InvalidOutput,
         AllFailed,
     )

@@ -22,6 +22,7 @@ from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_af
 from ..errors import (
     AllFailed,
     GatewayError,
+    IncompleteStream,
     InternalError,
     NotConfigured,
     Overloaded,
@@ -63,7 +64,9 @@ __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 log = logging.getLogger("gaud.gateway")
 
 #: Failures that say a deployment is unhealthy (and count towards opening its breaker).
-BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing", "internal_error"})
+BREAKER_KINDS = frozenset({
+    "upstream_5xx", "overloaded", "timeout", "connection", "response_parsing", "incomplete_stream", "internal_error",
+})
 
 R = TypeVar("R", "ChatResult", "StreamResult")
 
@@ -123,9 +126,12 @@ class StreamResult:
 
 
 def ensure_stream_events(target: Target, state: StreamState) -> None:
-    """A 200 whose body held no stream event at all (JSON, an HTML error page) is not a reply."""
+    """A stream that ended cleanly is a reply only if it held stream events (not JSON, not an HTML
+    error page) and ended as the spec says a whole one does (`stream.ends_with`)."""
     if state.frames == 0:
         raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
+    if not target.provider.stream.complete(state):
+        raise IncompleteStream(f"{target.provider.name} ended the stream before its end event: the reply is incomplete")
 
 
 class Gateway:
@@ -566,8 +572,8 @@ class Gateway:
         sent = False
         finished = False
 
-        def usage_so_far() -> dict[str, Any]:
-            return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens)
+        def usage_so_far(whole: bool = False) -> dict[str, Any]:
+            return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens, whole=whole)
 
         try:
             async for batch in self._reads(target, response, reader):
@@ -588,7 +594,7 @@ class Gateway:
         finally:
             if not finished and sent:  # the client went away mid-stream: bill what was generated
                 self._account(exchange, target, usage_so_far())
-        usage = usage_so_far()
+        usage = usage_so_far(whole=True)
         self._account(exchange, target, usage)
         usage["cost"] = round(exchange.cost, 8)
         yield writer.finish(closing_finish_reason(spec, state, forwarded), usage if include_usage else None, state.id, state.model)
