@@ -325,7 +325,8 @@ def test_ends_with_defaults_from_the_done_handling_the_spec_declares(openai_spec
     assert compile_stream({"events": {"finish": ["ignore"]}}).ends_with == "eof"  # an event *named* finish
     catalog = checked_catalog(provider_env("http://127.0.0.1:9"))
     shipped = {name: spec.stream.ends_with for name, spec in catalog.providers.items() if spec.stream is not None}
-    assert shipped["anthropic"] == shipped["openai"] == shipped["cohere"] == "done"
+    assert shipped["openai"] == shipped["cohere"] == "done"
+    assert shipped["anthropic"] == "finish_and_done"  # message_delta's stop_reason, then message_stop
     assert shipped["gemini"] == shipped["ollama"] == "finish"
     assert "eof" not in shipped.values()
 
@@ -333,10 +334,21 @@ def test_ends_with_defaults_from_the_done_handling_the_spec_declares(openai_spec
 @pytest.mark.parametrize(("section", "message"), [
     ({"ends_with": "done", "events": {"_default": [{"finish": "/f"}]}}, "needs `done_data` or a `done` action"),
     ({"ends_with": "finish", "done_data": "[DONE]", "events": {"_default": ["ignore"]}}, "needs a `finish` action"),
+    ({"ends_with": "finish_and_done", "done_data": "[DONE]", "events": {"_default": ["ignore"]}}, "needs a `finish` action"),
 ])
 def test_an_ends_with_the_table_cannot_see_is_refused(section, message):
     with pytest.raises(ValueError, match=message):
         compile_stream(section)
+
+
+def test_finish_and_done_needs_both_a_finish_reason_and_the_end_event():
+    section = compile_stream({"ends_with": "finish_and_done", "key": "event", "events": {
+        "stop": ["done"], "delta": [{"finish": "/stop_reason"}], "_default": ["ignore"]}})
+    for frames, whole in ((["stop"], False), (["delta"], False), (["delta", "stop"], True)):
+        state = StreamState()
+        for event in frames:
+            section.handle(event, '{"stop_reason": "end_turn"}', state)
+        assert section.complete(state) is whole, frames
 
 
 # -- end to end: the official SDK, the audit row -------------------------------------------------------------

@@ -537,10 +537,11 @@ class Gateway:
                 if batch:
                     yield batch
                 if state.done:
-                    return
-            batch = reader.close()
-            if batch:
-                yield batch
+                    break
+            else:  # no done frame: what the reader still holds
+                batch = reader.close()
+                if batch:
+                    yield batch
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
         ensure_stream_events(target, state)

@@ -79,6 +79,8 @@ class StreamSpec:
         """Whether a stream that ended cleanly here ended as the spec says a whole one does."""
         if self.ends_with == "done":
             return state.done
+        if self.ends_with == "finish_and_done":
+            return state.done and state.raw_finish not in (None, "")
         if self.ends_with == "finish":
             return state.done or state.raw_finish not in (None, "")
         return True
@@ -411,12 +413,12 @@ def _ends_with(given: str | None, has_done: bool, has_finish: bool) -> str:
     spec declares a done frame or action, else `finish` when it captures a finish reason, else
     `eof` (a table that can see neither cannot tell a whole stream from a cut one)."""
     ends_with = given or ("done" if has_done else "finish" if has_finish else "eof")
-    if ends_with == "done" and not has_done:
-        raise ValueError("ends_with: done needs `done_data` or a `done` action")
-    if ends_with == "finish" and not has_finish:
-        raise ValueError("ends_with: finish needs a `finish` action (or say `ends_with: eof`)")
-    if ends_with not in ("done", "finish", "eof"):
-        raise ValueError(f"ends_with is done, finish or eof, not {ends_with!r}")
+    if ends_with in ("done", "finish_and_done") and not has_done:
+        raise ValueError(f"ends_with: {ends_with} needs `done_data` or a `done` action")
+    if ends_with in ("finish", "finish_and_done") and not has_finish:
+        raise ValueError(f"ends_with: {ends_with} needs a `finish` action (or say `ends_with: eof`)")
+    if ends_with not in ("done", "finish", "finish_and_done", "eof"):
+        raise ValueError(f"ends_with is done, finish, finish_and_done or eof, not {ends_with!r}")
     return ends_with
 
 
