@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
-from ..errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, drop_tracebacks, error_for_kind
+from ..errors import (
+    AllFailed,
+    GatewayError,
+    Overloaded,
+    RateLimited,
+    ResponseParsing,
+    Shutdown,
+    drop_tracebacks,
+    error_for_kind,
+)
 from ..metrics import Metrics
 from ..spec.catalog import Catalog
 from ..spec.models import Target
@@ -459,6 +468,11 @@ class Gateway:
                 yield batch
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
+        except asyncio.CancelledError as cancel:  # at the shutdown deadline: an error the relay can send
+            shutdown = Shutdown.caught(cancel)
+            if shutdown is None:
+                raise
+            raise shutdown from None
         ensure_stream_events(target, state)
 
     @staticmethod

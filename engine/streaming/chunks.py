@@ -100,8 +100,8 @@ class ChunkWriter:
         return b"".join(out)
 
     def error(self, exc: GatewayError | dict[str, Any]) -> bytes:
-        """The error event (the error's OpenAI body, or that body itself), then `[DONE]`."""
-        return sse(exc.to_openai() if isinstance(exc, GatewayError) else exc) + DONE
+        """The error event (the error's OpenAI body, or that body itself); no `[DONE]`: the stream failed."""
+        return sse(exc.to_openai() if isinstance(exc, GatewayError) else exc)
 
 
 class MessageAssembler:
