@@ -265,8 +265,6 @@ class Pipeline:
                 headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
                 if not await port.stream(stream.body, {**headers, **stream.headers}):
                     exchange.status = 499  # the client went away; the upstream request was cancelled
-                elif exchange.error is not None:  # ended by an error event: the request failed
-                    exchange.status = exchange.error.status
                 return
             result = await endpoint.call(self.gateway, body, exchange, plan)
             if cached is not None:
