@@ -28,6 +28,7 @@ from ..errors import (
     Overloaded,
     RateLimited,
     ResponseParsing,
+    Shutdown,
     drop_tracebacks,
     error_for_kind,
 )
@@ -67,6 +68,8 @@ log = logging.getLogger("gaud.gateway")
 BREAKER_KINDS = frozenset({
     "upstream_5xx", "overloaded", "timeout", "connection", "response_parsing", "incomplete_stream", "internal_error",
 })
+#: Failures that say nothing of the deployment (the server's shutdown ended the attempt): neither.
+NEUTRAL_KINDS = frozenset({"shutdown"})
 
 R = TypeVar("R", "ChatResult", "StreamResult")
 
@@ -217,7 +220,8 @@ class Gateway:
                     # went away) as neither success nor failure, its probe released.
                     self.router.finished(target.name, None)
                     error = self._attempt_error(target, exc)
-                    breaker.record(None if error is None else error.kind not in BREAKER_KINDS, probe=probe)
+                    kind = None if error is None or error.kind in NEUTRAL_KINDS else error.kind
+                    breaker.record(None if kind is None else kind not in BREAKER_KINDS, probe=probe)
                     if error is None:
                         raise
                     error.attempts = tries
@@ -493,6 +497,8 @@ class Gateway:
                 async for piece in pieces:
                     yield piece
                 ok = exchange.error is None or exchange.error.kind not in BREAKER_KINDS
+                if exchange.error is not None and exchange.error.kind in NEUTRAL_KINDS:
+                    ok = None
             except Exception:
                 ok = False
                 raise
@@ -544,6 +550,11 @@ class Gateway:
                     yield batch
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
+        except asyncio.CancelledError as cancel:  # at the shutdown deadline: an error the relay can send
+            shutdown = Shutdown.caught(cancel)
+            if shutdown is None:
+                raise
+            raise shutdown from None
         ensure_stream_events(target, state)
 
     @staticmethod

@@ -173,15 +173,23 @@ class PipelineRoute:
 class GatewayApp:
     """The routes that serve models answered directly; everything else (and lifespan) goes to starlette."""
 
-    def __init__(self, app: Any, fast_routes: dict[str, ASGIApp]) -> None:
+    def __init__(self, app: Any, fast_routes: dict[str, ASGIApp], in_flight: set[asyncio.Task[Any]] | None = None) -> None:
         self.app = app
         self.fast_routes = fast_routes
         self.state = app.state
+        #: The tasks serving those routes now, which a shutdown ends at its deadline (drain.Drain).
+        self.in_flight: set[asyncio.Task[Any]] = set() if in_flight is None else in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             handler = self.fast_routes.get(scope["path"])
             if handler is not None:
-                await handler(scope, receive, send)
+                task = asyncio.current_task()
+                assert task is not None
+                self.in_flight.add(task)
+                try:
+                    await handler(scope, receive, send)
+                finally:
+                    self.in_flight.discard(task)
                 return
         await self.app(scope, receive, send)

@@ -34,6 +34,7 @@ from ..accounts.auth import LOCAL_USER, Authenticator
 from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.guards import Guards
+from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from ..accounts.shared import RedisBudgets
@@ -53,6 +54,7 @@ from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
 from .asgi import GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
+from .drain import Drain
 
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
@@ -89,6 +91,7 @@ class Services:
     metrics: Metrics
     pipeline: Pipeline
     spill_dir: Path
+    drain: Drain
     started: float = field(default_factory=time.time)
     upstream_models: dict[str, list[str]] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -284,9 +287,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs(services)))
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
         log.debug("SIGHUP reload not available in this process")
+    restore_signals = services.drain.watch_signals()  # SIGTERM starts the server.shutdown_timeout clock
     try:
         yield
     finally:
+        restore_signals()
+        services.drain.close()
         await _stop(services)
 
 
@@ -294,6 +300,7 @@ async def _start(services: Services) -> None:
     store = services.store
     await asyncio.to_thread(store.migrate)
     await asyncio.to_thread(import_spilled, store, services.spill_dir)  # records a past shutdown could not write
+    await asyncio.to_thread(reconcile_journals, store, services.spill_dir)  # requests a killed process held
     if services.auth_enabled:
         await asyncio.to_thread(_first_admin, store)
     else:
@@ -358,7 +365,7 @@ def create_app(
     app.state.store = services.store
     app.state.audit = services.audit
     app.state.metrics = services.metrics
-    return GatewayApp(app, _pipeline_routes(services, catalog))
+    return GatewayApp(app, _pipeline_routes(services, catalog), services.drain.tasks)
 
 
 def _routes(services: Services, catalog: Catalog) -> list[Any]:
@@ -427,7 +434,7 @@ def build_services(
     spill_dir = audit_spill_dir(settings)
     audit = AuditWriter(
         store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay")),
-        spill_dir=spill_dir,
+        spill_dir=spill_dir, journal=Journal(spill_dir) if settings.get("audit.journal") else None,
     )
     metrics = Metrics(lambda: gateway.router.breakers.states())
     gateway.metrics = metrics
@@ -438,7 +445,7 @@ def build_services(
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
-        spill_dir=spill_dir,
+        spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
     )
 
 
