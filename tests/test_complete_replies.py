@@ -392,6 +392,7 @@ def test_the_openai_sdk_sees_a_cut_stream_fail_and_the_audit_row_says_so(tree, u
         (GPT, 502, "response_parsing", False),
     ]
     assert rows[0]["prompt_tokens"] == 14 and rows[0]["completion_tokens"] == 5 and rows[0]["cost"] > 0
+    assert [r["usage_estimated"] for r in rows] == [True, False]  # the cut stream's output is an estimate
 
 
 def test_an_anthropic_client_gets_its_own_error_event(gateway, upstream):

@@ -427,6 +427,7 @@ def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
         "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         "cost": exchange.cost,
         "price_estimated": exchange.price_estimated,
+        "usage_estimated": bool(usage.get("estimated")),
         "latency_ms": (time.perf_counter() - exchange.started) * 1000,
         "ttft_ms": (exchange.first_byte - exchange.started) * 1000 if exchange.first_byte else None,
         "stream": exchange.stream,
