@@ -167,10 +167,12 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         status = "ready" if not missing else f"no credentials (set {', '.join(missing)})"
         click.echo(f"provider {name:<12} {status}")
     level = logging_from_settings(settings)
+    from ..web.protocol import GuardedHttpProtocol  # uvicorn's, with header and send timeouts
+
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     n_workers = int(settings.get("server.workers"))
     options = {
-        "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": "auto",
+        "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": GuardedHttpProtocol,
         "server_header": False, "ws": "none", "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
         "log_config": None,  # uvicorn's own lines go through the gateway's logging (JSON or text)
         "proxy_headers": bool(settings.get("server.proxy_headers")),

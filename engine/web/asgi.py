@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import GatewayError, InvalidRequest
 from ..pipeline.stages import ClientGone, Codec, Endpoint, Pipeline
 
-__all__ = ["GatewayApp", "PipelineRoute", "Responder", "header_map", "read_body", "request_id", "request_id_header"]
+__all__ = ["BodyLimit", "GatewayApp", "PipelineRoute", "Responder", "header_map", "read_body", "request_id", "request_id_header"]
 
 _ids = random.Random()  # seeded from os.urandom; spawned workers each seed their own
 
@@ -43,19 +44,67 @@ def header_map(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """How large a request body may be, and how long the client may take to send it (None: no limit)."""
+
+    max_bytes: int
+    timeout: float | None = None
+
+
 def _too_large(max_bytes: int) -> InvalidRequest:
     return InvalidRequest(f"The request body exceeds {max_bytes} bytes.", code="request_too_large", status=413)
 
 
-async def read_body(headers: Mapping[str, str], receive: Receive, max_bytes: int) -> bytes:
-    """A JSON request's body, at most `max_bytes`; a 415 or 413 otherwise, ClientGone on a disconnect."""
+def _too_slow(timeout: float) -> InvalidRequest:
+    error = InvalidRequest(f"The request body was not received within {timeout:g} s.", code="request_timeout", status=408)
+    # The rest of the body is never read: closing the connection stops the sender.
+    error.headers = {"connection": "close"}  # type: ignore[attr-defined]
+    return error
+
+
+class _Deadline:
+    """Cancels a task once, remembering that it did (what asyncio.timeout does, at a fifth of
+    its cost: ~1 us a request on uvloop instead of ~5, measured)."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+async def read_body(headers: Mapping[str, str], receive: Receive, limit: BodyLimit) -> bytes:
+    """A JSON request's body within `limit`: a 415, 413 or 408 otherwise, ClientGone on a disconnect."""
     if "json" not in headers.get("content-type", "").lower():
         raise InvalidRequest(
             "Content-Type must be application/json.", param="content-type", code="unsupported_media_type", status=415
         )
     declared = headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
+    if declared and declared.isdigit() and int(declared) > limit.max_bytes:
+        raise _too_large(limit.max_bytes)
+    if limit.timeout is None:
+        return await _receive_body(receive, limit.max_bytes)
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = _Deadline(task)
+    timer = asyncio.get_running_loop().call_later(limit.timeout, deadline)
+    try:
+        return await _receive_body(receive, limit.max_bytes)
+    except asyncio.CancelledError:
+        if not deadline.fired:
+            raise
+        task.uncancel()
+        raise _too_slow(limit.timeout) from None
+    finally:
+        timer.cancel()
+
+
+async def _receive_body(receive: Receive, max_bytes: int) -> bytes:
     chunks = []
     size = 0
     while True:
@@ -75,20 +124,18 @@ class Responder:
     """One request over raw ASGI, as the pipeline sees it (`stages.Port`): its headers and body,
     and its answer (status, JSON or an SSE stream, with x-request-id) in the client's format."""
 
-    def __init__(
-        self, scope: Scope, receive: Receive, send: Send, codec: Codec, max_bytes: int
-    ) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, codec: Codec, body: BodyLimit) -> None:
         self.headers = header_map(scope)
         self.request_id = request_id(self.headers)
         self.path: str = scope["path"]
         self.receive = receive
         self.send = send
         self.codec = codec
-        self.max_bytes = max_bytes
+        self.body = body
         self.started = False
 
     def read(self) -> Awaitable[bytes]:
-        return read_body(self.headers, self.receive, self.max_bytes)
+        return read_body(self.headers, self.receive, self.body)
 
     def _start(self, status: int, media_type: str, headers: dict[str, str], length: int | None) -> Message:
         raw = [(b"content-type", media_type.encode()), (b"x-request-id", self.request_id.encode())]
@@ -155,16 +202,16 @@ class PipelineRoute:
     """A route that serves a model (chat, embeddings, a client format's chat or count_tokens):
     HTTP in, `Pipeline` stages, HTTP out."""
 
-    def __init__(self, pipeline: Pipeline, endpoint: Endpoint | None, codec: Codec, max_bytes: int) -> None:
+    def __init__(self, pipeline: Pipeline, endpoint: Endpoint | None, codec: Codec, body: BodyLimit) -> None:
         self.pipeline = pipeline
         self.endpoint = endpoint  # None: the client format's count_tokens route
         self.codec = codec
-        self.max_bytes = max_bytes
+        self.body = body
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Returns the pipeline's coroutine rather than awaiting it in one of its own: one
         # coroutine less per request on the hot path.
-        port = Responder(scope, receive, send, self.codec, self.max_bytes)
+        port = Responder(scope, receive, send, self.codec, self.body)
         if self.endpoint is None:
             return self.pipeline.count_tokens(self.codec, port)
         return self.pipeline.run(self.endpoint, self.codec, port)

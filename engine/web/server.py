@@ -50,12 +50,16 @@ from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
-from .asgi import GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
+from .asgi import BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
+from .protocol import GuardedHttpProtocol
 
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
+
+#: The largest body the admin routes read (a key's fields).
+ADMIN_MAX_BODY = 64 * 1024
 
 #: Allocations between young-generation collections (the interpreter's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -163,7 +167,7 @@ async def admin_keys(request: Request) -> Response:
     if request.method == "GET":
         keys = await asyncio.to_thread(services.store.list_keys)
         return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
-    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
     user = body.get("user")
     if not isinstance(user, str) or not user.strip() or len(user.strip()) > 200 or not user.isprintable():
         raise InvalidRequest("'user' is required (1 to 200 printable characters).", param="user")
@@ -179,7 +183,7 @@ async def admin_update_key(request: Request) -> Response:
     """PATCH /admin/keys/{id}: the fields of POST /admin/keys but `user` (as `keys update`)."""
     services = _services(request)
     await services.authenticator.admin(request.headers)
-    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
     changes = key_changes(body)
     if not changes:
         raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
@@ -241,6 +245,18 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 async def _answered_before_routing(request: Request) -> Response:  # pragma: no cover - never routed
     raise RuntimeError("POST requests that serve models are answered by GatewayApp")
+
+
+def _admin_body(services: Services) -> BodyLimit:
+    return BodyLimit(ADMIN_MAX_BODY, _body_timeout(services.settings))
+
+
+def _body_timeout(settings: Settings) -> float | None:
+    return _optional_float(settings.get("server.body_timeout"))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # -- what the routes and the lifespan share ---------------------------------------------------------
@@ -351,6 +367,11 @@ def create_app(
 ) -> GatewayApp:
     """The gateway as an ASGI app. `catalog` must already be loaded and free of problems."""
     services = build_services(catalog, settings, upstream=upstream, store=store)
+    # The connection-level limits of the process serving this app (the `http` class `serve` gives uvicorn).
+    GuardedHttpProtocol.configure(
+        header_timeout=_optional_float(settings.get("server.header_timeout")),
+        send_timeout=_optional_float(settings.get("server.send_timeout")),
+    )
     app = Starlette(
         routes=_routes(services, catalog),
         exception_handlers={HTTPException: not_found, Exception: server_error},
@@ -388,7 +409,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
 def _pipeline_routes(services: Services, catalog: Catalog) -> dict[str, ASGIApp]:
     """Path -> raw ASGI handler for every route that serves a model. Client formats' routes are
     fixed at start; their mappings follow reloads (`IngressCodec`)."""
-    max_body = int(services.settings.get("limits.max_body_bytes"))
+    max_body = BodyLimit(int(services.settings.get("limits.max_body_bytes")), _body_timeout(services.settings))
     pipeline = services.pipeline
     chat = PipelineRoute(pipeline, CHAT, OPENAI, max_body)
     embeddings = PipelineRoute(pipeline, EMBEDDINGS, OPENAI, max_body)
