@@ -5,6 +5,7 @@ including slow ones inside the limits, are served as before."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
@@ -335,3 +336,31 @@ def test_a_slow_reader_that_keeps_reading_gets_the_whole_stream(gateway, slow_up
     assert b"data: [DONE]" in received
     assert received.count(b"x" * 8192) == 3
 
+
+
+# -- in-process: the deadline sweeper ---------------------------------------------------------------
+def test_body_deadlines_hold_in_each_event_loop_they_serve():
+    """One BodyDeadlines serves every read of a process; in-process tests run several loops in turn."""
+    from engine.errors import InvalidRequest
+    from engine.web.asgi import BodyDeadlines, BodyLimit, read_body
+
+    limit = BodyLimit(1024, BodyDeadlines(0.2))
+
+    async def never() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def complete() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def read(receive: Any) -> bytes:
+        return await read_body({"content-type": "application/json"}, receive, limit)
+
+    for _ in range(2):  # a second loop: the first one's timer died with it
+        assert asyncio.run(read(complete)) == b"{}"
+        start = time.monotonic()
+        with pytest.raises(InvalidRequest) as caught:
+            asyncio.run(asyncio.wait_for(read(never), 5))
+        assert caught.value.status == 408 and caught.value.code == "request_timeout"
+        assert 0.2 <= time.monotonic() - start <= 0.2 + 0.05 + SLACK
+    assert not limit.deadlines.expired  # nothing left behind

@@ -50,7 +50,7 @@ from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
-from .asgi import BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
+from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
 from .protocol import GuardedHttpProtocol
 
@@ -95,6 +95,7 @@ class Services:
     started: float = field(default_factory=time.time)
     upstream_models: dict[str, list[str]] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body_deadlines: BodyDeadlines | None = None  # server.body_timeout
 
     @property
     def auth_enabled(self) -> bool:
@@ -248,11 +249,7 @@ async def _answered_before_routing(request: Request) -> Response:  # pragma: no 
 
 
 def _admin_body(services: Services) -> BodyLimit:
-    return BodyLimit(ADMIN_MAX_BODY, _body_timeout(services.settings))
-
-
-def _body_timeout(settings: Settings) -> float | None:
-    return _optional_float(settings.get("server.body_timeout"))
+    return BodyLimit(ADMIN_MAX_BODY, services.body_deadlines)
 
 
 def _optional_float(value: Any) -> float | None:
@@ -409,7 +406,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
 def _pipeline_routes(services: Services, catalog: Catalog) -> dict[str, ASGIApp]:
     """Path -> raw ASGI handler for every route that serves a model. Client formats' routes are
     fixed at start; their mappings follow reloads (`IngressCodec`)."""
-    max_body = BodyLimit(int(services.settings.get("limits.max_body_bytes")), _body_timeout(services.settings))
+    max_body = BodyLimit(int(services.settings.get("limits.max_body_bytes")), services.body_deadlines)
     pipeline = services.pipeline
     chat = PipelineRoute(pipeline, CHAT, OPENAI, max_body)
     embeddings = PipelineRoute(pipeline, EMBEDDINGS, OPENAI, max_body)
@@ -463,8 +460,13 @@ def build_services(
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
-        spill_dir=spill_dir,
+        spill_dir=spill_dir, body_deadlines=_body_deadlines(settings),
     )
+
+
+def _body_deadlines(settings: Settings) -> BodyDeadlines | None:
+    timeout = _optional_float(settings.get("server.body_timeout"))
+    return None if timeout is None else BodyDeadlines(timeout)
 
 
 def _images(settings: Settings) -> ImageFetcher:
