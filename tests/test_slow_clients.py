@@ -208,6 +208,15 @@ def test_admin_routes_bound_their_body_too(gateway):
     assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
 
 
+def test_a_dashboard_form_sent_too_slowly_gets_a_408_page(gateway):
+    with _connect(gateway) as sock:
+        sock.sendall(_head("/ui/keys", 100, "slow-form-1", **{"content-type": "application/x-www-form-urlencoded"})
+                     .replace(b"content-type: application/json\r\n", b"") + b"user=a")
+        assert select.select([sock], [], [], BODY_TIMEOUT + SLACK)[0]
+        status, _, body = _response(_read_all(sock))
+    assert status == 408 and b"The form was not received in time." in body
+
+
 def test_a_body_sent_in_pieces_within_the_limit_is_served(gateway):
     with _connect(gateway) as sock:
         sock.sendall(_head("/v1/chat/completions", len(CHAT), "slow-body-ok"))

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +19,8 @@ from ..errors import GatewayError, InvalidRequest
 from ..pipeline.stages import ClientGone, Codec, Endpoint, Pipeline
 
 __all__ = ["BodyDeadlines", "BodyLimit", "GatewayApp", "PipelineRoute", "Responder", "header_map", "read_body", "request_id", "request_id_header"]
+
+_T = TypeVar("_T")
 
 _ids = random.Random()  # seeded from os.urandom; spawned workers each seed their own
 
@@ -58,6 +60,21 @@ class BodyDeadlines:
         self._reads: dict[asyncio.Task[Any], float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, read: Awaitable[_T]) -> _T:
+        """What `read` (receiving a body) returns, or TimeoutError once it outlives `timeout`."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.start(task)
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if task not in self.expired:
+                raise
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self.finish(task)
 
     def start(self, task: asyncio.Task[Any]) -> None:
         self._reads[task] = monotonic() + self.timeout  # asyncio's loop.time(), without finding the loop
@@ -107,21 +124,12 @@ async def read_body(headers: Mapping[str, str], receive: Receive, limit: BodyLim
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit.max_bytes:
         raise _too_large(limit.max_bytes)
-    deadlines = limit.deadlines
-    if deadlines is None:
+    if limit.deadlines is None:
         return await _receive_body(receive, limit.max_bytes)
-    task = asyncio.current_task()
-    assert task is not None
-    deadlines.start(task)
     try:
-        return await _receive_body(receive, limit.max_bytes)
-    except asyncio.CancelledError:
-        if task not in deadlines.expired:
-            raise
-        task.uncancel()
-        raise _too_slow(deadlines.timeout) from None
-    finally:
-        deadlines.finish(task)
+        return await limit.deadlines.run(_receive_body(receive, limit.max_bytes))
+    except TimeoutError:
+        raise _too_slow(limit.deadlines.timeout) from None
 
 
 async def _receive_body(receive: Receive, max_bytes: int) -> bytes:

@@ -345,16 +345,16 @@ async def _stop(services: Services) -> None:
 class _LazyDashboard:
     """The /ui app, built (and engine.web.dashboard imported) on its first request."""
 
-    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool) -> None:
-        self._args = (store, gateway, auth_enabled)
+    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool, body_deadlines: BodyDeadlines | None) -> None:
+        self._args = (store, gateway, auth_enabled, body_deadlines)
         self.app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
             from .dashboard import dashboard_app
 
-            store, gateway, auth_enabled = self._args
-            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled)
+            store, gateway, auth_enabled, body_deadlines = self._args
+            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled, body_deadlines=body_deadlines)
         await self.app(scope, receive, send)
 
 
@@ -388,7 +388,8 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
     # entries give other methods their 405.
     served = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/embeddings"]
     served += [path for spec in catalog.ingress.values() for path in spec.routes.values()]
-    dashboard = _LazyDashboard(services.store, services.gateway, auth_enabled=services.auth_enabled)
+    dashboard = _LazyDashboard(services.store, services.gateway, auth_enabled=services.auth_enabled,
+                               body_deadlines=services.body_deadlines)
     return [
         *(Route(path, _answered_before_routing, methods=["POST"]) for path in served),
         Route("/v1/models", list_models, methods=["GET"]),
