@@ -18,15 +18,16 @@ and audit it. Memory per slow reader stays bounded without a limit of ours: `sen
 transport's buffer is above its high-water mark (64 KiB), the relay reads the upstream only as it
 sends, and the upstream client stops reading its socket once its own buffer is full.
 
-Cost: one timer armed and cancelled per request, as uvicorn's keep-alive timer already is; the
-send timer only while a client does not keep up.
+Cost: a float stored per request (one timer per event loop checks every connection's header
+deadline); the send timer is armed only while a client does not keep up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from time import monotonic
+from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -50,6 +51,29 @@ def _timeout_response(header_timeout: float) -> bytes:
     return head.encode() + body
 
 
+class _HeaderSweep:
+    """The header deadlines of one event loop's connections, checked by one timer a tick apart (a
+    quarter of header_timeout, at most 1 s): a request then costs a float stored, not a timer
+    armed and cancelled (measured under wrk: ~4 us a request with a uvloop timer each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        self.loop = loop
+        self.tick = tick
+        self.connections: set[GuardedHttpProtocol] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: GuardedHttpProtocol) -> None:
+        self.connections.add(connection)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.tick, self.check)
+
+    def check(self) -> None:
+        now = monotonic()
+        for late in [c for c in self.connections if c.headers_due is not None and c.headers_due <= now]:
+            late.headers_late()
+        self.timer = self.loop.call_later(self.tick, self.check) if self.connections else None
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with `header_timeout` and `send_timeout` (see the module).
 
@@ -58,12 +82,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     header_timeout: float | None = 10.0
     send_timeout: float | None = 30.0
+    _sweeps: ClassVar[dict[asyncio.AbstractEventLoop, _HeaderSweep]] = {}  # one per event loop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: asyncio.TimerHandle | None = None
+        #: When the headers awaited must be complete (time.monotonic); None while none are awaited.
+        self.headers_due: float | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._answered_scope: object = None  # the scope of the last request whose headers arrived
+        self._sweep: _HeaderSweep | None = None
 
     @classmethod
     def configure(cls, *, header_timeout: float | None, send_timeout: float | None) -> None:
@@ -74,29 +101,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # -- header_timeout -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._await_headers()
+        if self.header_timeout is not None:
+            sweep = self._sweeps.get(self.loop)
+            if sweep is None:
+                sweep = self._sweeps[self.loop] = _HeaderSweep(self.loop, min(1.0, self.header_timeout / 4))
+            sweep.add(self)
+            self._sweep = sweep
+            self.headers_due = monotonic() + self.header_timeout
 
     def on_headers_complete(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self.headers_due = None
         self._answered_scope = self.scope
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # Not when the next request's headers are already in (pipelined: its cycle now runs).
-        if not self.transport.is_closing() and self.cycle.response_complete:
-            self._await_headers()
+        if self.header_timeout is not None and not self.transport.is_closing() and self.cycle.response_complete:
+            self.headers_due = monotonic() + self.header_timeout
 
-    def _await_headers(self) -> None:
-        if self.header_timeout is not None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
+    def headers_late(self) -> None:
+        self.headers_due = None
         if self.transport.is_closing():
             return
         # on_message_begin makes a new scope for each request: a request has begun to arrive.
@@ -126,10 +151,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.abort()  # what is buffered for it is dropped; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._header_timer, self._send_timer):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._send_timer = None
+        self.headers_due = None
+        sweep = self._sweep
+        if sweep is not None:
+            sweep.connections.discard(self)
+            if not sweep.connections and self._sweeps.get(self.loop) is sweep:
+                del self._sweeps[self.loop]  # its timer stops at its next tick; a later connection starts another
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         super().connection_lost(exc)
 
     def _peer(self) -> str:
