@@ -52,13 +52,17 @@ from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
-from .asgi import GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
+from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
 from .drain import Drain
+from .protocol import GuardedHttpProtocol
 
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
+
+#: The largest body the admin routes read (a key's fields).
+ADMIN_MAX_BODY = 64 * 1024
 
 #: Allocations between young-generation collections (the interpreter's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -95,6 +99,7 @@ class Services:
     started: float = field(default_factory=time.time)
     upstream_models: dict[str, list[str]] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body_deadlines: BodyDeadlines | None = None  # server.body_timeout
 
     @property
     def auth_enabled(self) -> bool:
@@ -171,7 +176,7 @@ async def admin_keys(request: Request) -> Response:
     if request.method == "GET":
         keys = await asyncio.to_thread(services.store.list_keys)
         return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
-    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
     user = body.get("user")
     if not isinstance(user, str) or not user.strip() or len(user.strip()) > 200 or not user.isprintable():
         raise InvalidRequest("'user' is required (1 to 200 printable characters).", param="user")
@@ -187,7 +192,7 @@ async def admin_update_key(request: Request) -> Response:
     """PATCH /admin/keys/{id}: the fields of POST /admin/keys but `user` (as `keys update`)."""
     services = _services(request)
     await services.authenticator.admin(request.headers)
-    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
     changes = key_changes(body)
     if not changes:
         raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
@@ -249,6 +254,14 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 async def _answered_before_routing(request: Request) -> Response:  # pragma: no cover - never routed
     raise RuntimeError("POST requests that serve models are answered by GatewayApp")
+
+
+def _admin_body(services: Services) -> BodyLimit:
+    return BodyLimit(ADMIN_MAX_BODY, services.body_deadlines)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # -- what the routes and the lifespan share ---------------------------------------------------------
@@ -335,16 +348,16 @@ async def _stop(services: Services) -> None:
 class _LazyDashboard:
     """The /ui app, built (and engine.web.dashboard imported) on its first request."""
 
-    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool) -> None:
-        self._args = (store, gateway, auth_enabled)
+    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool, body_deadlines: BodyDeadlines | None) -> None:
+        self._args = (store, gateway, auth_enabled, body_deadlines)
         self.app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
             from .dashboard import dashboard_app
 
-            store, gateway, auth_enabled = self._args
-            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled)
+            store, gateway, auth_enabled, body_deadlines = self._args
+            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled, body_deadlines=body_deadlines)
         await self.app(scope, receive, send)
 
 
@@ -354,6 +367,11 @@ def create_app(
 ) -> GatewayApp:
     """The gateway as an ASGI app. `catalog` must already be loaded and free of problems."""
     services = build_services(catalog, settings, upstream=upstream, store=store)
+    # The connection-level limits of the process serving this app (the `http` class `serve` gives uvicorn).
+    GuardedHttpProtocol.configure(
+        header_timeout=_optional_float(settings.get("server.header_timeout")),
+        send_timeout=_optional_float(settings.get("server.send_timeout")),
+    )
     app = Starlette(
         routes=_routes(services, catalog),
         exception_handlers={HTTPException: not_found, Exception: server_error},
@@ -373,7 +391,8 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
     # entries give other methods their 405.
     served = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/embeddings"]
     served += [path for spec in catalog.ingress.values() for path in spec.routes.values()]
-    dashboard = _LazyDashboard(services.store, services.gateway, auth_enabled=services.auth_enabled)
+    dashboard = _LazyDashboard(services.store, services.gateway, auth_enabled=services.auth_enabled,
+                               body_deadlines=services.body_deadlines)
     return [
         *(Route(path, _answered_before_routing, methods=["POST"]) for path in served),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -391,7 +410,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
 def _pipeline_routes(services: Services, catalog: Catalog) -> dict[str, ASGIApp]:
     """Path -> raw ASGI handler for every route that serves a model. Client formats' routes are
     fixed at start; their mappings follow reloads (`IngressCodec`)."""
-    max_body = int(services.settings.get("limits.max_body_bytes"))
+    max_body = BodyLimit(int(services.settings.get("limits.max_body_bytes")), services.body_deadlines)
     pipeline = services.pipeline
     chat = PipelineRoute(pipeline, CHAT, OPENAI, max_body)
     embeddings = PipelineRoute(pipeline, EMBEDDINGS, OPENAI, max_body)
@@ -446,7 +465,13 @@ def build_services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
         spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
+        body_deadlines=_body_deadlines(settings),
     )
+
+
+def _body_deadlines(settings: Settings) -> BodyDeadlines | None:
+    timeout = _optional_float(settings.get("server.body_timeout"))
+    return None if timeout is None else BodyDeadlines(timeout)
 
 
 def _images(settings: Settings) -> ImageFetcher:
