@@ -202,7 +202,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
 def provider_banner(catalog: Catalog, signed_in: Collection[str] = ()) -> list[str]:
     """One line per provider: "ready", "ready (signed in)", "not configured (set X)" (requests skip
     it), or "unreachable at <base>" for a provider on this machine that refuses a connection (one
-    connect with a short timeout each, so a local Ollama is not reported ready unchecked)."""
+    connect with a short timeout each, so a local model server is not reported ready unchecked)."""
     import asyncio
 
     from ..pipeline.probe import unreachable_local

@@ -1,4 +1,4 @@
-"""Whether a provider served from this machine (an Ollama on 127.0.0.1) is listening at all: one TCP
+"""Whether a provider served from this machine (a local model server on 127.0.0.1) is listening at all: one TCP
 connect with a short timeout, for the start-up banner and /health?detail=1, never on the request
 path. Remote providers are not probed: reaching them says little, and start-up must not wait on
 the network."""
