@@ -24,6 +24,7 @@ from ..spec.catalog import Catalog
 from ..spec.models import Target
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from ..streaming.encoders import EncoderFactory, StreamEncoder
+from .deadlines import AttemptDeadline, Deadlines
 from .embeddings import build_embeddings_request, embeddings_from_reply
 from .images import ImageFetcher, inline_image_urls
 from .pricing import Price, Quote, cost_of
@@ -84,6 +85,8 @@ class Exchange:
     admission: Admission | None = None
     reservation: Reservation | None = None
     status: int = 200
+    #: The current attempt's deadline (engine.pipeline.deadlines); a stream's relay keeps to it.
+    deadline: AttemptDeadline | None = None
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -129,6 +132,7 @@ class Gateway:
         metrics: Metrics | None = None,
         credentials: Any = None,
         allow_unlisted: bool = False,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
@@ -140,6 +144,7 @@ class Gateway:
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
         self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
+        self.deadlines = deadlines or Deadlines()
 
     def reload(self, catalog: Catalog) -> None:
         """Serve a new catalog from now on. Requests already planned finish on the old one; breaker
@@ -165,11 +170,15 @@ class Gateway:
         exchange.estimated_tokens = plan.facts["estimated_tokens"]
         failures: list[tuple[Target, GatewayError]] = []
         total = 0
+        loop = asyncio.get_running_loop()
+        ends = self.deadlines.request_ends(loop.time())
         for planned in plan.targets:
             target = planned.target
             breaker = self.router.breakers[target.name]
             tries = 0
             while True:
+                if loop.time() >= ends:  # no attempt starts after the request's deadline
+                    raise self.deadlines.spent(total, failures[-1][1].kind if failures else None)
                 if not breaker.allow():
                     log.info("skipping %s: circuit breaker open", target.name)
                     break
@@ -184,7 +193,9 @@ class Gateway:
                 try:
                     if planned.rpm or planned.tpm:
                         await self._take_deployment_limits(planned, exchange)
-                    result = await attempt(planned)
+                    deadline = exchange.deadline = self.deadlines.attempt(
+                        loop, ends, planned.total_timeout, planned.idle_timeout)
+                    result = await deadline.run(attempt(planned))
                 except GatewayError as error:
                     # Kept in `failures` and maybe re-raised: without tracebacks it does not tie
                     # this frame (and the request) into a cycle only the garbage collector frees.
@@ -196,7 +207,7 @@ class Gateway:
                     facts = activation(plan.facts, attempt=tries, target=target, error=error)
                     if plan.policy.retry is not None and plan.policy.retry.matches(facts):
                         delay = plan.policy.backoff.delay(tries, error.retry_after, self.rng)
-                        if delay is not None and breaker.state != "open":
+                        if delay is not None and breaker.state != "open" and loop.time() + delay < ends:
                             log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
                             exchange.outside_seconds += delay
                             if self.metrics is not None:
@@ -327,7 +338,7 @@ class Gateway:
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
         if target.provider.endpoints["chat"].stream_only:
-            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens)
+            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline)
         else:
             request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
             raw = await self._exchange_json(planned, request, exchange)
@@ -350,15 +361,16 @@ class Gateway:
             raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
 
     async def _chat_from_stream(
-        self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+        self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
+        deadline: AttemptDeadline | None = None,
     ) -> dict[str, Any]:
         """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
         target = planned.target
         assembler = MessageAssembler(target.provider.special_tokens)
         state = StreamState()
         async with AsyncExitStack() as stack:
-            response = await self._open(stack, planned, body, estimated_tokens)
-            async for deltas in self._reads(target, response, EventReader(target.provider.stream, state)):
+            response = await self._open(stack, planned, body, estimated_tokens, deadline)
+            async for deltas in self._reads(target, response, EventReader(target.provider.stream, state), deadline):
                 assembler.add(deltas)
         out = {
             "id": state.id,
@@ -406,7 +418,7 @@ class Gateway:
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
-            response = await self._open(stack, planned, body, exchange.estimated_tokens)
+            response = await self._open(stack, planned, body, exchange.estimated_tokens, exchange.deadline)
             pieces = self._relay(planned.target, response, body["model"], include_usage, exchange, encoder)
             first = await pieces.__anext__()
             exchange.first_byte = time.perf_counter()
@@ -427,20 +439,27 @@ class Gateway:
         return StreamResult(body_bytes())
 
     async def _open(
-        self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+        self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
+        deadline: AttemptDeadline | None = None,
     ) -> Any:
         target = planned.target
         request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
+        if deadline is not None:  # idle and total timeouts on the body, also while it is relayed
+            deadline.watch(response.content)
+            stack.callback(deadline.stop)
         if response.status >= 400:
             payload = await response.read()
             raise error_from_reply(target, response.status, payload, response.headers)
         return response
 
-    async def _reads(self, target: Target, response: Any, reader: Any) -> AsyncIterator[Any]:
+    async def _reads(
+        self, target: Target, response: Any, reader: Any, deadline: AttemptDeadline | None = None
+    ) -> AsyncIterator[Any]:
         """Upstream bytes -> what the stream's reader makes of each read: lists of neutral deltas,
         or bytes to forward (`stream.passthrough`). All frames of one upstream read go out
-        together: one client write, not one per frame."""
+        together: one client write, not one per frame. A read that generated characters is
+        content for the idle timeout (a ping or comment is not)."""
         state = reader.state
         try:
             async for chunk in iter_chunks(response):
@@ -450,6 +469,8 @@ class Gateway:
                     if failure.partial:  # what came before the failure still reaches the client first
                         yield failure.partial
                     raise
+                if deadline is not None:
+                    deadline.content(reader.output_chars)
                 if batch:
                     yield batch
                 if state.done:
@@ -492,7 +513,7 @@ class Gateway:
             return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens)
 
         try:
-            async for batch in self._reads(target, response, reader):
+            async for batch in self._reads(target, response, reader, exchange.deadline):
                 piece = batch if forwarded else writer.write(batch, state.id, state.model)
                 if piece:
                     sent = True

@@ -109,7 +109,9 @@ class Upstream:
         return timeout
 
     async def send(self, request: UpstreamRequest, *, timeout: float | None = None) -> UpstreamReply:
-        """A whole (non-streaming) exchange; `timeout` overrides the read timeout."""
+        """A whole (non-streaming) exchange; `timeout` overrides the read timeout. The read timeout
+        bounds each socket read, not the exchange: the gateway runs each attempt within its total
+        timeout (engine.pipeline.deadlines), which also cuts a body trickled a byte at a time."""
         session = self._session_or_start()
         started = time.monotonic()
         with map_upstream_errors(request.url, started):
