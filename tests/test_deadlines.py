@@ -184,12 +184,13 @@ def aliases(fake: DeadlineUpstream) -> dict[str, Any]:
         "slow": {**once, "candidates": [deployment("anthropic", "claude-sonnet-4-20250514", fake, "slow")]},
         "slow-patient": {**once, "candidates": [
             deployment("anthropic", "claude-sonnet-4-20250514", fake, "slow", total_timeout=20, idle_timeout=5)]},
-        # Would retry 20 times; the request's deadline (3 s) allows two attempts of 1.5 s.
-        "stubborn": {"retry": "attempt <= 20", "fallback": "false", "backoff": {"initial": 0.01, "jitter": 0},
-                     "candidates": [deployment("openai", "gpt-4-turbo", fake, "trickle")]},
+        # Would retry 20 times, then fall back; the request's deadline (3 s) allows two attempts of 1.5 s.
+        "stubborn": {"retry": "attempt <= 20", "fallback": "true", "backoff": {"initial": 0.01, "jitter": 0},
+                     "candidates": [deployment("openai", "gpt-4-turbo", fake, "trickle"),
+                                    deployment("openai", "gpt-4o", fake, "ok")]},
         # Its backoff (60 s) is longer than what is left of the deadline: no sleep starts.
         "patient-backoff": {"retry": "attempt <= 3", "fallback": "false", "backoff": {"initial": 60, "max": 60, "jitter": 0},
-                            "candidates": [deployment("openai", "o1", fake, "ping")]},
+                            "candidates": [deployment("anthropic", "claude-3-5-haiku-20241022", fake, "ping")]},
     }
 
 
@@ -305,14 +306,15 @@ def test_a_deployment_s_own_timeouts_apply(client, fake):
 
 
 # -- the request's deadline ------------------------------------------------------------------------------
-def test_the_request_deadline_stops_retries(client, fake):
-    before = fake.count("trickle")
+def test_the_request_deadline_stops_retries_and_fallbacks(client, fake):
+    before = fake.count("trickle"), fake.count("ok")
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="stubborn", messages=HELLO)  # type: ignore[arg-type]
     assert time.monotonic() - started < BOUND
-    assert_timeout_status(caught.value, f"deadline of {REQUEST:g} s")
-    assert 2 <= fake.count("trickle") - before <= 3  # not the 21 attempts the rule allows
+    assert_timeout_status(caught.value, f"did not finish within its deadline of {REQUEST:g} s after 2 attempt(s)")
+    assert fake.count("trickle") - before[0] == 2  # not the 21 attempts the rule allows
+    assert fake.count("ok") == before[1]  # nor the fallback, once the deadline had passed
 
 
 def test_no_backoff_sleep_starts_that_would_end_past_the_deadline(client, fake):
@@ -320,7 +322,7 @@ def test_no_backoff_sleep_starts_that_would_end_past_the_deadline(client, fake):
     text, error, took = timed_stream(client, "patient-backoff")
     assert took < BOUND and text == ""
     assert fake.count("ping") - before == 1
-    assert_timeout_event(error, "idle timeout")
+    assert_timeout_status(error, "idle timeout")  # the attempt's own error, at once
 
 
 # -- in-process: the breaker, the settings ----------------------------------------------------------------
