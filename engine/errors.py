@@ -12,6 +12,8 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
     ├── NotFound                  404 invalid_request_error   model_not_found
     ├── RateLimited               429 rate_limit_error        rate_limit_exceeded
     ├── BudgetExceeded            429 insufficient_quota      budget_exceeded
+    ├── NotConfigured             503 server_error            not_configured (no credentials)
+    ├── InternalError             500 server_error            internal_error (the gateway's own fault)
     └── UpstreamError             502 upstream_error          the kind
         ├── Overloaded            503
         ├── UpstreamTimeout       504 timeout_error           upstream_timeout
@@ -35,8 +37,10 @@ __all__ = [
     "ContentFilter",
     "ContextWindowExceeded",
     "GatewayError",
+    "InternalError",
     "InvalidOutput",
     "InvalidRequest",
+    "NotConfigured",
     "NotFound",
     "Overloaded",
     "PermissionDenied",
@@ -148,6 +152,24 @@ def _usd(amount: float) -> str:
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
+class NotConfigured(GatewayError):
+    """A deployment whose provider has no credentials here: skipped, never sent upstream. The
+    message names the provider and the variables to set, never their values."""
+
+    kind, status, type, code = "not_configured", 503, "server_error", "not_configured"
+
+
+class InternalError(GatewayError):
+    """Something in the gateway failed unexpectedly (a bug). The client sees only this generic
+    message; what happened is logged. Counted as a failure of the deployment being tried.
+    Not a kind a provider spec can classify an upstream error as."""
+
+    kind, status, type, code = "internal_error", 500, "server_error", "internal_error"
+
+    def __init__(self, message: str = "Internal gateway error.", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+
+
 class UpstreamError(GatewayError):
     kind, status, type, code = "upstream_5xx", 502, "upstream_error", "upstream_5xx"
 
@@ -193,6 +215,7 @@ _BY_KIND: dict[str, type[GatewayError]] = {
         NotFound,
         RateLimited,
         BudgetExceeded,
+        NotConfigured,
         Upstream5xx,
         Overloaded,
         UpstreamTimeout,

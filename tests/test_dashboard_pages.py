@@ -82,7 +82,8 @@ def test_the_keys_page_says_what_the_last_change_did() -> None:
 
 
 def provider(name: str, missing: list[str]) -> SimpleNamespace:
-    return SimpleNamespace(name=name, description=f"{name} API", models={"m": 1}, missing_env=lambda: missing)
+    return SimpleNamespace(name=name, description=f"{name} API", models={"m": 1}, missing_env=lambda: missing,
+                           setup_hint=lambda: ("set " + " and ".join(missing)) if missing else None)
 
 
 def candidate(provider_name: str, model: str) -> SimpleNamespace:
@@ -108,9 +109,9 @@ def test_health_warns_about_candidates_that_cannot_be_called() -> None:
     data = health_data(fake_gateway())
     assert [p["name"] for p in data["providers"]] == ["keyless", "ready"]
     (route,) = data["routes"]
-    assert [c["status"] for c in route["candidates"]] == ["ready", "no credentials", "not loaded"]
+    assert [c["status"] for c in route["candidates"]] == ["ready", "not configured", "not loaded"]
     assert data["warnings"] == [
-        "route fast: candidate keyless/m: no credentials (set KEYLESS_API_KEY)",
+        "route fast: candidate keyless/m: not configured (set KEYLESS_API_KEY)",
         "route fast: candidate gone/m: its provider is not loaded",
     ]
     assert data["spec_root"] == "/specs" and data["defaults"]["breaker_cooldown"] == 30.0

@@ -16,7 +16,7 @@ from engine.cli.commands import main
 from engine.errors import NotFound
 from engine.pipeline.routing import Router
 
-from .conftest import ROOT
+from .conftest import ROOT, TEST_SECRETS
 
 HELLO = [{"role": "user", "content": "Hello"}]
 THREE = [
@@ -175,11 +175,19 @@ EXPLAIN_CASES = {
 }
 
 
+def shipped_tree_with_keys(monkeypatch):
+    """The shipped tree with the tests' keys set: the same output whatever keys this machine has
+    (a provider without its key is noted as skipped)."""
+    monkeypatch.setenv("GAUD_SPECS_DIR", str(ROOT))
+    for name, value in TEST_SECRETS.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize("case", sorted(EXPLAIN_CASES))
 def test_routes_explain_snapshot(case, snapshot, monkeypatch):
     import json
 
-    monkeypatch.setenv("GAUD_SPECS_DIR", str(ROOT))
+    shipped_tree_with_keys(monkeypatch)
     result = CliRunner().invoke(main, ["routes", "explain", json.dumps(EXPLAIN_CASES[case])])
     assert result.exit_code == 0, result.output
     assert result.output == snapshot
@@ -188,7 +196,7 @@ def test_routes_explain_snapshot(case, snapshot, monkeypatch):
 def test_routes_explain_long_prompt_skips_claude(snapshot, monkeypatch):
     import json
 
-    monkeypatch.setenv("GAUD_SPECS_DIR", str(ROOT))
+    shipped_tree_with_keys(monkeypatch)
     body = {"model": "smart", "messages": [{"role": "user", "content": "x" * 700_000}]}
     result = CliRunner().invoke(main, ["routes", "explain", json.dumps(body)])
     assert result.exit_code == 0

@@ -94,6 +94,10 @@ def test_upstream_unreachable_is_a_connection_error(tmp_path):
     try:
         response = httpx.post(f"{running.url}/v1/chat/completions", json={"model": "claude-sonnet-4", "messages": HELLO})
         _assert_openai_error(response, 502, "connection")
+        # The member sees no internal address; the log keeps it for the operator.
+        port = dead.rpartition(":")[2]
+        assert "127.0.0.1" not in response.text and port not in response.text
+        assert f"127.0.0.1:{port}" in running.logs_with(f"127.0.0.1:{port}")
     finally:
         running.process.terminate()
         running.process.wait(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,10 +163,8 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         for problem in catalog.problems:
             click.echo(str(problem), err=True)
         raise click.ClickException(f"{len(catalog.problems)} problem(s) in the specs under {root}; not starting.")
-    for name, spec in sorted(catalog.providers.items()):
-        missing = spec.missing_env()
-        status = "ready" if not missing else f"no credentials (set {', '.join(missing)})"
-        click.echo(f"provider {name:<12} {status}")
+    for line in provider_banner(catalog, _signed_in(catalog, settings)):
+        click.echo(line)
     level = logging_from_settings(settings)
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     n_workers = int(settings.get("server.workers"))
@@ -192,6 +191,48 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
 
     app = create_app(catalog, settings)
     GracefulServer(uvicorn.Config(app, **options)).run()
+
+
+def provider_banner(catalog: Catalog, signed_in: Collection[str] = ()) -> list[str]:
+    """One line per provider: "ready", "ready (signed in)", "not configured (set X)" (requests skip
+    it), or "unreachable at <base>" for a provider on this machine that refuses a connection (one
+    connect with a short timeout each, so a local Ollama is not reported ready unchecked)."""
+    import asyncio
+
+    from ..pipeline.probe import unreachable_local
+
+    specs = catalog.providers
+    usable = [spec for name, spec in specs.items() if not spec.missing_env() or name in signed_in]
+    unreachable = asyncio.run(unreachable_local(usable))
+    lines, width = [], max(map(len, specs), default=0)
+    for name, spec in sorted(specs.items()):
+        hint = spec.setup_hint()
+        if name in unreachable:
+            status = f"unreachable at {unreachable[name]}"
+        elif hint is not None and name not in signed_in:
+            status = f"not configured ({hint})"
+        else:
+            status = "ready (signed in)" if hint is not None else "ready"
+        lines.append(f"provider {name:<{width}} {status}")
+    return lines
+
+
+def _signed_in(catalog: Catalog, settings: Any) -> set[str]:
+    """Providers with stored sign-in credentials, for those that lack their keys but could sign in.
+    Best effort: a database not created yet has nobody signed in."""
+    candidates = [n for n, s in catalog.providers.items() if s.missing_env() and s.auth is not None and s.auth.signs_in]
+    if not candidates:
+        return set()
+    from ..accounts.store import Store
+
+    try:
+        store = Store(str(settings.get("database.url")), key_secret=settings.get("auth.key_secret"))
+        try:
+            return {row["provider"] for row in store.list_credentials()} & set(candidates)
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - no database yet, or not reachable: the server reports it
+        return set()
 
 
 def _store(config_file: str | None) -> Store:

@@ -2,7 +2,8 @@
 
 Closed counts consecutive failures; at `failures` it opens. Open refuses every request until
 `cooldown` seconds passed, then half-open lets exactly one probe through: its success closes the
-breaker, its failure opens it again. The clock is injectable so tests need no sleeps.
+breaker, its failure opens it again, and a probe that ends in neither (the client went away) is
+released for the next request. The clock is injectable so tests need no sleeps.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ class Breaker:
             self.state = OPEN
             self.opened_at = self.clock()
             self.probe_in_flight = False
+
+    def release(self) -> None:
+        """A half-open probe that proved nothing: the next request may probe instead."""
+        if self.state == HALF_OPEN:
+            self.probe_in_flight = False
+
+    def record(self, ok: bool | None, *, probe: bool) -> None:
+        """One attempt's outcome: success, failure, or None for neither (its probe, if `probe`
+        says it was let through as the half-open probe, is released)."""
+        if ok is None:
+            if probe:
+                self.release()
+        elif ok:
+            self.record_success()
+        else:
+            self.record_failure()
 
     def snapshot(self) -> dict[str, object]:
         if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown:

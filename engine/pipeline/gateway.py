@@ -13,17 +13,30 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
-from ..errors import AllFailed, GatewayError, Overloaded, RateLimited, ResponseParsing, drop_tracebacks, error_for_kind
+from ..errors import (
+    AllFailed,
+    GatewayError,
+    InternalError,
+    NotConfigured,
+    Overloaded,
+    RateLimited,
+    ResponseParsing,
+    drop_tracebacks,
+    error_for_kind,
+)
 from ..metrics import Metrics
 from ..spec.catalog import Catalog
 from ..spec.models import Target
+from ..spec.provider import ProviderSpec
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from ..streaming.encoders import EncoderFactory, StreamEncoder
+from .breaker import HALF_OPEN
 from .deadlines import AttemptDeadline, Deadlines
 from .embeddings import build_embeddings_request, embeddings_from_reply
 from .images import ImageFetcher, inline_image_urls
@@ -51,7 +64,7 @@ __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 log = logging.getLogger("gaud.gateway")
 
 #: Failures that say a deployment is unhealthy (and count towards opening its breaker).
-BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing"})
+BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing", "internal_error"})
 
 R = TypeVar("R", "ChatResult", "StreamResult")
 
@@ -107,6 +120,9 @@ class StreamResult:
 
     body: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
+    #: Told how the stream ended, for its deployment's breaker (a stream's outcome is known only
+    #: at its end): True complete, False failed, None the client went away.
+    settle: Callable[[bool | None], None] = lambda ok: None
 
 
 def ensure_stream_events(target: Target, state: StreamState) -> None:
@@ -174,6 +190,10 @@ class Gateway:
         ends = self.deadlines.request_ends(loop.time())
         for planned in plan.targets:
             target = planned.target
+            if target.provider.name in self.router.unconfigured and (skip := await self.not_configured(target.provider)):
+                log.info("skipping %s: %s", target.name, skip.message)
+                failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
+                continue
             breaker = self.router.breakers[target.name]
             tries = 0
             while True:
@@ -190,18 +210,21 @@ class Gateway:
                 exchange.deployment = target.name
                 started = self.clock()
                 self.router.started(target.name)
+                probe = breaker.state == HALF_OPEN  # this attempt is the half-open probe
                 try:
                     if planned.rpm or planned.tpm:
                         await self._take_deployment_limits(planned, exchange)
                     deadline = exchange.deadline = self.deadlines.attempt(
                         loop, ends, planned.total_timeout, planned.idle_timeout)
                     result = await deadline.run(attempt(planned))
-                except GatewayError as error:
-                    # Kept in `failures` and maybe re-raised: without tracebacks it does not tie
-                    # this frame (and the request) into a cycle only the garbage collector frees.
-                    drop_tracebacks(error)
+                except BaseException as exc:
+                    # Whatever ended the attempt reaches its breaker; cancellation (the client
+                    # went away) as neither success nor failure, its probe released.
                     self.router.finished(target.name, None)
-                    (breaker.record_failure if error.kind in BREAKER_KINDS else breaker.record_success)()
+                    error = self._attempt_error(target, exc)
+                    breaker.record(None if error is None else error.kind not in BREAKER_KINDS, probe=probe)
+                    if error is None:
+                        raise
                     error.attempts = tries
                     failures.append((target, error))
                     facts = activation(plan.facts, attempt=tries, target=target, error=error)
@@ -219,13 +242,16 @@ class Gateway:
                         if self.metrics is not None:
                             self.metrics.fallbacks.labels(target.name).inc()
                         break
-                    raise
+                    raise error from error.__cause__  # an internal_error's cause was logged, not chained
                 else:
                     latency = self.clock() - started
                     self.router.finished(target.name, latency)
                     if self.metrics is not None:
                         self.metrics.upstream_latency.labels(target.name).observe(latency)
-                    breaker.record_success()
+                    if isinstance(result, StreamResult):  # settled when the stream ends (_stream_once)
+                        result.settle = partial(breaker.record, probe=probe)
+                    else:
+                        breaker.record_success()
                     result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
                     quote = self.quote(target)
                     if quote is not None and quote.estimated:  # for a stream: with its headers
@@ -233,6 +259,40 @@ class Gateway:
                         result.headers["x-gaud-cost-estimated"] = "true"
                     return result
         raise self._all_failed(plan.alias, failures)
+
+    async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
+        """Why a provider cannot be called here, or None. Its required variables are looked up once
+        per catalog (Router.unconfigured); a provider that signs in counts as configured while
+        signed in (the credential manager caches that)."""
+        hint = self.router.unconfigured.get(spec.name)
+        if hint is None:
+            return None
+        if self.credentials is not None and spec.auth is not None and spec.auth.signs_in:
+            try:
+                if await self.credentials.access_token(spec) is not None:
+                    return None
+            except GatewayError:  # signed in, but it no longer works: the attempt says why
+                return None
+        return NotConfigured(f"{spec.name} is not configured: {hint}")
+    @staticmethod
+    def _attempt_error(target: Target, exc: BaseException) -> GatewayError | None:
+        """What a failed attempt counts as: its GatewayError; any other exception as
+        `internal_error`; None for cancellation and other BaseExceptions (neither)."""
+        if isinstance(exc, GatewayError):
+            # Kept in `failures` and maybe re-raised: without tracebacks it does not tie this
+            # frame (and the request) into a cycle only the garbage collector frees.
+            drop_tracebacks(exc)
+            return exc
+        if isinstance(exc, Exception):
+            return Gateway._unexpected(target, exc)
+        return None
+
+    @staticmethod
+    def _unexpected(target: Target, exc: Exception) -> InternalError:
+        """An exception the gateway did not expect (a bug): the details go to the log only."""
+        log.error("unexpected error while trying %s", target.name, exc_info=exc)
+        drop_tracebacks(exc)
+        return InternalError()
 
     async def _take_deployment_limits(self, planned: PlannedTarget, exchange: Exchange) -> None:
         """A deployment's own rpm/tpm (routes.yaml): over it, the attempt fails as `rate_limit`."""
@@ -252,13 +312,17 @@ class Gateway:
             return Overloaded(f"No deployment for '{alias}' is available: every circuit breaker is open.")
         if len({t.name for t, _ in failures}) == 1:
             return failures[-1][1]
+        tried = [error for _, error in failures if error.attempts]  # skipped ones have none
+        if not tried:  # every deployment skipped: one 503 naming each provider once
+            return NotConfigured("; ".join(dict.fromkeys(error.message for _, error in failures)))
         last: dict[str, tuple[Target, GatewayError]] = {}
         for target, error in failures:
             last[target.name] = (target, error)
-        parts = [f"{name} ({error.kind} after {error.attempts} attempt(s): {error.message})" for name, (_, error) in last.items()]
+        parts = [f"{name} ({error.kind} after {error.attempts} attempt(s): {error.message})" if error.attempts
+                 else f"{name} (skipped: {error.message})" for name, (_, error) in last.items()]
         result = AllFailed(
             f"All deployments for '{alias}' failed: " + "; ".join(parts),
-            status=failures[-1][1].status,
+            status=tried[-1].status,
             attempts=sum(e.attempts for _, (_, e) in last.items()),
         )
         result.failures = [
@@ -428,15 +492,29 @@ class Gateway:
             raise
 
         async def body_bytes() -> AsyncIterator[bytes]:
+            ok: bool | None = None  # closed before its end: the client went away
             try:
+                yield b""  # primed below
                 yield first
                 async for piece in pieces:
                     yield piece
+                ok = exchange.error is None or exchange.error.kind not in BREAKER_KINDS
+            except Exception:
+                ok = False
+                raise
             finally:
-                await pieces.aclose()
-                await stack.aclose()
+                try:
+                    await pieces.aclose()
+                    await stack.aclose()
+                finally:
+                    result.settle(ok)
 
-        return StreamResult(body_bytes())
+        out = body_bytes()
+        # Primed into its `try`, so closing it even before the first read releases the upstream
+        # and settles the breaker (closing a generator never started runs nothing).
+        await out.__anext__()
+        result = StreamResult(out)
+        return result
 
     async def _open(
         self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
@@ -519,13 +597,14 @@ class Gateway:
                     sent = True
                     yield piece
             finished = True
-        except GatewayError as exc:
+        except Exception as exc:  # after the first byte, any failure is an error event
             if not sent:
                 raise
+            error = exc if isinstance(exc, GatewayError) else self._unexpected(target, exc)
             finished = True
             self._account(exchange, target, usage_so_far())  # what was generated is still billed
-            exchange.error = exc
-            yield writer.error(exc)
+            exchange.error = error
+            yield writer.error(error)
             return
         finally:
             if not finished and sent:  # the client went away mid-stream: bill what was generated

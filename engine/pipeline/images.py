@@ -3,6 +3,11 @@
 The gateway refuses private, loopback, link-local and other non-public addresses unless
 configured, checks every redirect hop the same way, and caps size and time. httpx is used: this
 is off the hot path (only requests with remote images to such providers reach it).
+
+A malformed URL is a 400 naming the parameter. A URL that cannot be fetched reads the same to the
+client whatever the reason (no such host, a non-public address, refused): telling them apart would
+let a caller map the gateway's network. The log keeps the reason, with the host only (a query
+string may hold a signature).
 """
 
 from __future__ import annotations
@@ -10,14 +15,39 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequest
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = ["ImageFetcher", "inline_image_urls"]
+
+log = logging.getLogger("gaud.images")
+
+
+def _parse(url: str, param: str) -> httpx.URL:
+    """The URL as httpx will request it (so the host checked is the host connected to)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):  # an unclosed [IPv6 bracket, a port that is not a number
+        raise InvalidRequest(f"{param}: not a valid image URL", param=param) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequest(f"{param}: only http(s) image URLs with a host can be fetched", param=param)
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InvalidRequest(f"{param}: the image URL's port is out of range", param=param)
+    return parsed
+
+
+def _unfetchable(param: str, host: str, reason: str) -> InvalidRequest:
+    log.info("image URL not fetched (%s): host %r: %s", param, host, reason)
+    return InvalidRequest(f"{param}: the image URL cannot be fetched", param=param)
 
 
 class ImageFetcher:
@@ -36,36 +66,34 @@ class ImageFetcher:
         self.timeout = timeout
         self.max_redirects = max_redirects
 
-    async def _check_host(self, url: str, param: str) -> None:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme not in ("http", "https") or not host:
-            raise InvalidRequest(f"{param}: only http(s) image URLs can be fetched", param=param)
+    async def _check_host(self, url: httpx.URL, param: str) -> None:
+        host = url.host.lower()
         if self.allow_private or host in self.allowed_hosts:
             return
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-        except OSError:
-            raise InvalidRequest(f"{param}: cannot resolve the image host '{host}'", param=param) from None
+            infos = await asyncio.get_running_loop().getaddrinfo(host, url.port or 443, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise _unfetchable(param, host, f"cannot resolve: {exc}") from None
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
             if not address.is_global:
-                raise InvalidRequest(
-                    f"{param}: the image host '{host}' resolves to a non-public address; the gateway does not fetch it",
-                    param=param,
-                )
+                raise _unfetchable(param, host, f"resolves to the non-public address {address}")
 
     async def fetch(self, url: str, param: str) -> tuple[str, bytes]:
         """(media type, bytes) of an image URL, following at most `max_redirects` checked redirects."""
         import httpx  # here, not at the top: see engine/pipeline/upstream_models.py
 
+        target = _parse(url, param)
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
             for _ in range(self.max_redirects + 1):
-                await self._check_host(url, param)
+                await self._check_host(target, param)
                 try:
-                    async with client.stream("GET", url) as response:
+                    async with client.stream("GET", target) as response:
                         if response.is_redirect and "location" in response.headers:
-                            url = urljoin(url, response.headers["location"])
+                            try:
+                                target = _parse(str(target.join(response.headers["location"])), param)
+                            except (httpx.InvalidURL, ValueError):
+                                raise InvalidRequest(f"{param}: the image URL redirects to an invalid URL", param=param) from None
                             continue
                         if response.status_code != 200:
                             raise InvalidRequest(f"{param}: fetching the image gave HTTP {response.status_code}", param=param)
@@ -78,8 +106,8 @@ class ImageFetcher:
                             if len(data) > self.max_bytes:
                                 raise InvalidRequest(f"{param}: the image exceeds {self.max_bytes} bytes", param=param)
                         return media_type, bytes(data)
-                except httpx.HTTPError as exc:
-                    raise InvalidRequest(f"{param}: cannot fetch the image ({type(exc).__name__})", param=param) from None
+                except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                    raise _unfetchable(param, target.host, f"{type(exc).__name__}: {exc}") from None
         raise InvalidRequest(f"{param}: too many redirects", param=param)
 
 

@@ -1,5 +1,6 @@
-"""Routes: alias -> candidate deployments, ordered by a strategy, filtered by CEL `when` rules and
-open circuit breakers; plus the retry/fallback policy that applies when an attempt fails.
+"""Routes: alias -> candidate deployments, ordered by a strategy, filtered by CEL `when` rules,
+open circuit breakers and missing credentials; plus the retry/fallback policy that applies when an
+attempt fails.
 
 Strategies: priority (as listed), round-robin, weighted (random, by weight), least-busy (fewest
 in flight), lowest-cost (pricing.d), lowest-latency (moving average of upstream latency).
@@ -126,6 +127,12 @@ class Router:
         self._turn: dict[str, int] = {}
         self._targets: dict[tuple[str, str, str | None], Target] = {}
         self.price_of = price_of or self._list_price
+        #: Provider -> what to set, for providers whose required variables are unset. Read from the
+        #: catalog once (its environment is read at load), so skipping them costs a dict lookup;
+        #: `rebound` (a reload) computes it again. Providers that sign in may still be usable.
+        self.unconfigured: dict[str, str] = {
+            name: hint for name, spec in catalog.providers.items() if (hint := spec.setup_hint()) is not None
+        }
 
     def _target(self, candidate: Candidate) -> Target:
         """The deployment of a route candidate, resolved once per catalog. A candidate names its
@@ -188,7 +195,7 @@ class Router:
                     )
             planned = [PlannedTarget(t) for t in targets]
             if explain:
-                self._note_open_breakers(planned, notes)
+                self._note_skips(planned, notes)
             return Plan(str(name), None, planned, self.table.default_policy, facts, notes)
         act = activation(facts) if route.has_conditions else _NO_FACTS  # only rules read it
         if route.when is not None and not route.when.matches(act):
@@ -214,12 +221,15 @@ class Router:
             for c, t in self._order(route, eligible)
         ]
         if explain:
-            self._note_open_breakers(planned, notes)
+            self._note_skips(planned, notes)
         return Plan(route.name, route, planned, route.policy, facts, notes)
 
-    def _note_open_breakers(self, planned: list[PlannedTarget], notes: list[str]) -> None:
+    def _note_skips(self, planned: list[PlannedTarget], notes: list[str]) -> None:
         for item in planned:
-            if self.breakers[item.target.name].snapshot()["state"] == "open":
+            hint = self.unconfigured.get(item.target.provider.name)
+            if hint is not None:
+                notes.append(f"{item.target.name}: would be skipped, not configured ({hint})")
+            elif self.breakers[item.target.name].snapshot()["state"] == "open":
                 notes.append(f"{item.target.name}: would be skipped, circuit breaker open")
 
     def _order(self, route: Route, eligible: list[tuple[Candidate, Target]]) -> list[tuple[Candidate, Target]]:

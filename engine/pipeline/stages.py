@@ -39,7 +39,7 @@ from ..accounts.budgets import Budgets, Reservation
 from ..accounts.guards import Admission, CachePlan, Guards
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal
-from ..errors import GatewayError, InvalidRequest, PermissionDenied, drop_tracebacks
+from ..errors import GatewayError, InternalError, InvalidRequest, PermissionDenied, drop_tracebacks
 from ..logs import FieldLogger
 from ..metrics import Metrics
 from .embeddings import validate_embeddings_request
@@ -55,7 +55,7 @@ __all__ = [
 log = logging.getLogger("gaud.server")
 request_log = FieldLogger("gaud.request")
 
-_INTERNAL_ERROR = {"error": {"message": "Internal gateway error.", "type": "server_error", "param": None, "code": "internal_error"}}
+_INTERNAL_ERROR = InternalError().to_openai()
 
 
 class ClientGone(Exception):
@@ -146,7 +146,7 @@ class IngressCodec(Codec):
         return self.spec.error_body(exc)  # type: ignore[no-any-return]
 
     def internal_error(self) -> tuple[int, dict[str, Any]]:
-        return self.error(GatewayError("Internal gateway error."))
+        return self.error(InternalError())
 
     def count_tokens(self, estimated: int) -> dict[str, Any]:
         return self.spec.count_tokens(estimated)  # type: ignore[no-any-return]
@@ -271,8 +271,8 @@ class Pipeline:
             await port.json(200, codec.reply(result.completion, raw), {**headers, **result.headers})
         except Exception as exc:  # noqa: BLE001 - every failure is answered and audited
             exchange.status = await self._failed(port, exc)
-            if isinstance(exc, GatewayError):
-                exchange.error = exc
+            if not isinstance(exc, ClientGone):  # audited as what the client saw
+                exchange.error = exc if isinstance(exc, GatewayError) else InternalError()
         finally:
             await self.settle(exchange)
             await self.audit(exchange)

@@ -2,11 +2,13 @@
 
 aiohttp is used here because, measured on this kind of machine, httpx's default transport caps a
 gateway near 250 requests/s per process and aiohttp reaches ~2,400. Every aiohttp failure is
-translated into a gateway error kind in exactly one place, `map_upstream_errors()`.
+translated into a gateway error kind in exactly one place, `map_upstream_errors()`: its message is
+what members see, so it never names an address, port or resolver answer; the log keeps those.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,6 +22,8 @@ from yarl import URL
 from ..errors import UpstreamConnection, UpstreamTimeout
 
 __all__ = ["Upstream", "UpstreamReply", "UpstreamRequest", "iter_chunks", "map_upstream_errors"]
+
+log = logging.getLogger("gaud.upstream")
 
 
 @dataclass
@@ -51,7 +55,9 @@ def map_upstream_errors(url: str, started: float) -> Iterator[None]:
         error.duration = waited
         raise error from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnection(f"Cannot connect to the upstream: {exc.os_error.strerror or exc}") from exc
+        # The origin only: a provider may carry its key in the query string.
+        log.warning("cannot connect to %s: %s", URL(url).origin(), exc)
+        raise UpstreamConnection("Cannot connect to the upstream.") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
         raise UpstreamConnection(f"The upstream connection failed: {type(exc).__name__}") from exc
     except aiohttp.ClientError as exc:

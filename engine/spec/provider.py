@@ -189,6 +189,18 @@ class ProviderSpec:
         """Required environment variables that are not set (empty list = usable)."""
         return [v.name for v in self.env.values() if v.required and not self.env_values.get(v.name)]
 
+    def setup_hint(self) -> str | None:
+        """What makes this provider usable when its required variables are unset ("set X" or
+        "set X or run `gaud-engine login p`"); None when they are set. Names only, never values.
+        A provider that signs in may still be usable without them: the credential store says."""
+        missing = self.missing_env()
+        if not missing:
+            return None
+        hint = "set " + " and ".join(missing)
+        if self.auth is not None and self.auth.signs_in:
+            hint += f" or run `gaud-engine login {self.name}`"
+        return hint
+
     def secrets(self) -> list[str]:
         return [self.env_values[v.name] for v in self.env.values() if v.secret and self.env_values.get(v.name)]
 

@@ -27,10 +27,14 @@ __all__ = [
 
 STRATEGIES = ("priority", "round-robin", "weighted", "least-busy", "lowest-cost", "lowest-latency")
 
-DEFAULT_RETRY = 'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection"] && attempt <= 3'
+# As routes.yaml's defaults.
+DEFAULT_RETRY = (
+    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx"] && attempt <= 3'
+    ' || error.kind == "connection" && attempt <= 1'
+)
 DEFAULT_FALLBACK = (
     'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "response_parsing",'
-    ' "context_window_exceeded", "content_filter", "authentication", "permission", "not_found"]'
+    ' "context_window_exceeded", "content_filter", "authentication", "permission", "not_found", "not_configured"]'
 )
 
 

@@ -44,6 +44,7 @@ from ..metrics import Metrics
 from ..pipeline.deadlines import Deadlines
 from ..pipeline.gateway import Gateway
 from ..pipeline.images import ImageFetcher
+from ..pipeline.probe import unreachable_local
 from ..pipeline.shared_breakers import SharedBreakerBoard
 from ..pipeline.stages import CHAT, EMBEDDINGS, OPENAI, IngressCodec, Pipeline, parse_json
 from ..pipeline.upstream import Upstream
@@ -143,8 +144,12 @@ async def health(request: Request) -> Response:
     if services.auth_enabled:
         await services.authenticator.admin(request.headers)
     ready = await ready_providers(services.gateway)
+    # As the start-up banner: a provider on this machine is ready only once something listens there.
+    unreachable = await unreachable_local(services.catalog.providers[name] for name in ready)
     providers = {
-        name: {"ready": name in ready, "missing_env": spec.missing_env()} for name, spec in services.catalog.providers.items()
+        name: {"ready": name in ready and name not in unreachable, "missing_env": spec.missing_env(),
+               **({"unreachable": unreachable[name]} if name in unreachable else {})}
+        for name, spec in services.catalog.providers.items()
     }
     return JSONResponse({"status": "ok", "providers": providers, "breakers": services.gateway.router.breakers.states()})
 
@@ -246,18 +251,9 @@ async def _answered_before_routing(request: Request) -> Response:  # pragma: no 
 
 # -- what the routes and the lifespan share ---------------------------------------------------------
 async def ready_providers(gateway: Gateway) -> set[str]:
-    """Providers with credentials: their environment keys, or a sign-in (`gaud-engine login`)."""
-    ready = set()
-    for name, spec in gateway.catalog.providers.items():
-        if not spec.missing_env():
-            ready.add(name)
-        elif gateway.credentials is not None and spec.auth is not None and spec.auth.signs_in:
-            try:
-                if await gateway.credentials.signed_in(spec):
-                    ready.add(name)
-            except GatewayError:
-                pass
-    return ready
+    """Providers requests do not skip as `not_configured`: their required environment keys are set,
+    or they are signed in (`gaud-engine login`). The same test as the attempt loop's."""
+    return {name for name, spec in gateway.catalog.providers.items() if await gateway.not_configured(spec) is None}
 
 
 async def refresh_upstream_models(services: Services) -> None:

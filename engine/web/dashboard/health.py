@@ -29,14 +29,12 @@ def candidate_problem(spec: Any) -> str | None:
     """Why a route's candidate cannot be called, given its provider's spec (None if not loaded); None when ready."""
     if spec is None:
         return "its provider is not loaded"
-    missing = spec.missing_env()
-    if missing:
-        return f"no credentials (set {', '.join(missing)})"
-    return None
+    hint = spec.setup_hint()
+    return None if hint is None else f"not configured ({hint})"
 
 
 def _candidate_status(spec: Any) -> str:
-    return "not loaded" if spec is None else ("no credentials" if spec.missing_env() else "ready")
+    return "not loaded" if spec is None else ("not configured" if spec.missing_env() else "ready")
 
 
 def route_rows(catalog: Any, router: Any) -> tuple[list[dict[str, Any]], list[str], dict[str, set[str]]]:
