@@ -32,9 +32,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Seconds. read_timeout: the longest wait for one socket read (a ping resets it).
     # total_timeout: one attempt in all, a stream's relay included; 20 min is ~48k output tokens
     #   at 40 tokens/s, so long reasoning streams finish.
-    # idle_timeout: a stream without content (text, reasoning, tool calls; not pings, comments or
-    #   whitespace), from the attempt's start; 5 min lets a model reason silently before its first
-    #   token, and still ends a stuck upstream that only pings.
+    # idle_timeout: no content once the upstream has answered (its headers): in a stream text,
+    #   reasoning or tool calls, not pings or comments; in a JSON body anything but whitespace.
+    #   5 min lets a model reason silently before its first token, and still ends a stuck
+    #   upstream that only pings. Before the headers, read_timeout bounds the silence.
     # request_deadline: the whole request, retries, backoff sleeps and fallbacks included: one
     #   full-length attempt plus 10 min for the others. null: no limit. routes.yaml deployments
     #   may set their own total_timeout and idle_timeout.

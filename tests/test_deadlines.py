@@ -108,9 +108,11 @@ class DeadlineUpstream:
         body = await request.json()
         self.hits.append(scenario)
         anthropic = request.path.endswith("/messages")
-        if scenario == "ok" and not body.get("stream"):
+        if scenario == "late":  # a non-stream reply that takes longer than the idle timeout to start
+            await asyncio.sleep(2 * IDLE)
+        if scenario in ("ok", "late") and not body.get("stream"):
             return web.json_response(OK_REPLY)
-        json_body = scenario == "trickle"
+        json_body = scenario in ("trickle", "drip")
         response = web.StreamResponse(headers={"content-type": "application/json" if json_body else "text/event-stream"})
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):  # the gateway gave up on this reply: what these scenarios test
@@ -135,6 +137,11 @@ class DeadlineUpstream:
         elif scenario == "trickle":  # a JSON body, one space every 0.2 s, forever
             while not gone():
                 await write(b" ", pause=0.2)
+        elif scenario == "drip":  # a real JSON reply, one byte every 0.2 s: content, but slow
+            for byte in json.dumps(OK_REPLY).encode():
+                if gone():
+                    break
+                await write(bytes([byte]), pause=0.2)
         elif scenario == "stall":  # one delta, then pings (Anthropic) or silence (OpenAI)
             await write(*first_frames(anthropic, "partial"))
             for _ in range(300):
@@ -174,6 +181,8 @@ def aliases(fake: DeadlineUpstream) -> dict[str, Any]:
         },
         "ping-gpt": {**once, "candidates": [deployment("openai", "o1", fake, "ping")]},
         "trickle": {**once, "candidates": [deployment("openai", "gpt-4-turbo", fake, "trickle")]},
+        "late": {**once, "candidates": [deployment("openai", "gpt-4o", fake, "late")]},
+        "drip": {**once, "candidates": [deployment("openai", "gpt-4-turbo", fake, "drip")]},
         "trickle-then-ok": {
             "retry": "false", "fallback": 'error.kind == "timeout"',
             "candidates": [deployment("openai", "o3-mini", fake, "trickle"), deployment("openai", "gpt-4o", fake, "ok")],
@@ -186,7 +195,7 @@ def aliases(fake: DeadlineUpstream) -> dict[str, Any]:
             deployment("anthropic", "claude-sonnet-4-20250514", fake, "slow", total_timeout=20, idle_timeout=5)]},
         # Would retry 20 times, then fall back; the request's deadline (3 s) allows two attempts of 1.5 s.
         "stubborn": {"retry": "attempt <= 20", "fallback": "true", "backoff": {"initial": 0.01, "jitter": 0},
-                     "candidates": [deployment("openai", "gpt-4-turbo", fake, "trickle"),
+                     "candidates": [deployment("openai", "gpt-4-turbo", fake, "drip"),
                                     deployment("openai", "gpt-4o", fake, "ok")]},
         # Its backoff (60 s) is longer than what is left of the deadline: no sleep starts.
         "patient-backoff": {"retry": "attempt <= 3", "fallback": "false", "backoff": {"initial": 60, "max": 60, "jitter": 0},
@@ -260,21 +269,32 @@ def test_pings_are_retried_then_fall_back_to_a_healthy_deployment(client, fake):
     assert (fake.count("ping") - before[0], fake.count("ok") - before[1]) == (2, 1)  # 2 attempts, then fallback
 
 
-def test_passthrough_pings_after_headers_end_with_an_error_event(client, fake):
-    # A pass-through stream forwards comments, so the client's stream has started: the timeout
-    # can only be told as an error event.
+def test_passthrough_comments_are_not_a_first_byte(client, fake):
+    # A pass-through stream forwards frames as they come; comments before the first frame are not
+    # forwarded, so the stream has not started and the timeout is an error status (retriable).
     text, error, took = timed_stream(client, "ping-gpt")
     assert text == "" and took < BOUND
-    assert_timeout_event(error, "idle timeout")
+    assert_timeout_status(error, "idle timeout")
 
 
 # -- a JSON body one space at a time ---------------------------------------------------------------
-def test_a_trickled_json_body_ends_at_the_total_timeout(client, fake):
+@pytest.mark.parametrize(("model", "words"), [
+    ("trickle", f"no content for {IDLE:g} s (idle timeout)"),  # whitespace is no content
+    ("drip", f"did not finish within {TOTAL:g} s (total timeout)"),  # content, too slow in all
+])
+def test_a_trickled_json_body_ends_at_its_deadline(client, fake, model, words):
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model="trickle", messages=HELLO)  # type: ignore[arg-type]
+        client.chat.completions.create(model=model, messages=HELLO)  # type: ignore[arg-type]
     assert time.monotonic() - started < BOUND
-    assert_timeout_status(caught.value, f"did not finish within {TOTAL:g} s (total timeout)")
+    assert_timeout_status(caught.value, words)
+
+
+def test_the_idle_timeout_starts_when_the_upstream_answers(client, fake):
+    # Before its headers an upstream is generating (a non-stream reply may take minutes to start);
+    # the read timeout bounds that silence, not the idle timeout.
+    reply = client.chat.completions.create(model="late", messages=HELLO)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == "fine"
 
 
 def test_a_trickled_json_body_falls_back(client, fake):
@@ -307,13 +327,13 @@ def test_a_deployment_s_own_timeouts_apply(client, fake):
 
 # -- the request's deadline ------------------------------------------------------------------------------
 def test_the_request_deadline_stops_retries_and_fallbacks(client, fake):
-    before = fake.count("trickle"), fake.count("ok")
+    before = fake.count("drip"), fake.count("ok")
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="stubborn", messages=HELLO)  # type: ignore[arg-type]
     assert time.monotonic() - started < BOUND
     assert_timeout_status(caught.value, f"did not finish within its deadline of {REQUEST:g} s after 2 attempt(s)")
-    assert fake.count("trickle") - before[0] == 2  # not the 21 attempts the rule allows
+    assert fake.count("drip") - before[0] == 2  # not the 21 attempts the rule allows
     assert fake.count("ok") == before[1]  # nor the fallback, once the deadline had passed
 
 

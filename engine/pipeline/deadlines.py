@@ -6,28 +6,31 @@
 every few seconds, or a JSON body one byte at a time, never trips it. These bound time itself:
 
 - total: one attempt (connect, reply, and for a stream the whole relay) ends within `total` s;
-- idle: a stream produces content (text, reasoning, tool calls: what the client gets, not pings,
-  comments or whitespace) at least every `idle` s, counted from the attempt's start;
-- request: no attempt and no backoff sleep starts after the request's deadline, and an attempt
-  still running then is cut.
+- idle: once the upstream has answered (its response headers), content comes at least every
+  `idle` s: in a stream, text, reasoning or tool calls (not pings or comments); in a JSON body,
+  anything but whitespace (a keep-alive some upstreams send while they generate). Before the
+  headers, the read timeout bounds the silence (a non-stream reply may take minutes to start);
+- request: no attempt starts after the request's deadline, nor a backoff sleep that would end
+  after it (the retry is skipped; a fallback may still run), and an attempt running then is cut.
 
 A cut attempt is a `timeout` failure like any other (retried, failed over, counted by its breaker).
 
-Cost: the attempt call runs under one `asyncio.timeout_at`. A stream body, relayed after the
-attempt call has returned (in whatever task reads it), is watched by one timer that is moved only
-when it fires; content just stamps the time. An expired watch sets an `UpstreamTimeout` on the
-body, which its next read raises, so nothing is cancelled outside a read.
+Cost: the attempt call runs under one `asyncio.timeout_at`. A body still coming when the headers
+are in (a stream, relayed after the attempt call has returned in whatever task reads it; a JSON
+body rarely) is watched by one timer that is moved only when it fires; content just stamps the
+time. An expired watch sets an `UpstreamTimeout` on the body, which its next read raises, so
+nothing is cancelled outside a read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from ..errors import UpstreamTimeout
+from ..errors import GatewayError, UpstreamTimeout
 
 __all__ = ["AttemptDeadline", "Deadlines"]
 
@@ -61,25 +64,31 @@ class Deadlines:
             values[field] = None if value is None else float(value)
         return cls(**values)
 
-    def request_ends(self, now: float) -> float:
-        """When a request starting `now` (loop time) must be done."""
-        return math.inf if self.request is None else now + self.request
+    def request_ends(self) -> float:
+        """When a request starting now must be done, in the running loop's time."""
+        return math.inf if self.request is None else asyncio.get_running_loop().time() + self.request
 
-    def attempt(
-        self, loop: asyncio.AbstractEventLoop, request_ends: float,
-        total: float | None = None, idle: float | None = None,
-    ) -> AttemptDeadline:
-        """The deadline of an attempt starting now; `total`/`idle`: a deployment's own."""
-        return AttemptDeadline(loop, total or self.total, idle or self.idle, request_ends, self.request)
+    @staticmethod
+    def allows(ends: float, wait: float = 0.0) -> bool:
+        """Whether something that takes `wait` s, starting now, ends before `ends`."""
+        return ends == math.inf or asyncio.get_running_loop().time() + wait < ends
 
-    def spent(self, attempts: int, last_kind: str | None) -> UpstreamTimeout:
-        """The error for a request whose deadline passed before it could try again."""
+    def attempt(self, ends: float, total: float | None = None, idle: float | None = None) -> AttemptDeadline:
+        """The deadline of an attempt starting now, in a request that `ends`; `total`/`idle`: the
+        deployment's own."""
+        loop = asyncio.get_running_loop()
+        return AttemptDeadline(loop, total or self.total, idle or self.idle, ends, self.request)
+
+    def check(self, ends: float, attempts: int, failures: Sequence[tuple[Any, GatewayError]]) -> None:
+        """Before an attempt: raise UpstreamTimeout if the request's deadline has passed."""
+        if self.allows(ends):
+            return
         after = f" after {attempts} attempt(s)" if attempts else ""
-        last = f"; the last failed with {last_kind}" if last_kind else ""
+        last = f"; the last failed with {failures[-1][1].kind}" if failures else ""
         error = UpstreamTimeout(f"The request did not finish within its deadline of {self.request:g} s{after}{last}.",
                                 attempts=attempts)
         error.duration = self.request
-        return error
+        raise error
 
 
 class AttemptDeadline:
@@ -130,10 +139,16 @@ class AttemptDeadline:
 
     # -- a stream body ----------------------------------------------------------------------------
     def watch(self, body: _Body) -> None:
-        """Enforce the idle timeout and the end on a stream body, also once the attempt call has
-        returned and the body is relayed; `stop()` when done with it."""
+        """Enforce the idle timeout (from now: the response headers are in) and the end on a
+        response body, also once the attempt call has returned and a stream is relayed; `stop()`
+        when done with it."""
         self._body = body
+        self.last = self._loop.time()
         self._arm()
+
+    def touch(self) -> None:
+        """Content came now."""
+        self.last = self._loop.time()
 
     def content(self, chars: int) -> None:
         """Called per upstream read with the characters generated so far: any growth is content."""

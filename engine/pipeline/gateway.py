@@ -186,8 +186,7 @@ class Gateway:
         exchange.estimated_tokens = plan.facts["estimated_tokens"]
         failures: list[tuple[Target, GatewayError]] = []
         total = 0
-        loop = asyncio.get_running_loop()
-        ends = self.deadlines.request_ends(loop.time())
+        ends = self.deadlines.request_ends()
         for planned in plan.targets:
             target = planned.target
             if target.provider.name in self.router.unconfigured and (skip := await self.not_configured(target.provider)):
@@ -197,8 +196,7 @@ class Gateway:
             breaker = self.router.breakers[target.name]
             tries = 0
             while True:
-                if loop.time() >= ends:  # no attempt starts after the request's deadline
-                    raise self.deadlines.spent(total, failures[-1][1].kind if failures else None)
+                self.deadlines.check(ends, total, failures)  # no attempt starts after the request's deadline
                 if not breaker.allow():
                     log.info("skipping %s: circuit breaker open", target.name)
                     break
@@ -214,8 +212,7 @@ class Gateway:
                 try:
                     if planned.rpm or planned.tpm:
                         await self._take_deployment_limits(planned, exchange)
-                    deadline = exchange.deadline = self.deadlines.attempt(
-                        loop, ends, planned.total_timeout, planned.idle_timeout)
+                    deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
                     result = await deadline.run(attempt(planned))
                 except BaseException as exc:
                     # Whatever ended the attempt reaches its breaker; cancellation (the client
@@ -230,7 +227,7 @@ class Gateway:
                     facts = activation(plan.facts, attempt=tries, target=target, error=error)
                     if plan.policy.retry is not None and plan.policy.retry.matches(facts):
                         delay = plan.policy.backoff.delay(tries, error.retry_after, self.rng)
-                        if delay is not None and breaker.state != "open" and loop.time() + delay < ends:
+                        if delay is not None and breaker.state != "open" and self.deadlines.allows(ends, delay):
                             log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
                             exchange.outside_seconds += delay
                             if self.metrics is not None:
@@ -415,7 +412,7 @@ class Gateway:
         """Send one non-streaming request; the parsed JSON reply, or the classified error."""
         target = planned.target
         sent = time.perf_counter()
-        reply = await self.upstream.send(request, timeout=planned.timeout)
+        reply = await self.upstream.send(request, timeout=planned.timeout, deadline=exchange.deadline)
         exchange.outside_seconds += time.perf_counter() - sent
         if reply.status >= 400:
             raise error_from_reply(target, reply.status, reply.body, reply.headers)
@@ -593,7 +590,7 @@ class Gateway:
         try:
             async for batch in self._reads(target, response, reader, exchange.deadline):
                 piece = batch if forwarded else writer.write(batch, state.id, state.model)
-                if piece:
+                if piece and (sent or state.frames or not forwarded):  # comments alone are no first byte
                     sent = True
                     yield piece
             finished = True
