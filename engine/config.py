@@ -17,10 +17,16 @@ import yaml
 __all__ = ["DEFAULTS", "Settings", "load_settings"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # shutdown_timeout: seconds in-flight requests get to finish after SIGTERM.
+    # shutdown_timeout: seconds in-flight requests get to finish after SIGTERM; those still running
+    # then get a 503 `shutdown` (an error event on a stream), and are audited so.
     # proxy_headers: trust X-Forwarded-For/-Proto from forwarded_allow_ips (behind a reverse proxy).
+    # Slow clients (docs/decisions.md, Operations): header_timeout: seconds a client has to send a request's
+    # headers (from connecting, or from the previous response), else the connection is closed;
+    # body_timeout: seconds to send the body, else a 408; send_timeout: seconds a response may wait
+    # on a client that does not read, else the request ends as a disconnect (499).
     "server": {"host": "127.0.0.1", "port": 8400, "shutdown_timeout": 30.0, "workers": 1,
-               "proxy_headers": False, "forwarded_allow_ips": "127.0.0.1"},
+               "proxy_headers": False, "forwarded_allow_ips": "127.0.0.1",
+               "header_timeout": 10.0, "body_timeout": 30.0, "send_timeout": 30.0},
     "specs": {"dir": None},
     "database": {"url": "sqlite:///gaud.db"},
     # format: auto (text in a terminal, JSON lines otherwise) | json | text
@@ -73,7 +79,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # spill_dir: where records the database refuses at shutdown are saved (and imported from at
     # the next start); unset: beside a SQLite database file, else the working directory.
     # spill_after: seconds of failing writes at shutdown before the rest is spilled.
-    "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2, "spill_dir": None, "spill_after": 10.0},
+    # journal: journal accepted requests and queued records in spill_dir, so a killed process
+    # loses no audit row (the next start writes them; engine/accounts/journal.py).
+    "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2, "spill_dir": None, "spill_after": 10.0,
+              "journal": True},
     # Image URLs the gateway fetches itself (providers that accept only inline bytes).
     "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }

@@ -18,14 +18,17 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
         ├── Overloaded            503
         ├── UpstreamTimeout       504 timeout_error           upstream_timeout
         ├── Upstream5xx, UpstreamConnection, ResponseParsing
+        ├── IncompleteStream      502                         incomplete_stream (no terminal event)
         ├── InvalidOutput         502                         invalid_output (strict json_schema)
         └── AllFailed             status of the last error    all_failed
+    Shutdown                      503 server_error            shutdown (the server stopped it)
 
 Load-time problems in spec files are `SpecError` (file, line, JSON pointer), outside that tree.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,7 @@ __all__ = [
     "ContentFilter",
     "ContextWindowExceeded",
     "GatewayError",
+    "IncompleteStream",
     "InternalError",
     "InvalidOutput",
     "InvalidRequest",
@@ -46,6 +50,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "ResponseParsing",
+    "Shutdown",
     "SpecError",
     "SpecLoadError",
     "Upstream5xx",
@@ -194,6 +199,12 @@ class ResponseParsing(UpstreamError):
     kind, code = "response_parsing", "response_parsing"
 
 
+class IncompleteStream(UpstreamError):
+    """A stream that ended cleanly without its terminal event (spec `stream.ends_with`): cut short."""
+
+    kind, code = "incomplete_stream", "incomplete_stream"
+
+
 class InvalidOutput(UpstreamError):
     """The reply does not match the strict JSON Schema the request asked for."""
 
@@ -202,6 +213,28 @@ class InvalidOutput(UpstreamError):
 
 class AllFailed(UpstreamError):
     kind, code = "all_failed", "all_failed"
+
+
+class Shutdown(GatewayError):
+    """The server is stopping and this request was still running at `server.shutdown_timeout`.
+
+    The server ends such requests by cancelling their tasks with `CANCEL` as the message
+    (engine.web.drain); the layers that can still answer (the pipeline, a stream's relay) turn
+    that cancellation into this error with `caught`. Never retried, and not a deployment's fault."""
+
+    kind, status, type, code = "shutdown", 503, "server_error", "shutdown"
+    CANCEL = "gaud-engine: server.shutdown_timeout reached"
+
+    @classmethod
+    def caught(cls, cancel: BaseException) -> Shutdown | None:
+        """The error for a cancellation by the server's shutdown, with the task's cancel request
+        withdrawn (so the request can still answer and be audited); None for any other one."""
+        if not cancel.args or cancel.args[0] != cls.CANCEL:
+            return None
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return cls("The gateway is shutting down and this request did not finish in time; send it again.")
 
 
 _BY_KIND: dict[str, type[GatewayError]] = {
@@ -221,6 +254,7 @@ _BY_KIND: dict[str, type[GatewayError]] = {
         UpstreamTimeout,
         UpstreamConnection,
         ResponseParsing,
+        IncompleteStream,
         InvalidOutput,
         AllFailed,
     )

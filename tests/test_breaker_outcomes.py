@@ -370,9 +370,9 @@ def app(catalog, upstream, tmp_path, monkeypatch):
     writer = built.state.audit
     real_add = writer.add
 
-    def add(record: dict[str, Any]) -> Awaitable[None]:
+    def add(record: dict[str, Any], *journaled: Any) -> Awaitable[None]:
         built.audited.append(record)  # type: ignore[attr-defined]
-        return real_add(record)  # type: ignore[no-any-return]
+        return real_add(record, *journaled)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(writer, "add", add)
     return built

@@ -280,15 +280,25 @@ def test_failed_probe_reopens_breaker():
 
 
 def test_stream_failing_before_first_byte_is_retried_and_falls_back(run, upstream):
-    upstream.reply_fixture("anthropic", "error_529_overloaded.json")
+    # An error event right after HTTP 200: nothing reached the client, so it falls back.
     frames = [b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n']
     upstream.reply(frames=frames, content_type="text/event-stream")
     upstream.reply_fixture("gemini", "stream_text.sse")
     result, body = run({"model": "no-retry", "messages": HELLO, "stream": True}, stream=True)
     assert result.headers["x-gaud-deployment"] == "gemini/gemini-2.5-flash"
-    assert body.endswith(b"data: [DONE]\n\n")
-    # no-retry: the 529 moved straight to gemini; the error frame was never needed.
+    assert body.endswith(b"data: [DONE]\n\n") and b"Lichens" in body
     assert len(upstream.requests) == 2
+
+
+def test_a_stream_of_an_error_event_only_is_no_reply(run, upstream):
+    """What gemini makes of an Anthropic error frame: no text, no finish reason. It used to pass
+    as an empty, complete reply; it is an incomplete stream (this tree does not fall back on it)."""
+    frames = [b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n']
+    upstream.reply_fixture("anthropic", "error_529_overloaded.json")
+    upstream.reply(frames=frames, content_type="text/event-stream")
+    error, _ = run({"model": "no-retry", "messages": HELLO, "stream": True}, stream=True)
+    assert (error.kind, error.status) == ("incomplete_stream", 502)
+    assert [r.path.split("/")[-1] for r in upstream.requests] == ["messages", "gemini-2.5-flash:streamGenerateContent"]
 
 
 def test_stream_failing_after_bytes_is_not_retried(run, upstream):

@@ -17,7 +17,7 @@ import openai
 import pytest
 import sqlalchemy as sa
 
-from engine.accounts.store import MIGRATIONS, Store, audit_log, m006_audit_price_estimated
+from engine.accounts.store import MIGRATIONS, Store, audit_log, m006_audit_price_estimated, m007_audit_usage_estimated
 from engine.errors import NotFound
 from engine.pipeline.pricing import FREE, Price, ceiling_price, price_for, quote_for
 from engine.pipeline.routing import Router
@@ -149,21 +149,24 @@ def _record(request_id: str, **fields: object) -> dict[str, object]:
             "deployment": UNLISTED, "status": 200, "cost": 0.5, **fields}
 
 
-def test_migration_adds_price_estimated_to_an_existing_audit_log(store: Store) -> None:
+@pytest.mark.parametrize(("migration", "column"), [
+    (m006_audit_price_estimated, "price_estimated"), (m007_audit_usage_estimated, "usage_estimated"),
+])
+def test_migration_adds_an_estimate_flag_to_an_existing_audit_log(store: Store, migration, column) -> None:
     """A database of the release before: the column is added, old rows read as not estimated."""
-    assert m006_audit_price_estimated in MIGRATIONS
+    assert migration in MIGRATIONS
     store.migrate()
     with store.engine.begin() as conn:  # back to the previous release's schema, with one old row
-        conn.execute(sa.text("ALTER TABLE audit_log DROP COLUMN price_estimated"))
-        conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = 'm006_audit_price_estimated'"))
+        conn.execute(sa.text(f"ALTER TABLE audit_log DROP COLUMN {column}"))
+        conn.execute(sa.text(f"DELETE FROM schema_migrations WHERE name = '{migration.__name__}'"))
         conn.execute(sa.text(
             "INSERT INTO audit_log (request_id, ts, attempts, status, prompt_tokens, completion_tokens, "
             "cached_tokens, cost, stream, cache_hit) VALUES ('old', 1, 1, 200, 1, 1, 0, 0.1, false, false)"
         ))
-    assert store.migrate() == ["m006_audit_price_estimated"]
+    assert store.migrate() == [migration.__name__]
     assert store.migrate() == []
-    assert store.write_audit([_record("new", price_estimated=True), _record("listed")]) == 2
-    rows = {r["request_id"]: r["price_estimated"] for r in store.audit_records()}
+    assert store.write_audit([_record("new", **{column: True}), _record("listed")]) == 2
+    rows = {r["request_id"]: r[column] for r in store.audit_records()}
     assert rows == {"old": False, "new": True, "listed": False}
 
 

@@ -1,5 +1,6 @@
 """The audit log writer: batched, off the hot path, flushed on shutdown; spilled to a file when
-the database is unreachable at shutdown and imported from it at the next start."""
+the database is unreachable at shutdown and imported from it at the next start; journaled
+(engine.accounts.journal) so that a killed process loses no record."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from typing import Any
 
 import orjson
 
-from .store import Store
+from .journal import Journal
+from .store import Principal, Store
 
 __all__ = ["SPILL_PATTERN", "AuditWriter", "audit_spill_dir", "import_spilled", "spill_records"]
 
 log = logging.getLogger("gaud.accounting")
+
+#: Where a queued record keeps its journal number until it is stored (never written to the database).
+_JOURNAL_KEY = "_journal"
 
 
 class AuditWriter:
@@ -25,6 +30,8 @@ class AuditWriter:
     A failed write is retried, never dropped. At shutdown the writer gets `close(timeout)`
     seconds; a batch the database still refuses after that goes to a spill file in `spill_dir`
     (JSON lines), and so does everything after it, which `import_spilled` writes at the next start.
+    With a `journal`, accepted requests and queued records are also journaled, and marked done
+    once stored; each batch fsyncs the journal first.
     """
 
     def __init__(
@@ -36,12 +43,14 @@ class AuditWriter:
         max_queue: int = 50_000,
         spill_dir: Path | None = None,
         retry_delay: float = 1.0,
+        journal: Journal | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.spill_dir = spill_dir
         self.retry_delay = retry_delay
+        self.journal = journal
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
         self._give_up_at: float | None = None  # set by close()
@@ -51,10 +60,26 @@ class AuditWriter:
 
     def start(self) -> None:
         if self._task is None:
+            if self.journal is not None and not self.journal.open():
+                self.journal = None
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def add(self, record: dict[str, Any]) -> None:
-        """Queue one record; waits only if the database has fallen far behind (nothing is dropped)."""
+    def accepted(self, request_id: str, principal: Principal, model: Any, stream: bool) -> int | None:
+        """Journal a request about to be served; the number to give `add` with its record."""
+        if self.journal is None:
+            return None
+        return self.journal.accepted({
+            "request_id": request_id, "ts": time.time(), "user_id": principal.user_id,
+            "user_name": principal.user_name, "alias": model if isinstance(model, str) else None, "stream": stream,
+        })
+
+    async def add(self, record: dict[str, Any], journaled: int | None = None) -> None:
+        """Queue one record (`journaled`: its request's number from `accepted`); waits only if the
+        database has fallen far behind (nothing is dropped)."""
+        if self.journal is not None:
+            n = self.journal.finished(journaled, record)
+            if n is not None:
+                record[_JOURNAL_KEY] = n
         try:
             self.queue.put_nowait(record)  # the usual case, without a coroutine for Queue.put
         except asyncio.QueueFull:
@@ -83,12 +108,16 @@ class AuditWriter:
                 return
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
+        journaled = [record.pop(_JOURNAL_KEY) for record in batch if _JOURNAL_KEY in record]
         while True:
             if self._spilling:  # the database failed past the shutdown deadline: do not wait on it again
-                await self._spill(batch)
+                if await self._spill(batch) and self.journal is not None:
+                    self.journal.done(journaled)
                 return
             try:
-                self.written += await asyncio.to_thread(self.store.write_audit, batch)
+                self.written += await asyncio.to_thread(self._store, batch)
+                if self.journal is not None:
+                    self.journal.done(journaled)
                 return
             except Exception:  # a database hiccup must not lose records: retry, or spill at shutdown
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at and self.spill_dir:
@@ -98,17 +127,25 @@ class AuditWriter:
                 log.exception("audit write failed; retrying in %g s", self.retry_delay)
                 await asyncio.sleep(self.retry_delay)
 
-    async def _spill(self, batch: list[dict[str, Any]]) -> None:
+    def _store(self, batch: list[dict[str, Any]]) -> int:
+        """One batch to the database (in a thread), the journal made durable first."""
+        if self.journal is not None:
+            self.journal.sync()
+        return self.store.write_audit(batch)
+
+    async def _spill(self, batch: list[dict[str, Any]]) -> bool:
         assert self.spill_dir is not None
         try:
             path = await asyncio.to_thread(spill_records, self.spill_dir, batch)
         except OSError as exc:
-            log.critical("the audit database and the spill folder %s both failed (%s): %d audit records are lost",
-                         self.spill_dir, exc, len(batch))
-            return
+            kept = "are kept in the audit journal for the next start" if self.journal is not None else "are lost"
+            log.critical("the audit database and the spill folder %s both failed (%s): %d audit records %s",
+                         self.spill_dir, exc, len(batch), kept)
+            return False
         self.spilled += len(batch)
         log.error("the audit database is unreachable: %d records saved to %s (imported at the next start)",
                   len(batch), path)
+        return True
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write everything queued so far, then stop; after `timeout` seconds of failing writes,
@@ -118,6 +155,8 @@ class AuditWriter:
             await self.queue.put(None)
             await self._task
             self._task = None
+            if self.journal is not None:
+                self.journal.close()
 
 
 SPILL_PATTERN = "gaud-audit-spill-*.jsonl"

@@ -92,6 +92,8 @@ audit_log = sa.Table(
     sa.Column("content", sa.Text, nullable=True),
     # Billed at the provider's highest price: the model had no price of its own (m006).
     sa.Column("price_estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # The token counts are the gateway's estimate: the upstream reported none, or the reply was cut (m007).
+    sa.Column("usage_estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
@@ -116,7 +118,7 @@ def _audit_row(record: dict[str, Any]) -> tuple[Any, ...]:
 
 _AUDIT_COUNTS = tuple(AUDIT_FIELDS.index(n) for n in ("attempts", "prompt_tokens", "completion_tokens", "cached_tokens"))
 _AUDIT_COST = AUDIT_FIELDS.index("cost")
-_AUDIT_FLAGS = tuple(AUDIT_FIELDS.index(n) for n in ("stream", "cache_hit", "price_estimated"))
+_AUDIT_FLAGS = tuple(AUDIT_FIELDS.index(n) for n in ("stream", "cache_hit", "price_estimated", "usage_estimated"))
 
 
 def m001_initial(conn: sa.Connection) -> None:
@@ -193,6 +195,15 @@ def m006_audit_price_estimated(conn: sa.Connection) -> None:
 
 
 MIGRATIONS.append(m006_audit_price_estimated)
+
+
+def m007_audit_usage_estimated(conn: sa.Connection) -> None:
+    """audit_log.usage_estimated: the token counts are the gateway's estimate (issue 19)."""
+    if "usage_estimated" not in {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}:
+        conn.execute(sa.text("ALTER TABLE audit_log ADD COLUMN usage_estimated BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+MIGRATIONS.append(m007_audit_usage_estimated)
 
 
 @dataclass(frozen=True)

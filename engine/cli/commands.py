@@ -148,6 +148,7 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         gaud-engine serve --workers 2
     """
     from ..logs import logging_from_settings
+    from ..web.drain import SHUTDOWN_GRACE
 
     overrides: dict[str, Any] = {"server.host": host, "server.port": port, "specs.dir": specs_dir, "server.workers": workers}
     try:
@@ -166,11 +167,16 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
     for line in provider_banner(catalog, _signed_in(catalog, settings)):
         click.echo(line)
     level = logging_from_settings(settings)
+    from ..web.protocol import GuardedHttpProtocol  # uvicorn's, with header and send timeouts
+
     bind_host, bind_port = settings.get("server.host"), int(settings.get("server.port"))
     n_workers = int(settings.get("server.workers"))
     options = {
-        "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto", "http": "auto",
-        "server_header": False, "ws": "none", "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")),
+        "host": bind_host, "port": bind_port, "log_level": level, "access_log": False, "loop": "auto",
+        "http": GuardedHttpProtocol,
+        "server_header": False, "ws": "none",
+        # The gateway ends requests at shutdown_timeout itself (web.drain); uvicorn's deadline is the backstop.
+        "timeout_graceful_shutdown": float(settings.get("server.shutdown_timeout")) + SHUTDOWN_GRACE,
         "log_config": None,  # uvicorn's own lines go through the gateway's logging (JSON or text)
         "proxy_headers": bool(settings.get("server.proxy_headers")),
         "forwarded_allow_ips": settings.get("server.forwarded_allow_ips"),

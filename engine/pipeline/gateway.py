@@ -22,11 +22,13 @@ from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_af
 from ..errors import (
     AllFailed,
     GatewayError,
+    IncompleteStream,
     InternalError,
     NotConfigured,
     Overloaded,
     RateLimited,
     ResponseParsing,
+    Shutdown,
     drop_tracebacks,
     error_for_kind,
 )
@@ -64,7 +66,11 @@ __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 log = logging.getLogger("gaud.gateway")
 
 #: Failures that say a deployment is unhealthy (and count towards opening its breaker).
-BREAKER_KINDS = frozenset({"upstream_5xx", "overloaded", "timeout", "connection", "response_parsing", "internal_error"})
+BREAKER_KINDS = frozenset({
+    "upstream_5xx", "overloaded", "timeout", "connection", "response_parsing", "incomplete_stream", "internal_error",
+})
+#: Failures that say nothing of the deployment (the server's shutdown ended the attempt): neither.
+NEUTRAL_KINDS = frozenset({"shutdown"})
 
 R = TypeVar("R", "ChatResult", "StreamResult")
 
@@ -126,9 +132,12 @@ class StreamResult:
 
 
 def ensure_stream_events(target: Target, state: StreamState) -> None:
-    """A 200 whose body held no stream event at all (JSON, an HTML error page) is not a reply."""
+    """A stream that ended cleanly is a reply only if it held stream events (not JSON, not an HTML
+    error page) and ended as the spec says a whole one does (`stream.ends_with`)."""
     if state.frames == 0:
         raise ResponseParsing(f"{target.provider.name} answered a stream request without any stream events")
+    if not target.provider.stream.complete(state):
+        raise IncompleteStream(f"{target.provider.name} ended the stream before its end event: the reply is incomplete")
 
 
 class Gateway:
@@ -219,7 +228,8 @@ class Gateway:
                     # went away) as neither success nor failure, its probe released.
                     self.router.finished(target.name, None)
                     error = self._attempt_error(target, exc)
-                    breaker.record(None if error is None else error.kind not in BREAKER_KINDS, probe=probe)
+                    kind = None if error is None or error.kind in NEUTRAL_KINDS else error.kind
+                    breaker.record(None if kind is None else kind not in BREAKER_KINDS, probe=probe)
                     if error is None:
                         raise
                     error.attempts = tries
@@ -496,6 +506,8 @@ class Gateway:
                 async for piece in pieces:
                     yield piece
                 ok = exchange.error is None or exchange.error.kind not in BREAKER_KINDS
+                if exchange.error is not None and exchange.error.kind in NEUTRAL_KINDS:
+                    ok = None
             except Exception:
                 ok = False
                 raise
@@ -549,12 +561,18 @@ class Gateway:
                 if batch:
                     yield batch
                 if state.done:
-                    return
-            batch = reader.close()
-            if batch:
-                yield batch
+                    break
+            else:  # no done frame: what the reader still holds
+                batch = reader.close()
+                if batch:
+                    yield batch
         except StreamFailure as failure:
             raise self._stream_error(target, failure) from None
+        except asyncio.CancelledError as cancel:  # at the shutdown deadline: an error the relay can send
+            shutdown = Shutdown.caught(cancel)
+            if shutdown is None:
+                raise
+            raise shutdown from None
         ensure_stream_events(target, state)
 
     @staticmethod
@@ -584,8 +602,8 @@ class Gateway:
         sent = False
         finished = False
 
-        def usage_so_far() -> dict[str, Any]:
-            return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens)
+        def usage_so_far(whole: bool = False) -> dict[str, Any]:
+            return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens, whole=whole)
 
         try:
             async for batch in self._reads(target, response, reader, exchange.deadline):
@@ -606,7 +624,7 @@ class Gateway:
         finally:
             if not finished and sent:  # the client went away mid-stream: bill what was generated
                 self._account(exchange, target, usage_so_far())
-        usage = usage_so_far()
+        usage = usage_so_far(whole=True)
         self._account(exchange, target, usage)
         usage["cost"] = round(exchange.cost, 8)
         yield writer.finish(closing_finish_reason(spec, state, forwarded), usage if include_usage else None, state.id, state.model)

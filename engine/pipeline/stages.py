@@ -26,6 +26,7 @@ codec; streams +1-3%. Under load a request costs ~300 µs with uvicorn and aioht
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -39,7 +40,7 @@ from ..accounts.budgets import Budgets, Reservation
 from ..accounts.guards import Admission, CachePlan, Guards
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal
-from ..errors import GatewayError, InternalError, InvalidRequest, PermissionDenied, drop_tracebacks
+from ..errors import GatewayError, InternalError, InvalidRequest, PermissionDenied, Shutdown, drop_tracebacks
 from ..logs import FieldLogger
 from ..metrics import Metrics
 from .embeddings import validate_embeddings_request
@@ -240,11 +241,13 @@ class Pipeline:
             await port.error(exc)
             return
         self.metrics.in_flight.inc()
+        journaled = None
         try:
             raw = parse_json(await port.read())
             body = exchange.body = self.parse(endpoint, codec, raw)
             self.authorize(principal, body)
             exchange.stream = endpoint.streamable and bool(body.get("stream"))
+            journaled = self.audit_writer.accepted(exchange.request_id, principal, body.get("model"), exchange.stream)
             plan = await self.plan(body)
             admission = exchange.admission = await self.admit(principal, endpoint.tokens(body, plan))
             headers = dict(admission.headers)
@@ -273,9 +276,16 @@ class Pipeline:
             exchange.status = await self._failed(port, exc)
             if not isinstance(exc, ClientGone):  # audited as what the client saw
                 exchange.error = exc if isinstance(exc, GatewayError) else InternalError()
+        except asyncio.CancelledError as cancel:  # the server's shutdown deadline (web.drain), or re-raised
+            exchange.error = Shutdown.caught(cancel)
+            if exchange.error is None:
+                raise
+            exchange.status = exchange.error.status
+            if not port.started:  # a stream already started has its error event, or a client not reading
+                await port.error(exchange.error)
         finally:
             await self.settle(exchange)
-            await self.audit(exchange)
+            await self.audit(exchange, journaled)
             # A handled error's traceback holds this frame, which holds the error (and the
             # request): a cycle only the collector frees. Drop it now (server.GC_GEN0_THRESHOLD).
             drop_tracebacks(exchange.error)
@@ -381,7 +391,7 @@ class Pipeline:
         if exchange.reservation is not None:
             self.budgets.settle(exchange.reservation, exchange.cost)
 
-    def audit(self, exchange: Exchange) -> Awaitable[None]:
+    def audit(self, exchange: Exchange, journaled: int | None = None) -> Awaitable[None]:
         """The audit record (queued, written off the hot path), the metrics and the log line."""
         record = audit_record(exchange, store_content=self.store_content)
         overhead = exchange.overhead_ms() if exchange.status < 400 and not exchange.cache_hit else None
@@ -390,7 +400,7 @@ class Pipeline:
         del fields["content"], fields["ts"]
         fields["overhead_ms"] = round(overhead, 3) if overhead is not None else None
         request_log.info(f"{record['status']} {record['alias']} {record['deployment'] or '-'}", fields)
-        return self.audit_writer.add(record)
+        return self.audit_writer.add(record, journaled)
 
 
 def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
@@ -417,6 +427,7 @@ def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
         "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         "cost": exchange.cost,
         "price_estimated": exchange.price_estimated,
+        "usage_estimated": bool(usage.get("estimated")),
         "latency_ms": (time.perf_counter() - exchange.started) * 1000,
         "ttft_ms": (exchange.first_byte - exchange.started) * 1000 if exchange.first_byte else None,
         "stream": exchange.stream,

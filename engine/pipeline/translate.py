@@ -75,6 +75,12 @@ def completion_from_reply(
     spec = target.provider
     if not isinstance(raw, dict):
         raise ResponseParsing(f"{spec.name} returned a reply that is not a JSON object")
+    problem = spec.reply_check(raw) if spec.reply_check is not None else None
+    raw_usage = get(raw, spec.usage_from)
+    if problem is None and raw_usage is not MISSING and not isinstance(raw_usage, dict):
+        problem = "its usage is not an object"
+    if problem is not None:
+        raise ResponseParsing(f"{spec.name} returned a reply of the wrong shape: {problem}")
     ctx: dict[str, Any] = {"model": target.model, "provider": spec.name}
     if new_call_id is not None:
         ctx["new_call_id"] = new_call_id
@@ -84,7 +90,7 @@ def completion_from_reply(
         raise
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         raise ResponseParsing(f"{spec.name} returned a reply the spec cannot map: {exc}") from None
-    return normalize_completion(out, target, get(raw, spec.usage_from), requested_model)
+    return normalize_completion(out, target, raw_usage, requested_model)
 
 
 def normalize_completion(out: dict[str, Any], target: Target, raw_usage: Any, requested_model: str) -> dict[str, Any]:
@@ -135,15 +141,21 @@ def with_usage(completion: dict[str, Any], prompt_estimate: int | None) -> dict[
     return completion
 
 
-def stream_usage(spec: ProviderSpec, raw_usage: dict[str, Any], output_chars: int, prompt_estimate: int | None) -> dict[str, Any]:
+def stream_usage(
+    spec: ProviderSpec, raw_usage: dict[str, Any], output_chars: int, prompt_estimate: int | None,
+    *, whole: bool = True,
+) -> dict[str, Any]:
     """A stream's usage as reported; estimated where the upstream reported nothing, or no output
-    yet (a stream cut short before its final usage event)."""
+    yet. A stream that did not end `whole` (cut short, failed, abandoned) never got its final
+    counts: its output is estimated (never below what was reported) and marked so."""
     usage = spec.usage_of(raw_usage) if raw_usage else None
     if usage is None:
         return estimated_usage(prompt_estimate, output_chars)
-    if not usage["completion_tokens"] and output_chars:
-        completion = estimated_usage(0, output_chars)["completion_tokens"]
+    if (not whole or not usage["completion_tokens"]) and output_chars:
+        completion = max(usage["completion_tokens"], estimated_usage(0, output_chars)["completion_tokens"])
         usage.update(completion_tokens=completion, total_tokens=usage["prompt_tokens"] + completion, estimated=True)
+    elif not whole:
+        usage["estimated"] = True
     return usage
 
 

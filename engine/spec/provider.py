@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 
 from ..errors import GatewayError, InvalidRequest, error_for_kind
-from ..mapping import Mapper, compile_condition, compile_first_of, compile_rules
+from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, compile_required, compile_rules
 from ..mapping.templates import Getter, compile_source
 from ..pointer import MISSING, compile_pointer
 from ..streaming import compile_stream
@@ -183,6 +183,8 @@ class ProviderSpec:
     _url_cache: dict[tuple[str, str, bool, str], str] = field(default_factory=dict)
     auth: AuthSpec | None = None  # `api.auth`, the credential strategy
     _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
+    #: `response.required`: what a reply must hold to be mapped; None when the spec lists nothing.
+    reply_check: ShapeCheck | None = None
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -331,6 +333,15 @@ def _compiled(pointer: str, rules: list[dict[str, Any]]) -> Mapper:
         raise SpecCompileError(pointer, f"cannot compile rules: {exc}") from None
 
 
+def _required(items: list[Any] | None) -> ShapeCheck | None:
+    if not items:
+        return None
+    try:
+        return compile_required(items)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SpecCompileError("/response/required", f"cannot compile required paths: {exc}") from None
+
+
 def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
     if not section:
         return None
@@ -404,6 +415,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         raw=spec,
         env_values=env_values,
         auth=auth,
+        reply_check=_required(response.get("required")),
     )
     if spec.get("stream"):
         try:

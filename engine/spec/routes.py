@@ -29,11 +29,11 @@ STRATEGIES = ("priority", "round-robin", "weighted", "least-busy", "lowest-cost"
 
 # As routes.yaml's defaults.
 DEFAULT_RETRY = (
-    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx"] && attempt <= 3'
+    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "incomplete_stream"] && attempt <= 3'
     ' || error.kind == "connection" && attempt <= 1'
 )
 DEFAULT_FALLBACK = (
-    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "response_parsing",'
+    'error.kind in ["rate_limit", "timeout", "overloaded", "upstream_5xx", "connection", "response_parsing", "incomplete_stream",'
     ' "context_window_exceeded", "content_filter", "authentication", "permission", "not_found", "not_configured"]'
 )
 

@@ -100,8 +100,9 @@ class ChunkWriter:
         return b"".join(out)
 
     def error(self, exc: GatewayError | dict[str, Any]) -> bytes:
-        """The error event (the error's OpenAI body, or that body itself), then `[DONE]`."""
-        return sse(exc.to_openai() if isinstance(exc, GatewayError) else exc) + DONE
+        """The error event (the error's OpenAI body, or that body itself) and nothing after it:
+        no `[DONE]`, which would tell a client that reads no error events the reply is whole."""
+        return sse(exc.to_openai() if isinstance(exc, GatewayError) else exc)
 
 
 class MessageAssembler:

@@ -15,6 +15,10 @@ list of actions:
     raise              a mid-stream upstream error
     ignore / done      nothing / stop reading
 
+A stream that ends cleanly is complete only as `ends_with` says: after its done frame or action
+(`done`), once a finish reason was captured (`finish`), or always (`eof`); anything else was cut
+short (the gateway's `incomplete_stream`).
+
 The engine keeps the state (key -> tool index, ids, usage, finish); the spec only says where things are.
 """
 
@@ -47,9 +51,11 @@ class StreamSpec:
 
     def __init__(
         self, framing: str, key: str, done_data: str | None, handlers: dict[Any, list[Action]],
-        passthrough: tuple[bytes, ...] | None = None,
+        passthrough: tuple[bytes, ...] | None = None, ends_with: str = "done",
     ) -> None:
         self.framing = framing
+        #: What a complete stream ends with (`stream.ends_with`): `done`, `finish` or `eof`.
+        self.ends_with = ends_with
         #: `passthrough.inspect` as bytes when frames are forwarded as they come (see passthrough.py).
         self.passthrough = passthrough
         self.key = key
@@ -69,8 +75,21 @@ class StreamSpec:
             return Passthrough(self, state, self.passthrough)
         return EventReader(self, state)
 
-    def handle(self, event: str | None, data: str, state: StreamState) -> list[Delta]:
-        """Interpret one frame; returns the deltas it produced."""
+    def complete(self, state: StreamState) -> bool:
+        """Whether a stream that ended cleanly here ended as the spec says a whole one does."""
+        if self.ends_with == "done":
+            return state.done
+        if self.ends_with == "finish_and_done":
+            return state.done and state.raw_finish not in (None, "")
+        if self.ends_with == "finish":
+            return state.done or state.raw_finish not in (None, "")
+        return True
+
+    def handle(
+        self, event: str | None, data: str, state: StreamState, shape: Callable[[Any], bool] | None = None
+    ) -> list[Delta]:
+        """Interpret one frame; returns the deltas it produced. `shape`, when given, must accept
+        the frame's JSON after its actions ran (an error frame raises before it is looked at)."""
         if self.done_data is not None and data.strip() == self.done_data:
             state.done = True
             return []
@@ -92,6 +111,8 @@ class StreamSpec:
             _run(actions, obj, state, out)
         except _Done:
             state.done = True
+        if shape is not None and not state.done and not shape(obj):
+            raise StreamFailure("response_parsing", f"upstream sent a malformed stream frame: {data[:80]!r}")
         return out
 
     def read(self, framer: Any, chunk: bytes, state: StreamState) -> list[Delta]:
@@ -376,7 +397,42 @@ _BUILDERS: dict[str, Callable[[Any], Action]] = {
 
 
 def compile_stream(spec: dict[str, Any]) -> StreamSpec:
-    handlers = {key: _compile_actions(actions) for key, actions in spec.get("events", {}).items()}
+    events = spec.get("events", {})
+    handlers = {key: _compile_actions(actions) for key, actions in events.items()}
     passthrough = spec.get("passthrough")
     inspect = tuple(m.encode() for m in passthrough.get("inspect", ())) if isinstance(passthrough, dict) else None
-    return StreamSpec(spec.get("framing", "sse"), spec.get("key", "none"), spec.get("done_data"), handlers, inspect)
+    done_data = spec.get("done_data")
+    return StreamSpec(
+        spec.get("framing", "sse"), spec.get("key", "none"), done_data, handlers, inspect,
+        _ends_with(spec.get("ends_with"), done_data is not None or _declares(events, "done"), _declares(events, "finish")),
+    )
+
+
+def _ends_with(given: str | None, has_done: bool, has_finish: bool) -> str:
+    """`stream.ends_with`, checked against what the table can see. By default `done` when the
+    spec declares a done frame or action, else `finish` when it captures a finish reason, else
+    `eof` (a table that can see neither cannot tell a whole stream from a cut one)."""
+    ends_with = given or ("done" if has_done else "finish" if has_finish else "eof")
+    if ends_with in ("done", "finish_and_done") and not has_done:
+        raise ValueError(f"ends_with: {ends_with} needs `done_data` or a `done` action")
+    if ends_with in ("finish", "finish_and_done") and not has_finish:
+        raise ValueError(f"ends_with: {ends_with} needs a `finish` action (or say `ends_with: eof`)")
+    if ends_with not in ("done", "finish", "finish_and_done", "eof"):
+        raise ValueError(f"ends_with is done, finish, finish_and_done or eof, not {ends_with!r}")
+    return ends_with
+
+
+def _declares(events: dict[Any, Any], name: str) -> bool:
+    """Whether an event table holds the action `name` anywhere, nested cases included."""
+    return any(_in_actions(actions, name) for actions in events.values())
+
+
+def _in_actions(actions: Any, name: str) -> bool:
+    for action in actions if isinstance(actions, list) else ():
+        if action == name or (isinstance(action, dict) and name in action):
+            return True
+        for arg in action.values() if isinstance(action, dict) else ():
+            cases = arg.get("cases") if isinstance(arg, dict) else None
+            if isinstance(cases, dict) and any(_in_actions(a, name) for a in cases.values()):
+                return True
+    return False

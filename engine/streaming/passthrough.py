@@ -7,6 +7,10 @@ holding one of the `inspect` byte strings (finish reason, usage) and the done fr
 frame is held back, since the gateway writes its own usage chunk (with cost) when the client asked;
 the done frame too, since the gateway ends the stream itself.
 
+Every frame that is read must have the minimal shape of an OpenAI chunk (`openai_chunk`), and so
+must a last frame the upstream left without its blank line: a malformed one fails the stream as
+`response_parsing` instead of reaching the client. Frames forwarded unread are not parsed at all.
+
 Characters generated are counted exactly in frames that are read, and estimated in the others as
 their length less the envelope (the bytes around the text) of the first frame that carried text or
 call arguments: only used to estimate usage when an upstream reports none.
@@ -14,12 +18,13 @@ call arguments: only used to estimate usage when an upstream reports none.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .deltas import Delta, StreamFailure, StreamState, delta_chars
 from .framing import SseFramer
 
-__all__ = ["FrameTable", "Passthrough"]
+__all__ = ["FrameTable", "Passthrough", "openai_chunk"]
 
 
 class FrameTable(Protocol):
@@ -28,9 +33,20 @@ class FrameTable(Protocol):
     @property
     def done_data(self) -> str | None: ...
 
-    def handle(self, event: str | None, data: str, state: StreamState) -> list[Delta]:
-        """Interpret one frame; the deltas it produced."""
+    def handle(
+        self, event: str | None, data: str, state: StreamState, shape: Callable[[Any], bool] | None = None
+    ) -> list[Delta]:
+        """Interpret one frame; the deltas it produced. A frame `shape` refuses is a StreamFailure."""
         ...
+
+
+def openai_chunk(obj: Any) -> bool:
+    """The least a forwarded frame must be: an object whose `choices` is a list of objects (empty
+    in a usage-only chunk). An error frame fails the stream before this is asked."""
+    if not isinstance(obj, dict):
+        return False
+    choices = obj.get("choices")
+    return isinstance(choices, list) and all(isinstance(choice, dict) for choice in choices)
 
 
 class Passthrough:
@@ -73,9 +89,13 @@ class Passthrough:
         return False
 
     def close(self) -> bytes:
-        """The end of the upstream body: a last frame without its blank line still counts."""
+        """The end of the upstream body: a last frame without its blank line still counts, and is
+        always read (a body cut inside a frame leaves half a chunk here)."""
         tail, self._buffer = self._buffer.strip(b"\r\n"), b""
-        return self._frames(tail + b"\n\n") if tail and not self.state.done else b""
+        if not tail or self.state.done:
+            return b""
+        keep = self._read(tail)
+        return tail + b"\n\n" if keep and not self.state.done else b""
 
     def _frames(self, block: bytes) -> bytes:
         kept: list[bytes] = []
@@ -110,7 +130,7 @@ class Passthrough:
             self.marks = self._spaced
         state.frames += 1
         finish, usage = state.raw_finish, dict(state.raw_usage)
-        deltas = self.stream.handle(event, data, state)
+        deltas = self.stream.handle(event, data, state, openai_chunk)
         if state.done:
             return False
         if deltas:

@@ -34,6 +34,7 @@ from ..accounts.auth import LOCAL_USER, Authenticator
 from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.guards import Guards
+from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from ..accounts.shared import RedisBudgets
@@ -52,12 +53,17 @@ from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
-from .asgi import GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
+from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
+from .drain import Drain
+from .protocol import GuardedHttpProtocol
 
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
+
+#: The largest body the admin routes read (a key's fields).
+ADMIN_MAX_BODY = 64 * 1024
 
 #: Allocations between young-generation collections (the interpreter's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -90,9 +96,11 @@ class Services:
     metrics: Metrics
     pipeline: Pipeline
     spill_dir: Path
+    drain: Drain
     started: float = field(default_factory=time.time)
     upstream_models: dict[str, list[str]] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body_deadlines: BodyDeadlines | None = None  # server.body_timeout
 
     @property
     def auth_enabled(self) -> bool:
@@ -169,7 +177,7 @@ async def admin_keys(request: Request) -> Response:
     if request.method == "GET":
         keys = await asyncio.to_thread(services.store.list_keys)
         return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
-    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
     user = body.get("user")
     if not isinstance(user, str) or not user.strip() or len(user.strip()) > 200 or not user.isprintable():
         raise InvalidRequest("'user' is required (1 to 200 printable characters).", param="user")
@@ -185,7 +193,7 @@ async def admin_update_key(request: Request) -> Response:
     """PATCH /admin/keys/{id}: the fields of POST /admin/keys but `user` (as `keys update`)."""
     services = _services(request)
     await services.authenticator.admin(request.headers)
-    body = parse_json(await read_body(request.headers, request.receive, 64 * 1024))
+    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
     changes = key_changes(body)
     if not changes:
         raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
@@ -249,6 +257,14 @@ async def _answered_before_routing(request: Request) -> Response:  # pragma: no 
     raise RuntimeError("POST requests that serve models are answered by GatewayApp")
 
 
+def _admin_body(services: Services) -> BodyLimit:
+    return BodyLimit(ADMIN_MAX_BODY, services.body_deadlines)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 # -- what the routes and the lifespan share ---------------------------------------------------------
 async def ready_providers(gateway: Gateway) -> set[str]:
     """Providers requests do not skip as `not_configured`: their required environment keys are set,
@@ -285,9 +301,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_specs(services)))
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
         log.debug("SIGHUP reload not available in this process")
+    restore_signals = services.drain.watch_signals()  # SIGTERM starts the server.shutdown_timeout clock
     try:
         yield
     finally:
+        restore_signals()
+        services.drain.close()
         await _stop(services)
 
 
@@ -295,6 +314,7 @@ async def _start(services: Services) -> None:
     store = services.store
     await asyncio.to_thread(store.migrate)
     await asyncio.to_thread(import_spilled, store, services.spill_dir)  # records a past shutdown could not write
+    await asyncio.to_thread(reconcile_journals, store, services.spill_dir)  # requests a killed process held
     if services.auth_enabled:
         await asyncio.to_thread(_first_admin, store)
     else:
@@ -329,16 +349,16 @@ async def _stop(services: Services) -> None:
 class _LazyDashboard:
     """The /ui app, built (and engine.web.dashboard imported) on its first request."""
 
-    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool) -> None:
-        self._args = (store, gateway, auth_enabled)
+    def __init__(self, store: Store, gateway: Gateway, *, auth_enabled: bool, body_deadlines: BodyDeadlines | None) -> None:
+        self._args = (store, gateway, auth_enabled, body_deadlines)
         self.app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
             from .dashboard import dashboard_app
 
-            store, gateway, auth_enabled = self._args
-            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled)
+            store, gateway, auth_enabled, body_deadlines = self._args
+            self.app = dashboard_app(store, gateway, auth_enabled=auth_enabled, body_deadlines=body_deadlines)
         await self.app(scope, receive, send)
 
 
@@ -348,6 +368,11 @@ def create_app(
 ) -> GatewayApp:
     """The gateway as an ASGI app. `catalog` must already be loaded and free of problems."""
     services = build_services(catalog, settings, upstream=upstream, store=store)
+    # The connection-level limits of the process serving this app (the `http` class `serve` gives uvicorn).
+    GuardedHttpProtocol.configure(
+        header_timeout=_optional_float(settings.get("server.header_timeout")),
+        send_timeout=_optional_float(settings.get("server.send_timeout")),
+    )
     app = Starlette(
         routes=_routes(services, catalog),
         exception_handlers={HTTPException: not_found, Exception: server_error},
@@ -359,7 +384,7 @@ def create_app(
     app.state.store = services.store
     app.state.audit = services.audit
     app.state.metrics = services.metrics
-    return GatewayApp(app, _pipeline_routes(services, catalog))
+    return GatewayApp(app, _pipeline_routes(services, catalog), services.drain.tasks)
 
 
 def _routes(services: Services, catalog: Catalog) -> list[Any]:
@@ -367,7 +392,8 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
     # entries give other methods their 405.
     served = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/embeddings"]
     served += [path for spec in catalog.ingress.values() for path in spec.routes.values()]
-    dashboard = _LazyDashboard(services.store, services.gateway, auth_enabled=services.auth_enabled)
+    dashboard = _LazyDashboard(services.store, services.gateway, auth_enabled=services.auth_enabled,
+                               body_deadlines=services.body_deadlines)
     return [
         *(Route(path, _answered_before_routing, methods=["POST"]) for path in served),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -385,7 +411,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
 def _pipeline_routes(services: Services, catalog: Catalog) -> dict[str, ASGIApp]:
     """Path -> raw ASGI handler for every route that serves a model. Client formats' routes are
     fixed at start; their mappings follow reloads (`IngressCodec`)."""
-    max_body = int(services.settings.get("limits.max_body_bytes"))
+    max_body = BodyLimit(int(services.settings.get("limits.max_body_bytes")), services.body_deadlines)
     pipeline = services.pipeline
     chat = PipelineRoute(pipeline, CHAT, OPENAI, max_body)
     embeddings = PipelineRoute(pipeline, EMBEDDINGS, OPENAI, max_body)
@@ -429,7 +455,7 @@ def build_services(
     spill_dir = audit_spill_dir(settings)
     audit = AuditWriter(
         store, batch_size=int(settings.get("audit.batch_size")), max_delay=float(settings.get("audit.max_delay")),
-        spill_dir=spill_dir,
+        spill_dir=spill_dir, journal=Journal(spill_dir) if settings.get("audit.journal") else None,
     )
     metrics = Metrics(lambda: gateway.router.breakers.states())
     gateway.metrics = metrics
@@ -440,8 +466,14 @@ def build_services(
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
-        spill_dir=spill_dir,
+        spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
+        body_deadlines=_body_deadlines(settings),
     )
+
+
+def _body_deadlines(settings: Settings) -> BodyDeadlines | None:
+    timeout = _optional_float(settings.get("server.body_timeout"))
+    return None if timeout is None else BodyDeadlines(timeout)
 
 
 def _images(settings: Settings) -> ImageFetcher:

@@ -26,8 +26,9 @@ CONFIG_ENV = "GAUD_CONFIG"
 
 def prepare_store(settings: Settings) -> None:
     """What must run once before workers start: migrations, audit records spilled at the last
-    shutdown and, with auth on, the first admin."""
+    shutdown or held by a killed process and, with auth on, the first admin."""
     from ..accounts.audit import audit_spill_dir, import_spilled
+    from ..accounts.journal import reconcile_journals
     from ..accounts.store import Store
     from .server import _first_admin
 
@@ -35,6 +36,7 @@ def prepare_store(settings: Settings) -> None:
     try:
         store.migrate()
         import_spilled(store, audit_spill_dir(settings))
+        reconcile_journals(store, audit_spill_dir(settings))
         if settings.get("auth.enabled"):
             _first_admin(store)
     finally:

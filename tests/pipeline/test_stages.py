@@ -80,7 +80,10 @@ class FakeAudit:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    async def add(self, record: dict[str, Any]) -> None:
+    def accepted(self, request_id: str, principal: Any, model: Any, stream: bool) -> int | None:
+        return None  # no journal
+
+    async def add(self, record: dict[str, Any], journaled: int | None = None) -> None:
         self.records.append(record)
 
 
@@ -169,9 +172,9 @@ class Recording(Pipeline):
         self.calls.append("settle")
         await super().settle(exchange)
 
-    def audit(self, exchange: Exchange) -> Awaitable[None]:
+    def audit(self, exchange: Exchange, journaled: int | None = None) -> Awaitable[None]:
         self.calls.append("audit")
-        return super().audit(exchange)
+        return super().audit(exchange, journaled)
 
 
 def pipeline(failure: GatewayError | None = None, principal: Principal | None = USER) -> Recording:

@@ -118,9 +118,9 @@ def test_finish_of_an_empty_stream_still_has_an_id_and_the_role():
     assert out[1] == "[DONE]"
 
 
-def test_an_error_event_then_done():
+def test_an_error_event_and_no_done():
     body = {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}
-    assert events(writer().error(body)) == [body, "[DONE]"]
+    assert events(writer().error(body)) == [body]
 
 
 # ----------------------------------------------------------------------- MessageAssembler

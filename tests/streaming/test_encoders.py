@@ -26,7 +26,8 @@ DEMO_SPEC = compile_ingress("demo", "a test format", DEMO)
 
 def test_chunk_writer_renders_the_gateway_error_itself() -> None:
     error = RateLimited("slow down")
-    assert ChunkWriter(model="m", created=7).error(error) == b"data: " + orjson.dumps(error.to_openai()) + b"\n\ndata: [DONE]\n\n"
+    # No [DONE] after it: a client that reads no error events must not take the reply as whole.
+    assert ChunkWriter(model="m", created=7).error(error) == b"data: " + orjson.dumps(error.to_openai()) + b"\n\n"
 
 
 def test_stream_identity() -> None:

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...accounts.store import Store
+from ..asgi import BodyDeadlines
 from ..asgi_headers import ResponseHeaders
 from .context import Dashboard
 from .health import health
@@ -82,16 +83,18 @@ def dashboard_app(
     auth_enabled: bool = True,
     sessions: Sessions | None = None,
     clock: Callable[[], float] = time.time,
+    body_deadlines: BodyDeadlines | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app, to mount at /ui: `Mount("/ui", app=dashboard_app(...))`.
 
     `gateway` is the running Gateway (its catalog, routes and circuit breakers are shown).
     With `auth_enabled` false the gateway serves everyone as the local admin, and so does this:
-    no login, and every page says so.
+    no login, and every page says so. `body_deadlines` bound the time to send a form (server.body_timeout).
     """
     if sessions is None:
         sessions = Sessions(store, clock=clock)
     ui = Dashboard(store, gateway, auth_enabled=auth_enabled, sessions=sessions, clock=clock)
+    ui.body_deadlines = body_deadlines
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)

@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ...accounts.auth import LOCAL_USER
 from ...accounts.store import KEY_PREFIX, Principal, Store
+from ..asgi import BodyDeadlines
 from . import queries
 from .charts import format_count, format_money
 from .forms import FormError, read_form, same_origin
@@ -87,6 +88,7 @@ class Dashboard:
         self.stylesheet = (HERE / "static" / "dashboard.css").read_bytes()
         self.local_csrf = secrets.token_urlsafe(32)  # the forms' token when auth is off (no sessions)
         self.signins: dict[str, SignInFlow] = {}  # provider -> its latest sign-in flow in this process
+        self.body_deadlines: BodyDeadlines | None = None  # how long a form may take to arrive
 
     # -- responses --------------------------------------------------------------------------------
     @staticmethod
@@ -178,7 +180,7 @@ class Dashboard:
             log.warning("dashboard: refused a cross-origin %s %s", request.method, request.url.path)
             return self.error(request, viewer, 403, "Refused: this form was not sent from this site.")
         try:
-            form = await read_form(request)
+            form = await read_form(request, self.body_deadlines)
         except FormError as exc:
             return self.error(request, viewer, exc.status, exc.message)
         if not hmac.compare_digest(form.get("csrf", "").encode(), viewer.csrf.encode()):

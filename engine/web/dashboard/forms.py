@@ -7,6 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 
+from ..asgi import BodyDeadlines
+
 __all__ = ["MAX_FORM_BYTES", "FormError", "money_field", "read_form", "same_origin"]
 
 MAX_FORM_BYTES = 16 * 1024
@@ -21,21 +23,30 @@ class FormError(Exception):
         self.message = message
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """A small urlencoded form body (no multipart: the dashboard's forms are plain fields)."""
+async def read_form(request: Request, deadlines: BodyDeadlines | None = None) -> dict[str, str]:
+    """A small urlencoded form body (no multipart: the dashboard's forms are plain fields), sent
+    within `deadlines` (server.body_timeout)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise FormError(415, "Forms must be sent as application/x-www-form-urlencoded.")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise FormError(413, "The form is too large.")
+    try:
+        body = await (_form_body(request) if deadlines is None else deadlines.run(_form_body(request)))
+    except TimeoutError:
+        raise FormError(408, "The form was not received in time.") from None
     try:
         parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):
         raise FormError(400, "The form could not be read.") from None
     return {name: values[0] for name, values in parsed.items()}
+
+
+async def _form_body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormError(413, "The form is too large.")
+    return body
 
 
 def same_origin(request: Request) -> bool:

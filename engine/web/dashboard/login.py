@@ -42,7 +42,7 @@ async def admin_of_login_form(ui: Dashboard, request: Request) -> Principal:
     """Who the posted key belongs to; FormError unless the form is ours and the key an admin's."""
     if not same_origin(request):
         raise FormError(403, "Refused: this form was not sent from this site.")
-    form = await read_form(request)
+    form = await read_form(request, ui.body_deadlines)
     key = form.get("key", "").strip()
     principal = None
     if key:
