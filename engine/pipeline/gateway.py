@@ -221,8 +221,7 @@ class Gateway:
                 try:
                     if planned.rpm or planned.tpm:
                         await self._take_deployment_limits(planned, exchange)
-                    deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
-                    result = await deadline.run(attempt(planned))
+                    result = await self._within_deadline(ends, planned, exchange, attempt)
                 except BaseException as exc:
                     # Whatever ended the attempt reaches its breaker; cancellation (the client
                     # went away) as neither success nor failure, its probe released.
@@ -266,6 +265,14 @@ class Gateway:
                         result.headers["x-gaud-cost-estimated"] = "true"
                     return result
         raise self._all_failed(plan.alias, failures)
+
+    async def _within_deadline(
+        self, ends: float, planned: PlannedTarget, exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]
+    ) -> R:
+        """One attempt call within its deadline (engine.pipeline.deadlines), which the relay of a
+        stream keeps to after the call has returned (`exchange.deadline`)."""
+        deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
+        return await deadline.run(attempt(planned))
 
     async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
         """Why a provider cannot be called here, or None. Its required variables are looked up once
