@@ -138,7 +138,7 @@ class MemoryUpstream:
         self._bodies = {a: upstream_reply(a) for a in (False, True)}
         self._events = {a: upstream_events(a) for a in (False, True)}
 
-    async def send(self, request: Any, *, timeout: float | None = None) -> Any:
+    async def send(self, request: Any, *, timeout: float | None = None, deadline: Any = None) -> Any:
         orjson.dumps(request.body)  # what the real one does before sending
         anthropic = request.url.endswith("/messages")
         return self._reply(200, {"content-type": "application/json"}, self._bodies[anthropic])

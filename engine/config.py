@@ -35,7 +35,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "log": {"level": "info", "format": "auto", "flush_interval": 0.2},
     # /metrics needs an admin key when auth is on, unless require_admin is false.
     "metrics": {"require_admin": True},
-    "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256},
+    # Seconds. read_timeout: the longest wait for one socket read (a ping resets it).
+    # total_timeout: one attempt in all, a stream's relay included; 20 min is ~48k output tokens
+    #   at 40 tokens/s, so long reasoning streams finish.
+    # idle_timeout: no content once the upstream has answered (its headers): in a stream text,
+    #   reasoning or tool calls, not pings or comments; in a JSON body anything but whitespace.
+    #   5 min lets a model reason silently before its first token, and still ends a stuck
+    #   upstream that only pings. Before the headers, read_timeout bounds the silence.
+    # request_deadline: the whole request, retries, backoff sleeps and fallbacks included: one
+    #   full-length attempt plus 10 min for the others. null: no limit. routes.yaml deployments
+    #   may set their own total_timeout and idle_timeout.
+    "upstream": {"connect_timeout": 10.0, "read_timeout": 600.0, "max_connections": 256,
+                 "total_timeout": 1200.0, "idle_timeout": 300.0, "request_deadline": 1800.0},
     "limits": {
         "max_body_bytes": 20 * 1024 * 1024,
         "max_messages": 2048,

@@ -39,6 +39,7 @@ from ..spec.provider import ProviderSpec
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
 from ..streaming.encoders import EncoderFactory, StreamEncoder
 from .breaker import HALF_OPEN
+from .deadlines import AttemptDeadline, Deadlines
 from .embeddings import build_embeddings_request, embeddings_from_reply
 from .images import ImageFetcher, inline_image_urls
 from .pricing import Price, Quote, cost_of
@@ -103,6 +104,8 @@ class Exchange:
     admission: Admission | None = None
     reservation: Reservation | None = None
     status: int = 200
+    #: The current attempt's deadline (engine.pipeline.deadlines); a stream's relay keeps to it.
+    deadline: AttemptDeadline | None = None
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -154,6 +157,7 @@ class Gateway:
         metrics: Metrics | None = None,
         credentials: Any = None,
         allow_unlisted: bool = False,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
@@ -165,6 +169,7 @@ class Gateway:
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
         self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
+        self.deadlines = deadlines or Deadlines()
 
     def reload(self, catalog: Catalog) -> None:
         """Serve a new catalog from now on. Requests already planned finish on the old one; breaker
@@ -190,6 +195,7 @@ class Gateway:
         exchange.estimated_tokens = plan.facts["estimated_tokens"]
         failures: list[tuple[Target, GatewayError]] = []
         total = 0
+        ends = self.deadlines.request_ends()
         for planned in plan.targets:
             target = planned.target
             if target.provider.name in self.router.unconfigured and (skip := await self.not_configured(target.provider)):
@@ -199,6 +205,7 @@ class Gateway:
             breaker = self.router.breakers[target.name]
             tries = 0
             while True:
+                self.deadlines.check(ends, total, failures)  # no attempt starts after the request's deadline
                 if not breaker.allow():
                     log.info("skipping %s: circuit breaker open", target.name)
                     break
@@ -214,7 +221,7 @@ class Gateway:
                 try:
                     if planned.rpm or planned.tpm:
                         await self._take_deployment_limits(planned, exchange)
-                    result = await attempt(planned)
+                    result = await self._within_deadline(ends, planned, exchange, attempt)
                 except BaseException as exc:
                     # Whatever ended the attempt reaches its breaker; cancellation (the client
                     # went away) as neither success nor failure, its probe released.
@@ -229,7 +236,7 @@ class Gateway:
                     facts = activation(plan.facts, attempt=tries, target=target, error=error)
                     if plan.policy.retry is not None and plan.policy.retry.matches(facts):
                         delay = plan.policy.backoff.delay(tries, error.retry_after, self.rng)
-                        if delay is not None and breaker.state != "open":
+                        if delay is not None and breaker.state != "open" and self.deadlines.allows(ends, delay):
                             log.info("retrying %s in %.2f s after %s (attempt %d)", target.name, delay, error.kind, tries)
                             exchange.outside_seconds += delay
                             if self.metrics is not None:
@@ -258,6 +265,14 @@ class Gateway:
                         result.headers["x-gaud-cost-estimated"] = "true"
                     return result
         raise self._all_failed(plan.alias, failures)
+
+    async def _within_deadline(
+        self, ends: float, planned: PlannedTarget, exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]
+    ) -> R:
+        """One attempt call within its deadline (engine.pipeline.deadlines), which the relay of a
+        stream keeps to after the call has returned (`exchange.deadline`)."""
+        deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
+        return await deadline.run(attempt(planned))
 
     async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
         """Why a provider cannot be called here, or None. Its required variables are looked up once
@@ -401,7 +416,7 @@ class Gateway:
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
         if target.provider.endpoints["chat"].stream_only:
-            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens)
+            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline)
         else:
             request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
             raw = await self._exchange_json(planned, request, exchange)
@@ -414,7 +429,7 @@ class Gateway:
         """Send one non-streaming request; the parsed JSON reply, or the classified error."""
         target = planned.target
         sent = time.perf_counter()
-        reply = await self.upstream.send(request, timeout=planned.timeout)
+        reply = await self.upstream.send(request, timeout=planned.timeout, deadline=exchange.deadline)
         exchange.outside_seconds += time.perf_counter() - sent
         if reply.status >= 400:
             raise error_from_reply(target, reply.status, reply.body, reply.headers)
@@ -424,15 +439,16 @@ class Gateway:
             raise ResponseParsing(f"{target.provider.name} returned a reply that is not JSON") from None
 
     async def _chat_from_stream(
-        self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+        self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
+        deadline: AttemptDeadline | None = None,
     ) -> dict[str, Any]:
         """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
         target = planned.target
         assembler = MessageAssembler(target.provider.special_tokens)
         state = StreamState()
         async with AsyncExitStack() as stack:
-            response = await self._open(stack, planned, body, estimated_tokens)
-            async for deltas in self._reads(target, response, EventReader(target.provider.stream, state)):
+            response = await self._open(stack, planned, body, estimated_tokens, deadline)
+            async for deltas in self._reads(target, response, EventReader(target.provider.stream, state), deadline):
                 assembler.add(deltas)
         out = {
             "id": state.id,
@@ -480,7 +496,7 @@ class Gateway:
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
-            response = await self._open(stack, planned, body, exchange.estimated_tokens)
+            response = await self._open(stack, planned, body, exchange.estimated_tokens, exchange.deadline)
             pieces = self._relay(planned.target, response, body["model"], include_usage, exchange, encoder)
             first = await pieces.__anext__()
             exchange.first_byte = time.perf_counter()
@@ -517,20 +533,27 @@ class Gateway:
         return result
 
     async def _open(
-        self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None
+        self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
+        deadline: AttemptDeadline | None = None,
     ) -> Any:
         target = planned.target
         request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
+        if deadline is not None:  # idle and total timeouts on the body, also while it is relayed
+            deadline.watch(response.content)
+            stack.callback(deadline.stop)
         if response.status >= 400:
             payload = await response.read()
             raise error_from_reply(target, response.status, payload, response.headers)
         return response
 
-    async def _reads(self, target: Target, response: Any, reader: Any) -> AsyncIterator[Any]:
+    async def _reads(
+        self, target: Target, response: Any, reader: Any, deadline: AttemptDeadline | None = None
+    ) -> AsyncIterator[Any]:
         """Upstream bytes -> what the stream's reader makes of each read: lists of neutral deltas,
         or bytes to forward (`stream.passthrough`). All frames of one upstream read go out
-        together: one client write, not one per frame."""
+        together: one client write, not one per frame. A read that generated characters is
+        content for the idle timeout (a ping or comment is not)."""
         state = reader.state
         try:
             async for chunk in iter_chunks(response):
@@ -540,6 +563,8 @@ class Gateway:
                     if failure.partial:  # what came before the failure still reaches the client first
                         yield failure.partial
                     raise
+                if deadline is not None:
+                    deadline.content(reader.output_chars)
                 if batch:
                     yield batch
                 if state.done:
@@ -588,9 +613,9 @@ class Gateway:
             return stream_usage(spec, state.raw_usage, reader.output_chars, exchange.estimated_tokens, whole=whole)
 
         try:
-            async for batch in self._reads(target, response, reader):
+            async for batch in self._reads(target, response, reader, exchange.deadline):
                 piece = batch if forwarded else writer.write(batch, state.id, state.model)
-                if piece:
+                if piece and (sent or state.frames or not forwarded):  # comments alone are no first byte
                     sent = True
                     yield piece
             finished = True

@@ -34,6 +34,9 @@ class PlannedTarget:
     timeout: float | None = None
     rpm: float | None = None
     tpm: float | None = None
+    #: The deployment's own `total_timeout` / `idle_timeout` (None: the upstream.* settings).
+    total_timeout: float | None = None
+    idle_timeout: float | None = None
 
 
 @dataclass
@@ -213,7 +216,10 @@ class Router:
             eligible.append((candidate, target))
         if not eligible:
             raise NotFound(f"No deployment of '{route.name}' applies to this request.", param="model")
-        planned = [PlannedTarget(t, c.timeout, c.rpm, c.tpm) for c, t in self._order(route, eligible)]
+        planned = [
+            PlannedTarget(t, c.timeout, c.rpm, c.tpm, c.total_timeout, c.idle_timeout)
+            for c, t in self._order(route, eligible)
+        ]
         if explain:
             self._note_skips(planned, notes)
         return Plan(route.name, route, planned, route.policy, facts, notes)

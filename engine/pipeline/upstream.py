@@ -20,6 +20,7 @@ import orjson
 from yarl import URL
 
 from ..errors import UpstreamConnection, UpstreamTimeout
+from .deadlines import AttemptDeadline
 
 __all__ = ["Upstream", "UpstreamReply", "UpstreamRequest", "iter_chunks", "map_upstream_errors"]
 
@@ -114,8 +115,13 @@ class Upstream:
             )
         return timeout
 
-    async def send(self, request: UpstreamRequest, *, timeout: float | None = None) -> UpstreamReply:
-        """A whole (non-streaming) exchange; `timeout` overrides the read timeout."""
+    async def send(
+        self, request: UpstreamRequest, *, timeout: float | None = None, deadline: AttemptDeadline | None = None
+    ) -> UpstreamReply:
+        """A whole (non-streaming) exchange; `timeout` overrides the read timeout, which bounds one
+        socket read only. The gateway runs each attempt within its total timeout; `deadline` also
+        holds a body that is still coming when the headers are in to its idle timeout, which
+        whitespace does not reset (engine.pipeline.deadlines)."""
         session = self._session_or_start()
         started = time.monotonic()
         with map_upstream_errors(request.url, started):
@@ -126,7 +132,10 @@ class Upstream:
                 headers=_with_json(request.headers),
                 timeout=self._timeout(timeout),
             ) as response:
-                body = await response.read()
+                if deadline is None or response.content.is_eof():  # whole already: no timer needed
+                    body = await response.read()
+                else:
+                    body = await _read_watched(response, deadline)
                 return UpstreamReply(response.status, response.headers, body)
 
     @asynccontextmanager
@@ -161,6 +170,20 @@ async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     with map_upstream_errors(str(response.url), started):
         async for chunk in response.content.iter_any():
             yield chunk
+
+
+async def _read_watched(response: aiohttp.ClientResponse, deadline: AttemptDeadline) -> bytes:
+    """A body read under the attempt's idle timeout: only bytes other than whitespace are content."""
+    deadline.watch(response.content)
+    chunks = []
+    try:
+        async for chunk in response.content.iter_any():
+            if not chunk.isspace():
+                deadline.touch()
+            chunks.append(chunk)
+    finally:
+        deadline.stop()
+    return b"".join(chunks)
 
 
 def _with_json(headers: dict[str, str]) -> dict[str, str]:

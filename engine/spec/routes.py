@@ -76,6 +76,9 @@ class Candidate:
     when: Rule | None = None
     rpm: float | None = None
     tpm: float | None = None
+    #: Per attempt: seconds in all, and without content in a stream (None: upstream.* settings).
+    total_timeout: float | None = None
+    idle_timeout: float | None = None
 
 
 @dataclass
@@ -157,6 +160,8 @@ def compile_routes(raw: dict[str, Any]) -> RouteTable:
                 when=_rule(c.get("when"), f"{where}/candidates/{i}/when"),
                 rpm=c.get("rpm"),
                 tpm=c.get("tpm"),
+                total_timeout=c.get("total_timeout"),
+                idle_timeout=c.get("idle_timeout"),
             )
             for i, c in enumerate(route.get("candidates", []))
         ]

@@ -42,6 +42,7 @@ from ..accounts.store import Principal, Store
 from ..config import Settings
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..metrics import Metrics
+from ..pipeline.deadlines import Deadlines
 from ..pipeline.gateway import Gateway
 from ..pipeline.images import ImageFetcher
 from ..pipeline.probe import unreachable_local
@@ -440,7 +441,8 @@ def build_services(
         raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
     limiter, cache = _shared_state(settings)
     gateway = Gateway(catalog, upstream, _images(settings), limiter=limiter, credentials=_credentials(store, catalog),
-                      allow_unlisted=bool(settings.get("routing.allow_unlisted_models")))
+                      allow_unlisted=bool(settings.get("routing.allow_unlisted_models")),
+                      deadlines=Deadlines.from_settings(settings.get))
     guards = Guards(
         limiter,
         cache,
