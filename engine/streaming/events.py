@@ -103,6 +103,8 @@ class StreamSpec:
             key = get(obj, self._key_tokens)
         else:
             key = None
+        if isinstance(key, (list, dict)):  # a key must be a name: this frame is not the spec's shape
+            raise StreamFailure("response_parsing", f"upstream sent a malformed stream frame: {data[:80]!r}")
         actions = self.handlers.get(key, self.default) if key is not None else self.default
         if actions is None:
             raise StreamFailure("response_parsing", f"upstream sent an unknown stream event {key!r}")

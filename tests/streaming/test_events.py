@@ -196,6 +196,14 @@ def test_an_unknown_event_without_a_default_is_a_parsing_failure():
         handle({"key": "event", "events": {"a": ["ignore"]}}, {}, event=None)
 
 
+@pytest.mark.parametrize("key", [["content-delta"], {"a": 1}])
+def test_a_key_that_is_a_list_or_an_object_is_a_parsing_failure(key):
+    spec = {"key": "/type", "events": {"content-delta": [{"text": "/text"}], "_default": ["ignore"]}}
+    with pytest.raises(StreamFailure, match="malformed stream frame") as failure:
+        handle(spec, {"type": key, "text": "a"})
+    assert failure.value.kind == "response_parsing"
+
+
 def test_frames_are_dispatched_by_a_pointer_key_or_by_nothing():
     keyed = {"key": "/type", "events": {"a": [{"text": "/t"}], "_default": [{"reasoning": "/t"}]}}
     assert handle(keyed, {"type": "a", "t": "x"})[0] == [("text", "x")]
