@@ -59,7 +59,9 @@ def test_param_names_the_offending_field(gateway, upstream):
 
 def test_body_over_the_limit(gateway, upstream):
     big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 10)}]}
-    _assert_openai_error(httpx.post(f"{gateway.url}/v1/chat/completions", json=big), 413, "request_too_large")
+    reply = httpx.post(f"{gateway.url}/v1/chat/completions", json=big)
+    _assert_openai_error(reply, 413, "request_too_large")
+    assert reply.headers["connection"] == "close"  # the rest of the body is not read: the sender is stopped
     assert upstream.requests == []
 
 

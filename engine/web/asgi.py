@@ -105,12 +105,15 @@ class BodyLimit:
 
 
 def _too_large(max_bytes: int) -> InvalidRequest:
-    return InvalidRequest(f"The request body exceeds {max_bytes} bytes.", code="request_too_large", status=413)
+    return _unread_body(InvalidRequest(f"The request body exceeds {max_bytes} bytes.", code="request_too_large", status=413))
 
 
 def _too_slow(timeout: float) -> InvalidRequest:
-    error = InvalidRequest(f"The request body was not received within {timeout:g} s.", code="request_timeout", status=408)
-    # The rest of the body is never read: closing the connection stops the sender.
+    return _unread_body(InvalidRequest(f"The request body was not received within {timeout:g} s.", code="request_timeout", status=408))
+
+
+def _unread_body(error: InvalidRequest) -> InvalidRequest:
+    """The rest of the body is never read: closing the connection stops the sender."""
     error.headers = {"connection": "close"}  # type: ignore[attr-defined]
     return error
 
