@@ -69,6 +69,9 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    #: Raised by the gateway before the upstream was contacted (a deployment's own rate limit, a
+    #: request it could not build): says nothing of the deployment's health, so no breaker outcome.
+    before_upstream = False
 
     def __init__(
         self,

@@ -292,6 +292,23 @@ def test_a_malformed_image_url_is_a_400_naming_it(gw, upstream, url):
     run(gw, scenario)
 
 
+def test_a_request_refused_before_the_upstream_proves_nothing_to_a_half_open_breaker(gw, upstream):
+    """A malformed image URL (refused by the gateway, no upstream contact) neither closes a
+    half-open breaker nor keeps its probe: the next request probes the deployment itself."""
+    async def scenario() -> None:
+        breaker = gw.router.breakers["gemini/gemini-2.5-flash"]
+        breaker.record_failure()
+        breaker.record_failure()
+        assert breaker.state == "open"
+        gw.test_clock.now += 10  # type: ignore[attr-defined]
+        error = await outcome(gw, picture("http://[::1/a.png"))
+        assert isinstance(error, InvalidRequest) and upstream.requests == []
+        assert breaker.state == "half_open" and not breaker.probe_in_flight
+        assert breaker.consecutive_failures == 2
+
+    run(gw, scenario)
+
+
 @pytest.mark.parametrize("location", ["ftp://example.com/a.png", "http://[::1/a.png", "http://127.0.0.1:99999/a.png"])
 def test_a_redirect_to_a_malformed_url_is_a_400_naming_it(gw, upstream, location):
     async def scenario() -> None:

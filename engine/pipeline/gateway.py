@@ -227,7 +227,7 @@ class Gateway:
                     # went away) as neither success nor failure, its probe released.
                     self.router.finished(target.name, None)
                     error = self._attempt_error(target, exc)
-                    kind = None if error is None or error.kind in NEUTRAL_KINDS else error.kind
+                    kind = None if error is None or error.kind in NEUTRAL_KINDS or error.before_upstream else error.kind
                     breaker.record(None if kind is None else kind not in BREAKER_KINDS, probe=probe)
                     if error is None:
                         raise
@@ -318,7 +318,9 @@ class Gateway:
             takes.append((f"deployment:{name}:tpm", Limit(float(planned.tpm)), float(exchange.estimated_tokens or 1)))
         decisions = await self.limiter.take_many(takes)
         if not decisions[0].allowed:
-            raise RateLimited(f"{name} is at its configured rate limit.", retry_after=retry_after(decisions))
+            error = RateLimited(f"{name} is at its configured rate limit.", retry_after=retry_after(decisions))
+            error.before_upstream = True
+            raise error
 
     @staticmethod
     def _all_failed(alias: str, failures: list[tuple[Target, GatewayError]]) -> GatewayError:
@@ -361,12 +363,16 @@ class Gateway:
     ) -> UpstreamRequest:
         """The upstream request for one deployment: remote images fetched when the spec says so,
         mapped, and signed for a signed-in provider. The awaits happen only when there is I/O."""
-        if target.provider.inline_image_urls:
-            body = await inline_image_urls(body, self.images)
-        request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
-        auth = target.provider.auth
-        if self.credentials is not None and auth is not None and auth.dynamic:
-            request = await self._signed(target, request)
+        try:
+            if target.provider.inline_image_urls:
+                body = await inline_image_urls(body, self.images)
+            request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
+            auth = target.provider.auth
+            if self.credentials is not None and auth is not None and auth.dynamic:
+                request = await self._signed(target, request)
+        except GatewayError as error:
+            error.before_upstream = True
+            raise
         return request
 
     # -- non-streaming --------------------------------------------------------------------------
