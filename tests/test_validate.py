@@ -305,15 +305,8 @@ def test_route_to_a_model_alias_is_fine(tree: Path) -> None:
     assert validate(str(tree))[0] == 0
 
 
-ACME_MODELS = """\
-models:
-  acme-large:
-    aliases: [acme-large-001]
-    context_window: 128000
-    max_output_tokens: 8192
-    capabilities: [tools]
-
-"""
+#: ACME's whole `models:` section, to delete it.
+ACME_MODELS = ACME[ACME.index("\nmodels:\n") + 1 : ACME.index("\nrequest:\n") + 1]
 
 
 def test_route_to_a_provider_without_models_needs_a_price(tree: Path) -> None:
