@@ -72,6 +72,16 @@ BREAKER_KINDS = frozenset({
 #: Failures that say nothing of the deployment (the server's shutdown ended the attempt): neither.
 NEUTRAL_KINDS = frozenset({"shutdown"})
 
+
+def breaker_outcome(error: GatewayError | None) -> bool | None:
+    """What an attempt that ended with `error` (None: complete) tells its deployment's breaker:
+    True healthy, False a failure, None nothing (a shutdown, a refusal before the upstream)."""
+    if error is None:
+        return True
+    if error.kind in NEUTRAL_KINDS or error.before_upstream:
+        return None
+    return error.kind not in BREAKER_KINDS
+
 R = TypeVar("R", "ChatResult", "StreamResult")
 
 
@@ -227,8 +237,7 @@ class Gateway:
                     # went away) as neither success nor failure, its probe released.
                     self.router.finished(target.name, None)
                     error = self._attempt_error(target, exc)
-                    kind = None if error is None or error.kind in NEUTRAL_KINDS or error.before_upstream else error.kind
-                    breaker.record(None if kind is None else kind not in BREAKER_KINDS, probe=probe)
+                    breaker.record(None if error is None else breaker_outcome(error), probe=probe)
                     if error is None:
                         raise
                     error.attempts = tries
@@ -288,6 +297,7 @@ class Gateway:
             except GatewayError:  # signed in, but it no longer works: the attempt says why
                 return None
         return NotConfigured(f"{spec.name} is not configured: {hint}")
+
     @staticmethod
     def _attempt_error(target: Target, exc: BaseException) -> GatewayError | None:
         """What a failed attempt counts as: its GatewayError; any other exception as
@@ -518,9 +528,7 @@ class Gateway:
                 yield first
                 async for piece in pieces:
                     yield piece
-                ok = exchange.error is None or exchange.error.kind not in BREAKER_KINDS
-                if exchange.error is not None and exchange.error.kind in NEUTRAL_KINDS:
-                    ok = None
+                ok = breaker_outcome(exchange.error)
             except Exception:
                 ok = False
                 raise
