@@ -33,6 +33,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import InvalidRequest
+from .sweep import Sweep
 
 __all__ = ["GuardedHttpProtocol"]
 
@@ -51,29 +52,6 @@ def _timeout_response(header_timeout: float) -> bytes:
     return head.encode() + body
 
 
-class _HeaderSweep:
-    """The header deadlines of one event loop's connections, checked by one timer a tick apart (a
-    quarter of header_timeout, at most 1 s): a request then costs a float stored, not a timer
-    armed and cancelled (measured under wrk: ~4 us a request with a uvloop timer each)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
-        self.loop = loop
-        self.tick = tick
-        self.connections: set[GuardedHttpProtocol] = set()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def add(self, connection: GuardedHttpProtocol) -> None:
-        self.connections.add(connection)
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.tick, self.check)
-
-    def check(self) -> None:
-        now = monotonic()
-        for late in [c for c in self.connections if c.headers_due is not None and c.headers_due <= now]:
-            late.headers_late()
-        self.timer = self.loop.call_later(self.tick, self.check) if self.connections else None
-
-
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with `header_timeout` and `send_timeout` (see the module).
 
@@ -82,7 +60,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     header_timeout: float | None = 10.0
     send_timeout: float | None = 30.0
-    _sweeps: ClassVar[dict[asyncio.AbstractEventLoop, _HeaderSweep]] = {}  # one per event loop
+    _sweeps: ClassVar[dict[asyncio.AbstractEventLoop, Sweep[GuardedHttpProtocol]]] = {}  # one per event loop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,7 +68,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.headers_due: float | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._answered_scope: object = None  # the scope of the last request whose headers arrived
-        self._sweep: _HeaderSweep | None = None
+        self._sweep: Sweep[GuardedHttpProtocol] | None = None
 
     @classmethod
     def configure(cls, *, header_timeout: float | None, send_timeout: float | None) -> None:
@@ -104,7 +82,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.header_timeout is not None:
             sweep = self._sweeps.get(self.loop)
             if sweep is None:
-                sweep = self._sweeps[self.loop] = _HeaderSweep(self.loop, min(1.0, self.header_timeout / 4))
+                sweep = self._sweeps[self.loop] = Sweep(
+                    min(1.0, self.header_timeout / 4), GuardedHttpProtocol._headers_due, GuardedHttpProtocol.headers_late
+                )
             sweep.add(self)
             self._sweep = sweep
             self.headers_due = monotonic() + self.header_timeout
@@ -119,6 +99,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Not when the next request's headers are already in (pipelined: its cycle now runs).
         if self.header_timeout is not None and not self.transport.is_closing() and self.cycle.response_complete:
             self.headers_due = monotonic() + self.header_timeout
+
+    def _headers_due(self) -> float | None:
+        return self.headers_due
 
     def headers_late(self) -> None:
         self.headers_due = None
@@ -154,8 +137,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.headers_due = None
         sweep = self._sweep
         if sweep is not None:
-            sweep.connections.discard(self)
-            if not sweep.connections and self._sweeps.get(self.loop) is sweep:
+            sweep.discard(self)
+            if not sweep.things and self._sweeps.get(self.loop) is sweep:
                 del self._sweeps[self.loop]  # its timer stops at its next tick; a later connection starts another
         if self._send_timer is not None:
             self._send_timer.cancel()
