@@ -302,6 +302,9 @@ def test_keys_cli_create_update_list(tmp_path):
         refused = runner.invoke(main, ["keys", "update", prefix, *args], env=env)
         assert refused.exit_code != 0 and message in refused.output, refused.output
     assert runner.invoke(main, ["keys", "update", "sk-gaud-000000000000", "--label", "x"], env=env).exit_code == 1
+    for user in ("  ", "x" * 201, "tab\there"):  # the user's name as POST /admin/keys checks it
+        refused = runner.invoke(main, ["keys", "create", "--user", user], env=env)
+        assert refused.exit_code != 0 and "'user' is required (1 to 200 printable characters)" in refused.output
     for command in (["keys", "update", "--help"], ["keys", "create", "--help"]):
         assert "every key of that user" in runner.invoke(main, command).output
 

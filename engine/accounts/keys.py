@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 
-__all__ = ["KEY_FIELDS", "USER_FIELDS", "ModelPatterns", "key_changes", "model_patterns"]
+__all__ = ["KEY_FIELDS", "USER_FIELDS", "ModelPatterns", "key_changes", "model_patterns", "parse_user"]
 
 #: Fields stored on the key itself.
 KEY_FIELDS = ("models", "expires_at", "label")
@@ -130,6 +130,13 @@ def _expiry_text(value: str, now: float) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def parse_user(value: Any) -> str:
+    """The name of the user a new key is for (created if new)."""
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_TEXT or not value.isprintable():
+        raise InvalidRequest(f"'user' is required (1 to {MAX_TEXT} printable characters).", param="user")
+    return value.strip()
 
 
 def parse_label(value: Any) -> str | None:

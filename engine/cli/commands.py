@@ -264,15 +264,19 @@ def keys() -> None:
     """Create, list, update and revoke gateway API keys."""
 
 
-def _key_changes(raw: dict[str, Any]) -> dict[str, Any]:
-    """The options given, validated as POST /admin/keys validates them (engine.accounts.keys)."""
-    from ..accounts.keys import key_changes
+def _key_changes(raw: dict[str, Any], *, user: str | None = None) -> dict[str, Any]:
+    """The options given, validated as POST /admin/keys validates them (engine.accounts.keys);
+    with `user` (a new key), its name as `user` too."""
+    from ..accounts.keys import key_changes, parse_user
     from ..errors import GatewayError
 
     try:
-        return key_changes({name: value for name, value in raw.items() if value is not None})
+        changes = key_changes({name: value for name, value in raw.items() if value is not None})
+        if user is not None:
+            changes["user"] = parse_user(user)
     except GatewayError as exc:
         raise click.ClickException(exc.message) from None
+    return changes
 
 
 def _key_line(info: Any) -> str:
@@ -313,10 +317,9 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
         gaud-engine keys create --user alice --budget-daily 5 --models smart,fast-* --expires 30d
     """
     fields = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
-                           "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label})
-    if "expires_at" in fields and fields["expires_at"] is None:
-        del fields["expires_at"]
-    key, info = _store(config_file).create_key(user.strip(), **fields)
+                           "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label},
+                          user=user)
+    key, info = _store(config_file).create_key(fields.pop("user"), **fields)
     click.echo(f"Key {_key_line(info)}, shown once:\n  {key}")
 
 

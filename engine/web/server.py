@@ -35,7 +35,7 @@ from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.guards import Guards
 from ..accounts.journal import Journal, reconcile_journals
-from ..accounts.keys import key_changes
+from ..accounts.keys import key_changes, parse_user
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
@@ -178,13 +178,9 @@ async def admin_keys(request: Request) -> Response:
         keys = await asyncio.to_thread(services.store.list_keys)
         return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
     body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
-    user = body.get("user")
-    if not isinstance(user, str) or not user.strip() or len(user.strip()) > 200 or not user.isprintable():
-        raise InvalidRequest("'user' is required (1 to 200 printable characters).", param="user")
-    fields = key_changes({"role": "member", **body})  # the same validation as `keys create`
-    if fields.get("expires_at", 0) is None:
-        del fields["expires_at"]
-    key, info = await asyncio.to_thread(services.store.create_key, user.strip(), **fields)
+    user = parse_user(body.get("user"))  # the same validation as `keys create`
+    fields = key_changes({"role": "member", **body})
+    key, info = await asyncio.to_thread(services.store.create_key, user, **fields)
     return JSONResponse({"key": key, **_key_json(info)}, status_code=201)
 
 
