@@ -62,14 +62,21 @@ def test_record_stores_exchanges_without_credentials(tmp_path: Path, upstream: F
     assert [r.headers.get("Authorization") for r in upstream.requests] == [f"Bearer {secret}"] * 3
     assert [r.path for r in upstream.requests] == ["/v1/chat/completions"] * 3
     assert upstream.requests[2].body["stream"] is True
-    # ... and never stored: no headers, and the key scrubbed from the reply that quoted it.
+    # ... and never stored: the header is recorded with the variable's placeholder, and the key is
+    # replaced by it in the reply that quoted it too.
     for path in folder.glob("*.yaml"):
         text = path.read_text()
-        assert secret not in text and "Authorization" not in text and "Bearer" not in text, path.name
+        assert secret not in text and secret[4:-4] not in text, path.name
     text = yaml.safe_load((folder / "recorded-text.yaml").read_text())
-    assert text["upstream"]["body"]["choices"][0]["message"]["content"] == "The sea is salty; your key [redacted] works."
-    assert text["expect"]["response"]["choices"][0]["message"]["content"].endswith("[redacted] works.")
+    assert text["upstream"]["body"]["choices"][0]["message"]["content"] == "The sea is salty; your key <OPENAI_API_KEY> works."
+    assert text["expect"]["response"]["choices"][0]["message"]["content"].endswith("<OPENAI_API_KEY> works.")
     assert text["expect"]["upstream_request"]["model"] == "gpt-4o"
+    # The request line and headers: the spec's base URL (not the override), the spec's headers only.
+    assert text["expect"]["upstream_call"] == {
+        "method": "POST", "url": "https://api.openai.com/v1/chat/completions",
+        "headers": {"authorization": "Bearer <OPENAI_API_KEY>"},
+    }
+    assert "note," not in result.output  # the request sent was the replay's, once masked
     stream = yaml.safe_load((folder / "recorded-stream.yaml").read_text())
     assert stream["upstream"]["stream"].startswith("data: ")
     assert stream["expect"]["chunks"][-1]["usage"]["total_tokens"] == 25

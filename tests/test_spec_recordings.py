@@ -189,3 +189,132 @@ def test_a_non_stream_request_to_a_stream_only_upstream_is_assembled(tmp_path: P
     assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_tide_table", "get_tide_table"]
     assert expect["response"]["choices"][0]["finish_reason"] == "tool_calls"
     assert (expect["response"]["usage"]["prompt_tokens"], expect["response"]["usage"]["completion_tokens"]) == (520, 88)
+
+
+# -- the request line and headers --------------------------------------------------------------------
+def _spec_test(tree: Path, *args: str) -> Any:
+    return CliRunner().invoke(main, ["spec", "test", str(tree / "providers.d" / "openai.yaml"), *args])
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_every_recording_states_the_request_line_and_headers_with_placeholders() -> None:
+    for recording in RECORDINGS:
+        assert recording.data is not None
+        call = recording.data["expect"].get("upstream_call")
+        assert call is not None, recording.name
+        assert call["method"] == "POST" and call["url"].startswith(("https://", "http://")), recording.name
+        assert all(name == name.lower() for name in call["headers"]), recording.name
+    gemini = read_recording(recordings_dir(CATALOG, "gemini") / "stream-text.yaml", "gemini").data
+    assert gemini is not None and gemini["expect"]["upstream_call"] == {
+        "method": "POST",
+        "url": "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        "query": {"alt": "sse"},
+        "headers": {"x-goog-api-key": "<GEMINI_API_KEY>"},
+    }
+
+
+def test_a_wrong_path_fails_and_names_it(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "openai")
+    _edit(tree / "providers.d" / "openai.yaml", "      path: /chat/completions", "      path: /chat/completion")
+    result = _spec_test(tree)
+    assert result.exit_code == 1, result.output
+    assert ("upstream_call url: expected 'https://api.openai.com/v1/chat/completions', "
+            "sent 'https://api.openai.com/v1/chat/completion'") in result.output
+    assert result.output.rstrip().endswith("0 passed, 10 failed")
+
+
+def test_a_missing_or_misplaced_auth_header_fails_and_names_it(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "openai")
+    spec = tree / "providers.d" / "openai.yaml"
+    original = spec.read_text()
+    _edit(spec, '  headers:\n    Authorization: "Bearer {{ env.OPENAI_API_KEY }}"\n', "  headers: {}\n")
+    missing = _spec_test(tree)
+    assert missing.exit_code == 1
+    assert "upstream_call header 'authorization': expected 'Bearer <OPENAI_API_KEY>', not sent" in missing.output
+
+    spec.write_text(original)  # the right header, the wrong variable in it
+    _edit(spec, '    OPENAI_API_KEY: {secret: true', '    OPENAI_KEY: {secret: true')
+    _edit(spec, "{{ env.OPENAI_API_KEY }}", "{{ env.OPENAI_KEY }}")
+    wrong = _spec_test(tree)
+    assert wrong.exit_code == 1
+    assert ("upstream_call header 'authorization': expected 'Bearer <OPENAI_API_KEY>', sent 'Bearer <OPENAI_KEY>'"
+            in wrong.output)
+
+    spec.write_text(original)  # a header the recordings do not show is a difference too
+    _edit(spec, '    Authorization: "Bearer', '    OpenAI-Beta: assistants=v2\n    Authorization: "Bearer')
+    extra = _spec_test(tree)
+    assert extra.exit_code == 1 and "upstream_call header 'openai-beta': sent 'assistants=v2', not recorded" in extra.output
+
+
+def test_transport_headers_are_ignored_and_names_compare_without_case(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "openai")
+    path = tree / "tests" / "providers" / "openai" / "recordings" / "text.yaml"
+    _edit(path, "      authorization: Bearer <OPENAI_API_KEY>\n",
+          "      Authorization: Bearer <OPENAI_API_KEY>\n      Content-Length: '312'\n"
+          "      user-agent: Python/3.12 aiohttp/3.12\n      accept-encoding: gzip, deflate\n")
+    assert _spec_test(tree).exit_code == 0
+    _edit(path, "      Authorization: Bearer <OPENAI_API_KEY>\n", "")  # the one the spec sets is not optional
+    result = _spec_test(tree)
+    assert result.exit_code == 1
+    assert "upstream_call header 'authorization': sent 'Bearer <OPENAI_API_KEY>', not recorded" in result.output
+
+
+def test_update_fills_in_the_request_line_of_an_older_recording_offline(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "openai")
+    path = tree / "tests" / "providers" / "openai" / "recordings" / "stream-text.yaml"
+    current = path.read_text()
+    data = yaml.safe_load(current)
+    del data["expect"]["upstream_call"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    older = _spec_test(tree)
+    assert older.exit_code == 1
+    assert "upstream_call: not recorded; `gaud-engine spec test --update` fills it in (no network)" in older.output
+    assert _spec_test(tree, "--update").exit_code == 0
+    assert yaml.safe_load(path.read_text()) == yaml.safe_load(current)
+
+
+def test_a_query_key_and_an_exchanged_token_are_shown_by_placeholder(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    (tree / "providers.d" / "keyed.yaml").write_text(
+        "extends: openai\n"
+        "api:\n"
+        "  env:\n"
+        "    OPENAI_API_KEY: null\n"
+        "    KEYED_KEY: {secret: true, required: true, description: key}\n"
+        "    KEYED_REGION: {description: region}\n"
+        "  headers:\n"
+        "    Authorization: null\n"
+        "    x-region: \"{{ env.KEYED_REGION }}\"\n"
+        "  auth: {type: api_key, env: KEYED_KEY, in: query, name: key}\n"
+        "  endpoints:\n"
+        "    chat: {path: \"/chat/completions?api-version=2024-10-21\"}\n"
+        "models:\n  m1: {context_window: 8000, max_output_tokens: 1000, capabilities: [tools]}\n"
+    )
+    (tree / "providers.d" / "exchanged.yaml").write_text(
+        "extends: openai\n"
+        "api:\n"
+        "  auth:\n"
+        "    type: api_key\n"
+        "    env: OPENAI_API_KEY\n"
+        "    exchange: {url: 'https://auth.example.com/token', headers: {Authorization: 'token {{ token }}'},"
+        " token_field: /token, expires_at_field: /expires_at}\n"
+        "    headers: {Authorization: 'Bearer {{ credentials.access_token }}'}\n"
+        "models:\n  m1: {context_window: 8000, max_output_tokens: 1000, capabilities: [tools]}\n"
+    )
+    catalog = load_catalog(tree, environ={})
+    assert {"keyed", "exchanged"} <= set(catalog.providers), [str(p) for p in catalog.problems]
+    source = yaml.safe_load((recordings_dir(CATALOG, "openai") / "text.yaml").read_text())
+    data = {**source, "model": "keyed/m1"}
+    call = replay(catalog, data, "keyed")["upstream_call"]
+    assert call == {
+        "method": "POST", "url": "https://api.openai.com/v1/chat/completions",
+        "query": {"api-version": "2024-10-21", "key": "<KEYED_KEY>"},
+        "headers": {"x-region": "<KEYED_REGION>"},
+    }
+    exchanged = replay(catalog, {**source, "model": "exchanged/m1"}, "exchanged")["upstream_call"]
+    assert exchanged["headers"] == {"authorization": "Bearer <access_token>"}

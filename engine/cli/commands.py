@@ -658,7 +658,8 @@ def _shown(path: Path) -> str:
 
 @spec.command("test")
 @click.argument("targets", nargs=-1, metavar="[SPEC_OR_DIR]...")
-@click.option("--update", is_flag=True, help="Rewrite each recording's `expect` with what the engine produces now.")
+@click.option("--update", is_flag=True, help="Rewrite each recording's `expect` with what the engine produces now "
+              "(also fills in `upstream_call` of older recordings, offline).")
 def spec_test(targets: tuple[str, ...], update: bool) -> None:
     """Replay recorded exchanges through the engine (no network) and show what differs.
 
@@ -768,8 +769,9 @@ def spec_record(provider: str, model: str | None, out_dir: str | None, specs_dir
 
     A text question, a tool call and a stream, sent with the credentials in the environment
     variables the spec declares (and its base URL variable, if set). Credentials are never
-    stored: no headers are written and every secret value is scrubbed from what is. Review the
-    files, then run `gaud-engine spec test`.
+    stored: the request's URL and headers are written with each variable as its placeholder
+    (`<ACME_API_KEY>`), and so is any secret an upstream quotes back. Review the files, then run
+    `gaud-engine spec test`.
 
     \b
     Example usage:

@@ -1,12 +1,15 @@
 """Recorded exchanges beside a spec, replayed through the engine with no network.
 
 A recording (docs/recordings.md) holds a client's OpenAI request, what the upstream answered
-(a JSON body or the raw text of a stream) and `expect`: the body the engine sends upstream and the
-OpenAI response, chunks or error it produces. `check()` replays one and compares; `write_expect()`
+(a JSON body or the raw text of a stream) and `expect`: the request the engine sends upstream
+(method, URL, query and the headers the spec sets, then the body) and the OpenAI response, chunks
+or error it produces. `check()` replays one and compares; `write_expect()`
 rewrites its `expect` section (for `gaud-engine spec test --update`), leaving the rest of the file
 as it was written.
 
-The replay is the gateway's own path minus the network and the gateway's bookkeeping:
+The replay is the gateway's own path minus the network and the gateway's bookkeeping, with every
+variable the spec declares (base URLs aside) set to its placeholder `<VAR>`, so a recording shows
+which variable went into which header or query parameter without holding a credential:
 `build_request`, then `completion_from_reply` / `error_from_reply` for a reply, or the spec's framer
 and stream table feeding a `ChunkWriter` (usage chunk always on) for a stream. Tool-call ids the
 engine makes up come from a counter (`call_1`, `call_2`, ...). Left out of the comparison, as they
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import itertools
 import json
@@ -27,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
 import yaml
@@ -62,20 +67,30 @@ __all__ = [
     "load_recordings",
     "normalise",
     "owner_of",
+    "placeholder",
     "read_recording",
     "record",
     "recordings_dir",
     "replay",
+    "request_head",
     "scrub",
     "select",
     "spec_names",
+    "with_placeholders",
     "write_expect",
 ]
 
 #: The keys of a recording file.
 RECORDING_KEYS = frozenset({"description", "model", "request", "upstream", "expect"})
 #: What `expect` may hold, in the order it is written.
-EXPECT_KEYS = ("upstream_request", "response", "chunks", "error")
+EXPECT_KEYS = ("upstream_call", "upstream_request", "response", "chunks", "error")
+#: Headers the HTTP client adds, not the spec: a recorded one is ignored unless the spec sets it.
+TRANSPORT_HEADERS = frozenset({
+    "accept", "accept-encoding", "connection", "content-length", "content-type", "host", "transfer-encoding",
+    "user-agent",
+})
+#: The access token a credential exchange (`api.auth` with an exchange) yields, in a replay.
+TOKEN_PLACEHOLDER = "<access_token>"
 _INVENTED_ID = re.compile(r"^chatcmpl-[0-9a-f]{32}$")
 
 
@@ -96,6 +111,10 @@ _Loader.yaml_implicit_resolvers = {
 
 class _Flow(dict):  # type: ignore[type-arg]
     """A mapping written on one line (`{...}`): one stream chunk per line reads and diffs well."""
+
+
+class _Block(dict):  # type: ignore[type-arg]
+    """A mapping written one key a line: a request's headers and query read and diff better so."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -119,13 +138,21 @@ def _represent_flow(dumper: yaml.SafeDumper, value: _Flow) -> yaml.Node:
 
 _Dumper.add_representer(str, _represent_str)
 _Dumper.add_representer(_Flow, _represent_flow)
+_Dumper.add_representer(
+    _Block, lambda dumper, value: dumper.represent_mapping("tag:yaml.org,2002:map", dict(value), flow_style=False))
 
 
 def dump_yaml(data: Any) -> str:
     """YAML as recordings are written: keys in order, multi-line text as literal blocks, one stream
     chunk per line, no line folding."""
-    if isinstance(data, dict) and isinstance(data.get("expect"), dict) and isinstance(data["expect"].get("chunks"), list):
-        data = {**data, "expect": {**data["expect"], "chunks": [_Flow(c) for c in data["expect"]["chunks"]]}}
+    expect = data.get("expect") if isinstance(data, dict) else None
+    if isinstance(expect, dict) and isinstance(expect.get("chunks"), list):
+        expect = {**expect, "chunks": [_Flow(c) for c in expect["chunks"]]}
+    if isinstance(expect, dict) and isinstance(expect.get("upstream_call"), dict):
+        call = expect["upstream_call"]
+        expect = {**expect, "upstream_call": {k: _Block(v) if isinstance(v, dict) else v for k, v in call.items()}}
+    if expect is not None:
+        data = {**data, "expect": expect}
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1_000_000, default_flow_style=None)
 
 
@@ -205,6 +232,44 @@ def _target(catalog: Catalog, model: Any, provider: str | None) -> Target:
         if target.provider.name == provider:
             return target
     raise RecordingProblem(f"model {model!r} is not served by {provider}; write it as {provider}/<model>")
+
+
+def placeholder(variable: str) -> str:
+    """What a recording holds instead of a variable's value: `<ANTHROPIC_API_KEY>`."""
+    return f"<{variable}>"
+
+
+def with_placeholders(target: Target) -> Target:
+    """The target with every variable its spec declares set to its placeholder, except base URL
+    variables, which stay unset so that the spec's own `base_url` is the one recorded."""
+    spec = target.provider
+    values = {name: placeholder(name) for name, var in spec.env.items() if not var.base_url}
+    fake = dataclasses.replace(spec, env_values=values, _header_cache={}, _url_cache={}, _token_header_cache={})
+    return dataclasses.replace(target, provider=fake)
+
+
+def request_head(target: Target, sent: Any) -> dict[str, Any]:
+    """Method, URL, query parameters and the headers the spec sets (names in lower case) of a built
+    request. A spec whose `api.auth` exchanges a credential for a token on every request is shown
+    with `<access_token>`; one that signs in is shown as used while nobody is signed in."""
+    headers = sent.headers
+    auth = target.provider.auth
+    if auth is not None and auth.dynamic and not auth.signs_in:
+        headers = target.provider.headers_for_token(target.model, target.api_base, TOKEN_PLACEHOLDER)
+    parts = urlsplit(sent.url)
+    head: dict[str, Any] = {"method": sent.method, "url": urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))}
+    query: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in query:
+            query[key] = value
+        elif isinstance(query[key], list):
+            query[key].append(value)
+        else:
+            query[key] = [query[key], value]  # a repeated parameter: its values in order
+    if query:
+        head["query"] = query
+    head["headers"] = {name.lower(): value for name, value in sorted(headers.items(), key=lambda h: h[0].lower())}
+    return head
 
 
 def _upstream_bytes(upstream: Mapping[str, Any], key: str) -> bytes:
@@ -289,7 +354,7 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
 
     Raises RecordingProblem for a recording that cannot be replayed as written.
     """
-    target = _target(catalog, data.get("model"), provider)
+    target = with_placeholders(_target(catalog, data.get("model"), provider))
     request = data.get("request")
     if not isinstance(request, dict):
         raise RecordingProblem("`request` must be the client's OpenAI chat request (a mapping)")
@@ -312,6 +377,7 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
     try:
         body = validate_request(body)
         sent = build_request(target, body, stream=from_stream)
+        out["upstream_call"] = request_head(target, sent)
         out["upstream_request"] = sent.body
         if status >= 400:
             payload = _upstream_bytes(upstream, "body") or _upstream_bytes(upstream, "stream")
@@ -389,11 +455,51 @@ class Outcome:
             before, after = self.expected.get(key), self.actual.get(key)
             if before == after:
                 continue
+            if key == "upstream_call":
+                parts.append("\n".join(call_differences(before, after)))
+                continue
             parts.append("".join(difflib.unified_diff(
                 _pretty(before, key in self.expected), _pretty(after, key in self.actual),
                 f"expected {key}", f"actual {key}", n=3,
             )))
         return "\n".join(p.rstrip("\n") for p in parts)
+
+
+def call_differences(expected: Any, actual: Any) -> list[str]:
+    """What differs between two `upstream_call`s, one line each, naming the field or header."""
+    if not isinstance(expected, dict):
+        return ["upstream_call: not recorded; `gaud-engine spec test --update` fills it in (no network)"]
+    if not isinstance(actual, dict):
+        return ["upstream_call: recorded, but the engine built no request"]
+    lines = []
+    for key in ("method", "url"):
+        if expected.get(key) != actual.get(key):
+            lines.append(f"upstream_call {key}: expected {expected.get(key)!r}, sent {actual.get(key)!r}")
+    for what, key in (("query parameter", "query"), ("header", "headers")):
+        before, after = expected.get(key) or {}, actual.get(key) or {}
+        for name in dict.fromkeys([*before, *after]):
+            if name not in after:
+                lines.append(f"upstream_call {what} {name!r}: expected {before[name]!r}, not sent")
+            elif name not in before:
+                lines.append(f"upstream_call {what} {name!r}: sent {after[name]!r}, not recorded")
+            elif before[name] != after[name]:
+                lines.append(f"upstream_call {what} {name!r}: expected {before[name]!r}, sent {after[name]!r}")
+    unknown = sorted(set(expected) - {"method", "url", "query", "headers"})
+    if unknown:
+        lines.append(f"upstream_call: unknown key {unknown[0]!r} (it has method, url, query, headers)")
+    return lines
+
+
+def _without_transport(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+    """`expected` without recorded transport headers (content-length, user-agent, ...) the spec does
+    not set: a request captured off the wire carries them, the engine's comparison does not."""
+    call, sent = expected.get("upstream_call"), actual.get("upstream_call")
+    if not isinstance(call, dict) or not isinstance(call.get("headers"), dict):
+        return expected
+    set_by_spec = set(sent.get("headers") or {}) if isinstance(sent, dict) else set()
+    headers = {name.lower(): value for name, value in call["headers"].items()}
+    kept = {name: value for name, value in headers.items() if name not in TRANSPORT_HEADERS or name in set_by_spec}
+    return {**expected, "upstream_call": {**call, "headers": kept}}
 
 
 def _pretty(value: Any, present: bool) -> list[str]:
@@ -413,7 +519,7 @@ def check(catalog: Catalog, recording: Recording) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - an engine crash is reported per exchange, not for the run
         return Outcome(recording, problem=f"the replay crashed: {type(exc).__name__}: {exc}")
     raw = recording.data.get("expect")
-    expected = normalise(raw) if isinstance(raw, dict) else None
+    expected = _without_transport(normalise(raw), actual) if isinstance(raw, dict) else None
     return Outcome(recording, expected, actual)
 
 
@@ -529,17 +635,42 @@ def default_model(catalog: Catalog, provider: str) -> str:
     raise RecordingProblem(f"{provider} lists no chat model; name one with --model")
 
 
-def scrub(value: Any, secrets: list[str]) -> Any:
-    """The value with every secret replaced by `[redacted]` (in keys and strings, at any depth)."""
+def scrub(value: Any, masks: Mapping[str, str]) -> Any:
+    """The value with every secret (a key of `masks`, longest first) replaced by its placeholder
+    (in keys and strings, at any depth)."""
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "[redacted]")
+        for secret in sorted(masks, key=len, reverse=True):
+            value = value.replace(secret, masks[secret])
         return value
     if isinstance(value, dict):
-        return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
+        return {scrub(k, masks): scrub(v, masks) for k, v in value.items()}
     if isinstance(value, list):
-        return [scrub(v, secrets) for v in value]
+        return [scrub(v, masks) for v in value]
     return value
+
+
+def _masks(spec: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """(secret value -> `<VAR>`, every set variable's value -> what a replay puts there): the
+    first scrubs what is stored, the second makes a request sent for real comparable with a replay."""
+    secrets, values = {}, {}
+    for name, var in spec.env.items():
+        value = spec.env_values.get(name) or ""
+        if var.base_url:
+            if value:
+                values[value.rstrip("/")] = spec.base_url.rstrip("/")
+        elif len(value) >= 4:  # shorter ones would be replaced inside unrelated text
+            values[value] = placeholder(name)
+            if var.secret:
+                secrets[value] = placeholder(name)
+    return secrets, values
+
+
+def _note_head(stem: str, real: dict[str, Any], replayed: Any, echo: Callable[[str], Any]) -> None:
+    """Say where the request sent for real differs from the replay's (a variable unset while
+    recording, a base URL override with another path): the replay's is the one stored."""
+    differences = call_differences(replayed, real) if real != replayed else []
+    for line in differences:
+        echo(f"{stem}: note, the request sent differs from the replay's (stored): {line}")
 
 
 def record(
@@ -554,7 +685,8 @@ def record(
     """Send RECORD_SET to the provider's real upstream and write one recording per exchange.
 
     Credentials come from the environment the catalog was loaded with. They are used, never stored:
-    no headers are written, and every secret value is scrubbed from what is (requests, replies).
+    every secret value is replaced by its placeholder (`<VAR>`) in what is written, and the request
+    stored in `expect` is the replay's, built with placeholders.
     """
     import httpx
 
@@ -564,7 +696,7 @@ def record(
         raise RecordingProblem(f"{provider} needs {', '.join(missing)} in the environment to reach its upstream")
     model = model or default_model(catalog, provider)
     target = _target(catalog, f"{provider}/{model}", provider)
-    secrets = sorted({s for s in spec.secrets() if len(s) >= 4}, key=len, reverse=True)
+    secrets, values = _masks(spec)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with httpx.Client(timeout=timeout) as client:
@@ -596,11 +728,13 @@ def record(
             if upstream["status"] >= 400 and isinstance(upstream.get("body"), str):
                 with contextlib.suppress(ValueError):
                     upstream["body"] = json.loads(upstream["body"])
+            real_head = scrub(request_head(target, sent), values)
             data: dict[str, Any] = scrub(
                 {"description": description, "model": target.name, "request": request, "upstream": upstream}, secrets
             )
             try:
                 data["expect"] = scrub(normalise(replay(catalog, data, provider)), secrets)
+                _note_head(stem, real_head, data["expect"].get("upstream_call"), echo)
             except RecordingProblem as exc:
                 echo(f"{stem}: no expectation written: {exc}")
             text = dump_yaml(data)
