@@ -226,3 +226,63 @@ def test_tutorial_commands_run_as_written(tmp_path: Path) -> None:
         missing = [s for s in shown if s.rstrip() not in printed]
         assert not missing, f"docs/adding-a-provider.md:{line}: the output shown is not what runs:\n" + "\n".join(missing)
     assert sum(1 for *_, shown in blocks if shown) >= 4
+
+
+# -- spec new --format -----------------------------------------------------------------------------
+def _problems(tree: Path) -> list[str]:
+    """`validate`'s problems, less the scaffold's placeholder price (flagged by its TODO marker)."""
+    catalog = load_catalog(tree, environ={})
+    return [str(p) for p in catalog.problems if "TODO" not in str(p)]
+
+
+@pytest.mark.parametrize("fmt", ["openai-compatible", "messages", "generate-content", "blank"])
+def test_new_wire_format_from_a_template_validates(tmp_path: Path, fmt: str) -> None:
+    tree = _tree(tmp_path)
+    result = CliRunner().invoke(main, ["spec", "new", "acme-ai", "--format", fmt, "--model", "acme/large-1",
+                                       "--dir", str(tree)])
+    assert result.exit_code == 0, result.output
+    assert _problems(tree) == []
+    text = (tree / "providers.d" / "acme-ai.yaml").read_text()
+    assert "__" not in text and "extends" not in text  # every placeholder filled; a whole spec
+    spec = load_catalog(tree, environ={"ACME_AI_API_KEY": "k-acme-123456"}).providers["acme-ai"]
+    assert set(spec.env) == {"ACME_AI_API_KEY", "ACME_AI_BASE_URL"} and spec.missing_env() == []
+    assert "k-acme-123456" in " ".join(spec.headers_for("acme/large-1").values())
+    assert list(spec.models) == ["acme/large-1"]
+    assert (spec.stream is None) == (fmt == "blank")
+    assert yaml.safe_load((tree / "pricing.d" / "acme-ai.yaml").read_text())["models"]["acme-ai/acme/large-1"][
+        "source"].startswith("TODO")
+    assert (tree / "recordings" / "acme-ai" / "README.md").is_file()
+
+
+def test_a_template_is_a_working_wire_format(tmp_path: Path) -> None:
+    """The messages template replays a shipped messages-style exchange to the same OpenAI reply."""
+    from engine.cli.recordings import read_recording, recordings_dir, replay
+
+    tree = _tree(tmp_path)
+    model = "claude-sonnet-4-20250514"
+    assert CliRunner().invoke(main, ["spec", "new", "acme", "--format", "messages", "--model", model,
+                                     "--dir", str(tree)]).exit_code == 0
+    shipped = load_catalog(ROOT, environ={})
+    recording = read_recording(recordings_dir(shipped, "anthropic") / "tool-result-after-thinking.yaml", "anthropic")
+    assert recording.data is not None
+    ours = replay(load_catalog(tree, environ={}), {**recording.data, "model": f"acme/{model}"}, "acme")
+    assert ours["upstream_request"] == recording.data["expect"]["upstream_request"]
+    assert ours["response"] == replay(shipped, recording.data, "anthropic")["response"]
+    assert ours["upstream_call"]["url"] == "https://api.example.com/v1/messages"
+
+
+def test_new_format_refusals(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    before = _files(tree)
+    runner = CliRunner()
+    typo = runner.invoke(main, ["spec", "new", "x", "--format", "mesages", "--dir", str(tree)])
+    assert typo.exit_code == 1
+    assert "--format mesages is not a template; did you mean messages? (formats: blank, generate-content" in typo.output
+    both = runner.invoke(main, ["spec", "new", "x", "--format", "blank", "--like", "openai", "--dir", str(tree)])
+    assert both.exit_code == 1 and "--like and --format exclude each other" in both.output
+    sneaky = runner.invoke(main, ["spec", "new", "x", "--format", "../providers.d/openai", "--dir", str(tree)])
+    assert sneaky.exit_code == 1 and "is not a template" in sneaky.output
+    assert _files(tree) == before
+    helped = runner.invoke(main, ["spec", "new", "--help"])
+    assert helped.exit_code == 0
+    assert "blank, generate-content, messages, openai-compatible" in " ".join(helped.output.split())

@@ -15,6 +15,7 @@ from ..config import load_settings
 from ..errors import SpecError
 from ..spec.catalog import Catalog
 from ..spec.loader import default_root, load_catalog, serving_root
+from .scaffold import formats as scaffold_formats
 
 if TYPE_CHECKING:
     from ..accounts.store import Store
@@ -792,20 +793,25 @@ def spec_record(provider: str, model: str | None, out_dir: str | None, specs_dir
 
 @spec.command("new")
 @click.argument("name")
-@click.option("--like", default="openai", show_default=True, help="The existing spec the new one extends.")
+@click.option("--like", default=None, help="The existing spec the new one extends (default: openai).")
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help="Start a new wire format from a template instead: " + ", ".join(scaffold_formats()) + ".")
 @click.option("--model", default="example-model", show_default=True, help="The upstream model id to start with.")
 @click.option("--dir", "root", type=click.Path(exists=True, file_okay=False), default=None,
               help="Spec tree to write into (default: the current directory, if it has providers.d/).")
-def spec_new(name: str, like: str, model: str, root: str | None) -> None:
-    """Scaffold a provider spec that extends another, with its price, route and recordings folder.
+def spec_new(name: str, like: str | None, fmt: str | None, model: str, root: str | None) -> None:
+    """Scaffold a provider spec, with its price, route and recordings folder.
 
-    Writes providers.d/NAME.yaml (its own NAME_API_KEY and NAME_BASE_URL variables),
-    pricing.d/NAME.yaml, an alias NAME in routes.yaml and an empty recordings folder; the result
-    passes `gaud-engine validate`. Then edit the placeholders (base URL, model, prices).
+    With --like (the default, openai) the spec extends an existing one and states only its own
+    variables (NAME_API_KEY, NAME_BASE_URL) and models. With --format it is a whole spec for a new
+    wire format, from a template to adjust to the provider's API reference. Also writes
+    pricing.d/NAME.yaml (a placeholder price marked TODO), an alias NAME in routes.yaml and an empty
+    recordings folder; the result passes `gaud-engine validate` but for the TODO price.
 
     \b
     Example usage:
         gaud-engine spec new acme --like openai --model acme-large
+        gaud-engine spec new acme --format messages --model acme-large
     """
     from .scaffold import ScaffoldError, scaffold
 
@@ -814,7 +820,7 @@ def spec_new(name: str, like: str, model: str, root: str | None) -> None:
             raise click.ClickException("the current directory is not a spec tree (no providers.d/); pass --dir")
         root = "."
     try:
-        result = scaffold(Path(root), name, like, model=model)
+        result = scaffold(Path(root), name, like, fmt=fmt, model=model)
     except ScaffoldError as exc:
         raise click.ClickException(str(exc)) from None
     for path in result.created:
