@@ -139,6 +139,9 @@ class Merger:
                 self._add(entries, edit, key, where)
                 continue
             removing = isinstance(edit, dict) and "remove" in edit
+            if removing and len(edit) > 1:
+                self.problems.append((_pointer(where), "`remove` deletes an item; `add`, `before` and `after` go in an edit of their own"))
+                continue
             k = edit["remove"] if removing else _item_key(edit, key)
             if k is None:
                 self.problems.append((_pointer(where), f"an item here needs its key ({_key_name(key)})"))
@@ -155,6 +158,9 @@ class Merger:
 
     def _add(self, entries: list[_Entry], edit: dict[str, Any], key: str, where: tuple[str, ...]) -> None:
         new = [_Entry(_item_key(item, key), item, None) for item in edit.get("add") or []]
+        if "before" in edit and "after" in edit:
+            self.problems.append((_pointer(where), "give `before` or `after`, not both"))
+            return
         for side in ("before", "after"):
             if side in edit:
                 anchor = edit[side]
@@ -175,9 +181,8 @@ class Merger:
             message = f"cannot {verb} item {nth} with {_describe(k, key)}: the parent's list has {have}"
         else:
             hint = _hint(k, list(counts))
-            message = f"cannot {verb} {_describe(k, key)}: no item of the parent's list has it{hint}"
-            if verb == "replace":
-                message += "; new items go in `{add: [...]}`"
+            new = " (new items go in `{add: [...]}`)" if verb == "replace" else ""
+            message = f"cannot {verb} {_describe(k, key)}: no item of the parent's list has it{new}{hint}"
         self.problems.append((pointer, message))
 
 
