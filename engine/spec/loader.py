@@ -22,6 +22,7 @@ from ..errors import SpecError
 from .catalog import Catalog
 from .crossref import cross_reference
 from .ingress import IngressCompileError, compile_ingress
+from .merge import MergePoints, Merger, merge_points
 from .provider import SpecCompileError, compile_provider
 from .routes import RoutesError, compile_routes
 from .yamlfile import YamlFile, read_yaml
@@ -67,6 +68,7 @@ def release_validators() -> None:
     """Drop the compiled spec-schema validators (a long-running server needs them only to load
     or reload specs; a reload compiles them again)."""
     _validator.cache_clear()
+    _merge_points.cache_clear()
 
 
 def _label(path: Path, root: Path) -> str:
@@ -163,19 +165,21 @@ def _describe(error: ValidationError) -> tuple[str, str]:
     return pointer, error.message
 
 
-def _deep_merge(base: Any, override: Any) -> Any:
-    """Maps merge recursively, anything else is replaced; a null override deletes the key."""
-    if not isinstance(base, dict) or not isinstance(override, dict):
-        return override
-    merged = dict(base)
-    for key, value in override.items():
-        if value is None:
-            merged.pop(key, None)
-        elif key in merged:
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+@cache
+def _merge_points() -> MergePoints:
+    """Where provider specs may merge a list into the one they extend, read from the schema."""
+    return merge_points(json.loads((schema_dir() / "provider.schema.json").read_text()))
+
+
+def _merged(doc: YamlFile, base: dict[str, Any] | None, data: dict[str, Any], problems: list[SpecError]) -> dict[str, Any] | None:
+    """`data` laid over its parent's resolved `base` (None: no parent), or None when a list merge
+    did not fit; each problem is reported at its line."""
+    merger = Merger(_merge_points())
+    merged: dict[str, Any] = data if base is None else merger.merge(base, data)
+    if base is None:
+        merger.check_strays(data)
+    problems.extend(doc.problem(pointer, message) for pointer, message in merger.problems)
+    return None if merger.problems else merged
 
 
 def _resolve_extends(
@@ -196,7 +200,7 @@ def _resolve_extends(
     data = dict(doc.data)
     parent = data.pop("extends", None)
     if parent is None:
-        return data
+        return _merged(doc, None, data, problems)
     if parent in trail or parent == name:
         members = (*trail, name)
         loop = list(members[members.index(parent):])  # the files in the cycle, ending with this one
@@ -217,8 +221,7 @@ def _resolve_extends(
     if base is None:
         return None
     base.pop("models", None)  # a models list is never inherited
-    merged: dict[str, Any] = _deep_merge(base, data)
-    return merged
+    return _merged(doc, base, data, problems)
 
 
 def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]:
