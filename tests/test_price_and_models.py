@@ -8,11 +8,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import openai
 import pytest
 import yaml
+from openai.types import Model
 
 from engine.accounts.store import Store
 
@@ -123,10 +125,13 @@ def listed(client: openai.OpenAI) -> dict[str, dict[str, object]]:
 
 @pytest.mark.parametrize("model_id", ["smart", "gpt-4o", "anthropic/claude-sonnet-4-20250514", "gpt-oss:20b",
                                       "ollama/gpt-oss:20b", "gemini/gemini-2.5-flash"])
-def test_retrieve_gives_the_list_entry(client, model_id):
+def test_retrieve_gives_the_list_entry(client, gateway, model_id):
     entry = client.models.retrieve(model_id)
     assert entry.model_dump() == listed(client)[model_id]
     assert entry.id == model_id and entry.object == "model"
+    raw = httpx.get(f"{gateway.url}/v1/models/{quote(model_id, safe='')}").json()
+    assert set(raw) == {"id", "object", "created", "owned_by"}  # OpenAI's Model, nothing more
+    Model.model_validate(raw, strict=True)
 
 
 def test_retrieve_resolves_names_the_chat_route_accepts(client):
