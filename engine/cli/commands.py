@@ -443,34 +443,52 @@ def usage(user: str | None, since: str | None, config_file: str | None) -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("--input", "input_tokens", type=int, required=True, help="Prompt tokens (cached ones included).")
-@click.option("--output", "output_tokens", type=int, required=True, help="Completion tokens.")
+@click.option("--input", "input_tokens", type=int, default=None, help="Prompt tokens (cached ones included).")
+@click.option("--output", "output_tokens", type=int, default=None, help="Completion tokens.")
 @click.option("--cached", type=int, default=0, show_default=True, help="Prompt tokens read from the cache.")
 @click.option("--cache-write", type=int, default=0, show_default=True, help="Prompt tokens written to the cache.")
 @click.option("--specs", "specs_dir", type=click.Path(exists=True, file_okay=False), envvar="GAUD_SPECS_DIR",
               help="Spec tree to use instead of the bundled one.")
-def price(model: str, input_tokens: int, output_tokens: int, cached: int, cache_write: int, specs_dir: str | None) -> None:
-    """Print what a request costs: MODEL is an alias, provider/model or model id.
+@CONFIG_OPTION
+def price(model: str, input_tokens: int | None, output_tokens: int | None, cached: int, cache_write: int,
+          specs_dir: str | None, config_file: str | None) -> None:
+    """Print the prices of every deployment MODEL may be served by, and what a request costs there.
+
+    MODEL is an alias, provider/model or model id. Prices are USD per million tokens, one line per
+    tier; the cost column appears when --input or --output is given. Exits 1 when a deployment
+    has no price.
 
     \b
     Example usage:
         gaud-engine price smart --input 20000 --output 500 --cached 18000
     """
     from ..errors import GatewayError
-    from ..pipeline.pricing import cost_of, price_for
     from ..spec.models import resolve_model
+    from .prices import no_price_message, price_rows, render
 
+    try:
+        allow_unlisted = bool(load_settings(config_file).get("routing.allow_unlisted_models"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     catalog = load_catalog(Path(specs_dir) if specs_dir else default_root())
     try:
-        target = resolve_model(catalog, model)[0]
+        targets = resolve_model(catalog, model, allow_unlisted=allow_unlisted)
     except GatewayError as exc:
         raise click.ClickException(exc.message) from None
-    found = price_for(catalog, target.provider.name, target.model)
-    if found is None:
-        raise click.ClickException(f"no price for {target.name} in pricing.d/")
-    usage_ = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-              "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": cache_write}}
-    click.echo(f"{target.name}: ${cost_of(found, usage_):.6f}")
+    usage_ = None
+    if input_tokens is not None or output_tokens is not None:
+        usage_ = {"prompt_tokens": input_tokens or 0, "completion_tokens": output_tokens or 0,
+                  "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": cache_write}}
+    rows = price_rows(catalog, targets, usage_)
+    route = (catalog.routes.get("aliases") or {}).get(model)
+    if route is not None:
+        strategy = route.get("strategy") or (catalog.routes.get("defaults") or {}).get("strategy", "priority")
+        click.echo(f"{model}: {len(rows)} candidate{'s' if len(rows) != 1 else ''}, strategy {strategy}")
+    unpriced = [row.name for row in rows if row.price is None]
+    if len(unpriced) < len(rows):
+        click.echo("\n".join(render(rows, with_cost=usage_ is not None)))
+    if unpriced:
+        raise click.ClickException(no_price_message(unpriced))
 
 
 @main.group()

@@ -53,6 +53,7 @@ from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
+from ..spec.models import resolve_model
 from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
 from .drain import Drain
@@ -142,6 +143,22 @@ async def list_models(request: Request) -> Response:
     if principal.models is not None:  # only what this key may call
         data = [entry for entry in data if principal.may_call(entry["id"])]
     return JSONResponse({"object": "list", "data": data})
+
+
+@answers_errors
+async def retrieve_model(request: Request) -> Response:
+    """`GET /v1/models/{id}`: one entry of the list. A key that may not call the model gets the
+    same 404 as an unknown id, as the list hides it."""
+    services = _services(request)
+    principal = await services.authenticator.principal(request.headers)
+    model_id: str = request.path_params["model_id"]
+    entry = None
+    if principal.models is None or principal.may_call(model_id):
+        ready = await ready_providers(services.gateway)
+        entry = model_entry(services.catalog, model_id, int(services.started), services.upstream_models, ready)
+    if entry is None:
+        raise NotFound(f"The model '{model_id}' does not exist or is not served by this gateway.", param="model")
+    return JSONResponse(entry)
 
 
 @answers_errors
@@ -393,6 +410,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
     return [
         *(Route(path, _answered_before_routing, methods=["POST"]) for path in served),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
@@ -565,6 +583,29 @@ def model_list(
             key = f"{name}/{model_id}"
             seen.setdefault(key, {"id": key, "object": "model", "created": created, "owned_by": name})
     return list(seen.values())
+
+
+def model_entry(
+    catalog: Catalog,
+    model_id: str,
+    created: int,
+    upstream_models: dict[str, list[str]] | None = None,
+    ready: set[str] | None = None,
+) -> dict[str, Any] | None:
+    """The `model_list` entry with this id, or None. A name the list does not spell out but a chat
+    request resolves to one listed model of a provider with credentials (a bare model id that one
+    spec lists, a model's alias in its spec) is an entry too, under the name asked for."""
+    listed = model_list(catalog, created, upstream_models, ready)
+    found = next((entry for entry in listed if entry["id"] == model_id), None)
+    if found is not None or model_id in (catalog.routes.get("aliases") or {}):
+        return found
+    try:
+        target = resolve_model(catalog, model_id)[0]
+    except GatewayError:
+        return None
+    if not any(entry["id"] == target.name for entry in listed):
+        return None
+    return {"id": model_id, "object": "model", "created": created, "owned_by": target.provider.name}
 
 
 class GracefulServer(uvicorn.Server):
