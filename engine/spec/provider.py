@@ -81,16 +81,18 @@ class ErrorTable:
                 return seconds
         return None
 
-    def kind_of(self, status: int | None, body: Any) -> tuple[str, str]:
-        """(kind, upstream message) for a status and a parsed error body (or None)."""
+    def kind_of(self, status: int | None, body: Any, code: str | None = None) -> tuple[str, str]:
+        """(kind, upstream message) for a status and a parsed error body (or None); `code`, when
+        the transport named the error's type (an event-stream exception), is looked up in `by_code`
+        instead of `code_from`."""
         message = self.message_of(body, {}) if body is not None else MISSING
-        code = self.code_of(body, {}) if body is not None else MISSING
+        found: Any = code if code is not None else self.code_of(body, {}) if body is not None else MISSING
         text = message if isinstance(message, str) else ""
         for pattern, kind in self.by_message:
             if text and pattern.search(text):
                 return kind, text
-        if code is not MISSING and str(code) in self.by_code:
-            return self.by_code[str(code)], text
+        if found is not MISSING and str(found) in self.by_code:
+            return self.by_code[str(found)], text
         if status is not None:
             for key in (str(status), f"{status // 100}xx"):
                 if key in self.by_status:
@@ -278,9 +280,11 @@ class ProviderSpec:
         # A forced tool turned into content (structured output) leaves no call to report.
         return "stop" if reason == "tool_calls" and not has_tool_calls else reason
 
-    def classify_error(self, status: int | None, body: Any, *, retry_after: float | None = None) -> GatewayError:
-        kind, upstream_message = self.errors.kind_of(status, body)
-        detail = self.redact(upstream_message) if upstream_message else f"HTTP {status}"
+    def classify_error(
+        self, status: int | None, body: Any, *, retry_after: float | None = None, code: str | None = None
+    ) -> GatewayError:
+        kind, upstream_message = self.errors.kind_of(status, body, code)
+        detail = self.redact(upstream_message) if upstream_message else code or f"HTTP {status}"
         message = f"{self.name} error: {detail}"
         if retry_after is None:  # a retry-after header wins over a delay in the body
             retry_after = self.errors.retry_after(body)
