@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import jinja2
+from yarl import URL
 
 from ..errors import GatewayError, InvalidRequest, error_for_kind
 from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, compile_required, compile_rules
@@ -17,11 +19,15 @@ from ..pointer import MISSING, compile_pointer
 from ..streaming import compile_stream
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
+from .sigv4 import sign_request
+
+#: Signs one request: (method, url, headers, body bytes) -> (the URL to send, the headers to send).
+Signer = Callable[[str, str, dict[str, str], bytes], tuple[URL, dict[str, str]]]
 
 # EnvVar and SpecCompileError live in common.py (credentials/spec.py needs them too) and are still
 # importable from here.
 __all__ = [
-    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "SpecCompileError",
+    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "Signer", "SpecCompileError",
     "compile_provider",
 ]
 
@@ -262,6 +268,14 @@ class ProviderSpec:
             cached = (token, headers)
             self._token_header_cache[key] = cached
         return cached[1]
+
+    def signer(self) -> Signer | None:
+        """What signs this provider's requests on their final bytes (`aws_sigv4`), with the
+        identity its variables hold now; None for the providers that do not sign."""
+        sigv4 = self.auth.sigv4 if self.auth is not None else None
+        if sigv4 is None:
+            return None
+        return partial(sign_request, sigv4.credentials(self.env_values))
 
     def reject_if_unsupported(self, body: dict[str, Any]) -> None:
         for when, message, param in self.rejects:
