@@ -600,7 +600,7 @@ class Gateway:
     def _stream_error(target: Target, failure: StreamFailure) -> GatewayError:
         if failure.kind is not None:
             return error_for_kind(failure.kind, f"{target.provider.name} stream error: {failure.message}")
-        return target.provider.classify_error(None, failure.body)
+        return target.provider.classify_error(None, failure.body, code=failure.code)
 
     async def _relay(
         self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange,

@@ -61,6 +61,7 @@ def post_request(target: Target, endpoint: str, body: dict[str, Any], *, stream:
         headers=target.provider.headers_for(target.model, target.api_base),
         body=body,
         stream=stream,
+        sign=target.provider.signer() if target.provider.auth is not None else None,
     )
 
 

@@ -20,6 +20,7 @@ import orjson
 from yarl import URL
 
 from ..errors import UpstreamConnection, UpstreamTimeout
+from ..spec.provider import Signer
 from .deadlines import AttemptDeadline
 
 __all__ = ["Upstream", "UpstreamReply", "UpstreamRequest", "iter_chunks", "map_upstream_errors"]
@@ -36,6 +37,8 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     stream: bool
+    #: Signs the final bytes just before sending (spec `api.auth: aws_sigv4`); None for most.
+    sign: Signer | None = None
 
 
 @dataclass
@@ -115,6 +118,14 @@ class Upstream:
             )
         return timeout
 
+    def _prepared(self, request: UpstreamRequest) -> tuple[URL, dict[str, str], bytes]:
+        """The URL, headers and body bytes to send; a signed request is signed on these bytes."""
+        data = orjson.dumps(request.body)
+        if request.sign is not None:
+            url, headers = request.sign(request.method, request.url, _with_json(request.headers), data)
+            return url, headers, data
+        return self._url(request.url), _with_json(request.headers), data
+
     async def send(
         self, request: UpstreamRequest, *, timeout: float | None = None, deadline: AttemptDeadline | None = None
     ) -> UpstreamReply:
@@ -124,13 +135,10 @@ class Upstream:
         whitespace does not reset (engine.pipeline.deadlines)."""
         session = self._session_or_start()
         started = time.monotonic()
+        url, headers, data = self._prepared(request)
         with map_upstream_errors(request.url, started):
             async with session.request(
-                request.method,
-                self._url(request.url),
-                data=orjson.dumps(request.body),
-                headers=_with_json(request.headers),
-                timeout=self._timeout(timeout),
+                request.method, url, data=data, headers=headers, timeout=self._timeout(timeout)
             ) as response:
                 if deadline is None or response.content.is_eof():  # whole already: no timer needed
                     body = await response.read()
@@ -145,13 +153,10 @@ class Upstream:
         """Open a streaming exchange; the caller reads `response.content` and must exit to release it."""
         session = self._session_or_start()
         started = time.monotonic()
+        url, headers, data = self._prepared(request)
         with map_upstream_errors(request.url, started):
             response = await session.request(
-                request.method,
-                self._url(request.url),
-                data=orjson.dumps(request.body),
-                headers=_with_json(request.headers),
-                timeout=self._timeout(timeout),
+                request.method, url, data=data, headers=headers, timeout=self._timeout(timeout)
             )
         try:
             yield response

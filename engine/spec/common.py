@@ -8,6 +8,7 @@ compilers without their importing provider.py back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -15,6 +16,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 __all__ = ["EnvVar", "SpecCompileError", "jinja_template"]
 
 _JINJA = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+#: `{{ model | path_segment }}`: a value as ONE URL path segment, every byte but RFC 3986's
+#: unreserved ones percent-encoded (`/` and `:` too: model ids and ARNs hold them).
+_JINJA.filters["path_segment"] = lambda value: quote(str(value), safe="-_.~")
 
 
 class SpecCompileError(Exception):

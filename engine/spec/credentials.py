@@ -16,6 +16,7 @@ import jinja2
 
 from ..pointer import compile_pointer
 from .common import EnvVar, SpecCompileError, jinja_template
+from .sigv4 import SigV4Spec, compile_sigv4
 
 __all__ = ["SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "compile_auth"]
 
@@ -54,6 +55,12 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "token_request_state": ("oauth_pkce",),
     "device_authorization_url": ("device_code",),
     "poll_interval": ("device_code",),
+    "service": ("aws_sigv4",),
+    "region": ("aws_sigv4",),
+    "region_env": ("aws_sigv4",),
+    "access_key_env": ("aws_sigv4",),
+    "secret_key_env": ("aws_sigv4",),
+    "session_token_env": ("aws_sigv4",),
 }
 
 
@@ -101,6 +108,8 @@ class AuthSpec:
     #: api_key without exchange: header templates folded into the spec's own headers at load.
     static_headers: dict[str, jinja2.Template] = field(default_factory=dict)
     exchange: ExchangeSpec | None = None
+    #: aws_sigv4: where the signing identity comes from; requests are signed on their final bytes.
+    sigv4: SigV4Spec | None = None
 
     @cached_property
     def signs_in(self) -> bool:
@@ -198,6 +207,10 @@ def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar
                 "/api/auth/headers", "`headers` place a signed-in or exchanged token; a static key uses `in` and `name`"
             )
         options.update(env=variable, placement=placement, name=str(name) if name else None)
+    elif kind == "aws_sigv4":
+        if raw.get("headers") or exchange is not None:
+            raise SpecCompileError("/api/auth/type", "aws_sigv4 signs each request itself; remove `headers` and `exchange`")
+        options.update(sigv4=compile_sigv4(provider, raw, env))
     else:
         fields = dict(DEFAULT_FIELDS)
         fields.update({str(k): str(v) for k, v in (raw.get("fields") or {}).items()})

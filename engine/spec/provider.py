@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import jinja2
+from yarl import URL
 
 from ..errors import GatewayError, InvalidRequest, error_for_kind
 from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, compile_required, compile_rules
@@ -17,11 +19,15 @@ from ..pointer import MISSING, compile_pointer
 from ..streaming import compile_stream
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
+from .sigv4 import sign_request
+
+#: Signs one request: (method, url, headers, body bytes) -> (the URL to send, the headers to send).
+Signer = Callable[[str, str, dict[str, str], bytes], tuple[URL, dict[str, str]]]
 
 # EnvVar and SpecCompileError live in common.py (credentials/spec.py needs them too) and are still
 # importable from here.
 __all__ = [
-    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "SpecCompileError",
+    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "Signer", "SpecCompileError",
     "compile_provider",
 ]
 
@@ -81,16 +87,18 @@ class ErrorTable:
                 return seconds
         return None
 
-    def kind_of(self, status: int | None, body: Any) -> tuple[str, str]:
-        """(kind, upstream message) for a status and a parsed error body (or None)."""
+    def kind_of(self, status: int | None, body: Any, code: str | None = None) -> tuple[str, str]:
+        """(kind, upstream message) for a status and a parsed error body (or None); `code`, when
+        the transport named the error's type (an event-stream exception), is looked up in `by_code`
+        instead of `code_from`."""
         message = self.message_of(body, {}) if body is not None else MISSING
-        code = self.code_of(body, {}) if body is not None else MISSING
+        found: Any = code if code is not None else self.code_of(body, {}) if body is not None else MISSING
         text = message if isinstance(message, str) else ""
         for pattern, kind in self.by_message:
             if text and pattern.search(text):
                 return kind, text
-        if code is not MISSING and str(code) in self.by_code:
-            return self.by_code[str(code)], text
+        if found is not MISSING and str(found) in self.by_code:
+            return self.by_code[str(found)], text
         if status is not None:
             for key in (str(status), f"{status // 100}xx"):
                 if key in self.by_status:
@@ -261,6 +269,14 @@ class ProviderSpec:
             self._token_header_cache[key] = cached
         return cached[1]
 
+    def signer(self) -> Signer | None:
+        """What signs this provider's requests on their final bytes (`aws_sigv4`), with the
+        identity its variables hold now; None for the providers that do not sign."""
+        sigv4 = self.auth.sigv4 if self.auth is not None else None
+        if sigv4 is None:
+            return None
+        return partial(sign_request, sigv4.credentials(self.env_values))
+
     def reject_if_unsupported(self, body: dict[str, Any]) -> None:
         for when, message, param in self.rejects:
             if when(body, {}):
@@ -278,9 +294,11 @@ class ProviderSpec:
         # A forced tool turned into content (structured output) leaves no call to report.
         return "stop" if reason == "tool_calls" and not has_tool_calls else reason
 
-    def classify_error(self, status: int | None, body: Any, *, retry_after: float | None = None) -> GatewayError:
-        kind, upstream_message = self.errors.kind_of(status, body)
-        detail = self.redact(upstream_message) if upstream_message else f"HTTP {status}"
+    def classify_error(
+        self, status: int | None, body: Any, *, retry_after: float | None = None, code: str | None = None
+    ) -> GatewayError:
+        kind, upstream_message = self.errors.kind_of(status, body, code)
+        detail = self.redact(upstream_message) if upstream_message else code or f"HTTP {status}"
         message = f"{self.name} error: {detail}"
         if retry_after is None:  # a retry-after header wins over a delay in the body
             retry_after = self.errors.retry_after(body)

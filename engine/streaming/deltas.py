@@ -22,11 +22,14 @@ Delta = tuple[Any, ...]
 class StreamFailure(Exception):
     """The upstream reported an error inside the stream."""
 
-    def __init__(self, kind: str | None, message: str, body: Any = None) -> None:
+    def __init__(self, kind: str | None, message: str, body: Any = None, *, code: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.body = body
+        #: The error's type as the transport named it (an event-stream `:exception-type`), for
+        #: the spec's error table when `kind` is None.
+        self.code = code
         #: Deltas from frames read before the failing one (they still reach the client first).
         self.partial: list[Delta] = []
 

@@ -1,4 +1,5 @@
-"""Incremental framing: upstream bytes -> (event name, data) frames, for SSE and NDJSON.
+"""Incremental framing: upstream bytes -> (event name, data) frames, for SSE and NDJSON (and the
+binary AWS event stream, in eventstream.py).
 
 Bytes may split anywhere: inside a line, a CRLF pair or a UTF-8 sequence. A small hand-written
 parser is used because the SSE libraries on PyPI either wrap one HTTP client's response objects
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator
+
+from .eventstream import EventStreamFramer
 
 __all__ = ["Framer", "NdjsonFramer", "SseFramer", "make_framer"]
 
@@ -66,5 +69,7 @@ class NdjsonFramer(Framer):
                 yield None, line
 
 
-def make_framer(kind: str) -> Framer:
+def make_framer(kind: str) -> Framer | EventStreamFramer:
+    if kind == "aws_eventstream":
+        return EventStreamFramer()
     return NdjsonFramer() if kind == "ndjson" else SseFramer()
