@@ -798,8 +798,8 @@ def spec_new(name: str, like: str, model: str, root: str | None) -> None:
     """Scaffold a provider spec that extends another, with its price, route and recordings folder.
 
     Writes providers.d/NAME.yaml (its own NAME_API_KEY and NAME_BASE_URL variables),
-    pricing.d/NAME.yaml, an alias NAME in routes.yaml and an empty recordings folder; the result
-    passes `gaud-engine validate`. Then edit the placeholders (base URL, model, prices).
+    pricing.d/NAME.yaml, an alias NAME in routes.yaml and an empty recordings folder. Then edit
+    the placeholders (base URL, model, prices): `gaud-engine validate` fails until the price is set.
 
     \b
     Example usage:

@@ -15,6 +15,7 @@ from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, c
 from ..mapping.templates import Getter, compile_source
 from ..pointer import MISSING, compile_pointer
 from ..streaming import compile_stream
+from .checks import check_names
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
 
@@ -359,6 +360,7 @@ def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
 
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
+    check_names(spec)
     environ = os.environ if environ is None else environ
     api = spec.get("api") or {}
     env = {
