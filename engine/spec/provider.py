@@ -186,6 +186,9 @@ class ProviderSpec:
     _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
     #: `response.required`: what a reply must hold to be mapped; None when the spec lists nothing.
     reply_check: ShapeCheck | None = None
+    #: `stream.emulate`: the upstream cannot stream; streamed requests are served from one
+    #: non-streaming call (`stream` is then None).
+    stream_emulated: bool = False
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -419,7 +422,9 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         auth=auth,
         reply_check=_required(response.get("required")),
     )
-    if spec.get("stream"):
+    if (spec.get("stream") or {}).get("emulate"):
+        compiled.stream_emulated = True
+    elif spec.get("stream"):
         try:
             compiled.stream = compile_stream(spec["stream"])
         except SpecCompileError:
