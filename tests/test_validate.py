@@ -253,6 +253,138 @@ def test_header_naming_an_undeclared_env_var(tree: Path) -> None:
     assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /api/headers/Authorization: ", "undeclared", "ACME_KEY")
 
 
+# -- names only the engine knows, and pointers ---------------------------------------------------
+
+#: A reply mapped by `parts_to_message` and a request by `messages_to_turns`, for the kind checks.
+ACME_PARTS_REPLY = """\
+    - to: /choices/0/message
+      from: /content
+      op: parts_to_message
+      classify:
+        by: /type
+        cases: {text: text, tool_use: tool_call, _default: _ignore}
+      fields:
+        text: {text: /text}
+        tool_call: {id: /id, name: /name, args: /input}
+"""
+ACME_TURNS = """\
+    - to: /messages
+      from: /messages
+      op: messages_to_turns
+      roles: {user: user, assistant: assistant, tool: user, _default: user}
+      parts:
+        text: {into: content, template: {type: text, text: "@text"}}
+        tool_call: {into: content, template: {type: tool_use, id: "@id", name: "@name", input: "@args"}}
+        tool_result: {into: content, template: {type: tool_result, tool_use_id: "@id", content: "@text"}}
+"""
+
+
+def with_parts(tree: Path) -> None:
+    """acme's request and reply through the part operations (a clean spec)."""
+    edit(tree, "providers.d/acme.yaml", "    - {to: /messages, from: /messages}\n", ACME_TURNS)
+    edit(tree, "providers.d/acme.yaml", '    - {to: "", from: ""}\n', ACME_PARTS_REPLY)
+    assert validate(str(tree))[0] == 0
+
+
+def test_classifier_kind_unknown_to_parts_to_message(tree: Path) -> None:
+    with_parts(tree)
+    line = edit(tree, "providers.d/acme.yaml", "tool_use: tool_call,", "tool_use: tool_cal,")
+    assert_one_problem(
+        tree, f"providers.d/acme.yaml:{line}: /response/map/0/classify/cases/tool_use: ",
+        "unknown part kind 'tool_cal'", "did you mean 'tool_call'?",
+    )
+
+
+def test_classifier_kind_named_by_carry_preceding_is_known(tree: Path) -> None:
+    with_parts(tree)
+    edit(tree, "providers.d/acme.yaml", "tool_use: tool_call,", "tool_use: tool_call, thinking: thought,")
+    edit(tree, "providers.d/acme.yaml", "      fields:\n        text: {text: /text}\n",
+         "      id: {carry_preceding: {sig: {kind: thought, from: /signature}}}\n      fields:\n        text: {text: /text}\n")
+    assert validate(str(tree))[0] == 0
+
+
+def test_classifier_kind_without_a_stream_case(tree: Path) -> None:
+    line = edit(
+        tree, "providers.d/acme.yaml", "      - text: /choices/0/delta/content\n",
+        "      - each:\n          in: /choices/0/delta/content\n"
+        "          classify: [{kind: reasonin, when: {has: /thinking}}, {kind: text}]\n"
+        "          cases: {text: [{text: /text}], reasoning: [{reasoning: /thinking}]}\n",
+        marker="classify: [",
+    )
+    assert_one_problem(
+        tree, f"providers.d/acme.yaml:{line}: /stream/events/_default/0/each/classify/0/kind: ",
+        "unknown part kind 'reasonin'", "did you mean 'reasoning'?",
+    )
+
+
+def test_typo_in_a_parts_key(tree: Path) -> None:
+    with_parts(tree)
+    line = edit(tree, "providers.d/acme.yaml", "        tool_result: {into", "        tool_reslt: {into")
+    assert_one_problem(
+        tree, f"providers.d/acme.yaml:{line}: /request/map/1/parts/tool_reslt: ",
+        "unknown content kind 'tool_reslt'", "did you mean 'tool_result'?",
+    )
+
+
+def test_other_openai_content_types_are_parts_keys(tree: Path) -> None:
+    with_parts(tree)
+    edit(tree, "providers.d/acme.yaml", "        tool_result: {into",
+         '        input_audio: {into: content, template: {type: audio, data: "@part/input_audio/data"}}\n'
+         "        tool_result: {into")
+    assert validate(str(tree))[0] == 0
+
+
+def test_unknown_context_name(tree: Path) -> None:
+    with_parts(tree)
+    line = edit(tree, "providers.d/acme.yaml", 'text: {into: content, template: {type: text, text: "@text"}}',
+                'text: {into: content, template: {type: text, text: "@txet"}}')
+    assert_one_problem(
+        tree, f"providers.d/acme.yaml:{line}: /request/map/1/parts/text/template/text: ",
+        "unknown context value '@txet'", "did you mean '@text'?",
+    )
+
+
+def test_unknown_context_name_in_a_rule(tree: Path) -> None:
+    line = edit(tree, "providers.d/acme.yaml", '{to: /model, from: "@model"}', '{to: /model, from: "@fromat"}')
+    assert_one_problem(
+        tree, f"providers.d/acme.yaml:{line}: /request/map/0/from: ", "unknown context value '@fromat'", "'@format'",
+    )
+
+
+def test_a_literal_compared_with_may_start_with_at(tree: Path) -> None:
+    edit(tree, "providers.d/acme.yaml", "      op: table\n", '      op: table\n      when: {ne: [/user, "@nobody"]}\n')
+    assert validate(str(tree))[0] == 0
+
+
+def test_pointer_without_its_leading_slash(tree: Path) -> None:
+    line = edit(tree, "providers.d/acme.yaml", "{to: /messages, from: /messages}", "{to: /messages, from: messages}")
+    got = assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /request/map/1/from: ")
+    assert got.endswith("a JSON pointer starts with '/': write '/messages'")
+    assert "expected a list" not in got
+
+
+def test_stream_pointer_without_its_leading_slash(tree: Path) -> None:
+    line = edit(tree, "providers.d/acme.yaml", "- finish: /choices/0/finish_reason", "- finish: choices/0/finish_reason")
+    assert_one_problem(
+        tree, f"providers.d/acme.yaml:{line}: /stream/events/_default/1/finish: ",
+        "a JSON pointer starts with '/': write '/choices/0/finish_reason'",
+    )
+
+
+def test_placeholder_price_from_spec_new(tree: Path) -> None:
+    line = edit(tree, "pricing.d/acme.yaml", "source: https://acme.test/pricing",
+                "source: \"TODO: the provider's pricing page\"")
+    assert_one_problem(
+        tree, f"pricing.d/acme.yaml:{line}: /models/acme-large/source: ",
+        "placeholder price for 'acme-large'", "pricing page",
+    )
+
+
+def test_a_zero_output_price_is_not_a_placeholder(tree: Path) -> None:
+    edit(tree, "pricing.d/acme.yaml", "output: 2.00", "output: 0")  # an embedding model's real price
+    assert validate(str(tree))[0] == 0
+
+
 # -- extends -------------------------------------------------------------------------------------
 
 

@@ -824,7 +824,7 @@ def spec_new(name: str, like: str | None, fmt: str | None, model: str, root: str
     variables (NAME_API_KEY, NAME_BASE_URL) and models. With --format it is a whole spec for a new
     wire format, from a template to adjust to the provider's API reference. Also writes
     pricing.d/NAME.yaml (a placeholder price marked TODO), an alias NAME in routes.yaml and an empty
-    recordings folder; the result passes `gaud-engine validate` but for the TODO price.
+    recordings folder; `gaud-engine validate` fails until the TODO price is replaced.
 
     \b
     Example usage:

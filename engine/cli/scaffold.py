@@ -1,5 +1,6 @@
 """`gaud-engine spec new`: a new provider spec, with everything around it (price, route, recordings
-folder), written so that `gaud-engine validate` passes at once but for the placeholder price.
+folder), written so that `gaud-engine validate` passes once the placeholder price (marked TODO, which
+validate reports) is replaced.
 
 The spec either extends an existing one (`--like`), or starts a new wire format from a template
 (`--format`): engine/scaffolds/<format>.yaml, plain data named for the wire format it speaks, with
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..spec.crossref import PLACEHOLDER_MARK, placeholder_prices
 from ..spec.loader import load_catalog
 
 __all__ = ["Scaffold", "ScaffoldError", "env_prefix", "formats", "scaffold"]
@@ -27,7 +29,7 @@ __all__ = ["Scaffold", "ScaffoldError", "env_prefix", "formats", "scaffold"]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 #: Placeholders that pass the schemas and read as what they are.
 PLACEHOLDER_BASE = "https://api.example.com"
-PLACEHOLDER_SOURCE = "TODO: the provider's pricing page"
+PLACEHOLDER_SOURCE = f"{PLACEHOLDER_MARK}: the provider's pricing page"  # `validate` fails until it is replaced
 #: The wire-format templates of `spec new --format`.
 TEMPLATES = Path(__file__).resolve().parent.parent / "scaffolds"
 
@@ -214,11 +216,6 @@ def _parent(catalog: Any, like: str) -> Any:
     return catalog.providers[like]
 
 
-def _placeholder_price(problem: Any, pricing_file: str) -> bool:
-    """A problem `validate` reports about the scaffold's own `TODO` price: expected until edited."""
-    return bool(problem.file == pricing_file and "TODO" in str(problem))
-
-
 def scaffold(root: Path, name: str, like: str | None = None, *, fmt: str | None = None,
              model: str = "example-model", today: str | None = None) -> Scaffold:
     """Write providers.d/NAME.yaml (extends LIKE, default openai; or the FMT wire-format template),
@@ -278,8 +275,8 @@ def scaffold(root: Path, name: str, like: str | None = None, *, fmt: str | None 
         result.created.append(readme)
         check = load_catalog(root, environ={})
         ours = {str(p.relative_to(root)) for p in (spec_path, pricing_path, routes_path)}
-        pricing_file = str(pricing_path.relative_to(root))
-        problems = [p for p in check.problems if p.file in ours and not _placeholder_price(p, pricing_file)]
+        placeholder = {str(p) for p in placeholder_prices(check)}  # validate reports it until it is edited
+        problems = [p for p in check.problems if p.file in ours and str(p) not in placeholder]
         if problems:
             raise ScaffoldError("the scaffold does not validate:\n" + "\n".join(str(p) for p in problems))
     except BaseException:

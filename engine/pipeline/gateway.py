@@ -24,6 +24,7 @@ from ..errors import (
     GatewayError,
     IncompleteStream,
     InternalError,
+    InvalidRequest,
     NotConfigured,
     Overloaded,
     RateLimited,
@@ -36,7 +37,7 @@ from ..metrics import Metrics
 from ..spec.catalog import Catalog
 from ..spec.models import Target
 from ..spec.provider import ProviderSpec
-from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
+from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState, message_deltas
 from ..streaming.encoders import EncoderFactory, StreamEncoder
 from .breaker import HALF_OPEN
 from .deadlines import AttemptDeadline, Deadlines
@@ -208,7 +209,7 @@ class Gateway:
         ends = self.deadlines.request_ends()
         for planned in plan.targets:
             target = planned.target
-            if target.provider.name in self.router.unconfigured and (skip := await self.not_configured(target.provider)):
+            if (skip := await self._skip(planned, exchange)) is not None:
                 log.info("skipping %s: %s", target.name, skip.message)
                 failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
                 continue
@@ -283,6 +284,28 @@ class Gateway:
         deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
         return await deadline.run(attempt(planned))
 
+    async def _skip(self, planned: PlannedTarget, exchange: Exchange) -> GatewayError | None:
+        """Why a deployment is not tried for this request, or None: its provider is not
+        configured here, or the request streams and the deployment can neither stream nor
+        emulate it (the next candidate may, so this is a skip, not a failure)."""
+        spec = planned.target.provider
+        if spec.name in self.router.unconfigured and (skip := await self.not_configured(spec)):
+            return skip
+        if exchange.stream and spec.stream is None and not self._emulates(planned):
+            error = InvalidRequest(
+                f"{planned.target.name} cannot stream: the {spec.name} spec has no `stream` section; "
+                "send the request without `stream` (or emulate streaming: `stream: {emulate: true}` in the spec)",
+                param="stream", code="stream_unsupported",
+            )
+            error.before_upstream = True
+            return error
+        return None
+
+    @staticmethod
+    def _emulates(planned: PlannedTarget) -> bool:
+        """Whether a streamed request to this deployment is served from one non-streaming call."""
+        return planned.emulate_stream or planned.target.provider.stream_emulated
+
     async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
         """Why a provider cannot be called here, or None. Its required variables are looked up once
         per catalog (Router.unconfigured); a provider that signs in counts as configured while
@@ -339,8 +362,11 @@ class Gateway:
         if len({t.name for t, _ in failures}) == 1:
             return failures[-1][1]
         tried = [error for _, error in failures if error.attempts]  # skipped ones have none
-        if not tried:  # every deployment skipped: one 503 naming each provider once
-            return NotConfigured("; ".join(dict.fromkeys(error.message for _, error in failures)))
+        if not tried:  # every deployment skipped: one error naming each reason once
+            message = "; ".join(dict.fromkeys(error.message for _, error in failures))
+            if all(isinstance(error, InvalidRequest) for _, error in failures):  # none can stream: a 400
+                return InvalidRequest(message, param="stream", code="stream_unsupported")
+            return NotConfigured(message)  # 503 (some are not configured)
         last: dict[str, tuple[Target, GatewayError]] = {}
         for target, error in failures:
             last[target.name] = (target, error)
@@ -509,6 +535,8 @@ class Gateway:
         self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange, encoder: EncoderFactory | None = None
     ) -> StreamResult:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if self._emulates(planned):
+            return await self._emulated_stream(planned, body, exchange, include_usage, encoder)
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
@@ -542,6 +570,36 @@ class Gateway:
         out = body_bytes()
         # Primed into its `try`, so closing it even before the first read releases the upstream
         # and settles the breaker (closing a generator never started runs nothing).
+        await out.__anext__()
+        result = StreamResult(out)
+        return result
+
+    async def _emulated_stream(
+        self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange, include_usage: bool,
+        encoder: EncoderFactory | None,
+    ) -> StreamResult:
+        """A streamed request served by one non-streaming call (`stream.emulate`, or a route's
+        `stream: emulate`): the whole reply goes out as one stream, billed as a stream's would be.
+        A failure is an ordinary error (nothing was sent), retried or failed over as any."""
+        completion = (await self._chat_once(planned, body, exchange)).completion  # accounted there
+        exchange.first_byte = time.perf_counter()
+        target = planned.target
+        choice = completion["choices"][0]
+        writer = (encoder or ChunkWriter)(
+            model=target.model or body["model"], created=int(time.time()), special_tokens=target.provider.special_tokens,
+        )
+        usage = {**completion["usage"], "cost": round(exchange.cost, 8)}
+        payload = writer.write(message_deltas(choice["message"]), completion.get("id"), completion.get("model"))
+        payload += writer.finish(choice.get("finish_reason"), usage if include_usage else None)
+
+        async def body_bytes() -> AsyncIterator[bytes]:
+            try:
+                yield b""  # primed below, as in _stream_once: the breaker is settled however it ends
+                yield payload
+            finally:
+                result.settle(True)  # the upstream answered in full
+
+        out = body_bytes()
         await out.__anext__()
         result = StreamResult(out)
         return result

@@ -37,6 +37,8 @@ class PlannedTarget:
     #: The deployment's own `total_timeout` / `idle_timeout` (None: the upstream.* settings).
     total_timeout: float | None = None
     idle_timeout: float | None = None
+    #: The candidate's `stream: emulate` (routes.yaml).
+    emulate_stream: bool = False
 
 
 @dataclass
@@ -217,7 +219,7 @@ class Router:
         if not eligible:
             raise NotFound(f"No deployment of '{route.name}' applies to this request.", param="model")
         planned = [
-            PlannedTarget(t, c.timeout, c.rpm, c.tpm, c.total_timeout, c.idle_timeout)
+            PlannedTarget(t, c.timeout, c.rpm, c.tpm, c.total_timeout, c.idle_timeout, c.emulate_stream)
             for c, t in self._order(route, eligible)
         ]
         if explain:

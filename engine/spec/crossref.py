@@ -22,8 +22,28 @@ def _escape(token: str) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
+#: How `spec new` marks the prices it cannot know (engine.cli.scaffold.PLACEHOLDER_SOURCE).
+PLACEHOLDER_MARK = "TODO"
+
+
+def placeholder_prices(catalog: Catalog) -> list[SpecError]:
+    """Prices still as `spec new` wrote them (a `source` starting with TODO): the zeros under it
+    are not the provider's prices. Found by the marker, not the zeros: `output: 0` is real for an
+    embedding model."""
+    problems = []
+    for model, price in catalog.pricing.items():
+        source = price.get("source")
+        doc = catalog.files.get(price["_file"])
+        if doc is not None and isinstance(source, str) and source.lstrip().upper().startswith(PLACEHOLDER_MARK):
+            problems.append(doc.problem(
+                f"{price['_pointer']}/source",
+                f"placeholder price for '{model}': set input, output and source from the provider's pricing page",
+            ))
+    return problems
+
+
 def cross_reference(catalog: Catalog) -> list[SpecError]:
-    problems: list[SpecError] = []
+    problems: list[SpecError] = placeholder_prices(catalog)
     for name, spec in catalog.providers.items():
         doc = catalog.files.get(spec.file)
         if doc is None or catalog.broken_pricing:  # an unreadable pricing file: its prices are unknown

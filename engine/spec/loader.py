@@ -81,7 +81,7 @@ def _label(path: Path, root: Path) -> str:
 def _schema_problems(doc: YamlFile, schema: str) -> list[SpecError]:
     problems = []
     for found in _validator(schema).iter_errors(doc.data):
-        error = best_match(found.context) if found.context else found
+        error = _missing_slash(found) or (best_match(found.context) if found.context else found)
         pointer, message = _describe(error)
         problems.append(doc.problem(pointer, message))
     problems.sort(key=lambda p: p.line)
@@ -127,6 +127,20 @@ def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _missing_slash(error: ValidationError) -> ValidationError | None:
+    """The failure of a JSON pointer written without its leading '/' (`from: messages`), among
+    an error's alternatives: it says more than the other branch's "expected a list"."""
+    candidate: ValidationError
+    for candidate in (error, *(error.context or ())):
+        value = candidate.instance
+        if (
+            candidate.validator == "pattern" and str(candidate.validator_value).startswith("^(/")
+            and isinstance(value, str) and value and not value.startswith(("/", "@"))
+        ):
+            return candidate
+    return None
+
+
 def _describe(error: ValidationError) -> tuple[str, str]:
     """A pointer and a message that says what to do, for one schema violation."""
     pointer = _pointer(error.absolute_path)
@@ -158,6 +172,8 @@ def _describe(error: ValidationError) -> tuple[str, str]:
         if "string" in expected and not isinstance(error.instance, (dict, list)):
             message += " (quote it)"
         return pointer, message
+    if error.validator == "pattern" and _missing_slash(error) is error:
+        return pointer, f"a JSON pointer starts with '/': write '/{error.instance}'"
     if error.validator == "pattern":
         described = _schema_of(error).get("description")
         fix = f": {described}" if described else ""

@@ -17,6 +17,7 @@ from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, c
 from ..mapping.templates import Getter, compile_source
 from ..pointer import MISSING, compile_pointer
 from ..streaming import compile_stream
+from .checks import check_names
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
 from .sigv4 import sign_request
@@ -193,6 +194,9 @@ class ProviderSpec:
     _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
     #: `response.required`: what a reply must hold to be mapped; None when the spec lists nothing.
     reply_check: ShapeCheck | None = None
+    #: `stream.emulate`: the upstream cannot stream; streamed requests are served from one
+    #: non-streaming call (`stream` is then None).
+    stream_emulated: bool = False
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -377,6 +381,7 @@ def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
 
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
+    check_names(spec)
     environ = os.environ if environ is None else environ
     api = spec.get("api") or {}
     env = {
@@ -435,7 +440,9 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         auth=auth,
         reply_check=_required(response.get("required")),
     )
-    if spec.get("stream"):
+    if (spec.get("stream") or {}).get("emulate"):
+        compiled.stream_emulated = True
+    elif spec.get("stream"):
         try:
             compiled.stream = compile_stream(spec["stream"])
         except SpecCompileError:

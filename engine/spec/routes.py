@@ -79,6 +79,8 @@ class Candidate:
     #: Per attempt: seconds in all, and without content in a stream (None: upstream.* settings).
     total_timeout: float | None = None
     idle_timeout: float | None = None
+    #: `stream: emulate`: a streamed request is served from one non-streaming call.
+    emulate_stream: bool = False
 
 
 @dataclass
@@ -162,6 +164,7 @@ def compile_routes(raw: dict[str, Any]) -> RouteTable:
                 tpm=c.get("tpm"),
                 total_timeout=c.get("total_timeout"),
                 idle_timeout=c.get("idle_timeout"),
+                emulate_stream=c.get("stream") == "emulate",
             )
             for i, c in enumerate(route.get("candidates", []))
         ]

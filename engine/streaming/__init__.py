@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .chunks import ChunkWriter, MessageAssembler, sse
+from .chunks import ChunkWriter, MessageAssembler, message_deltas, sse
 from .deltas import StreamFailure, StreamState
 from .events import EventReader, StreamSpec, compile_stream
 from .framing import make_framer
@@ -18,6 +18,7 @@ __all__ = [
     "TokenFilter",
     "compile_stream",
     "make_framer",
+    "message_deltas",
     "sse",
     "strip_tokens",
 ]

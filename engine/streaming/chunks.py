@@ -11,7 +11,7 @@ from .encoders import stream_identity
 from .events import Delta
 from .tokens import TokenFilter
 
-__all__ = ["ChunkWriter", "MessageAssembler", "sse"]
+__all__ = ["ChunkWriter", "MessageAssembler", "message_deltas", "sse"]
 
 
 def sse(obj: Any) -> bytes:
@@ -138,3 +138,20 @@ class MessageAssembler:
         if self.calls:
             message["tool_calls"] = self.calls
         return message
+
+
+def message_deltas(message: dict[str, Any]) -> list[Delta]:
+    """One whole assistant message as the deltas a stream of it would have held (the inverse of
+    MessageAssembler): reasoning, text, then each tool call's start and arguments. Lets an
+    encoder stream a reply that came whole (stream emulation)."""
+    deltas: list[Delta] = []
+    if message.get("reasoning_content"):
+        deltas.append(("reasoning", message["reasoning_content"]))
+    if message.get("content"):
+        deltas.append(("text", message["content"]))
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        function = call.get("function") or {}
+        deltas.append(("tool_start", index, call.get("id"), function.get("name")))
+        if function.get("arguments"):
+            deltas.append(("tool_args", index, function["arguments"]))
+    return deltas
