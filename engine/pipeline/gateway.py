@@ -208,7 +208,7 @@ class Gateway:
         ends = self.deadlines.request_ends()
         for planned in plan.targets:
             target = planned.target
-            if target.provider.name in self.router.unconfigured and (skip := await self.not_configured(target.provider)):
+            if self.router.setup_hint(target.provider, target.name) and (skip := await self.not_configured(target.provider, target.name)):
                 log.info("skipping %s: %s", target.name, skip.message)
                 failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
                 continue
@@ -283,11 +283,11 @@ class Gateway:
         deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
         return await deadline.run(attempt(planned))
 
-    async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
-        """Why a provider cannot be called here, or None. Its required variables are looked up once
-        per catalog (Router.unconfigured); a provider that signs in counts as configured while
-        signed in (the credential manager caches that)."""
-        hint = self.router.unconfigured.get(spec.name)
+    async def not_configured(self, spec: ProviderSpec, deployment: str = "") -> NotConfigured | None:
+        """Why a provider (a `deployment` of it) cannot be called here, or None. Its required variables
+        are looked up once per catalog (Router.setup_hint); a provider that signs in counts as
+        configured while signed in (the credential manager caches that)."""
+        hint = self.router.setup_hint(spec, deployment)
         if hint is None:
             return None
         if self.credentials is not None and spec.auth is not None and spec.auth.signs_in:
@@ -296,7 +296,8 @@ class Gateway:
                     return None
             except GatewayError:  # signed in, but it no longer works: the attempt says why
                 return None
-        return NotConfigured(f"{spec.name} is not configured: {hint}")
+        where = f"{spec.name} (deployment {deployment})" if spec.deployment is not None else spec.name
+        return NotConfigured(f"{where} is not configured: {hint}")
 
     @staticmethod
     def _attempt_error(target: Target, exc: BaseException) -> GatewayError | None:
