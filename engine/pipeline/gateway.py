@@ -290,7 +290,7 @@ class Gateway:
         hint = self.router.setup_hint(spec, deployment)
         if hint is None:
             return None
-        if self.credentials is not None and spec.auth is not None and spec.auth.signs_in:
+        if self.credentials is not None and spec.signs_in:
             try:
                 if await self.credentials.access_token(spec) is not None:
                     return None

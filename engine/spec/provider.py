@@ -202,14 +202,20 @@ class ProviderSpec:
     def setup_hint(self) -> str | None:
         """What makes this provider usable when its required variables are unset ("set X" or
         "set X or run `gaud-engine login p`"); None when they are set. Names only, never values.
-        A provider that signs in may still be usable without them: the credential store says."""
+        A provider that signs in may still be usable without them: the credential store says; not a
+        deployment with its own credentials (`env`), which uses those or nothing."""
         missing = self.missing_env()
         if not missing:
             return None
         hint = "set " + " and ".join(missing)
-        if self.auth is not None and self.auth.signs_in:
+        if self.signs_in:
             hint += f" or run `gaud-engine login {self.name}`"
         return hint
+
+    @property
+    def signs_in(self) -> bool:
+        """A sign-in (`gaud-engine login`) may stand in for its keys: not for a deployment that rebinds them."""
+        return self.auth is not None and self.auth.signs_in and not self.env_sources
 
     def secrets(self) -> list[str]:
         return [self.env_values[v.name] for v in self.env.values() if v.secret and self.env_values.get(v.name)]
