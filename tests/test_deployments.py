@@ -86,6 +86,8 @@ def test_two_accounts_of_one_provider_behind_one_alias(upstreams, tmp_path):
     gw = start_gateway(env, tmp_path / "gw.log")
     try:
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=20)
+        listed = {m.id for m in client.models.list()}  # ANTHROPIC_API_KEY is unset: the deployments' own keys count
+        assert {"teams-rr", "teams-weighted", "teams-missing"} <= listed and "team-c-only" not in listed
         served = _round_robin_and_weighted(client, a, b)
         assert served["rr"] == ["team-a", "team-b", "team-a", "team-b"]
         assert set(served["weighted"]) == {"team-a", "team-b"}  # 1:1 over 24 requests: both (p of not ~1e-7)
