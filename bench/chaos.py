@@ -122,9 +122,10 @@ def spec_dir(out: Path, faults: FaultServer, args: argparse.Namespace) -> Path:
     failures, _, cooldown = args.breaker.partition("/")
     routes["defaults"]["backoff"] = {"initial": 0.05, "multiplier": 2.0, "max": 0.5, "jitter": 0.2, "max_retry_after": 2}
     routes["defaults"]["breaker"] = {"failures": int(failures), "cooldown": float(cooldown)}
-    fallback = {"provider": "openai", "model": FALLBACK.split("/")[1], "api_base": faults.api_base("b")}
+    # Named: unnamed, a deployment with an api_base is called `provider/model@api_base`.
+    fallback = {"name": FALLBACK, "provider": "openai", "model": FALLBACK.split("/")[1], "api_base": faults.api_base("b")}
     routes["aliases"] = {
-        alias: {"candidates": [{"provider": name.split("/")[0], "model": name.split("/")[1],
+        alias: {"candidates": [{"name": name, "provider": name.split("/")[0], "model": name.split("/")[1],
                                 "api_base": faults.api_base("a", wire=name.split("/")[0])}, fallback]}
         for alias, name in PRIMARY.items()
     }

@@ -174,10 +174,12 @@ def routes_for(faults: FaultServer, tree: Path) -> None:
     with one retry instead of three to keep the file fast."""
     routes = yaml.safe_load((tree / "routes.yaml").read_text())
     routes["defaults"]["retry"] = re.sub(r"attempt <= \d+", "attempt <= 1", routes["defaults"]["retry"])
-    fallback = {"provider": "openai", "model": "gpt-4-turbo", "api_base": faults.api_base("b")}
+    # Named: an unnamed deployment with an api_base is called `provider/model@api_base`.
+    fallback = {"name": FALLBACK, "provider": "openai", "model": "gpt-4-turbo", "api_base": faults.api_base("b")}
     routes["aliases"] = {
         f"fault-{wire}": {"candidates": [
-            {"provider": name.split("/")[0], "model": name.split("/")[1], "api_base": faults.api_base("a", wire=wire)},
+            {"name": name, "provider": name.split("/")[0], "model": name.split("/")[1],
+             "api_base": faults.api_base("a", wire=wire)},
             fallback]}
         for wire, name in PRIMARY.items()
     }

@@ -154,25 +154,28 @@ class CredentialManager:
         auth: AuthSpec | None = getattr(spec, "auth", None)
         if auth is None or not auth.dynamic:
             return None
-        entry = self._entries.get(spec.name)
+        if auth.signs_in and getattr(spec, "env_sources", None):
+            return None  # a routes.yaml deployment with its own credentials uses them, not a sign-in
+        key = _entry_key(spec)
+        entry = self._entries.get(key)
         if entry is not None and entry.usable(self.clock(), self.recheck_seconds):
             if entry.failure is not None:
                 raise _copy(entry.failure)
             return entry.token
-        lock = self._locks.get(spec.name) or self._locks.setdefault(spec.name, asyncio.Lock())
+        lock = self._locks.get(key) or self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             now = self.clock()
-            entry = self._entries.get(spec.name)
+            entry = self._entries.get(key)
             if entry is None or not entry.usable(now, self.recheck_seconds):
                 entry = await self._renew(spec, auth, entry, now)
-                self._entries[spec.name] = entry
+                self._entries[key] = entry
         if entry.failure is not None:
             raise _copy(entry.failure)
         return entry.token
 
     async def invalidate(self, spec: Provider, token: str) -> None:
         """The upstream refused `token` (a 401): renew it on the next call, if it is still the current one."""
-        entry = self._entries.get(spec.name)
+        entry = self._entries.get(_entry_key(spec))
         if entry is not None and entry.token == token:
             entry.forced = True
 
@@ -401,3 +404,10 @@ class CredentialManager:
             self.describe(spec, row=self.store.load_credentials(name) if name in rows else None)
             for name, spec in sorted(specs.items())
         ]
+
+
+def _entry_key(spec: Provider) -> str:
+    """Tokens are kept per provider, and per routes.yaml deployment with its own credentials (each
+    exchanges its own key)."""
+    deployment = getattr(spec, "deployment", None)
+    return spec.name if deployment is None else f"{spec.name} deployment {deployment}"  # names hold no spaces

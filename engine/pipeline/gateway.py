@@ -289,7 +289,7 @@ class Gateway:
         configured here, or the request streams and the deployment can neither stream nor
         emulate it (the next candidate may, so this is a skip, not a failure)."""
         spec = planned.target.provider
-        if spec.name in self.router.unconfigured and (skip := await self.not_configured(spec)):
+        if self.router.setup_hint(spec, planned.target.name) and (skip := await self.not_configured(spec, planned.target.name)):
             return skip
         if exchange.stream and spec.stream is None and not self._emulates(planned):
             error = InvalidRequest(
@@ -306,20 +306,21 @@ class Gateway:
         """Whether a streamed request to this deployment is served from one non-streaming call."""
         return planned.emulate_stream or planned.target.provider.stream_emulated
 
-    async def not_configured(self, spec: ProviderSpec) -> NotConfigured | None:
-        """Why a provider cannot be called here, or None. Its required variables are looked up once
-        per catalog (Router.unconfigured); a provider that signs in counts as configured while
-        signed in (the credential manager caches that)."""
-        hint = self.router.unconfigured.get(spec.name)
+    async def not_configured(self, spec: ProviderSpec, deployment: str = "") -> NotConfigured | None:
+        """Why a provider (a `deployment` of it) cannot be called here, or None. Its required variables
+        are looked up once per catalog (Router.setup_hint); a provider that signs in counts as
+        configured while signed in (the credential manager caches that)."""
+        hint = self.router.setup_hint(spec, deployment)
         if hint is None:
             return None
-        if self.credentials is not None and spec.auth is not None and spec.auth.signs_in:
+        if self.credentials is not None and spec.signs_in:
             try:
                 if await self.credentials.access_token(spec) is not None:
                     return None
             except GatewayError:  # signed in, but it no longer works: the attempt says why
                 return None
-        return NotConfigured(f"{spec.name} is not configured: {hint}")
+        where = f"{spec.name} (deployment {deployment})" if spec.deployment is not None else spec.name
+        return NotConfigured(f"{where} is not configured: {hint}")
 
     @staticmethod
     def _attempt_error(target: Target, exc: BaseException) -> GatewayError | None:

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import NotFound
 from ..spec.catalog import Catalog
 from ..spec.models import Target, resolve_model
+from ..spec.provider import ProviderSpec
 from ..spec.routes import Candidate, Policy, Route, RouteTable, compile_routes
 from .breaker import BreakerBoard
 from .pricing import Quote, price_for, quote_for
@@ -127,7 +128,7 @@ class Router:
         self.in_flight: dict[str, int] = {}
         self.latency: dict[str, float] = {}
         self._turn: dict[str, int] = {}
-        self._targets: dict[tuple[str, str, str | None], Target] = {}
+        self._targets: dict[int, Target] = {}
         self.price_of = price_of or self._list_price
         #: Provider -> what to set, for providers whose required variables are unset. Read from the
         #: catalog once (its environment is read at load), so skipping them costs a dict lookup;
@@ -135,17 +136,29 @@ class Router:
         self.unconfigured: dict[str, str] = {
             name: hint for name, spec in catalog.providers.items() if (hint := spec.setup_hint()) is not None
         }
+        self._deployment_hints: dict[str, str] = {}
 
     def _target(self, candidate: Candidate) -> Target:
         """The deployment of a route candidate, resolved once per catalog. A candidate names its
-        model in routes.yaml, so it counts as listed even where its provider lists no models."""
-        key = (candidate.provider, candidate.model, candidate.api_base)
+        model in routes.yaml, so it counts as listed even where its provider lists no models; its
+        own `env`/`headers` give it its own spec (Candidate.spec), its name is its identity."""
+        key = id(candidate)  # the compiled candidates live as long as the catalog (and this router)
         target = self._targets.get(key)
         if target is None:
             target = resolve_model(self.catalog, f"{candidate.provider}/{candidate.model}", allow_unlisted=True)[0]
-            target = Target(target.provider, target.model, target.info, candidate.api_base, listed=True)
+            spec = candidate.spec or target.provider
+            target = Target(spec, target.model, target.info, candidate.api_base, listed=True, label=candidate.deployment)
             self._targets[key] = target
+            if spec.deployment is not None and (hint := spec.setup_hint()) is not None:
+                self._deployment_hints[target.name] = hint
         return target
+
+    def setup_hint(self, spec: ProviderSpec, deployment: str) -> str | None:
+        """What to set for a deployment whose required variables are unset (Router.unconfigured
+        for the catalog's specs, computed once per deployment for those with their own `env`)."""
+        if spec.deployment is None:
+            return self.unconfigured.get(spec.name)
+        return self._deployment_hints.get(deployment)
 
     def quote(self, target: Target) -> Quote | None:
         """What a deployment is billed at (engine.pipeline.pricing.quote_for), once per catalog."""
@@ -228,7 +241,7 @@ class Router:
 
     def _note_skips(self, planned: list[PlannedTarget], notes: list[str]) -> None:
         for item in planned:
-            hint = self.unconfigured.get(item.target.provider.name)
+            hint = self.setup_hint(item.target.provider, item.target.name)
             if hint is not None:
                 notes.append(f"{item.target.name}: would be skipped, not configured ({hint})")
             elif self.breakers[item.target.name].snapshot()["state"] == "open":
@@ -274,6 +287,7 @@ def explain(router: Router, body: dict[str, Any]) -> str:
     for i, item in enumerate(plan.targets, 1):
         timeout = f" (timeout {item.timeout:g} s)" if item.timeout else ""
         lines.append(f"  {i}. {item.target.name}{timeout}")
+        lines.extend(f"     {line}" for line in _deployment_lines(item.target, bool(facts["stream"])))
     if plan.notes:
         lines.append("rules:")
         lines.extend(f"  {note}" for note in plan.notes)
@@ -286,6 +300,23 @@ def explain(router: Router, body: dict[str, Any]) -> str:
         f"retry-after honoured up to {b.max_retry_after:g} s"
     )
     return "\n".join(lines)
+
+
+def _deployment_lines(target: Target, stream: bool) -> list[str]:
+    """Where a deployment sends a request and which variables it reads: names and whether they are
+    set, never a value (a secret's shows as `${VARIABLE}` in the URL)."""
+    spec = target.provider
+    lines = [] if target.name == f"{spec.name}/{target.model}" else [f"{spec.name}/{target.model}"]
+    if "chat" in spec.endpoints:
+        lines.append("url: " + spec.shown_url("chat", target.model, stream, target.api_base))
+    variables = [
+        (name if spec.variable(name) == name else f"{name} <- {spec.variable(name)}")
+        + (" (set)" if spec.env_values.get(name) else " (unset, required)" if var.required else " (unset)")
+        for name, var in spec.env.items()
+    ]
+    if variables:
+        lines.append("env: " + ", ".join(variables))
+    return lines
 
 
 def _show(value: Any) -> str:

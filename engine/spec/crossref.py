@@ -6,6 +6,7 @@ import difflib
 
 from ..errors import SpecError
 from .catalog import Catalog
+from .yamlfile import YamlFile
 
 __all__ = ["cross_reference", "price_key"]
 
@@ -103,4 +104,42 @@ def cross_reference(catalog: Catalog) -> list[SpecError]:
                             f"{where}/model", f"provider '{provider.name}' has no model '{candidate['model']}'{suffix}"
                         )
                     )
+    if routes_doc is not None:
+        problems.extend(_deployment_problems(catalog, routes_doc))
+    return problems
+
+
+def _deployment_problems(catalog: Catalog, routes_doc: YamlFile) -> list[SpecError]:
+    """Candidates' own `env` rebinds only variables their spec declares; one deployment name is one
+    deployment (its breaker, limits and latency are shared by every candidate that bears it)."""
+    problems: list[SpecError] = []
+    if catalog.route_table is None:
+        return problems
+    first: dict[str, tuple[str, tuple[object, ...]]] = {}
+    for alias, route in catalog.route_table.routes.items():
+        for i, candidate in enumerate(route.candidates):
+            where = f"/aliases/{_escape(alias)}/candidates/{i}"
+            provider = catalog.providers.get(candidate.provider)
+            for declared in candidate.env:
+                if provider is None or declared in provider.env:
+                    continue
+                hint = difflib.get_close_matches(declared, list(provider.env), n=1)
+                suffix = (
+                    f"; did you mean '{hint[0]}'?"
+                    if hint
+                    else f"; it declares: {', '.join(provider.env) or 'none'}"
+                )
+                problems.append(routes_doc.problem(
+                    f"{where}/env/{_escape(declared)}",
+                    f"provider '{provider.name}' declares no variable '{declared}' in `api.env` to rebind{suffix}",
+                ))
+            seen = first.setdefault(candidate.deployment, (f"alias '{alias}', candidate {i + 1}", candidate.binding()))
+            if seen[1] != candidate.binding():
+                field = "name" if candidate.name else "provider"
+                problems.append(routes_doc.problem(
+                    f"{where}/{field}",
+                    f"deployment name '{candidate.deployment}' already names a different deployment ({seen[0]}: "
+                    "another provider, model, api_base, env or headers); one name is one deployment (one breaker, "
+                    "one rpm/tpm budget): give this one its own `name`",
+                ))
     return problems

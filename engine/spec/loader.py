@@ -288,7 +288,7 @@ def _load_valid_prices(catalog: Catalog, doc: YamlFile, problems: list[SpecError
             catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
 
 
-def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
+def _compile_routes(catalog: Catalog, doc: YamlFile, environ: Mapping[str, str] | None) -> None:
     """Keep routes.yaml and its compiled table; a bad CEL rule is a problem at its line."""
     try:
         catalog.route_table = compile_routes(doc.data)
@@ -296,6 +296,21 @@ def _compile_routes(catalog: Catalog, doc: YamlFile) -> None:
         catalog.problems.append(doc.problem(exc.pointer, exc.message))
         return
     catalog.routes = doc.data
+    _bind_deployments(catalog, doc, os.environ if environ is None else environ)
+
+
+def _bind_deployments(catalog: Catalog, doc: YamlFile, environ: Mapping[str, str]) -> None:
+    """The provider spec of each candidate with its own `env` or `headers`, built once here."""
+    assert catalog.route_table is not None
+    for alias, route in catalog.route_table.routes.items():
+        for i, candidate in enumerate(route.candidates):
+            provider = catalog.providers.get(candidate.provider)
+            if provider is None or not (candidate.env or candidate.headers):
+                continue
+            try:
+                candidate.spec = provider.for_deployment(candidate.deployment, candidate.env, candidate.headers, environ)
+            except SpecCompileError as exc:
+                catalog.problems.append(doc.problem(f"/aliases/{_pointer([alias])[1:]}/candidates/{i}{exc.pointer}", exc.message))
 
 
 def _load_ingress(catalog: Catalog) -> None:
@@ -370,7 +385,7 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
             ]
             catalog.problems.extend(problems)
             if not problems:
-                _compile_routes(catalog, routes_doc)
+                _compile_routes(catalog, routes_doc, environ)
     _load_ingress(catalog)
     catalog.problems.extend(cross_reference(catalog))
     return catalog

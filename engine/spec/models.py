@@ -23,10 +23,13 @@ class Target:
     #: Named by a spec (the provider's `models`, or a routes.yaml candidate). An unlisted
     #: `provider/model` (routing.allow_unlisted_models) has no price of its own.
     listed: bool = True
+    #: A routes.yaml deployment's display name (`Candidate.deployment`); None: `provider/model`.
+    label: str | None = None
 
     @cached_property
     def name(self) -> str:
-        return f"{self.provider.name}/{self.model}"
+        """The deployment's name and identity: what breakers, limits, latency, logs and audit key on."""
+        return self.label or f"{self.provider.name}/{self.model}"
 
 
 def _in_provider(spec: ProviderSpec, name: str) -> ModelInfo | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import unquote
 
 import jinja2
 from yarl import URL
@@ -197,23 +199,35 @@ class ProviderSpec:
     #: `stream.emulate`: the upstream cannot stream; streamed requests are served from one
     #: non-streaming call (`stream` is then None).
     stream_emulated: bool = False
+    #: For one routes.yaml deployment (`for_deployment`): its name, and the declared variables it
+    #: reads from others (declared -> read). None and empty for the spec as the catalog holds it.
+    deployment: str | None = None
+    env_sources: dict[str, str] = field(default_factory=dict)
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
         """Required environment variables that are not set (empty list = usable)."""
-        return [v.name for v in self.env.values() if v.required and not self.env_values.get(v.name)]
+        return [
+            self.env_sources.get(v.name, v.name) for v in self.env.values() if v.required and not self.env_values.get(v.name)
+        ]
 
     def setup_hint(self) -> str | None:
         """What makes this provider usable when its required variables are unset ("set X" or
         "set X or run `gaud-engine login p`"); None when they are set. Names only, never values.
-        A provider that signs in may still be usable without them: the credential store says."""
+        A provider that signs in may still be usable without them: the credential store says; not a
+        deployment with its own credentials (`env`), which uses those or nothing."""
         missing = self.missing_env()
         if not missing:
             return None
         hint = "set " + " and ".join(missing)
-        if self.auth is not None and self.auth.signs_in:
+        if self.signs_in:
             hint += f" or run `gaud-engine login {self.name}`"
         return hint
+
+    @property
+    def signs_in(self) -> bool:
+        """A sign-in (`gaud-engine login`) may stand in for its keys: not for a deployment that rebinds them."""
+        return self.auth is not None and self.auth.signs_in and not self.env_sources
 
     def secrets(self) -> list[str]:
         return [self.env_values[v.name] for v in self.env.values() if v.secret and self.env_values.get(v.name)]
@@ -224,6 +238,34 @@ class ProviderSpec:
                 return self.env_values[var.name].rstrip("/")
         return self.base_url.rstrip("/")
 
+    def for_deployment(
+        self, deployment: str, env: Mapping[str, str], headers: Mapping[str, str | None], environ: Mapping[str, str]
+    ) -> ProviderSpec:
+        """This spec as one routes.yaml deployment sees it: each declared variable in `env` read from
+        the variable it names (so every template, the base URL, the auth query and the
+        required-variable check use it), `headers` laid over `api.headers` (None removes one). Built
+        once at load; its caches are its own. Undeclared names in `env` are ignored (`validate`
+        reports them). Raises SpecCompileError at `/headers/<name>` for a bad header template."""
+        sources = {name: var for name, var in env.items() if name in self.env}
+        merged = dict(self.headers)
+        for name, source in headers.items():
+            for existing in [h for h in merged if h.lower() == name.lower()]:
+                del merged[existing]
+            if source is not None:
+                merged[name] = jinja_template(str(source), f"/headers/{name}")
+        spec = dataclasses.replace(
+            self,
+            headers=merged,
+            env_values={name: environ.get(sources.get(name, name), "") for name in self.env},
+            deployment=deployment,
+            env_sources=sources,
+            _header_cache={},
+            _url_cache={},
+            _token_header_cache={},
+        )
+        _smoke_render(spec, header_pointer="/headers/")
+        return spec
+
     # -- request building ---------------------------------------------------------------------
     def url(self, endpoint: str, model: str, stream: bool, api_base: str | None = None) -> str:
         """The upstream URL; rendered once per (endpoint, model, stream, base), then cached."""
@@ -233,13 +275,29 @@ class ProviderSpec:
             cached = self._url_cache[key] = self._render_url(endpoint, model, stream, api_base)
         return cached
 
-    def _render_url(self, endpoint: str, model: str, stream: bool, api_base: str | None) -> str:
+    def _render_url(
+        self, endpoint: str, model: str, stream: bool, api_base: str | None, env: Mapping[str, str] | None = None
+    ) -> str:
+        env = self.env_values if env is None else env
         ep = self.endpoints[endpoint]
         template = ep.stream_path if stream and ep.stream_path is not None else ep.path
         base = (api_base or self.api_base()).rstrip("/")
-        url = base + template.render(model=model, env=self.env_values, api_base=base)
-        query = self.auth.static_query(self.env_values) if self.auth is not None else ""
+        url = base + template.render(model=model, env=env, api_base=base)
+        query = self.auth.static_query(env) if self.auth is not None else ""
         return url + ("&" if "?" in url else "?") + query if query else url
+
+    def variable(self, name: str) -> str:
+        """The environment variable a declared one is read from (itself unless a deployment rebinds it)."""
+        return self.env_sources.get(name, name)
+
+    def shown_url(self, endpoint: str, model: str, stream: bool = False, api_base: str | None = None) -> str:
+        """The upstream URL with each secret variable's value replaced by `${VARIABLE}` (`routes
+        explain`): never a secret value, whatever template or query carries it."""
+        shown = {
+            name: f"${{{self.variable(name)}}}" if var.secret else self.env_values.get(name, "")
+            for name, var in self.env.items()
+        }
+        return unquote(self._render_url(endpoint, model, stream, api_base, shown))
 
     def headers_for(self, model: str, api_base: str | None = None) -> dict[str, str]:
         key = (model, api_base or "")
@@ -453,14 +511,14 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
     return compiled
 
 
-def _smoke_render(spec: ProviderSpec) -> None:
+def _smoke_render(spec: ProviderSpec, header_pointer: str = "/api/headers/") -> None:
     """Render every template once so an undefined name fails at load, not on the first request."""
     sample_env = {n: spec.env_values.get(n) or "x" for n in spec.env}
     for name, template in spec.headers.items():
         try:
             template.render(model="m", env=sample_env, api_base="http://x")
         except jinja2.UndefinedError as exc:
-            raise SpecCompileError(f"/api/headers/{name}", f"template names an undeclared value: {exc.message}") from None
+            raise SpecCompileError(f"{header_pointer}{name}", f"template names an undeclared value: {exc.message}") from None
     for ep_name, ep in spec.endpoints.items():
         for which, path_template in (("path", ep.path), ("stream_path", ep.stream_path)):
             if path_template is None:

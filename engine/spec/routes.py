@@ -5,7 +5,7 @@ each request over this table."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -81,6 +81,32 @@ class Candidate:
     idle_timeout: float | None = None
     #: `stream: emulate`: a streamed request is served from one non-streaming call.
     emulate_stream: bool = False
+    #: `name`: the display name given in routes.yaml (None: derived, see `deployment`).
+    name: str | None = None
+    #: `env`: declared variable -> the variable this deployment reads instead.
+    env: dict[str, str] = field(default_factory=dict)
+    #: `headers`: extra header templates; None removes the spec's header of that name.
+    headers: dict[str, str | None] = field(default_factory=dict)
+    #: The provider spec as this deployment sees it (its `env` and `headers` applied), set by the
+    #: loader; None when the candidate changes neither and the catalog's spec serves it as is.
+    spec: Any = None
+
+    @cached_property
+    def deployment(self) -> str:
+        """The deployment's display name and identity (breakers, limits, latency, audit): `name`, else
+        `provider/model`, then `@api_base` and `[VAR,...]` (the variables it reads instead) when set."""
+        if self.name:
+            return self.name
+        label = f"{self.provider}/{self.model}"
+        if self.api_base:
+            label += f"@{self.api_base}"
+        if self.env:
+            label += "[" + ",".join(self.env[k] for k in sorted(self.env)) + "]"
+        return label
+
+    def binding(self) -> tuple[object, ...]:
+        """What makes two candidates the same deployment (beside the model's own options)."""
+        return (self.provider, self.model, self.api_base, sorted(self.env.items()), sorted(self.headers.items(), key=str))
 
 
 @dataclass
@@ -165,6 +191,9 @@ def compile_routes(raw: dict[str, Any]) -> RouteTable:
                 total_timeout=c.get("total_timeout"),
                 idle_timeout=c.get("idle_timeout"),
                 emulate_stream=c.get("stream") == "emulate",
+                name=c.get("name"),
+                env=dict(c.get("env") or {}),
+                headers=dict(c.get("headers") or {}),
             )
             for i, c in enumerate(route.get("candidates", []))
         ]

@@ -574,8 +574,11 @@ def model_list(
     if ready is None:
         ready = {name for name, spec in catalog.providers.items() if not spec.missing_env()}
     seen: dict[str, dict[str, Any]] = {}
+    compiled = catalog.route_table.routes if catalog.route_table is not None else {}
     for alias, route in (catalog.routes.get("aliases") or {}).items():
-        if any(c["provider"] in ready for c in route.get("candidates", [])):
+        own = [c.spec for c in compiled[alias].candidates if c.spec is not None] if alias in compiled else []
+        # A deployment with its own credentials (`env`) is ready when they are set.
+        if any(c["provider"] in ready for c in route.get("candidates", [])) or any(not s.missing_env() for s in own):
             seen[alias] = {"id": alias, "object": "model", "created": created, "owned_by": "gaud-engine"}
     for name in sorted(ready):
         ids = list(catalog.providers[name].models) + list((upstream_models or {}).get(name, []))
