@@ -149,6 +149,25 @@ CASES = [
     ("cohere/command-r-08-2024", CACHED, 0.0027),
     ("cohere/command-r7b-12-2024", PLAIN, 0.000675),  # 10_000*0.0375 + 2_000*0.15 = 375 + 300
     ("cohere/command-r7b-12-2024", CACHED, 0.000675),
+    # Azure OpenAI (pricing.d/azure.yaml, keyed azure/<model>: not OpenAI's prices for the same ids).
+    ("azure/gpt-4.1", PLAIN, 0.036),  # 10_000*2 + 2_000*8 = 20_000 + 16_000
+    ("azure/gpt-4.1", CACHED, 0.024),  # 2_000*2 + 8_000*0.5 + 2_000*8 = 4_000 + 4_000 + 16_000
+    ("azure/gpt-4.1-mini", PLAIN, 0.0072),  # 10_000*0.4 + 2_000*1.6 = 4_000 + 3_200
+    ("azure/gpt-4.1-mini", CACHED, 0.0048),  # 2_000*0.4 + 8_000*0.1 + 2_000*1.6 = 800 + 800 + 3_200
+    ("azure/gpt-4.1-nano", PLAIN, 0.0018),  # 10_000*0.1 + 2_000*0.4 = 1_000 + 800
+    ("azure/gpt-4.1-nano", CACHED, 0.0012),  # 2_000*0.1 + 8_000*0.025 + 2_000*0.4 = 200 + 200 + 800
+    ("azure/gpt-5", PLAIN, 0.0325),  # 10_000*1.25 + 2_000*10 = 12_500 + 20_000
+    ("azure/gpt-5", CACHED, 0.0235),  # 2_000*1.25 + 8_000*0.125 + 2_000*10 = 2_500 + 1_000 + 20_000
+    ("azure/gpt-5-mini", PLAIN, 0.0065),  # 10_000*0.25 + 2_000*2 = 2_500 + 4_000
+    ("azure/gpt-5-mini", CACHED, 0.0047),  # 2_000*0.25 + 8_000*0.025 + 2_000*2 = 500 + 200 + 4_000
+    ("azure/gpt-5-nano", PLAIN, 0.0013),  # 10_000*0.05 + 2_000*0.4 = 500 + 800
+    ("azure/gpt-5-nano", CACHED, 0.00094),  # 2_000*0.05 + 8_000*0.005 + 2_000*0.4 = 100 + 40 + 800
+    ("azure/o4-mini", PLAIN, 0.0198),  # 10_000*1.1 + 2_000*4.4 = 11_000 + 8_800
+    ("azure/o4-mini", CACHED, 0.0132),  # 2_000*1.1 + 8_000*0.275 + 2_000*4.4 = 2_200 + 2_200 + 8_800
+    ("azure/text-embedding-3-small", EMBED, 0.00022),  # 10_000*0.022
+    ("azure/text-embedding-3-small", EMBED_CACHED, 0.00022),  # no cached price: all at 0.022
+    ("azure/text-embedding-3-large", EMBED, 0.00143),  # 10_000*0.143
+    ("azure/text-embedding-3-large", EMBED_CACHED, 0.00143),
 ]
 
 
@@ -266,6 +285,16 @@ CLI_CASES = [
     ("cohere/command-r-plus-08-2024", 10_000, 2_000, 0, 0, "cohere/command-r-plus-08-2024: $0.045000"),
     ("cohere/command-r-08-2024", 10_000, 2_000, 0, 0, "cohere/command-r-08-2024: $0.002700"),
     ("command-r7b-12-2024", 10_000, 2_000, 0, 0, "cohere/command-r7b-12-2024: $0.000675"),
+    # Azure: the provider must be named, the bare ids are OpenAI's (values as in CASES above).
+    ("azure/gpt-4.1", 10_000, 2_000, 8_000, 0, "azure/gpt-4.1: $0.024000"),
+    ("azure/gpt-4.1-mini", 10_000, 2_000, 0, 0, "azure/gpt-4.1-mini: $0.007200"),
+    ("azure/gpt-4.1-nano", 10_000, 2_000, 8_000, 0, "azure/gpt-4.1-nano: $0.001200"),
+    ("azure/gpt-5", 10_000, 2_000, 0, 0, "azure/gpt-5: $0.032500"),
+    ("azure/gpt-5-mini", 10_000, 2_000, 8_000, 0, "azure/gpt-5-mini: $0.004700"),
+    ("azure/gpt-5-nano", 10_000, 2_000, 8_000, 0, "azure/gpt-5-nano: $0.000940"),
+    ("azure/o4-mini", 10_000, 2_000, 0, 0, "azure/o4-mini: $0.019800"),
+    ("azure/text-embedding-3-small", 10_000, 0, 0, 0, "azure/text-embedding-3-small: $0.000220"),
+    ("azure/text-embedding-3-large", 10_000, 0, 0, 0, "azure/text-embedding-3-large: $0.001430"),
 ]
 
 

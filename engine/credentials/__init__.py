@@ -7,6 +7,8 @@ Strategies (the schema's `api.auth` documents every field):
 - `oauth_pkce`: browser sign-in (authorization code + PKCE, a local callback), refreshed with the
   refresh token.
 - `device_code`: a code shown to the user, then polling (RFC 8628).
+- `client_credentials`: the OAuth 2.0 client credentials grant (RFC 6749 section 4.4), run by the
+  engine on the first request that needs a token (no sign-in), the token kept in memory.
 - `exchange` (with any of them): the long-lived token is traded at a URL for a short-lived one,
   again shortly before it expires.
 

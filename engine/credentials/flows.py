@@ -4,6 +4,8 @@
   server on the loopback interface for the redirect (RFC 8252).
 - Device authorization (RFC 8628): poll at the server's interval, +5 s on `slow_down`.
 - Refresh (RFC 6749 section 6) and exchange (a long-lived token traded for a short-lived one).
+- Token grants the engine runs unattended (`GRANTS`): client credentials (RFC 6749 section 4.4),
+  the client authenticating with `client_secret_post` or `client_secret_basic` (RFC 6749 2.3.1).
 
 Every URL, client id, scope and field name comes from the compiled `AuthSpec`. No token is logged,
 and none is put in an exception message (server error text is redacted by the caller).
@@ -21,11 +23,11 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
 
 from ..errors import AuthenticationFailed, UpstreamConnection, UpstreamTimeout
 from ..pointer import MISSING, get
-from ..spec.credentials import AuthSpec, ExchangeSpec
+from ..spec.credentials import AuthSpec, ExchangeSpec, GrantSpec
 
 if TYPE_CHECKING:
     import httpx
@@ -36,6 +38,7 @@ __all__ = [
     "TokenSet",
     "device_login",
     "exchange_token",
+    "grant_token",
     "pkce_login",
     "pkce_pair",
     "refresh_token",
@@ -90,8 +93,11 @@ async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any)
         raise UpstreamConnection(f"Cannot reach the sign-in server {_host(url)}: {type(exc).__name__}.") from None
 
 
-async def _post(client: httpx.AsyncClient, auth: AuthSpec, url: str, params: dict[str, str]) -> httpx.Response:
-    headers = {"Accept": "application/json"}
+async def _post(
+    client: httpx.AsyncClient, auth: AuthSpec, url: str, params: dict[str, str],
+    extra_headers: Mapping[str, str] | None = None,
+) -> httpx.Response:
+    headers = {"Accept": "application/json", **(extra_headers or {})}
     if auth.token_request == "json":
         return await _send(client, "POST", url, json=params, headers=headers)
     return await _send(client, "POST", url, data=params, headers=headers)
@@ -176,6 +182,39 @@ async def exchange_token(
         seconds = _number(get(body, spec.expires_in_field))
         expires = now + seconds if seconds is not None else None
     return short, expires
+
+
+# -- token grants the engine runs itself ----------------------------------------------------------
+#: The parameters and headers of one grant's token request: (auth, grant, client id, secret).
+GrantRequest = Callable[[AuthSpec, GrantSpec, str, str], tuple[dict[str, str], dict[str, str]]]
+
+
+def _client_credentials(auth: AuthSpec, grant: GrantSpec, client_id: str, secret: str) -> tuple[dict[str, str], dict[str, str]]:
+    params = {**grant.extra_params, "grant_type": "client_credentials", **({"scope": auth.scope} if auth.scope else {})}
+    headers: dict[str, str] = {}
+    if grant.client_auth == "client_secret_basic":
+        # RFC 6749 2.3.1: id and secret are form-encoded before they are joined and base64-encoded.
+        pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    else:
+        params.update(client_id=client_id, client_secret=secret)
+    return params, headers
+
+
+#: grant type (spec `api.auth.type`) -> how its token request is made. A new grant is one entry.
+GRANTS: dict[str, GrantRequest] = {"client_credentials": _client_credentials}
+
+
+async def grant_token(client: httpx.AsyncClient, auth: AuthSpec, env: Mapping[str, str], now: float) -> TokenSet:
+    """A token from the spec's grant; raises OAuthError for an error reply (which may echo the
+    secret: the caller redacts). The caller checked that the client's variables are set."""
+    grant = auth.grant
+    assert grant is not None
+    credentials = grant.client(env)
+    assert credentials is not None
+    params, headers = GRANTS[grant.grant_type](auth, grant, *credentials)
+    response = await _post(client, auth, grant.url(env), params, headers)
+    return token_set(auth, response.status_code, _body(response), now)
 
 
 # -- authorization code with PKCE -----------------------------------------------------------------

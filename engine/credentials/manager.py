@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import AuthenticationFailed, GatewayError, UpstreamError
 from ..spec.credentials import AuthSpec
-from .flows import OAuthError, device_login, exchange_token, pkce_login, refresh_token
+from .flows import OAuthError, device_login, exchange_token, grant_token, pkce_login, refresh_token
 from .vault import Vault, VaultError, open_vault
 
 if TYPE_CHECKING:
@@ -181,6 +181,8 @@ class CredentialManager:
 
     async def _renew(self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float) -> _Entry:
         forced = previous is not None and previous.forced
+        if auth.grant is not None:
+            return await self._renew_by_grant(spec, auth, previous, now, forced)
         if auth.signs_in:
             return await self._renew_signed_in(spec, auth, previous, now, forced)
         return await self._renew_from_env(spec, auth, previous, now, forced)
@@ -206,6 +208,42 @@ class CredentialManager:
                 return _Entry(exchanged["token"], now + _RETRY_SECONDS, now, record=record)
             raise
         return _Entry(record["exchanged"]["token"], self._renew_at(auth, record), now, record=record)
+
+    async def _renew_by_grant(
+        self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
+    ) -> _Entry:
+        """A grant type (client credentials): the engine asks the token endpoint itself. While the
+        client's variables are unset, the plain headers apply (e.g. an API key)."""
+        assert auth.grant is not None
+        grant, name = auth.grant, spec.name
+        client = grant.client(spec.env_values)
+        if client is None:
+            return _Entry(None, None, now)
+        record = (previous.record or {}) if previous is not None and previous.failure is None else {}
+        token = record.get("access_token")
+        if token and not forced and not _due(record.get("expires_at"), auth.refresh_before, now):
+            return _Entry(token, self._renew_at(auth, record), now, record=record)
+        try:
+            async with self._http() as http:
+                tokens = await grant_token(http, auth, spec.env_values, now)
+        except (OAuthError, GatewayError) as exc:
+            refused = isinstance(exc, OAuthError) and exc.status < 500 and exc.status != 429
+            if token and not refused and not _due(record.get("expires_at"), 0.0, now):
+                log.warning("could not renew the %s token; using the current one a little longer", name)
+                return _Entry(token, now + _RETRY_SECONDS, now, record=record)
+            if not isinstance(exc, OAuthError):
+                raise
+            detail = _redact(str(exc), [client[1], *spec.secrets()])
+            log.warning("the %s token endpoint refused the %s grant (HTTP %s)", name, grant.grant_type, exc.status)
+            failure = AuthenticationFailed(
+                f"The {name} token endpoint refused the client credentials ({detail}); "
+                f"check {grant.client_id_env} and {grant.client_secret_env}."
+            )
+            return _Entry(None, now + self.recheck_seconds, now, failure=failure)
+        record = {"access_token": tokens.access_token, "expires_at": tokens.expires_at}
+        lifetime = f"valid for {tokens.expires_at - now:.0f} s" if tokens.expires_at is not None else "no expiry given"
+        log.info("got a %s token by %s (%s)", name, grant.grant_type, lifetime)
+        return _Entry(tokens.access_token, self._renew_at(auth, record), now, record=record)
 
     async def _renew_signed_in(
         self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
@@ -279,7 +317,7 @@ class CredentialManager:
         if auth.exchange is not None:
             expires = (record.get("exchanged") or {}).get("expires_at")
             exchanged_at = float(expires) - auth.exchange.refresh_before if isinstance(expires, (int, float)) else None
-        return _earliest(access_at if auth.signs_in else None, exchanged_at)
+        return _earliest(access_at if auth.signs_in or auth.grant is not None else None, exchanged_at)
 
     async def _refresh(self, spec: Provider, auth: AuthSpec, record: dict[str, Any], now: float) -> dict[str, Any]:
         name = spec.name

@@ -209,4 +209,4 @@ def error_from_reply(target: Target, status: int, payload: bytes, headers: Any =
         body = None
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]  # some APIs wrap the error object in a list
-    return target.provider.classify_error(status, body, retry_after=parse_retry_after(headers))
+    return target.provider.classify_error(status, body, retry_after=parse_retry_after(headers), headers=headers)

@@ -18,9 +18,13 @@ from ..pointer import compile_pointer
 from .common import EnvVar, SpecCompileError, jinja_template
 from .sigv4 import SigV4Spec, compile_sigv4
 
-__all__ = ["SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "compile_auth"]
+__all__ = ["GRANT_TYPES", "SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "GrantSpec", "compile_auth"]
 
 SIGN_IN_TYPES = ("oauth_pkce", "device_code")
+#: Token grants the engine runs itself, on the first request that needs a token (no `login`):
+#: OAuth 2.0 client credentials (RFC 6749 section 4.4). Each names its flow in credentials/flows.py.
+GRANT_TYPES = ("client_credentials",)
+_OAUTH_TYPES = SIGN_IN_TYPES + GRANT_TYPES
 
 #: Where each field is read in the authorization server's JSON replies (RFC 6749 and RFC 8628 names).
 DEFAULT_FIELDS = {
@@ -42,11 +46,15 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "in": ("api_key",),
     "name": ("api_key",),
     "client_id": SIGN_IN_TYPES,
-    "scopes": SIGN_IN_TYPES,
-    "token_url": SIGN_IN_TYPES,
-    "token_request": SIGN_IN_TYPES,
-    "fields": SIGN_IN_TYPES,
-    "refresh_before_seconds": SIGN_IN_TYPES,
+    "scopes": _OAUTH_TYPES,
+    "token_url": _OAUTH_TYPES,
+    "token_request": _OAUTH_TYPES,
+    "fields": _OAUTH_TYPES,
+    "refresh_before_seconds": _OAUTH_TYPES,
+    "client_id_env": GRANT_TYPES,
+    "client_secret_env": GRANT_TYPES,
+    "client_auth": GRANT_TYPES,
+    "extra_params": GRANT_TYPES,
     "authorize_url": ("oauth_pkce",),
     "redirect_host": ("oauth_pkce",),
     "redirect_port": ("oauth_pkce",),
@@ -81,6 +89,30 @@ class ExchangeSpec:
 
 
 @dataclass(frozen=True)
+class GrantSpec:
+    """A token grant the engine runs itself: where to ask (`token_url`, a template over `env`), the
+    client's credentials (env variable names, never values) and how it authenticates."""
+
+    grant_type: str
+    token_url: jinja2.Template
+    client_id_env: str
+    client_secret_env: str
+    client_auth: str = "client_secret_post"
+    extra_params: dict[str, str] = field(default_factory=dict)
+
+    def url(self, env: Mapping[str, str]) -> str:
+        return self.token_url.render(env=env)
+
+    def client(self, env: Mapping[str, str]) -> tuple[str, str] | None:
+        """(client id, client secret) from the environment; None while either is unset."""
+        client_id, secret = env.get(self.client_id_env, ""), env.get(self.client_secret_env, "")
+        return (client_id, secret) if client_id and secret else None
+
+    def __repr__(self) -> str:
+        return f"GrantSpec({self.grant_type!r}, client_id_env={self.client_id_env!r})"
+
+
+@dataclass(frozen=True)
 class AuthSpec:
     """One provider's credential strategy (see the schema's `api.auth` for every field)."""
 
@@ -110,6 +142,8 @@ class AuthSpec:
     exchange: ExchangeSpec | None = None
     #: aws_sigv4: where the signing identity comes from; requests are signed on their final bytes.
     sigv4: SigV4Spec | None = None
+    #: A grant type (GRANT_TYPES): the engine fetches tokens itself, no sign-in.
+    grant: GrantSpec | None = None
 
     @cached_property
     def signs_in(self) -> bool:
@@ -119,7 +153,7 @@ class AuthSpec:
     @cached_property
     def dynamic(self) -> bool:
         """Requests need a token from the credential manager (else the static headers do)."""
-        return self.signs_in or self.exchange is not None
+        return self.signs_in or self.exchange is not None or self.grant is not None
 
     @property
     def scope(self) -> str:
@@ -169,6 +203,37 @@ def _exchange(raw: Mapping[str, Any], sample_env: Mapping[str, str]) -> Exchange
     )
 
 
+def _oauth_options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """What every OAuth type shares: token endpoint, scopes, request encoding, reply fields."""
+    fields = dict(DEFAULT_FIELDS)
+    fields.update({str(k): str(v) for k, v in (raw.get("fields") or {}).items()})
+    return {
+        "scopes": tuple(str(s) for s in raw.get("scopes") or ()),
+        "token_url": str(raw["token_url"]),
+        "token_request": str(raw.get("token_request", "form")),
+        "fields": {k: _pointer(v, f"/api/auth/fields/{k}") for k, v in fields.items()},
+        "refresh_before": float(raw.get("refresh_before_seconds", 60)),
+    }
+
+
+def _grant(kind: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar]) -> GrantSpec:
+    for key in ("client_id_env", "client_secret_env"):
+        if str(raw[key]) not in env:
+            raise SpecCompileError(f"/api/auth/{key}", f"names {raw[key]}, which api.env does not declare; declare it there")
+    if raw.get("exchange"):
+        raise SpecCompileError("/api/auth/exchange", f"a {kind} token is used as it is; remove `exchange`")
+    token_url = jinja_template(str(raw["token_url"]), "/api/auth/token_url")
+    _smoke(token_url, "/api/auth/token_url", env=dict.fromkeys(env, "x"))
+    return GrantSpec(
+        grant_type=kind,
+        token_url=token_url,
+        client_id_env=str(raw["client_id_env"]),
+        client_secret_env=str(raw["client_secret_env"]),
+        client_auth=str(raw.get("client_auth", "client_secret_post")),
+        extra_params={str(k): str(v) for k, v in (raw.get("extra_params") or {}).items()},
+    )
+
+
 def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar]) -> AuthSpec:
     """Compile `api.auth` (already schema-checked). Raises SpecCompileError with a pointer."""
     kind = str(raw["type"])
@@ -211,17 +276,10 @@ def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar
         if raw.get("headers") or exchange is not None:
             raise SpecCompileError("/api/auth/type", "aws_sigv4 signs each request itself; remove `headers` and `exchange`")
         options.update(sigv4=compile_sigv4(provider, raw, env))
+    elif kind in GRANT_TYPES:
+        options.update(_oauth_options(raw), grant=_grant(kind, raw, env))
     else:
-        fields = dict(DEFAULT_FIELDS)
-        fields.update({str(k): str(v) for k, v in (raw.get("fields") or {}).items()})
-        options.update(
-            client_id=str(raw["client_id"]),
-            scopes=tuple(str(s) for s in raw.get("scopes") or ()),
-            token_url=str(raw["token_url"]),
-            token_request=str(raw.get("token_request", "form")),
-            fields={k: _pointer(v, f"/api/auth/fields/{k}") for k, v in fields.items()},
-            refresh_before=float(raw.get("refresh_before_seconds", 60)),
-        )
+        options.update(_oauth_options(raw), client_id=str(raw["client_id"]))
         if kind == "oauth_pkce":
             path = str(raw.get("redirect_path", "/callback"))
             options.update(
@@ -237,7 +295,7 @@ def compile_auth(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar
                 device_authorization_url=str(raw["device_authorization_url"]),
                 poll_interval=float(raw.get("poll_interval", 5)),
             )
-    if (exchange is not None or kind in SIGN_IN_TYPES) and not headers:
+    if (exchange is not None or kind in _OAUTH_TYPES) and not headers:
         raise SpecCompileError(
             "/api/auth/headers", "say where the token goes, e.g. `Authorization: \"Bearer {{ credentials.access_token }}\"`"
         )

@@ -65,7 +65,11 @@ class Endpoint:
 
 
 class ErrorTable:
-    """Classifies an upstream failure into an error kind: by message regex, then code, then status."""
+    """Classifies an upstream failure into an error kind: by message regex, then code, then status.
+
+    Sources read the error body (`/pointer`) or the reply's headers (`@headers/<lower-case name>`),
+    so a code, message or delay carried in a header classifies as well as one in the body.
+    """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.code_of = compile_first_of(spec.get("code_from", []))
@@ -80,33 +84,45 @@ class ErrorTable:
         self.by_status: dict[str, str] = {str(k): v for k, v in spec.get("by_status", {}).items()}
         self._delay_sources = [_compile_item_source(entry) for entry in spec.get("retry_after_from", [])]
 
-    def retry_after(self, body: Any) -> float | None:
-        """Seconds to wait that the error body asks for (`retry_after_from`), if any."""
-        if body is None:
-            return None
+    def retry_after(self, body: Any, headers: Mapping[str, str] | None = None) -> float | None:
+        """Seconds to wait that the error asks for (`retry_after_from`), if any."""
+        ctx = _header_context(headers)
         for source in self._delay_sources:
-            seconds = parse_duration(source(body, {}))
+            seconds = parse_duration(source(body, ctx))
             if seconds is not None:
                 return seconds
         return None
 
-    def kind_of(self, status: int | None, body: Any, code: str | None = None) -> tuple[str, str]:
-        """(kind, upstream message) for a status and a parsed error body (or None); `code`, when
-        the transport named the error's type (an event-stream exception), is looked up in `by_code`
-        instead of `code_from`."""
-        message = self.message_of(body, {}) if body is not None else MISSING
-        found: Any = code if code is not None else self.code_of(body, {}) if body is not None else MISSING
+    def kind_of(
+        self, status: int | None, body: Any, headers: Mapping[str, str] | None = None, code: str | None = None
+    ) -> tuple[str, str]:
+        """(kind, upstream message) for a status, a parsed error body (or None) and the reply's
+        headers; `code`, when the transport named the error's type (an event-stream exception), is
+        looked up in `by_code` instead of `code_from`."""
+        ctx = _header_context(headers)
+        message = self.message_of(body, ctx)
+        found: Any = code if code is not None else self.code_of(body, ctx)
         text = message if isinstance(message, str) else ""
         for pattern, kind in self.by_message:
             if text and pattern.search(text):
                 return kind, text
-        if found is not MISSING and str(found) in self.by_code:
-            return self.by_code[str(found)], text
+        if found is not MISSING:
+            # A code qualified after a colon (`ThrottlingException:http://...`) also matches by its head.
+            for key in dict.fromkeys((str(found), str(found).partition(":")[0])):
+                if key in self.by_code:
+                    return self.by_code[key], text
         if status is not None:
             for key in (str(status), f"{status // 100}xx"):
                 if key in self.by_status:
                     return self.by_status[key], text
         return self.by_status.get("_default", "upstream_5xx"), text
+
+
+def _header_context(headers: Mapping[str, str] | None) -> dict[str, Any]:
+    """`@headers/<name>` for the error sources: the reply's headers, names in lower case."""
+    if not headers:
+        return {}
+    return {"headers": {str(name).lower(): str(value) for name, value in headers.items()}}
 
 
 def _compile_item_source(entry: Any) -> Getter:
@@ -357,13 +373,14 @@ class ProviderSpec:
         return "stop" if reason == "tool_calls" and not has_tool_calls else reason
 
     def classify_error(
-        self, status: int | None, body: Any, *, retry_after: float | None = None, code: str | None = None
+        self, status: int | None, body: Any, *, retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None, code: str | None = None,
     ) -> GatewayError:
-        kind, upstream_message = self.errors.kind_of(status, body, code)
+        kind, upstream_message = self.errors.kind_of(status, body, headers, code)
         detail = self.redact(upstream_message) if upstream_message else code or f"HTTP {status}"
         message = f"{self.name} error: {detail}"
         if retry_after is None:  # a retry-after header wins over a delay in the body
-            retry_after = self.errors.retry_after(body)
+            retry_after = self.errors.retry_after(body, headers)
         return error_for_kind(kind, message, retry_after=retry_after, upstream_status=status)
 
     def redact(self, text: str) -> str:
