@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from engine.cli.commands import main
-from engine.cli.recordings import Recording, check, load_recordings, read_recording, recordings_dir, replay, spec_names
+from engine.cli.recordings import Recording, RecordingProblem, check, load_recordings, read_recording, recordings_dir, replay, spec_names
 from engine.spec.loader import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,3 +318,19 @@ def test_a_query_key_and_an_exchanged_token_are_shown_by_placeholder(tmp_path: P
     }
     exchanged = replay(catalog, {**source, "model": "exchanged/m1"}, "exchanged")["upstream_call"]
     assert exchanged["headers"] == {"authorization": "Bearer <access_token>"}
+
+
+def test_unset_leaves_optional_variables_out_of_the_replay(tmp_path: Path) -> None:
+    """Azure's two addressings and two credentials are each recorded: `unset` picks the resource key
+    and the v1 path; naming a variable the spec does not declare is a problem of the recording."""
+    folder = recordings_dir(CATALOG, "azure")
+    v1_key = read_recording(folder / "text.yaml", "azure").data
+    entra = read_recording(folder / "tool-calls.yaml", "azure").data
+    assert v1_key is not None and entra is not None
+    assert v1_key["expect"]["upstream_call"]["url"].endswith("/openai/v1/chat/completions")
+    assert v1_key["expect"]["upstream_call"]["headers"] == {"api-key": "<AZURE_OPENAI_API_KEY>"}
+    assert entra["expect"]["upstream_call"]["headers"] == {"authorization": "Bearer <access_token>"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((folder / "text.yaml").read_text().replace("unset: [OPENAI_API_VERSION,", "unset: [AZURE_API_VERSION,"))
+    with pytest.raises(RecordingProblem, match="`unset` must list variables azure's spec declares"):
+        replay(CATALOG, read_recording(bad, "azure").data or {}, "azure")

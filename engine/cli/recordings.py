@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 #: The keys of a recording file.
-RECORDING_KEYS = frozenset({"description", "model", "request", "upstream", "expect"})
+RECORDING_KEYS = frozenset({"description", "model", "unset", "request", "upstream", "expect"})
 #: What `expect` may hold, in the order it is written.
 EXPECT_KEYS = ("upstream_call", "upstream_request", "response", "chunks", "error")
 #: Headers the HTTP client adds, not the spec: a recorded one is ignored unless the spec sets it.
@@ -239,11 +239,14 @@ def placeholder(variable: str) -> str:
     return f"<{variable}>"
 
 
-def with_placeholders(target: Target) -> Target:
+def with_placeholders(target: Target, unset: Any = ()) -> Target:
     """The target with every variable its spec declares set to its placeholder, except base URL
-    variables, which stay unset so that the spec's own `base_url` is the one recorded."""
+    variables, which stay unset so that the spec's own `base_url` is the one recorded, and the
+    recording's `unset` ones (an optional credential or setting the exchange was made without)."""
     spec = target.provider
-    values = {name: placeholder(name) for name, var in spec.env.items() if not var.base_url}
+    if not isinstance(unset, list) or not all(isinstance(name, str) and name in spec.env for name in unset):
+        raise RecordingProblem(f"`unset` must list variables {spec.name}'s spec declares: {', '.join(spec.env)}")
+    values = {name: "" if var.base_url or name in unset else placeholder(name) for name, var in spec.env.items()}
     fake = dataclasses.replace(spec, env_values=values, _header_cache={}, _url_cache={}, _token_header_cache={})
     return dataclasses.replace(target, provider=fake)
 
@@ -251,10 +254,12 @@ def with_placeholders(target: Target) -> Target:
 def request_head(target: Target, sent: Any) -> dict[str, Any]:
     """Method, URL, query parameters and the headers the spec sets (names in lower case) of a built
     request. A spec whose `api.auth` exchanges a credential for a token on every request is shown
-    with `<access_token>`; one that signs in is shown as used while nobody is signed in."""
+    with `<access_token>` (a grant whose client variables the recording unsets is not used); one that
+    signs in is shown as used while nobody is signed in."""
     headers = sent.headers
     auth = target.provider.auth
-    if auth is not None and auth.dynamic and not auth.signs_in:
+    unused_grant = auth is not None and auth.grant is not None and auth.grant.client(target.provider.env_values) is None
+    if auth is not None and auth.dynamic and not auth.signs_in and not unused_grant:
         headers = target.provider.headers_for_token(target.model, target.api_base, TOKEN_PLACEHOLDER)
     parts = urlsplit(sent.url)
     head: dict[str, Any] = {"method": sent.method, "url": urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))}
@@ -354,7 +359,7 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
 
     Raises RecordingProblem for a recording that cannot be replayed as written.
     """
-    target = with_placeholders(_target(catalog, data.get("model"), provider))
+    target = with_placeholders(_target(catalog, data.get("model"), provider), data.get("unset", []))
     request = data.get("request")
     if not isinstance(request, dict):
         raise RecordingProblem("`request` must be the client's OpenAI chat request (a mapping)")

@@ -19,6 +19,8 @@ CONTEXT_NAMES = frozenset({
     # streams, client stream events and error envelopes
     "state", "accumulated", "seq", "request", "reply", "usage", "created", "stop_reason", "finish_reason",
     "error", "type", "code", "param",
+    # error tables: the upstream reply's headers (`@headers/<lower-case name>`)
+    "headers",
 })
 
 #: `messages_to_turns` `parts:` keys: the kinds the engine splits OpenAI messages into, then the
