@@ -16,7 +16,16 @@ import yaml
 from click.testing import CliRunner
 
 from engine.cli.commands import main
-from engine.cli.recordings import Recording, RecordingProblem, check, load_recordings, read_recording, recordings_dir, replay, spec_names
+from engine.cli.recordings import (
+    Recording,
+    RecordingProblem,
+    check,
+    load_recordings,
+    read_recording,
+    recordings_dir,
+    replay,
+    spec_names,
+)
 from engine.spec.loader import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
