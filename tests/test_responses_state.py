@@ -222,3 +222,17 @@ def test_tool_results_continue_a_stored_tool_call(stateful, upstream):
     sent = upstream.last().body["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", *["tool"] * len(calls)]
     assert [c["id"] for c in sent[1]["tool_calls"]] == [m["tool_call_id"] for m in sent[2:]] == [c.call_id for c in calls]
+
+
+def test_a_reply_from_the_cache_is_kept_under_its_own_id(stateful, upstream):
+    running, _store, keys = stateful
+    client = sdk(running, keys["ada"])
+    upstream.reply_fixture("openai", "chat_completion_text.json")
+    ask = {"model": "gpt-4o", "input": "cached question", "extra_headers": {"x-gaud-cache": "on"}}
+    first = client.responses.with_raw_response.create(**ask)
+    hit = client.responses.with_raw_response.create(**ask)
+    assert hit.headers["x-gaud-cache"] == "hit" and len(upstream.requests) == 1
+    one, two = first.parse(), hit.parse()
+    assert one.id != two.id and one.output_text == two.output_text
+    assert client.responses.retrieve(two.id).output_text == two.output_text
+    assert client.responses.retrieve(one.id).id == one.id
