@@ -83,6 +83,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # loses no audit row (the next start writes them; engine/accounts/journal.py).
     "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2, "spill_dir": None, "spill_after": 10.0,
               "journal": True},
+    # Stored replies of client formats with `state` (the Responses API's `store`, `previous_response_id`,
+    # GET/DELETE /v1/responses/{id}): off unless store is true, as it keeps message contents (a consent
+    # separate from audit.store_content). retention_days: how long a reply is kept (null: until deleted);
+    # expired ones are never served and are deleted by the next write.
+    "responses": {"store": False, "retention_days": 30},
     # Image URLs the gateway fetches itself (providers that accept only inline bytes).
     "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }

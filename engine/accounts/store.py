@@ -205,6 +205,27 @@ def m007_audit_usage_estimated(conn: sa.Connection) -> None:
 
 MIGRATIONS.append(m007_audit_usage_estimated)
 
+#: Replies a client asked the gateway to keep (`responses.store`; engine.accounts.conversations):
+#: per user, the conversation up to the reply (`input`, JSON items) and the reply itself (JSON).
+stored_responses = sa.Table(
+    "stored_responses",
+    metadata,
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("model", sa.String(300), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True, index=True),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("response", sa.Text, nullable=False),
+)
+
+
+def m008_responses_store(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[stored_responses])
+
+
+MIGRATIONS.append(m008_responses_store)
+
 
 @dataclass(frozen=True)
 class Principal:

@@ -43,6 +43,7 @@ from ..accounts.store import Principal
 from ..errors import GatewayError, InternalError, InvalidRequest, PermissionDenied, Shutdown, drop_tracebacks
 from ..logs import FieldLogger
 from ..metrics import Metrics
+from .conversations import Responses, Turn
 from .embeddings import validate_embeddings_request
 from .gateway import ChatResult, Exchange, Gateway, StreamResult
 from .routing import Plan
@@ -98,6 +99,9 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 class Codec:
     """OpenAI chat, the canonical format: every method is the identity."""
 
+    #: Stored replies (an ingress spec's `state`): None, the format keeps none.
+    state: Any = None
+
     def request(self, raw: dict[str, Any], *, count: bool = False) -> dict[str, Any]:
         return raw
 
@@ -114,7 +118,8 @@ class Codec:
         raise NotImplementedError("OpenAI chat has no count_tokens route")
 
     def stream(
-        self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan, raw: dict[str, Any]
+        self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan, raw: dict[str, Any],
+        turn: Turn | None = None,
     ) -> Awaitable[StreamResult]:
         """THE stream hand-off: open the gateway's stream and encode it for this client."""
         return gateway.chat_stream(body, exchange, plan=plan)
@@ -137,6 +142,10 @@ class IngressCodec(Codec):
     def spec(self) -> Any:
         return self.gateway.catalog.ingress.get(self.name) or self.fallback
 
+    @property
+    def state(self) -> Any:
+        return self.spec.state
+
     def request(self, raw: dict[str, Any], *, count: bool = False) -> dict[str, Any]:
         return self.spec.to_canonical(raw, count=count)  # type: ignore[no-any-return]
 
@@ -153,9 +162,11 @@ class IngressCodec(Codec):
         return self.spec.count_tokens(estimated)  # type: ignore[no-any-return]
 
     def stream(
-        self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan, raw: dict[str, Any]
+        self, gateway: Gateway, body: dict[str, Any], exchange: Exchange, plan: Plan, raw: dict[str, Any],
+        turn: Turn | None = None,
     ) -> Awaitable[StreamResult]:
-        encoder = self.spec.stream_encoder(plan.facts["estimated_tokens"], raw)
+        keep = {"reply_id": turn.reply_id, "on_reply": turn.done} if turn is not None and turn.keep else {}
+        encoder = self.spec.stream_encoder(plan.facts["estimated_tokens"], raw, **keep)
         return gateway.chat_stream(body, exchange, plan=plan, encoder=encoder)
 
 
@@ -221,6 +232,7 @@ class Pipeline:
         *,
         limits: Limits | None = None,
         store_content: bool = False,
+        responses: Responses | None = None,
     ) -> None:
         self.gateway = gateway
         self.authenticator = authenticator
@@ -230,6 +242,7 @@ class Pipeline:
         self.metrics = metrics
         self.limits = limits or Limits()
         self.store_content = store_content
+        self.responses = responses or Responses(None)
 
     async def run(self, endpoint: Endpoint, codec: Codec, port: Port) -> None:
         """One request through every stage; the answer goes out through `port`. Whatever ends
@@ -244,6 +257,8 @@ class Pipeline:
         journaled = None
         try:
             raw = parse_json(await port.read())
+            turn = None if codec.state is None else await self.responses.begin(codec.state, raw, principal)
+            raw = raw if turn is None else turn.request
             body = exchange.body = self.parse(endpoint, codec, raw)
             self.authorize(principal, body)
             exchange.stream = endpoint.streamable and bool(body.get("stream"))
@@ -256,14 +271,15 @@ class Pipeline:
                 hit = await self.cache_lookup(cached)
                 if hit is not None:
                     self._served_from_cache(exchange, hit, headers)
-                    await port.json(200, codec.reply(hit, raw), headers)
+                    await port.json(200, codec.reply(hit, raw) if turn is None else await self.keep(codec, hit, raw, turn), headers)
                     return
             exchange.reservation = await self.price_and_reserve(endpoint, body, plan, principal)
             self.budget_warning(principal, headers)
             if exchange.stream:
-                stream = await codec.stream(self.gateway, body, exchange, plan, raw)
+                stream = await codec.stream(self.gateway, body, exchange, plan, raw, turn)
                 headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
-                if not await port.stream(stream.body, {**headers, **stream.headers}):
+                pieces = stream.body if turn is None else self.responses.saving(stream.body, turn)
+                if not await port.stream(pieces, {**headers, **stream.headers}):
                     exchange.status = 499  # the client went away; the upstream request was cancelled
                 return
             result = await endpoint.call(self.gateway, body, exchange, plan)
@@ -271,7 +287,8 @@ class Pipeline:
                 await self.guards.cache.set(cached.key, result.completion, cached.ttl)
                 headers["x-gaud-cache"] = "miss"
             headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
-            await port.json(200, codec.reply(result.completion, raw), {**headers, **result.headers})
+            reply = codec.reply(result.completion, raw) if turn is None else await self.keep(codec, result.completion, raw, turn)
+            await port.json(200, reply, {**headers, **result.headers})
         except Exception as exc:  # noqa: BLE001 - every failure is answered and audited
             exchange.status = await self._failed(port, exc)
             if not isinstance(exc, ClientGone):  # audited as what the client saw
@@ -300,6 +317,16 @@ class Pipeline:
             await port.json(200, codec.count_tokens(estimate_prompt_tokens(body)))
         except Exception as exc:  # noqa: BLE001 - answered as in `run`
             await self._failed(port, exc)
+
+    async def keep(self, codec: Codec, completion: dict[str, Any], raw: dict[str, Any], turn: Turn) -> dict[str, Any]:
+        """The reply to a format with stored replies, under the gateway's own id and kept (before
+        the client sees it, so it can be continued from at once) when the client asked."""
+        if turn.reply_id is not None:
+            completion = {**completion, "id": turn.reply_id}
+        reply = codec.reply(completion, raw)
+        turn.done(reply)
+        await self.responses.save(turn)
+        return reply
 
     @staticmethod
     async def _failed(port: Port, exc: Exception) -> int:

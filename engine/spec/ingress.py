@@ -9,6 +9,7 @@ mapping is the canonical pipeline, unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..pointer import MISSING
 from ..streaming.blocks import BlockStreamWriter, compile_block_stream
 from ..streaming.encoders import EncoderFactory
 
-__all__ = ["IngressCompileError", "IngressSpec", "compile_ingress"]
+__all__ = ["IngressCompileError", "IngressSpec", "StateSpec", "compile_ingress"]
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str, "array": list, "object": dict, "integer": int, "number": (int, float), "boolean": bool,
@@ -30,6 +31,34 @@ class IngressCompileError(Exception):
         super().__init__(message)
         self.pointer = pointer
         self.message = message
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A format's stored replies (`state` in the spec; kept only under the `responses.store`
+    setting): the request fields that continue from a stored reply and opt out of storing, the
+    conversation field the stored items go before, the reply field holding the items that
+    continue it, and the GET/DELETE route."""
+
+    route: str
+    continue_from: str
+    store: str
+    input: str
+    output: str
+    string_input: Any  # compiled template: a string `input` as one item (`@value`)
+    deleted: Any  # compiled template: the DELETE reply (`@id`)
+
+    @classmethod
+    def compile(cls, data: dict[str, Any]) -> StateSpec:
+        return cls(data["route"], data["continue_from"], data["store"], data["input"], data["output"],
+                   compile_template(data["string_input"]), compile_template(data["deleted"]))
+
+    def items(self, value: Any) -> list[Any] | None:
+        """The conversation field as a list of items; None when it is neither a string nor a list
+        (the request mapping refuses it)."""
+        if isinstance(value, str):
+            return [self.string_input(value, {})]
+        return list(value) if isinstance(value, list) else None
 
 
 class IngressSpec:
@@ -55,6 +84,7 @@ class IngressSpec:
         self.error_types: dict[str, str] = dict(errors.get("types", {}))
         self.error_status: dict[str, int] = {k: int(v) for k, v in errors.get("status", {}).items()}
         self.stream = compile_block_stream(data["stream"]) if "stream" in data else None
+        self.state = StateSpec.compile(data["state"]) if "state" in data else None
 
     # -- requests -------------------------------------------------------------------------------
     def _check(self, body: dict[str, Any], required: dict[str, str]) -> None:
@@ -105,11 +135,13 @@ class IngressSpec:
                                      "param": exc.param})
         return self.error_status.get(exc.kind, exc.status), body
 
-    def stream_encoder(self, estimated_tokens: int | None, request: dict[str, Any] | None = None) -> EncoderFactory:
+    def stream_encoder(self, estimated_tokens: int | None, request: dict[str, Any] | None = None,
+                       **options: Any) -> EncoderFactory:
         """What writes this format's stream for one client request: the gateway makes one encoder
-        per attempt (`Gateway.chat_stream(..., encoder=...)`) and feeds it canonical deltas."""
+        per attempt (`Gateway.chat_stream(..., encoder=...)`) and feeds it canonical deltas.
+        `options`: the writer's `reply_id` and `on_reply` (stored replies)."""
         assert self.stream is not None  # a spec without `stream` refuses stream requests (`request.refuse`)
-        return partial(BlockStreamWriter, self.stream, self, estimated_tokens, request)
+        return partial(BlockStreamWriter, self.stream, self, estimated_tokens, request, **options)
 
 
 def compile_ingress(name: str, label: str, data: dict[str, Any]) -> IngressSpec:

@@ -14,6 +14,7 @@ event `@error` (the gateway error in the client's envelope, as a non-stream erro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,10 +109,13 @@ class BlockStreamWriter:
     def __init__(
         self, stream: BlockStreamSpec, replies: ClientReplies, estimated_tokens: int | None,
         request: dict[str, Any] | None = None, *, model: str, created: int, special_tokens: tuple[str, ...] = (),
+        reply_id: str | None = None, on_reply: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.stream = stream
         self.replies = replies
         self.id: str | None = None  # taken from the upstream when it names one (as ChunkWriter does)
+        self.reply_id = reply_id  # the gateway's own id instead (a reply it stores)
+        self.on_reply = on_reply  # given the whole reply at the end (not after an error)
         self.model = model
         self.created = created
         self._filter = TokenFilter(special_tokens) if special_tokens else None
@@ -130,7 +134,7 @@ class BlockStreamWriter:
     # -- the encoder --------------------------------------------------------------------------------
     def write(self, deltas: list[Delta], upstream_id: str | None = None, upstream_model: str | None = None) -> bytes:
         if self.id is None:
-            self.id, self.model = stream_identity(upstream_id, upstream_model, self.model)
+            self.id, self.model = stream_identity(self.reply_id or upstream_id, upstream_model, self.model)
         out: list[bytes] = []
         for delta in deltas:
             kind = delta[0]
@@ -153,7 +157,7 @@ class BlockStreamWriter:
         upstream_id: str | None = None, upstream_model: str | None = None,
     ) -> bytes:
         if self.id is None:
-            self.id, self.model = stream_identity(upstream_id, upstream_model, self.model)
+            self.id, self.model = stream_identity(self.reply_id or upstream_id, upstream_model, self.model)
         out: list[bytes] = []
         held = self._filter.flush() if self._filter else ""
         if held:
@@ -284,5 +288,7 @@ class BlockStreamWriter:
         reply = self.replies.from_canonical(completion, self.ctx["request"])
         ctx = {**self.ctx, "stop_reason": self.replies.stop_reason(self.finish_reason or "stop"), "reply": reply,
                "usage": reply.get("usage", {}) if isinstance(reply, dict) else {}}
+        if self.on_reply is not None:
+            self.on_reply(reply)
         for event in self.stream.end:
             self._emit(event, ctx, out)

@@ -33,6 +33,7 @@ from ..accounts.audit import AuditWriter, audit_spill_dir, import_spilled
 from ..accounts.auth import LOCAL_USER, Authenticator
 from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
+from ..accounts.conversations import ConversationStore
 from ..accounts.guards import Guards
 from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes, parse_user
@@ -42,6 +43,7 @@ from ..accounts.store import Principal, Store
 from ..config import Settings
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..metrics import Metrics
+from ..pipeline.conversations import Responses
 from ..pipeline.deadlines import Deadlines
 from ..pipeline.gateway import Gateway
 from ..pipeline.images import ImageFetcher
@@ -252,6 +254,34 @@ async def admin_reload(request: Request) -> Response:
     return JSONResponse({"reloaded": True, "providers": sorted(services.catalog.providers)})
 
 
+def stored_response(name: str) -> Handler:
+    """The GET/DELETE handler of client format `name`'s stored replies."""
+
+    async def handler(request: Request) -> Response:
+        return await _stored_response(request, name)
+
+    return handler
+
+
+async def _stored_response(request: Request, name: str) -> Response:
+    """GET or DELETE a stored reply of a client format with `state` (`responses.store`), answered
+    in that format's error envelope. Another user's reply is a 404, as a missing one."""
+    services = _services(request)
+    spec = services.catalog.ingress.get(name)
+    if spec is None or spec.state is None:  # a reload dropped the format or its state
+        raise HTTPException(404)
+    try:
+        principal = await services.authenticator.principal(request.headers)
+        reply_id: str = request.path_params["id"]
+        responses = services.pipeline.responses
+        if request.method == "DELETE":
+            return JSONResponse(await responses.delete(spec.state, principal, reply_id))
+        return JSONResponse(await responses.retrieve(spec.state, principal, reply_id))
+    except GatewayError as exc:
+        status, body = spec.error_body(exc)
+        return JSONResponse(body, status_code=status, headers=error_headers(exc))
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     if status == 405:
@@ -419,6 +449,8 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
         Route("/admin/usage", admin_usage, methods=["GET"]),
         Mount("/ui", app=dashboard),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        *(Route(spec.state.route, stored_response(name), methods=["GET", "DELETE"])
+          for name, spec in catalog.ingress.items() if spec.state is not None),
     ]
 
 
@@ -476,6 +508,7 @@ def build_services(
     pipeline = Pipeline(
         gateway, authenticator, guards, budgets, audit, metrics,
         limits=limits, store_content=bool(settings.get("audit.store_content")),
+        responses=_responses(settings, store),
     )
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
@@ -483,6 +516,14 @@ def build_services(
         spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
         body_deadlines=_body_deadlines(settings),
     )
+
+
+def _responses(settings: Settings, store: Store) -> Responses:
+    """Stored replies when the operator opted in (`responses.store`), else none."""
+    if not settings.get("responses.store"):
+        return Responses(None)
+    retention = settings.get("responses.retention_days")
+    return Responses(ConversationStore(store, None if retention is None else float(retention)))
 
 
 def _body_deadlines(settings: Settings) -> BodyDeadlines | None:
