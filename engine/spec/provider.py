@@ -13,7 +13,7 @@ import jinja2
 from ..errors import GatewayError, InvalidRequest, error_for_kind
 from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, compile_required, compile_rules
 from ..mapping.templates import Getter, compile_source
-from ..pointer import MISSING, compile_pointer
+from ..pointer import MISSING, compile_pointer, get
 from ..streaming import compile_stream
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
@@ -21,7 +21,7 @@ from .credentials import AuthSpec, compile_auth
 # EnvVar and SpecCompileError live in common.py (credentials/spec.py needs them too) and are still
 # importable from here.
 __all__ = [
-    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "SpecCompileError",
+    "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "SpecCompileError", "TokenCounter",
     "compile_provider",
 ]
 
@@ -151,6 +151,20 @@ class EmbeddingMaps:
 
 
 @dataclass
+class TokenCounter:
+    """The compiled `count_tokens:` section: the chat body -> the counting request's body, and
+    where the reply holds the count (at `api.endpoints.count_tokens`)."""
+
+    request_mapper: Mapper | None
+    tokens: tuple[str | int, ...]
+
+    def count_of(self, reply: Any) -> int | None:
+        """The count in a reply; None when it holds no non-negative integer there."""
+        value = get(reply, self.tokens)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass
 class ProviderSpec:
     """Everything the engine needs about one provider, compiled once at load."""
 
@@ -185,6 +199,8 @@ class ProviderSpec:
     _token_header_cache: dict[tuple[str, str], tuple[str, dict[str, str]]] = field(default_factory=dict)
     #: `response.required`: what a reply must hold to be mapped; None when the spec lists nothing.
     reply_check: ShapeCheck | None = None
+    #: `count_tokens`: the provider's counting endpoint; None when the spec declares none.
+    counter: TokenCounter | None = None
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -357,6 +373,18 @@ def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
     )
 
 
+def _token_counter(section: dict[str, Any] | None, endpoints: dict[str, Endpoint]) -> TokenCounter | None:
+    if not section:
+        return None
+    if "count_tokens" not in endpoints:
+        raise SpecCompileError("/count_tokens", "count_tokens needs api.endpoints.count_tokens, the path to ask")
+    rules = section.get("map")
+    return TokenCounter(
+        request_mapper=_compiled("/count_tokens/map", rules) if rules else None,
+        tokens=compile_pointer(section["tokens"]),
+    )
+
+
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
     environ = os.environ if environ is None else environ
@@ -417,6 +445,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         auth=auth,
         reply_check=_required(response.get("required")),
     )
+    compiled.counter = _token_counter(spec.get("count_tokens"), endpoints)
     if spec.get("stream"):
         try:
             compiled.stream = compile_stream(spec["stream"])
