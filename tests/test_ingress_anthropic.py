@@ -3,6 +3,7 @@ with the official `anthropic` SDK, in front of fake Gemini, OpenAI and Anthropic
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import anthropic
@@ -185,12 +186,16 @@ def test_thinking_signature_reaches_an_anthropic_upstream(sdk, upstream):
 # -- pass-through -------------------------------------------------------------------------------
 def _normalised(body: dict) -> dict:
     """Documented differences of an Anthropic -> canonical -> Anthropic round trip: a string
-    content becomes one text block, and a string system prompt stays a string."""
+    content becomes one text block, a string system prompt stays a string, and the end-user id
+    arrives as its SHA-256 (the translated path cannot tell a client's id from an e-mail address)."""
     out = json.loads(json.dumps(body))
     for message in out["messages"]:
         if isinstance(message["content"], str):
             message["content"] = [{"type": "text", "text": message["content"]}]
     out.pop("model")
+    user_id = out.get("metadata", {}).get("user_id")
+    if isinstance(user_id, str) and len(user_id) != 64:
+        out["metadata"]["user_id"] = hashlib.sha256(user_id.encode()).hexdigest()
     return out
 
 

@@ -70,6 +70,17 @@ CONDITIONS = [
     ({"not_has": "/nested/list/5"}, True),
     ({"in": ["@model", ["m-1", "m-2"]]}, True),
     ({"not_in": ["/nested", ["x"]]}, True),
+    # Numeric order: both sides must be numbers (a boolean, a string or a missing value never is).
+    ({"lt": ["/zero", "/a"]}, True),
+    ({"le": ["/a", 1]}, True),
+    ({"lt": ["/a", 1]}, False),
+    ({"gt": ["@info/limit", "/a"]}, True),
+    ({"ge": ["/a", "@info/limit"]}, False),
+    ({"ge": ["/flag", 0]}, False),
+    ({"le": ["/absent", 5]}, False),
+    ({"gt": ["/nested/b", 0]}, False),
+    ({"lt": ["/a", "/absent"]}, False),
+    ({"le": ["/nested/list/0", "/nested/list/1"]}, True),
 ]
 
 
@@ -194,3 +205,36 @@ def test_generated_writes_build_paths_as_put_does(writes):
             compile_rules(rules)(DOC, dict(CTX))
     else:
         assert compile_rules(rules)(DOC, dict(CTX)) == expected
+
+
+# -- the arithmetic ops: clamp with bounds read per request, sum of sources, hash ----------------
+def test_clamp_bounds_may_be_sources_and_below_is_exclusive():
+    rules = [
+        {"to": "/max", "from": "/max", "op": "clamp", "hi": "@info/limit"},
+        {"to": "/budget", "from": "/budget", "op": "clamp", "lo": 3, "below": "@out/max"},
+    ]
+    run = compile_rules(rules)
+    assert run({"max": 9, "budget": 1}, dict(CTX)) == {"max": 5, "budget": 3}
+    assert run({"max": 4, "budget": 8}, dict(CTX)) == {"max": 4, "budget": 3}
+    assert run({"max": 2, "budget": 8}, dict(CTX)) == {"max": 2, "budget": 1}  # `below` wins over `lo`
+    # A bound whose source is missing sets no bound; a value that is not a number passes.
+    assert run({"max": 9, "budget": 7}, {"info": {}}) == {"max": 9, "budget": 7}
+    assert run({"max": "x", "budget": True}, dict(CTX)) == {"max": "x", "budget": True}
+
+
+def test_sum_adds_pointers_sources_and_literals():
+    rules = [{"to": "/n", "op": "sum", "of": ["/a", "@info/limit", 10], "minus": ["/zero", 2]}]
+    assert compile_rules(rules)(DOC, dict(CTX)) == {"n": 14}
+    missing = [{"to": "/n", "op": "sum", "of": ["/absent", "@out/absent"]}]
+    assert compile_rules(missing)(DOC, dict(CTX)) == {}
+
+
+def test_hash_is_a_stable_hex_digest():
+    import hashlib
+
+    rules = [{"to": "/id", "from": "/user", "op": "hash"}, {"to": "/obj", "from": "/o", "op": "hash", "algorithm": "md5"}]
+    out = compile_rules(rules)({"user": "a@b.example", "o": {"b": 1, "a": 2}}, {})
+    assert out["id"] == hashlib.sha256(b"a@b.example").hexdigest()
+    assert out["obj"] == hashlib.md5(b'{"a":2,"b":1}').hexdigest()
+    with pytest.raises(ValueError):
+        compile_rules([{"to": "/id", "from": "/user", "op": "hash", "algorithm": "rot13"}])

@@ -45,6 +45,7 @@ CACHED_FIELDS = (
     "frequency_penalty",
     "logit_bias",
     "reasoning_effort",
+    "thinking",
     "parallel_tool_calls",
     "logprobs",
     "top_logprobs",

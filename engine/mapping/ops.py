@@ -7,16 +7,17 @@ each op's parameters with an example.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidRequest
-from ..pointer import MISSING, compile_pointer, get
+from ..pointer import MISSING
 from .client import compile_message_to_parts, compile_turns_to_messages
 from .message import compile_parts_to_message
 from .registry import compile_nested_rules
-from .templates import compile_condition, compile_template
+from .templates import compile_condition, compile_source, compile_template
 from .turns import compile_collect_text, compile_messages_to_turns
 
 __all__ = ["OPS", "OPS_WITH_OWN_TEMPLATE", "compile_op"]
@@ -73,29 +74,30 @@ def _op_each(rule: dict[str, Any]) -> Step:
     return each
 
 
+def _number_source(item: Any) -> Callable[[Any, dict[str, Any]], Any]:
+    """A number operand: a literal, a `/pointer` into the picked value, or an `@context` source."""
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        return lambda value, ctx: item
+    return compile_source(item)
+
+
+def _number(getter: Callable[[Any, dict[str, Any]], Any], value: Any, ctx: dict[str, Any]) -> float | None:
+    number = getter(value, ctx)
+    return number if isinstance(number, (int, float)) and not isinstance(number, bool) else None
+
+
 def _op_sum(rule: dict[str, Any]) -> Step:
-    """Add the numbers at several pointers; a missing addend counts 0."""
-    addends = [compile_pointer(p) for p in rule["of"]]
-    subtrahends = [compile_pointer(p) for p in rule.get("minus", ())]
+    """Add the numbers of `of` (pointers, `@` sources, literals); a missing addend counts 0."""
+    addends = [_number_source(p) for p in rule["of"]]
+    subtrahends = [_number_source(p) for p in rule.get("minus", ())]
 
     def total(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
-        found = False
-        result: float = 0
-        for tokens in addends:
-            number = get(value, tokens)
-            if isinstance(number, (int, float)):
-                found, result = True, result + number
+        found = [n for n in (_number(a, value, ctx) for a in addends) if n is not None]
         if not found:
             return MISSING
-        if not subtrahends:
-            return result
-        subtracted = False
-        less: float = 0
-        for tokens in subtrahends:
-            number = get(value, tokens)
-            if isinstance(number, (int, float)):
-                subtracted, less = True, less + number
-        return max(0, result - less) if subtracted else result
+        result = sum(found)
+        less = [n for n in (_number(s, value, ctx) for s in subtrahends) if n is not None]
+        return max(0, result - sum(less)) if less else result
 
     return total
 
@@ -140,18 +142,40 @@ def _op_as_list(rule: dict[str, Any]) -> Step:
 
 
 def _op_clamp(rule: dict[str, Any]) -> Step:
-    lo, hi = rule.get("lo"), rule.get("hi")
+    """Limit a number to `lo`..`hi`, and under `below` (an exclusive bound: at most `below - 1`).
+    Each bound is a number or a source (`@out/max_tokens`, `@model_info/max_output_tokens`); a
+    bound whose source is missing does not apply. The upper bounds win over `lo`."""
+    bounds = {name: _number_source(rule[name]) for name in ("lo", "hi", "below") if name in rule}
+    lo, hi, below = bounds.get("lo"), bounds.get("hi"), bounds.get("below")
 
     def clamp(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return value
-        if lo is not None and value < lo:
-            return lo
-        if hi is not None and value > hi:
-            return hi
+        floor = _number(lo, src, ctx) if lo is not None else None
+        if floor is not None and value < floor:
+            value = floor
+        ceiling = _number(hi, src, ctx) if hi is not None else None
+        if ceiling is not None and value > ceiling:
+            value = ceiling
+        under = _number(below, src, ctx) if below is not None else None
+        if under is not None and value >= under:
+            value = under - 1
         return value
 
     return clamp
+
+
+def _op_hash(rule: dict[str, Any]) -> Step:
+    """A value -> the hex digest of its text (a non-string as its JSON), e.g. an end-user id a
+    provider must not receive in clear. `algorithm` is one of hashlib's (sha256 by default)."""
+    algorithm = rule.get("algorithm", "sha256")
+    hashlib.new(algorithm)  # an unknown algorithm fails at load, not per request
+
+    def digest(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return hashlib.new(algorithm, text.encode()).hexdigest()
+
+    return digest
 
 
 def _op_object_schema(rule: dict[str, Any]) -> Step:
@@ -192,7 +216,6 @@ def _op_concat(rule: dict[str, Any]) -> Step:
     return concat
 
 
-
 def _op_bucket(rule: dict[str, Any]) -> Step:
     """A number -> the label of the first `ranges` entry `[upto, label]` with value <= upto, else `above`."""
     ranges = [(float(upto), label) for upto, label in rule["ranges"]]
@@ -207,8 +230,6 @@ def _op_bucket(rule: dict[str, Any]) -> Step:
         return above
 
     return bucket
-
-
 
 
 #: Op name -> its compiler. The structural conversions (messages <-> turns of parts) are larger and
@@ -228,6 +249,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Step]] = {
     "omit_keys": _op_omit_keys,
     "concat": _op_concat,
     "bucket": _op_bucket,
+    "hash": _op_hash,
     "turns_to_messages": compile_turns_to_messages,
     "message_to_parts": compile_message_to_parts,
 }

@@ -154,7 +154,8 @@ def compile_template(shape: Any) -> Getter:
 
 def compile_condition(cond: Any) -> Predicate:
     """`when:` — `{has: P}`, `{not_has: P}`, `{eq: [P, v]}`, `{ne: [P, v]}`, `{in: [P, [..]]}`,
-    `{not_in: [P, [..]]}`, `{all: [..]}`, `{any: [..]}`; a list means all of them."""
+    `{not_in: [P, [..]]}`, `{lt|le|gt|ge: [P, number | P]}`, `{all: [..]}`, `{any: [..]}`;
+    a list means all of them."""
     if isinstance(cond, list):
         return _all_of([compile_condition(c) for c in cond])
     return _all_of([_compile_one_condition(op, arg) for op, arg in cond.items()])
@@ -193,6 +194,8 @@ def _compile_one_condition(op: str, arg: Any) -> Predicate:
         return lambda src, ctx: getter(src, ctx) is MISSING
     getter = compile_source(arg[0])
     expected = arg[1]
+    if op in _ORDER:
+        return _compile_order(op, getter, expected)
     if op == "eq":
         return lambda src, ctx: _same(getter(src, ctx), expected)
     if op == "ne":
@@ -211,6 +214,37 @@ def _compile_one_condition(op: str, arg: Any) -> Predicate:
             return is_in
         return lambda src, ctx: not is_in(src, ctx)
     raise ValueError(f"unknown condition {op!r}")
+
+
+#: Numeric comparisons: `{le: ["@out/max_tokens", "@out/thinking/budget_tokens"]}`.
+_ORDER: dict[str, Callable[[float, float], bool]] = {
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _compile_order(op: str, getter: Getter, other: Any) -> Predicate:
+    """`[source, number | source]`: holds only when both sides are numbers (never for a missing,
+    boolean or string value) and they compare as `op` says."""
+    compare = _ORDER[op]
+    if isinstance(other, str):
+        right = compile_source(other)
+    elif _is_number(other):
+        right = lambda src, ctx: other  # noqa: E731
+    else:
+        raise ValueError(f"{op}: compare with a number or a source, not {other!r}")
+
+    def ordered(src: Any, ctx: dict[str, Any]) -> bool:
+        a, b = getter(src, ctx), right(src, ctx)
+        return _is_number(a) and _is_number(b) and compare(a, b)
+
+    return ordered
 
 
 def _same(value: Any, expected: Any) -> bool:

@@ -51,6 +51,7 @@ from .translate import (
     completion_from_reply,
     error_from_reply,
     normalize_completion,
+    post_request,
     stream_usage,
     with_usage,
 )
@@ -65,6 +66,9 @@ if TYPE_CHECKING:
 __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 
 log = logging.getLogger("gaud.gateway")
+
+#: Seconds a provider's token count may take when the deployment sets no total timeout.
+COUNT_TIMEOUT = 10.0
 
 #: Failures that say a deployment is unhealthy (and count towards opening its breaker).
 BREAKER_KINDS = frozenset({
@@ -514,6 +518,36 @@ class Gateway:
         result = embeddings_from_reply(target, await self._exchange_json(planned, request, exchange), body)
         self._account(exchange, target, {"prompt_tokens": result["usage"]["prompt_tokens"], "completion_tokens": 0})
         return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
+
+    # -- counting -------------------------------------------------------------------------------
+    async def count_tokens(self, body: dict[str, Any], estimate: int) -> int | None:
+        """A prompt's tokens as counted by the provider of the route's first deployment (its spec's
+        `count_tokens`), or None when that spec declares no counting endpoint or the call fails: the
+        caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint."""
+        try:
+            planned = (await self.plan(body)).targets[0]
+        except (GatewayError, IndexError):  # an unknown model: estimated, as without a counter
+            return None
+        target = planned.target
+        counter = target.provider.counter
+        if counter is None:
+            return None
+        try:
+            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate)
+            mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
+            request = post_request(target, "count_tokens", mapped, stream=False)
+            request.headers = chat.headers  # signed as the chat request is, for a signed-in provider
+            reply = await asyncio.wait_for(self.upstream.send(request, timeout=planned.timeout),
+                                           planned.total_timeout or COUNT_TIMEOUT)
+            if reply.status >= 400:
+                raise error_from_reply(target, reply.status, reply.body, reply.headers)
+            count = counter.count_of(orjson.loads(reply.body))
+        except (GatewayError, TimeoutError, orjson.JSONDecodeError) as exc:
+            log.info("count_tokens on %s failed, estimated instead: %s", target.name, exc)
+            return None
+        if count is None:
+            log.info("count_tokens on %s: no count in the reply, estimated instead", target.name)
+        return count
 
     # -- streaming ------------------------------------------------------------------------------
     async def chat_stream(

@@ -308,13 +308,20 @@ class Pipeline:
             drop_tracebacks(exchange.error)
 
     async def count_tokens(self, codec: Codec, port: Port) -> None:
-        """A client format's token count: authenticate and parse, then the prompt estimate."""
+        """A client format's token count: authenticate, parse and authorize, then the count of the
+        provider that would serve the prompt, or the local estimate when it has no counting
+        endpoint or the call fails; `x-gaud-token-count` says which."""
         try:
-            await self.authenticate(port.headers)
+            principal = await self.authenticate(port.headers)
             body = codec.request(parse_json(await port.read()), count=True)
             body.setdefault("max_tokens", 1)
             body = validate_request(body, self.limits)
-            await port.json(200, codec.count_tokens(estimate_prompt_tokens(body)))
+            self.authorize(principal, body)
+            estimate = estimate_prompt_tokens(body)
+            counted = await self.gateway.count_tokens(body, estimate)
+            source = "estimate" if counted is None else "provider"
+            await port.json(200, codec.count_tokens(estimate if counted is None else counted),
+                            {"x-gaud-token-count": source})
         except Exception as exc:  # noqa: BLE001 - answered as in `run`
             await self._failed(port, exc)
 

@@ -209,6 +209,8 @@ def _check_scalars(body: dict[str, Any], limits: Limits) -> None:
     effort = body.get("reasoning_effort")
     if effort is not None and effort not in ("none", "minimal", "low", "medium", "high"):
         raise _fail("'reasoning_effort' must be none, minimal, low, medium or high.", "reasoning_effort")
+    if body.get("thinking") is not None:
+        _check_thinking(body["thinking"])
     fmt = body.get("response_format")
     if fmt is not None:
         if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
@@ -220,6 +222,16 @@ def _check_scalars(body: dict[str, Any], limits: Limits) -> None:
             if spec.get("schema") is not None:
                 _depth(spec["schema"], limits.max_depth, "response_format.json_schema.schema")
                 _check_schema(spec["schema"], "response_format.json_schema.schema")
+
+
+def _check_thinking(thinking: Any) -> None:
+    """An explicit thinking budget (`{type: enabled, budget_tokens: N}`, LiteLLM's extension, and
+    what the /v1/messages ingress sends); provider specs fit it to their own limits."""
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        raise _fail("thinking.type must be enabled or disabled.", "thinking.type")
+    budget = thinking.get("budget_tokens")
+    if thinking["type"] == "enabled" and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise _fail("thinking.budget_tokens must be a positive integer.", "thinking.budget_tokens")
 
 
 def validate_request(body: Any, limits: Limits | None = None) -> dict[str, Any]:

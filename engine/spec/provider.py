@@ -17,7 +17,7 @@ from yarl import URL
 from ..errors import GatewayError, InvalidRequest, error_for_kind
 from ..mapping import Mapper, ShapeCheck, compile_condition, compile_first_of, compile_required, compile_rules
 from ..mapping.templates import Getter, compile_source
-from ..pointer import MISSING, compile_pointer
+from ..pointer import MISSING, compile_pointer, get
 from ..streaming import compile_stream
 from .checks import check_names
 from .common import EnvVar, SpecCompileError, jinja_template
@@ -31,6 +31,7 @@ Signer = Callable[[str, str, dict[str, str], bytes], tuple[URL, dict[str, str]]]
 # importable from here.
 __all__ = [
     "EmbeddingMaps", "Endpoint", "EnvVar", "ErrorTable", "ModelInfo", "ProviderSpec", "Signer", "SpecCompileError",
+    "TokenCounter",
     "compile_provider",
 ]
 
@@ -178,6 +179,20 @@ class EmbeddingMaps:
 
 
 @dataclass
+class TokenCounter:
+    """The compiled `count_tokens:` section: the chat body -> the counting request's body, and
+    where the reply holds the count (at `api.endpoints.count_tokens`)."""
+
+    request_mapper: Mapper | None
+    tokens: tuple[str | int, ...]
+
+    def count_of(self, reply: Any) -> int | None:
+        """The count in a reply; None when it holds no non-negative integer there."""
+        value = get(reply, self.tokens)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass
 class ProviderSpec:
     """Everything the engine needs about one provider, compiled once at load."""
 
@@ -219,6 +234,8 @@ class ProviderSpec:
     #: reads from others (declared -> read). None and empty for the spec as the catalog holds it.
     deployment: str | None = None
     env_sources: dict[str, str] = field(default_factory=dict)
+    #: `count_tokens`: the provider's counting endpoint; None when the spec declares none.
+    counter: TokenCounter | None = None
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -454,6 +471,18 @@ def _embedding_maps(section: dict[str, Any] | None) -> EmbeddingMaps | None:
     )
 
 
+def _token_counter(section: dict[str, Any] | None, endpoints: dict[str, Endpoint]) -> TokenCounter | None:
+    if not section:
+        return None
+    if "count_tokens" not in endpoints:
+        raise SpecCompileError("/count_tokens", "count_tokens needs api.endpoints.count_tokens, the path to ask")
+    rules = section.get("map")
+    return TokenCounter(
+        request_mapper=_compiled("/count_tokens/map", rules) if rules else None,
+        tokens=compile_pointer(section["tokens"]),
+    )
+
+
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
     check_names(spec)
@@ -515,6 +544,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         auth=auth,
         reply_check=_required(response.get("required")),
     )
+    compiled.counter = _token_counter(spec.get("count_tokens"), endpoints)
     if (spec.get("stream") or {}).get("emulate"):
         compiled.stream_emulated = True
     elif spec.get("stream"):
