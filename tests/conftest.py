@@ -178,6 +178,7 @@ def spec_tree(tmp: Path, **defaults: object) -> Path:
     tree = tmp / "specs"
     shutil.copytree(ROOT / "providers.d", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d")
+    shutil.copytree(ROOT / "models.d", tree / "models.d")
     shutil.copytree(ROOT / "ingress.d", tree / "ingress.d")
     routes = yaml.safe_load((ROOT / "routes.yaml").read_text())
     routes["defaults"] = {**routes.get("defaults", {}), **defaults}

@@ -30,11 +30,12 @@ from .conftest import RunningGateway, pg_store, provider_env, spec_tree, start_g
 M = 1_000_000
 UNLISTED = "openai/some-unlisted-model"
 HELLO = [{"role": "user", "content": "Hi"}]
-# OpenAI's ceiling over the models providers.d/openai.yaml lists: input and cache write $15/M (o1),
-# output $60/M (o1), cached read $10/M (gpt-4-turbo, whose cached reads default to its input).
-CEILING = Price(input=15.0, output=60.0, cached_input=10.0, cache_write=15.0)
+# OpenAI's ceiling over the models providers.d/openai.yaml and models.d/openai.yaml list: input $30/M,
+# output $112.5/M and cache write $37.5/M (gpt-6-rosalind above 272K prompt tokens), cached read $30/M
+# (gpt-4-0613, whose cached reads default to its input).
+CEILING = Price(input=30.0, output=112.5, cached_input=30.0, cache_write=37.5)
 # chat_completion_text.json reports 19 prompt and 14 completion tokens.
-UNLISTED_COST = (19 * 15 + 14 * 60) / M  # 1_125 millionths
+UNLISTED_COST = (19 * 30 + 14 * 112.5) / M  # 2_145 millionths
 GPT4O_COST = (19 * 2.5 + 14 * 10) / M
 # The budget: 2.5 requests' worth at the ceiling price.
 BUDGET = 2.5 * UNLISTED_COST
@@ -47,13 +48,16 @@ def test_ceiling_is_each_price_at_its_maximum_over_the_providers_listed_models(c
     spec = catalog.providers["openai"]
     prices = [p for m in spec.models if (p := price_for(catalog, "openai", m)) is not None]
     assert len(prices) == len(spec.models)  # every listed OpenAI model is priced
-    expected = Price(*(max(getattr(p, f) for p in prices) for f in ("input", "output", "cached_input", "cache_write")))
+    every = [x for p in prices for x in (p, *(tier for _, tier in p.tiers))]  # a tier's prices count too
+    expected = Price(*(max(getattr(p, f) for p in every) for f in ("input", "output", "cached_input", "cache_write")))
     assert ceiling_price(catalog, "openai") == expected == CEILING
 
 
 def test_ceiling_includes_pricing_tiers(catalog: Catalog) -> None:
-    # gemini-2.5-pro: $1.25/$10 up to 200K prompt tokens, $2.50/$15 above: the ceiling is the tier.
-    assert ceiling_price(catalog, "gemini") == Price(input=2.5, output=15.0, cached_input=0.25, cache_write=2.5)
+    # gemini-pro-latest: $2/$12 up to 200K prompt tokens, $4/$18 above: input and cache write (the
+    # tier's input) are the tier's; output $20/M is gemini-2.5-pro-preview-tts's, cached read $2.50/M
+    # gemini-2.5-computer-use-preview-10-2025's tier (no cached price: its input).
+    assert ceiling_price(catalog, "gemini") == Price(input=4.0, output=20.0, cached_input=2.5, cache_write=4.0)
 
 
 def test_a_provider_with_only_free_models_has_no_ceiling(catalog: Catalog) -> None:
@@ -275,11 +279,11 @@ def test_allowed_unlisted_model_is_billed_at_the_ceiling_until_the_budget_is_spe
         chunks = list(raw_stream.parse())
         usage = chunks[-1].usage
         assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (19, 6)
-        stream_cost = (19 * 15 + 6 * 60) / M
+        stream_cost = (19 * CEILING.input + 6 * CEILING.output) / M
         assert usage.model_extra == {"cost": pytest.approx(stream_cost)}
 
-        # Spent 1_770 of 2_812.5 millionths: the next reservation (a token or so of prompt at $15/M
-        # plus 14 output tokens at $60/M, ~860) still fits; after it the budget is spent.
+        # Spent 3_390 of 5_362.5 millionths: the next reservation (a token or so of prompt at $30/M
+        # plus 14 output tokens at $112.5/M, ~1_600) still fits; after it the budget is spent.
         for _ in range(3):
             upstream.reply_fixture("openai", "chat_completion_text.json")
         third = client.chat.completions.with_raw_response.create(model=UNLISTED, messages=HELLO, max_tokens=14)
@@ -320,7 +324,7 @@ def test_allowed_unlisted_embeddings_and_free_providers(fake_upstream_server, up
             model="openai/some-unlisted-embedding", input=["hello", "world"]
         )
         assert raw.headers["x-gaud-cost-estimated"] == "true"
-        assert float(raw.headers["x-gaud-cost"]) == pytest.approx(9 * 15 / M)  # 9 prompt tokens at $15/M
+        assert float(raw.headers["x-gaud-cost"]) == pytest.approx(9 * CEILING.input / M)  # 9 prompt tokens at the ceiling
         # Ollama lists only free models: nothing to estimate from, so still refused, upstream untouched.
         response = httpx.post(f"{running.url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                               json={"model": "ollama/some-unlisted-model", "messages": HELLO})

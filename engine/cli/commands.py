@@ -883,3 +883,8 @@ def spec_manual(output: str, check: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+from .catalog_import import catalog as _catalog  # noqa: E402  (registered after `main` exists)
+
+main.add_command(_catalog)

@@ -24,6 +24,7 @@ __all__ = ["SCHEMAS", "generate_manual"]
 SCHEMAS = (
     ("provider", "provider", "providers.d/*.yaml"),
     ("pricing", "pricing", "pricing.d/*.yaml"),
+    ("models", "models", "models.d/*.yaml"),
     ("routes", "routes", "routes.yaml"),
     ("ingress", "ingress", "ingress.d/*.yaml"),
 )

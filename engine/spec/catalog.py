@@ -38,6 +38,8 @@ class Catalog:
     broken_prices: set[str] = field(default_factory=set)
     #: True when a pricing.d file could not be read at all: missing prices are then not reported.
     broken_pricing: bool = False
+    #: provider -> model id -> label of the models.d file that lists it (a generated model).
+    generated_models: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def raise_for_problems(self) -> None:
         if self.problems:

@@ -54,8 +54,9 @@ def cross_reference(catalog: Catalog) -> list[SpecError]:
                 continue
             if {f"{name}/{model_id}", model_id} & catalog.broken_prices:  # its price entry is already reported
                 continue
+            generated = catalog.files.get(catalog.generated_models.get(name, {}).get(model_id, ""))
             problems.append(
-                doc.problem(
+                (generated or doc).problem(
                     f"/models/{_escape(model_id)}",
                     f"model '{model_id}' has no price: add '{model_id}' (or '{name}/{model_id}') "
                     f"to a file in pricing.d/, or mark the model `free: true`",

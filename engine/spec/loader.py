@@ -237,6 +237,7 @@ def _resolve_extends(
     if base is None:
         return None
     base.pop("models", None)  # a models list is never inherited
+    base.pop("catalog", None)  # nor where the model list comes from
     return _merged(doc, base, data, problems)
 
 
@@ -254,7 +255,7 @@ def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]
             catalog.problems.append(problem)
             if schema == "pricing":
                 catalog.broken_pricing = True
-            else:
+            elif schema != "models":  # a broken models.d file leaves its provider with its own models
                 catalog.broken.add(path.stem)
             continue
         schema_problems = _schema_problems(doc, schema)
@@ -263,7 +264,8 @@ def _load_dir(catalog: Catalog, folder: str, schema: str) -> dict[str, YamlFile]
         if schema_problems and schema == "pricing":
             _load_valid_prices(catalog, doc, schema_problems)
         elif schema_problems:
-            catalog.broken.add(path.stem)
+            if schema != "models":
+                catalog.broken.add(path.stem)
         else:
             docs[path.stem] = doc
     return docs
@@ -286,6 +288,26 @@ def _load_valid_prices(catalog: Catalog, doc: YamlFile, problems: list[SpecError
             catalog.broken_prices.add(str(model))
         else:
             catalog.pricing[str(model)] = {**price, "_file": doc.label, "_pointer": "/models/" + _pointer([model])[1:]}
+
+
+def _with_generated(catalog: Catalog, name: str, spec: dict[str, Any], generated: YamlFile | None) -> dict[str, Any]:
+    """The spec with models.d/<name>.yaml's models added. A hand-written model (the spec's own
+    `models:`) wins: a generated model named by one of its ids or aliases is dropped, and so is a
+    generated alias that names a hand-written model."""
+    if generated is None:
+        return spec
+    own = spec.get("models") or {}
+    taken = set(own) | {str(a) for info in own.values() for a in (info or {}).get("aliases", ())}
+    models = {}
+    for model_id, info in (generated.data.get("models") or {}).items():
+        if str(model_id) in taken:
+            continue
+        entry = {k: v for k, v in info.items() if k not in ("pinned", "deprecation")}
+        if "aliases" in entry:
+            entry["aliases"] = [a for a in entry["aliases"] if a not in taken]
+        models[str(model_id)] = entry
+        catalog.generated_models.setdefault(name, {})[str(model_id)] = generated.label
+    return {**spec, "models": {**models, **own}}
 
 
 def _compile_routes(catalog: Catalog, doc: YamlFile, environ: Mapping[str, str] | None) -> None:
@@ -336,6 +358,7 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
     """
     catalog = Catalog(root=Path(root) if root is not None else default_root())
     provider_docs = _load_dir(catalog, "providers.d", "provider")
+    generated_docs = _load_dir(catalog, "models.d", "models")
     cycles: set[frozenset[str]] = set()
     visiting: set[str] = set()
 
@@ -361,6 +384,7 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
         if merged is None:
             catalog.broken.add(name)
             return
+        merged = _with_generated(catalog, name, merged, generated_docs.get(name))
         try:
             catalog.providers[name] = compile_provider(name, doc.label, merged, environ)
         except SpecCompileError as exc:
@@ -369,6 +393,9 @@ def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None 
 
     for name in list(provider_docs):
         compile_one(name)
+    for name, doc in generated_docs.items():
+        if name not in provider_docs and name not in catalog.broken:
+            catalog.problems.append(doc.problem("", f"no provider spec '{name}' in providers.d/ for these models"))
     catalog.providers = {name: catalog.providers[name] for name in provider_docs if name in catalog.providers}
     for doc in _load_dir(catalog, "pricing.d", "pricing").values():
         for model, price in (doc.data.get("models") or {}).items():
