@@ -20,14 +20,14 @@ the spec, not the prices, so it has no cost.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import copy
 import dataclasses
 import difflib
 import itertools
 import json
-import base64
-import binascii
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -53,8 +53,8 @@ from ..pipeline.translate import (
 from ..pipeline.validation import check_structured_output, validate_request
 from ..spec.models import Target, resolve_model
 from ..spec.sigv4 import sign_request
-from ..streaming.eventstream import encode_message
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
+from ..streaming.eventstream import encode_message
 
 if TYPE_CHECKING:
     from ..spec.catalog import Catalog
