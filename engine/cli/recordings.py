@@ -20,6 +20,8 @@ the spec, not the prices, so it has no cost.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import copy
 import dataclasses
@@ -29,6 +31,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -49,7 +52,9 @@ from ..pipeline.translate import (
 )
 from ..pipeline.validation import check_structured_output, validate_request
 from ..spec.models import Target, resolve_model
+from ..spec.sigv4 import sign_request
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
+from ..streaming.eventstream import encode_message
 
 if TYPE_CHECKING:
     from ..spec.catalog import Catalog
@@ -234,6 +239,10 @@ def _target(catalog: Catalog, model: Any, provider: str | None) -> Target:
     raise RecordingProblem(f"model {model!r} is not served by {provider}; write it as {provider}/<model>")
 
 
+#: The time a replay signs at (`aws_sigv4`): a signature depends on the time, a recording must not.
+SIGNED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def placeholder(variable: str) -> str:
     """What a recording holds instead of a variable's value: `<ANTHROPIC_API_KEY>`."""
     return f"<{variable}>"
@@ -261,6 +270,10 @@ def request_head(target: Target, sent: Any) -> dict[str, Any]:
     unused_grant = auth is not None and auth.grant is not None and auth.grant.client(target.provider.env_values) is None
     if auth is not None and auth.dynamic and not auth.signs_in and not unused_grant:
         headers = target.provider.headers_for_token(target.model, target.api_base, TOKEN_PLACEHOLDER)
+    if sent.sign is not None and auth is not None and auth.sigv4 is not None:  # signed as sent, at SIGNED_AT
+        credentials = auth.sigv4.credentials(target.provider.env_values)
+        headers = sign_request(credentials, sent.method, sent.url, {"content-type": "application/json", **headers},
+                               orjson.dumps(sent.body), now=SIGNED_AT)[1]
     parts = urlsplit(sent.url)
     head: dict[str, Any] = {"method": sent.method, "url": urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))}
     query: dict[str, Any] = {}
@@ -284,6 +297,36 @@ def _upstream_bytes(upstream: Mapping[str, Any], key: str) -> bytes:
     if isinstance(value, str):
         return value.encode()
     return orjson.dumps(value)
+
+
+def _stream_bytes(stream: Any) -> bytes:
+    """`upstream.stream`: the raw text of an SSE or NDJSON stream, or a binary event stream as a
+    list of messages: `{event: NAME, payload: {...}}`, `{exception: NAME, payload: {...}}`,
+    `{error: CODE, message: TEXT}`, or `{bytes: BASE64}` (raw bytes, e.g. a corrupted frame)."""
+    if isinstance(stream, str):
+        return stream.encode()
+    if not isinstance(stream, list):
+        raise RecordingProblem("a streamed request needs `upstream.stream`: the raw text of the stream, or a list of event-stream messages")
+    return b"".join(_frame(item, n) for n, item in enumerate(stream))
+
+
+def _frame(item: Any, n: int) -> bytes:
+    where = f"upstream.stream[{n}]"
+    if not isinstance(item, dict) or len(set(item) & {"event", "exception", "error", "bytes"}) != 1:
+        raise RecordingProblem(f"{where}: one of event, exception, error or bytes (with payload or message)")
+    if "bytes" in item:
+        try:
+            return base64.b64decode(str(item["bytes"]), validate=True)
+        except binascii.Error:
+            raise RecordingProblem(f"{where}: `bytes` is not base64") from None
+    payload = orjson.dumps(item["payload"]) if "payload" in item else b""
+    if "event" in item:
+        headers = {":event-type": item["event"], ":content-type": "application/json", ":message-type": "event"}
+    elif "exception" in item:
+        headers = {":exception-type": item["exception"], ":content-type": "application/json", ":message-type": "exception"}
+    else:
+        headers = {":error-code": item["error"], ":error-message": item.get("message", ""), ":message-type": "error"}
+    return encode_message(headers, payload)
 
 
 def _error(exc: GatewayError) -> dict[str, Any]:
@@ -390,9 +433,7 @@ def replay(catalog: Catalog, data: Mapping[str, Any], provider: str | None = Non
         if from_stream:
             if spec.stream is None:
                 raise RecordingProblem(f"{spec.name} has no `stream` section to replay a stream with")
-            if not isinstance(upstream.get("stream"), str):
-                raise RecordingProblem("a streamed request needs `upstream.stream`: the raw text of the stream")
-            raw = upstream["stream"].encode()
+            raw = _stream_bytes(upstream.get("stream"))
             if stream:
                 out["chunks"] = _chunks(target, raw, body["model"], new_call_id, estimate_prompt_tokens(body))
             else:

@@ -69,6 +69,7 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "access_key_env": ("aws_sigv4",),
     "secret_key_env": ("aws_sigv4",),
     "session_token_env": ("aws_sigv4",),
+    "unless_env": ("aws_sigv4",),
 }
 
 

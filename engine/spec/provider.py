@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -269,6 +269,8 @@ class ProviderSpec:
         for var in self.env.values():
             if var.base_url and self.env_values.get(var.name):
                 return self.env_values[var.name].rstrip("/")
+        if "{" in self.base_url:  # a template: `https://runtime.{{ env.REGION or 'us-east-1' }}.example.com`
+            return _base_url_template(self.base_url).render(env=self.env_values).rstrip("/")
         return self.base_url.rstrip("/")
 
     def for_deployment(
@@ -368,7 +370,7 @@ class ProviderSpec:
         """What signs this provider's requests on their final bytes (`aws_sigv4`), with the
         identity its variables hold now; None for the providers that do not sign."""
         sigv4 = self.auth.sigv4 if self.auth is not None else None
-        if sigv4 is None:
+        if sigv4 is None or sigv4.skipped(self.env_values):
             return None
         return partial(sign_request, sigv4.credentials(self.env_values))
 
@@ -558,9 +560,19 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
     return compiled
 
 
+@lru_cache(maxsize=64)
+def _base_url_template(source: str) -> jinja2.Template:
+    return jinja_template(source, "/api/base_url")
+
+
 def _smoke_render(spec: ProviderSpec, header_pointer: str = "/api/headers/") -> None:
     """Render every template once so an undefined name fails at load, not on the first request."""
     sample_env = {n: spec.env_values.get(n) or "x" for n in spec.env}
+    if "{" in spec.base_url:
+        try:
+            _base_url_template(spec.base_url).render(env=sample_env)
+        except jinja2.UndefinedError as exc:
+            raise SpecCompileError("/api/base_url", f"template names an undeclared value: {exc.message}") from None
     for name, template in spec.headers.items():
         try:
             template.render(model="m", env=sample_env, api_base="http://x")

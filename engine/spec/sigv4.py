@@ -70,6 +70,13 @@ class SigV4Spec:
     session_token_env: str | None
     region_env: tuple[str, ...]
     region: str | None
+    #: While one of these variables is set, requests are not signed: the spec's headers carry
+    #: that other credential (e.g. a bearer API key) instead.
+    unless_env: tuple[str, ...] = ()
+
+    def skipped(self, env: Mapping[str, str]) -> bool:
+        """Whether another credential (an `unless_env` variable) stands in for the signature."""
+        return any(env.get(name) for name in self.unless_env)
 
     def credentials(self, env: Mapping[str, str]) -> SigV4Credentials:
         """The identity from the variables' values; NotConfigured (never sent) when incomplete."""
@@ -79,7 +86,8 @@ class SigV4Spec:
             needed = [self.access_key_env, self.secret_key_env]
             if not region:
                 needed.append(" or ".join(self.region_env))
-            raise NotConfigured(f"{self.provider} cannot sign requests here: set {' and '.join(needed)}")
+            alternative = f" (or {' or '.join(self.unless_env)})" if self.unless_env else ""
+            raise NotConfigured(f"{self.provider} cannot sign requests here: set {' and '.join(needed)}{alternative}")
         token = env.get(self.session_token_env) if self.session_token_env else None
         return SigV4Credentials(access, secret, token or None, region, self.service)
 
@@ -110,9 +118,15 @@ def compile_sigv4(provider: str, raw: Mapping[str, Any], env: Mapping[str, EnvVa
     region = str(raw["region"]) if raw.get("region") else None
     if not regions and region is None:
         raise SpecCompileError("/api/auth/region_env", "declare AWS_REGION in api.env, or give `region`")
+    unless = raw.get("unless_env") or ()
+    unless = (unless,) if isinstance(unless, str) else tuple(str(n) for n in unless)
+    for name in unless:
+        if name not in env:
+            raise SpecCompileError("/api/auth/unless_env", f"names {name}, which api.env does not declare; declare it there")
     return SigV4Spec(
         provider=provider, service=str(raw["service"]), access_key_env=str(access), secret_key_env=str(secret),
         session_token_env=named("session_token_env", DEFAULT_SESSION_TOKEN_ENV), region_env=regions, region=region,
+        unless_env=unless,
     )
 
 

@@ -27,7 +27,7 @@ import orjson
 
 from .deltas import StreamFailure
 
-__all__ = ["EventStreamFramer", "EventStreamMessage", "MessageDecoder"]
+__all__ = ["EventStreamFramer", "EventStreamMessage", "MessageDecoder", "encode_message"]
 
 PRELUDE_LENGTH = 12
 MAX_HEADERS_LENGTH = 128 * 1024
@@ -41,6 +41,19 @@ _FIXED = {2: struct.Struct("!b"), 3: struct.Struct("!h"), 4: struct.Struct("!i")
 
 Headers = dict[str, Any]
 EventStreamMessage = tuple[Headers, bytes]
+
+
+def encode_message(headers: Headers, payload: bytes = b"") -> bytes:
+    """One message with string headers (type 7), as a recording's replay builds a stream from
+    `{event: ..., payload: ...}` items (docs/recordings.md)."""
+    block = b""
+    for name, value in headers.items():
+        raw_name, raw_value = name.encode(), str(value).encode()
+        block += bytes([len(raw_name)]) + raw_name + b"\x07" + _U16.pack(len(raw_value)) + raw_value
+    prelude = struct.pack("!II", PRELUDE_LENGTH + len(block) + len(payload) + 4, len(block))
+    prelude += _U32.pack(zlib.crc32(prelude))
+    body = prelude + block + payload
+    return body + _U32.pack(zlib.crc32(body))
 
 
 def _bad(message: str) -> StreamFailure:
