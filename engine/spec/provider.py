@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -252,7 +253,9 @@ class ProviderSpec:
         for var in self.env.values():
             if var.base_url and self.env_values.get(var.name):
                 return self.env_values[var.name].rstrip("/")
-        return self.base_url.rstrip("/")
+        if "{" not in self.base_url:
+            return self.base_url.rstrip("/")
+        return _base_url_template(self.base_url).render(env=self.env_values).rstrip("/")
 
     def for_deployment(
         self, deployment: str, env: Mapping[str, str], headers: Mapping[str, str | None], environ: Mapping[str, str]
@@ -528,9 +531,20 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
     return compiled
 
 
+@functools.lru_cache(maxsize=256)
+def _base_url_template(text: str) -> jinja2.Template:
+    """`api.base_url` as a template over `env` (e.g. a region in the host), compiled once."""
+    return jinja_template(text, "/api/base_url")
+
+
 def _smoke_render(spec: ProviderSpec, header_pointer: str = "/api/headers/") -> None:
     """Render every template once so an undefined name fails at load, not on the first request."""
     sample_env = {n: spec.env_values.get(n) or "x" for n in spec.env}
+    if "{" in spec.base_url:
+        try:
+            _base_url_template(spec.base_url).render(env=sample_env)
+        except jinja2.UndefinedError as exc:
+            raise SpecCompileError("/api/base_url", f"template names an undeclared value: {exc.message}") from None
     for name, template in spec.headers.items():
         try:
             template.render(model="m", env=sample_env, api_base="http://x")
