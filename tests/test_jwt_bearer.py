@@ -305,3 +305,14 @@ def test_key_file_options_belong_to_jwt_bearer_only():
     auth = compile_auth("p", RAW, ENV)
     assert auth.grant is not None and auth.dynamic and not auth.signs_in
     assert auth.grant.client({}) is None and auth.grant.client({"KEY": "/k.json"}) == ("/k.json", "")
+
+
+def test_a_null_may_clear_an_inherited_field_but_not_a_required_one(tmp_path):
+    tree = tmp_path / "specs"
+    (tree / "providers.d").mkdir(parents=True)
+    shutil.copy(ROOT / "providers.d" / "anthropic.yaml", tree / "providers.d")
+    model = "models:\n  m: {context_window: 10, max_output_tokens: 5, capabilities: [], free: true, reason: t}\n"
+    (tree / "providers.d" / "bad.yaml").write_text("extends: anthropic\ndescription: x\napi:\n  auth:\n    type: null\n" + model)
+    catalog = load_catalog(tree, environ={})
+    assert [p.message for p in catalog.problems if "bad.yaml" in str(p)] == ["missing required field 'type'; add it"]
+    assert "vertex-anthropic" in load_catalog(ROOT, environ={}).providers

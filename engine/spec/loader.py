@@ -198,7 +198,14 @@ def _merged(doc: YamlFile, base: dict[str, Any] | None, data: dict[str, Any], pr
     if base is None:
         merger.check_strays(data)
     problems.extend(doc.problem(pointer, message) for pointer, message in merger.problems)
-    return None if merger.problems else merged
+    if merger.problems:
+        return None
+    if base is not None:  # a null that deleted a key the merged spec needs (nulls pass the file's own check)
+        missing = [doc.problem(*_describe(e)) for e in _validator("provider").iter_errors(merged) if e.validator == "required"]
+        problems.extend(missing)
+        if missing:
+            return None
+    return merged
 
 
 def _resolve_extends(
