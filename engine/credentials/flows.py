@@ -5,7 +5,9 @@
 - Device authorization (RFC 8628): poll at the server's interval, +5 s on `slow_down`.
 - Refresh (RFC 6749 section 6) and exchange (a long-lived token traded for a short-lived one).
 - Token grants the engine runs unattended (`GRANTS`): client credentials (RFC 6749 section 4.4),
-  the client authenticating with `client_secret_post` or `client_secret_basic` (RFC 6749 2.3.1).
+  the client authenticating with `client_secret_post` or `client_secret_basic` (RFC 6749 2.3.1);
+  the JWT bearer grant (RFC 7523 section 2.1): an RS256-signed assertion (RFC 7515/7518) made with
+  the private key of a JSON key file whose path a variable names.
 
 Every URL, client id, scope and field name comes from the compiled `AuthSpec`. No token is logged,
 and none is put in an exception message (server error text is redacted by the caller).
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
 
-from ..errors import AuthenticationFailed, UpstreamConnection, UpstreamTimeout
+from ..errors import AuthenticationFailed, NotConfigured, UpstreamConnection, UpstreamTimeout
 from ..pointer import MISSING, get
 from ..spec.credentials import AuthSpec, ExchangeSpec, GrantSpec
 
@@ -34,11 +36,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEVICE_GRANT",
+    "JWT_BEARER_GRANT",
     "OAuthError",
     "TokenSet",
     "device_login",
     "exchange_token",
     "grant_token",
+    "jwt_assertion",
     "pkce_login",
     "pkce_pair",
     "refresh_token",
@@ -47,6 +51,7 @@ __all__ = [
 log = logging.getLogger("gaud.credentials")
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 Echo = Callable[[str], None]
 Opener = Callable[[str], Any]
 
@@ -185,11 +190,15 @@ async def exchange_token(
 
 
 # -- token grants the engine runs itself ----------------------------------------------------------
-#: The parameters and headers of one grant's token request: (auth, grant, client id, secret).
-GrantRequest = Callable[[AuthSpec, GrantSpec, str, str], tuple[dict[str, str], dict[str, str]]]
+#: The parameters and headers of one grant's token request: (auth, grant, the grant's
+#: `client()` pair, the token URL, now).
+GrantRequest = Callable[[AuthSpec, GrantSpec, tuple[str, str], str, float], tuple[dict[str, str], dict[str, str]]]
 
 
-def _client_credentials(auth: AuthSpec, grant: GrantSpec, client_id: str, secret: str) -> tuple[dict[str, str], dict[str, str]]:
+def _client_credentials(
+    auth: AuthSpec, grant: GrantSpec, client: tuple[str, str], url: str, now: float
+) -> tuple[dict[str, str], dict[str, str]]:
+    client_id, secret = client
     params = {**grant.extra_params, "grant_type": "client_credentials", **({"scope": auth.scope} if auth.scope else {})}
     headers: dict[str, str] = {}
     if grant.client_auth == "client_secret_basic":
@@ -201,19 +210,75 @@ def _client_credentials(auth: AuthSpec, grant: GrantSpec, client_id: str, secret
     return params, headers
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _key_file(grant: GrantSpec, path: str) -> tuple[str, Any, str | None]:
+    """(issuer, RSA private key, key id) from the key file. Raises NotConfigured with a message
+    that names the variable and what is wrong, never the file's contents."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    where = f"the key file named by {grant.key_file_env}"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise NotConfigured(f"Cannot read {where} ({exc.strerror or type(exc).__name__}).") from None
+    except ValueError:
+        raise NotConfigured(f"{where[0].upper()}{where[1:]} is not JSON.") from None
+    values = {name: get(data, pointer) for name, pointer in grant.key_fields.items()}
+    missing = [name for name in ("issuer", "private_key") if not isinstance(values.get(name), str) or not values[name]]
+    if missing:
+        raise NotConfigured(f"{where[0].upper()}{where[1:]} lacks {' and '.join(missing)}.")
+    try:
+        key = load_pem_private_key(str(values["private_key"]).encode(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, RSAPrivateKey):
+        raise NotConfigured(f"The private key in {where} is not an unencrypted PEM RSA key.")
+    key_id = values.get("key_id")
+    return str(values["issuer"]), key, key_id if isinstance(key_id, str) and key_id else None
+
+
+def jwt_assertion(grant: GrantSpec, scope: str, path: str, audience: str, now: float) -> str:
+    """The RFC 7523 assertion: iss from the key file, aud the token endpoint, RS256-signed."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    issuer, key, key_id = _key_file(grant, path)
+    header = {"alg": "RS256", "typ": "JWT", **({"kid": key_id} if key_id else {})}
+    issued = int(now)
+    claims = {"iss": issuer, **({"scope": scope} if scope else {}), "aud": audience,
+              "iat": issued, "exp": issued + grant.assertion_lifetime}
+    signing_input = ".".join(_b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims))
+    signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def _jwt_bearer(
+    auth: AuthSpec, grant: GrantSpec, client: tuple[str, str], url: str, now: float
+) -> tuple[dict[str, str], dict[str, str]]:
+    assertion = jwt_assertion(grant, auth.scope, client[0], url, now)
+    return {**grant.extra_params, "grant_type": JWT_BEARER_GRANT, "assertion": assertion}, {}
+
+
 #: grant type (spec `api.auth.type`) -> how its token request is made. A new grant is one entry.
-GRANTS: dict[str, GrantRequest] = {"client_credentials": _client_credentials}
+GRANTS: dict[str, GrantRequest] = {"client_credentials": _client_credentials, "jwt_bearer": _jwt_bearer}
 
 
 async def grant_token(client: httpx.AsyncClient, auth: AuthSpec, env: Mapping[str, str], now: float) -> TokenSet:
     """A token from the spec's grant; raises OAuthError for an error reply (which may echo the
-    secret: the caller redacts). The caller checked that the client's variables are set."""
+    secret: the caller redacts), NotConfigured for an unusable key file. The caller checked that
+    the client's variables are set."""
     grant = auth.grant
     assert grant is not None
     credentials = grant.client(env)
     assert credentials is not None
-    params, headers = GRANTS[grant.grant_type](auth, grant, *credentials)
-    response = await _post(client, auth, grant.url(env), params, headers)
+    url = grant.url(env)
+    params, headers = GRANTS[grant.grant_type](auth, grant, credentials, url, now)
+    response = await _post(client, auth, url, params, headers)
     return token_set(auth, response.status_code, _body(response), now)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import AuthenticationFailed, GatewayError, UpstreamError
+from ..errors import AuthenticationFailed, GatewayError, NotConfigured, UpstreamError
 from ..spec.credentials import AuthSpec
 from .flows import OAuthError, device_login, exchange_token, grant_token, pkce_login, refresh_token
 from .vault import Vault, VaultError, open_vault
@@ -212,8 +212,8 @@ class CredentialManager:
     async def _renew_by_grant(
         self, spec: Provider, auth: AuthSpec, previous: _Entry | None, now: float, forced: bool
     ) -> _Entry:
-        """A grant type (client credentials): the engine asks the token endpoint itself. While the
-        client's variables are unset, the plain headers apply (e.g. an API key)."""
+        """A grant type (client credentials, JWT bearer): the engine asks the token endpoint itself.
+        While the grant's variables are unset, the plain headers apply (e.g. an API key)."""
         assert auth.grant is not None
         grant, name = auth.grant, spec.name
         client = grant.client(spec.env_values)
@@ -226,6 +226,9 @@ class CredentialManager:
         try:
             async with self._http() as http:
                 tokens = await grant_token(http, auth, spec.env_values, now)
+        except NotConfigured as exc:  # an unusable key file: said once per recheck, not per request
+            log.warning("cannot use the %s grant of %s: %s", grant.grant_type, name, exc.message)
+            return _Entry(None, now + self.recheck_seconds, now, failure=exc)
         except (OAuthError, GatewayError) as exc:
             refused = isinstance(exc, OAuthError) and exc.status < 500 and exc.status != 429
             if token and not refused and not _due(record.get("expires_at"), 0.0, now):
@@ -236,8 +239,7 @@ class CredentialManager:
             detail = _redact(str(exc), [client[1], *spec.secrets()])
             log.warning("the %s token endpoint refused the %s grant (HTTP %s)", name, grant.grant_type, exc.status)
             failure = AuthenticationFailed(
-                f"The {name} token endpoint refused the client credentials ({detail}); "
-                f"check {grant.client_id_env} and {grant.client_secret_env}."
+                f"The {name} token endpoint refused the {grant.grant_type} grant ({detail}); check {grant.variables}."
             )
             return _Entry(None, now + self.recheck_seconds, now, failure=failure)
         record = {"access_token": tokens.access_token, "expires_at": tokens.expires_at}

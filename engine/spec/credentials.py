@@ -22,8 +22,12 @@ __all__ = ["GRANT_TYPES", "SIGN_IN_TYPES", "AuthSpec", "ExchangeSpec", "GrantSpe
 
 SIGN_IN_TYPES = ("oauth_pkce", "device_code")
 #: Token grants the engine runs itself, on the first request that needs a token (no `login`):
-#: OAuth 2.0 client credentials (RFC 6749 section 4.4). Each names its flow in credentials/flows.py.
-GRANT_TYPES = ("client_credentials",)
+#: OAuth 2.0 client credentials (RFC 6749 section 4.4) and the JWT bearer grant (RFC 7523, an
+#: assertion signed with a key file's private key). Each names its flow in credentials/flows.py.
+GRANT_TYPES = ("client_credentials", "jwt_bearer")
+#: jwt_bearer: where a JSON key file's values are read (JSON pointers; the common service-account
+#: key layout), unless the spec's `key_fields` says otherwise.
+KEY_FILE_FIELDS = {"issuer": "/client_email", "private_key": "/private_key", "key_id": "/private_key_id"}
 _OAUTH_TYPES = SIGN_IN_TYPES + GRANT_TYPES
 
 #: Where each field is read in the authorization server's JSON replies (RFC 6749 and RFC 8628 names).
@@ -51,9 +55,12 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "token_request": _OAUTH_TYPES,
     "fields": _OAUTH_TYPES,
     "refresh_before_seconds": _OAUTH_TYPES,
-    "client_id_env": GRANT_TYPES,
-    "client_secret_env": GRANT_TYPES,
-    "client_auth": GRANT_TYPES,
+    "client_id_env": ("client_credentials",),
+    "client_secret_env": ("client_credentials",),
+    "client_auth": ("client_credentials",),
+    "key_file_env": ("jwt_bearer",),
+    "key_fields": ("jwt_bearer",),
+    "assertion_lifetime_seconds": ("jwt_bearer",),
     "extra_params": GRANT_TYPES,
     "authorize_url": ("oauth_pkce",),
     "redirect_host": ("oauth_pkce",),
@@ -96,21 +103,35 @@ class GrantSpec:
 
     grant_type: str
     token_url: jinja2.Template
-    client_id_env: str
-    client_secret_env: str
+    client_id_env: str = ""
+    client_secret_env: str = ""
     client_auth: str = "client_secret_post"
     extra_params: dict[str, str] = field(default_factory=dict)
+    #: jwt_bearer: the variable holding the key file's path, where the file's values are, and
+    #: the assertion's lifetime.
+    key_file_env: str = ""
+    key_fields: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
+    assertion_lifetime: int = 3600
 
     def url(self, env: Mapping[str, str]) -> str:
         return self.token_url.render(env=env)
 
     def client(self, env: Mapping[str, str]) -> tuple[str, str] | None:
-        """(client id, client secret) from the environment; None while either is unset."""
+        """(client id, client secret) from the environment, or (key file path, "") for a key-file
+        grant; None while any is unset."""
+        if self.key_file_env:
+            path = env.get(self.key_file_env, "")
+            return (path, "") if path else None
         client_id, secret = env.get(self.client_id_env, ""), env.get(self.client_secret_env, "")
         return (client_id, secret) if client_id and secret else None
 
+    @property
+    def variables(self) -> str:
+        """The variables to check when the grant is refused, for messages."""
+        return self.key_file_env or f"{self.client_id_env} and {self.client_secret_env}"
+
     def __repr__(self) -> str:
-        return f"GrantSpec({self.grant_type!r}, client_id_env={self.client_id_env!r})"
+        return f"GrantSpec({self.grant_type!r}, variables={self.variables!r})"
 
 
 @dataclass(frozen=True)
@@ -218,20 +239,30 @@ def _oauth_options(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _grant(kind: str, raw: Mapping[str, Any], env: Mapping[str, EnvVar]) -> GrantSpec:
-    for key in ("client_id_env", "client_secret_env"):
-        if str(raw[key]) not in env:
-            raise SpecCompileError(f"/api/auth/{key}", f"names {raw[key]}, which api.env does not declare; declare it there")
+    variables = ("key_file_env",) if kind == "jwt_bearer" else ("client_id_env", "client_secret_env")
+    named = {key: str(raw[key]) for key in variables}
+    for key, variable in named.items():
+        if variable not in env:
+            raise SpecCompileError(f"/api/auth/{key}", f"names {variable}, which api.env does not declare; declare it there")
     if raw.get("exchange"):
         raise SpecCompileError("/api/auth/exchange", f"a {kind} token is used as it is; remove `exchange`")
     token_url = jinja_template(str(raw["token_url"]), "/api/auth/token_url")
     _smoke(token_url, "/api/auth/token_url", env=dict.fromkeys(env, "x"))
+    extra = {str(k): str(v) for k, v in (raw.get("extra_params") or {}).items()}
+    if kind == "jwt_bearer":
+        fields = {**KEY_FILE_FIELDS, **{str(k): str(v) for k, v in (raw.get("key_fields") or {}).items()}}
+        return GrantSpec(
+            grant_type=kind, token_url=token_url, extra_params=extra, key_file_env=named["key_file_env"],
+            key_fields={k: _pointer(v, f"/api/auth/key_fields/{k}") for k, v in fields.items()},
+            assertion_lifetime=int(raw.get("assertion_lifetime_seconds", 3600)),
+        )
     return GrantSpec(
         grant_type=kind,
         token_url=token_url,
-        client_id_env=str(raw["client_id_env"]),
-        client_secret_env=str(raw["client_secret_env"]),
+        client_id_env=named["client_id_env"],
+        client_secret_env=named["client_secret_env"],
         client_auth=str(raw.get("client_auth", "client_secret_post")),
-        extra_params={str(k): str(v) for k, v in (raw.get("extra_params") or {}).items()},
+        extra_params=extra,
     )
 
 

@@ -80,7 +80,10 @@ def _label(path: Path, root: Path) -> str:
 
 def _schema_problems(doc: YamlFile, schema: str) -> list[SpecError]:
     problems = []
+    extends = isinstance(doc.data, dict) and "extends" in doc.data
     for found in _validator(schema).iter_errors(doc.data):
+        if extends and found.instance is None:
+            continue  # a null in a spec that extends another deletes the inherited key (see merge.py)
         error = _missing_slash(found) or (best_match(found.context) if found.context else found)
         pointer, message = _describe(error)
         problems.append(doc.problem(pointer, message))
@@ -195,7 +198,14 @@ def _merged(doc: YamlFile, base: dict[str, Any] | None, data: dict[str, Any], pr
     if base is None:
         merger.check_strays(data)
     problems.extend(doc.problem(pointer, message) for pointer, message in merger.problems)
-    return None if merger.problems else merged
+    if merger.problems:
+        return None
+    if base is not None:  # a null that deleted a key the merged spec needs (nulls pass the file's own check)
+        missing = [doc.problem(*_describe(e)) for e in _validator("provider").iter_errors(merged) if e.validator == "required"]
+        problems.extend(missing)
+        if missing:
+            return None
+    return merged
 
 
 def _resolve_extends(

@@ -562,6 +562,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
 
 @lru_cache(maxsize=64)
 def _base_url_template(source: str) -> jinja2.Template:
+    """`api.base_url` as a template over `env` (e.g. a region in the host), compiled once."""
     return jinja_template(source, "/api/base_url")
 
 
