@@ -6,6 +6,8 @@ tests/fixtures/litellm/model_prices.json (origin in the README beside it).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import subprocess
@@ -98,8 +100,11 @@ def test_tiers_keep_base_fields_the_tier_leaves_out() -> None:
 
 
 def test_dated_id_is_the_model_and_the_undated_its_alias() -> None:
-    found, _ = convert({"m-1": entry(), "m-1-20250101": entry(), "n": entry(), "n-2025-01-01": entry(),
-                        "n-2025-02-01": entry(), "o": entry(), "o-20250101": entry(max_output_tokens=50)}, RULE)
+    listed = {"m-1": entry(), "m-1-20250101": entry(), "n": entry(), "n-2025-01-01": entry(),
+              "n-2025-02-01": entry(), "o": entry(), "o-20250101": entry(max_output_tokens=50)}
+    unfolded, _ = convert(listed, RULE)
+    assert {"m-1", "m-1-20250101"} <= set(unfolded)  # without fold_dated an undated id stays a model, sent as asked
+    found, _ = convert(listed, dataclasses.replace(RULE, fold_dated=True))
     assert found["m-1-20250101"].model["aliases"] == ["m-1"] and "m-1" not in found
     assert {"n", "n-2025-01-01", "n-2025-02-01"} <= set(found)  # two dated ids with its data: unclear which
     assert {"o", "o-20250101"} <= set(found)  # different data: two models

@@ -48,7 +48,7 @@ def resolve_model(catalog: Catalog, name: str, *, allow_unlisted: bool = False) 
     `provider/model` resolves when the provider's spec lists the model (by id or alias); a model
     it does not list only with `allow_unlisted` (it then gets no limits and no price of its own:
     `Target.listed` is false). A bare name resolves through routes.yaml's aliases, else when
-    exactly one provider spec lists it.
+    exactly one provider spec lists it, not counting specs that defer bare ids to others.
     """
     if not isinstance(name, str) or not name:
         raise NotFound("model is required", param="model")
@@ -78,6 +78,8 @@ def resolve_model(catalog: Catalog, name: str, *, allow_unlisted: bool = False) 
             param="model",
         )
     found = [(spec, listed) for spec in catalog.providers.values() if (listed := _in_provider(spec, name)) is not None]
+    if len(found) > 1:  # a cloud or router defers to the model's own vendor (`defer_bare_ids`)
+        found = [pair for pair in found if not pair[0].defer_bare_ids] or found
     if len(found) == 1:
         spec, info = found[0]
         return [Target(spec, info.id, info)]

@@ -54,6 +54,10 @@ class ListRule:
     price_keys: str = "model"
     exclude: tuple[str, ...] = ()
     capabilities: dict[str, str] = field(default_factory=dict)
+    #: Fold an undated id into the one dated id with the same data (as its alias): only for a
+    #: provider whose undated ids are documented pointers to a snapshot. Elsewhere an undated id
+    #: may be a model of its own that moves between snapshots, and stays one.
+    fold_dated: bool = False
 
     @classmethod
     def from_spec(cls, provider: str, block: Any) -> ListRule | None:
@@ -67,6 +71,7 @@ class ListRule:
             price_keys=str(block.get("price_keys", "model")),
             exclude=tuple(block.get("exclude", ())),
             capabilities={**DEFAULT_CAPABILITIES, **(block.get("capabilities") or {})},
+            fold_dated=bool(block.get("fold_dated", False)),
         )
 
     def model_id(self, key: str) -> tuple[str, bool]:
@@ -174,5 +179,6 @@ def convert(data: dict[str, Any], rule: ListRule) -> tuple[dict[str, Imported], 
             skipped[model_id] = "the list gives no context window or max output tokens"
             continue
         found[model_id] = Imported(model, _price(facts))
-    _fold_dated(found)
+    if rule.fold_dated:
+        _fold_dated(found)
     return dict(sorted(found.items())), skipped

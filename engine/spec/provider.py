@@ -220,6 +220,8 @@ class ProviderSpec:
     stream: Any
     special_tokens: tuple[str, ...]
     raw: dict[str, Any]
+    #: `defer_bare_ids`: a bare model id another spec also lists resolves to that spec.
+    defer_bare_ids: bool = False
     env_values: dict[str, str] = field(default_factory=dict)
     _header_cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     _url_cache: dict[tuple[str, str, bool, str], str] = field(default_factory=dict)
@@ -541,6 +543,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         models_list=spec.get("models_list"),
         stream=None,
         special_tokens=tuple(spec.get("special_tokens") or ()),
+        defer_bare_ids=bool(spec.get("defer_bare_ids", False)),
         raw=spec,
         env_values=env_values,
         auth=auth,
