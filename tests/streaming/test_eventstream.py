@@ -165,8 +165,8 @@ def test_an_exception_mid_stream_keeps_the_deltas_before_it_and_is_classified_by
         spec.read(framer, data, state)
     assert caught.value.partial == [("text", "Hi")]
     table = ErrorTable({"by_code": {"throttlingException": "rate_limit"}, "message_from": ["/message"]})
-    assert table.kind_of(None, caught.value.body, caught.value.code) == ("rate_limit", "Too many tokens, please wait.")
-    assert table.kind_of(None, caught.value.body, "validationException")[0] == "upstream_5xx"  # unlisted: _default
+    assert table.kind_of(None, caught.value.body, code=caught.value.code) == ("rate_limit", "Too many tokens, please wait.")
+    assert table.kind_of(None, caught.value.body, code="validationException")[0] == "upstream_5xx"  # unlisted: _default
 
 
 def test_a_whole_stream_through_the_event_table() -> None:
