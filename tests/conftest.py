@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.accounts.store import Store
 from engine.spec.loader import Catalog, load_catalog
 from engine.spec.models import Target, resolve_model
 
@@ -214,3 +215,12 @@ def client(gateway: RunningGateway):  # type: ignore[no-untyped-def]
     import openai
 
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated SQLite store in the test's own folder (a module may define its own `store`)."""
+    db = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
+    db.migrate()
+    yield db
+    db.close()

@@ -7,7 +7,6 @@ tests/fixtures/litellm/model_prices.json (origin in the README beside it).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shutil
 import subprocess

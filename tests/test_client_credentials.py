@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-import httpx
 import pytest
 from aiohttp import web
 
-from engine.accounts.store import Store
-from engine.credentials import CredentialManager, compile_auth
+from engine.credentials import compile_auth
 from engine.errors import AuthenticationFailed, UpstreamConnection
 from engine.spec.loader import load_catalog
 from engine.spec.provider import EnvVar, SpecCompileError
 
+from .credential_kit import FakeClock, assert_compile_error, manager
 from .fakes import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +36,6 @@ CLIENT_SECRET = "s3cret+value/with=odd:chars"
 TENANT = "tenant-0001"
 SCOPE = "https://api.acme.test/.default"
 
-
-@dataclass
-class FakeClock:
-    now: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -148,17 +140,6 @@ def load(tmp_path: Path, url: str, client_auth: str = "client_secret_post", **en
     return catalog.providers["acme-cc"]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
-    db.migrate()
-    yield db
-    db.close()
-
-
-def manager(store: Store, clock: FakeClock) -> CredentialManager:
-    return CredentialManager(store, http=lambda: httpx.AsyncClient(timeout=10, trust_env=False), clock=clock,
-                             environ={"GAUD_SECRET_KEY": "test-secret-key-0123456789abcdef"})
 
 
 @pytest.mark.parametrize("client_auth", ["client_secret_post", "client_secret_basic"])
@@ -277,10 +258,7 @@ GRANT = {"type": "client_credentials", "token_url": "https://login.test/{{ env.T
     ({"headers": None}, "/api/auth/headers", "say where the token goes"),
 ])
 def test_compile_errors_name_the_field(change, pointer, message):
-    raw = {k: v for k, v in {**GRANT, **change}.items() if v is not None}
-    with pytest.raises(SpecCompileError) as caught:
-        compile_auth("p", raw, ENV)
-    assert caught.value.pointer == pointer and message in caught.value.message
+    assert_compile_error({**GRANT, **change}, ENV, pointer, message)
 
 
 def test_client_auth_methods_outside_grants_are_refused():

@@ -46,6 +46,7 @@ from engine.errors import AuthenticationFailed, UpstreamError
 from engine.spec.loader import load_catalog
 from engine.spec.provider import EnvVar, SpecCompileError
 
+from .credential_kit import FakeClock
 from .fakes import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,13 +56,6 @@ API_KEY = "acme-static-api-key-0001"
 
 
 # -- the fake authorization / token / exchange server ---------------------------------------------
-@dataclass
-class FakeClock:
-    now: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 @dataclass
 class Seen:
@@ -323,13 +317,6 @@ def catalog(tree: Path):  # type: ignore[no-untyped-def]
     loaded.raise_for_problems()
     return loaded
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
-    db.migrate()
-    yield db
-    db.close()
 
 
 class Sleeps:

@@ -20,19 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from engine.accounts.store import Store
-from engine.credentials import CredentialManager, compile_auth
+from engine.credentials import compile_auth
 from engine.errors import AuthenticationFailed, NotConfigured
 from engine.spec.loader import load_catalog
 from engine.spec.provider import EnvVar, SpecCompileError
 
+from .credential_kit import FakeClock, assert_compile_error, manager
 from .fakes import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,14 +40,6 @@ EMAIL = "gateway@acme-project.iam.example.test"
 KEY_ID = "0123456789abcdef0123456789abcdef01234567"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 T0 = 1_800_000_000.0
-
-
-@dataclass
-class FakeClock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _unb64(text: str) -> bytes:
@@ -179,17 +170,6 @@ def load(tmp_path: Path, url: str, key_path: Path | str) -> Any:
     return catalog.providers["acme-jwt"]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
-    db.migrate()
-    yield db
-    db.close()
-
-
-def manager(store: Store, clock: FakeClock) -> CredentialManager:
-    return CredentialManager(store, http=lambda: httpx.AsyncClient(timeout=10, trust_env=False), clock=clock,
-                             environ={"GAUD_SECRET_KEY": "test-secret-key-0123456789abcdef"})
 
 
 def test_the_assertion_is_signed_and_claims_what_rfc_7523_asks(tmp_path, store, endpoint, clock, private_key):
@@ -292,10 +272,7 @@ RAW = {"type": "jwt_bearer", "token_url": "https://oauth.test/token", "key_file_
     ({"headers": None}, "/api/auth/headers", "say where the token goes"),
 ])
 def test_compile_errors_name_the_field(change, pointer, message):
-    raw = {k: v for k, v in {**RAW, **change}.items() if v is not None}
-    with pytest.raises(SpecCompileError) as caught:
-        compile_auth("p", raw, ENV)
-    assert caught.value.pointer == pointer and message in caught.value.message
+    assert_compile_error({**RAW, **change}, ENV, pointer, message)
 
 
 def test_key_file_options_belong_to_jwt_bearer_only():
