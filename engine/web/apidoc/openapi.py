@@ -274,8 +274,8 @@ class _FormatRoutes:
         return operation
 
 
-_TYPES = {"string": "string", "array": "array", "integer": "integer", "number": "number", "object": "object",
-          "boolean": "boolean"}
+#: The `required` kinds of an ingress spec that are JSON Schema types as they are.
+_TYPES = frozenset({"string", "array", "integer", "number", "object", "boolean"})
 
 
 def request_schema(spec: IngressSpec, required: dict[str, str]) -> dict[str, Any]:
@@ -283,7 +283,7 @@ def request_schema(spec: IngressSpec, required: dict[str, str]) -> dict[str, Any
     read = sorted(_top_fields(spec.data["request"]["map"], ("from", "system_from")) | set(required))
     properties: dict[str, Any] = {name: {} for name in read}
     for name, kind in required.items():
-        properties[name] = {"type": _TYPES.get(kind, "string")} if kind in _TYPES else {}
+        properties[name] = {"type": kind} if kind in _TYPES else {}
     return {"type": "object", "required": sorted(required), "properties": properties,
             "description": f"The fields {spec.name} reads; other fields are ignored or refused as the spec says."}
 
