@@ -56,6 +56,7 @@ from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
 from ..spec.models import resolve_model
+from .apidoc.pages import ApiDocs
 from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
 from .drain import Drain
@@ -282,6 +283,19 @@ async def _stored_response(request: Request, name: str) -> Response:
         return JSONResponse(body, status_code=status, headers=error_headers(exc))
 
 
+async def callable_aliases(request: Request) -> list[str] | None:
+    """The aliases the caller's key may call, as GET /v1/models lists them (for the landing page);
+    None without a valid key."""
+    services = _services(request)
+    try:
+        principal = await services.authenticator.principal(request.headers)
+    except GatewayError:
+        return None
+    aliases = services.catalog.routes.get("aliases") or {}
+    listed = model_list(services.catalog, 0, services.upstream_models, await ready_providers(services.gateway))
+    return [entry["id"] for entry in listed if entry["id"] in aliases and principal.may_call(entry["id"])]
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     if status == 405:
@@ -451,6 +465,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *(Route(spec.state.route, stored_response(name), methods=["GET", "DELETE"])
           for name, spec in catalog.ingress.items() if spec.state is not None),
+        *ApiDocs(callable_aliases).routes(),  # /, /openapi.json, /docs
     ]
 
 
