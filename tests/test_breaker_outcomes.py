@@ -28,6 +28,7 @@ from engine.pipeline.images import ImageFetcher
 from engine.pipeline.upstream import Upstream
 
 from .conftest import ROOT, free_port, provider_env
+from .spec_trees import copy_models
 from .test_resilience import FakeClock
 
 SONNET = "anthropic/claude-sonnet-4-20250514"
@@ -56,6 +57,7 @@ def gw(tmp_path: Path, upstream) -> Gateway:
 
     shutil.copytree(ROOT / "providers.d", tmp_path / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tmp_path / "pricing.d")
+    copy_models(tmp_path)
     dead_port = free_port()
     (tmp_path / "routes.yaml").write_text(yaml.safe_dump(routes(dead_port)))
     catalog = load_catalog(tmp_path, environ=provider_env(upstream.url))

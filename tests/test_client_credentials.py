@@ -29,6 +29,7 @@ from engine.spec.provider import EnvVar, SpecCompileError
 
 from .credential_kit import FakeClock, assert_compile_error, manager
 from .fakes import LoopbackServer
+from .spec_trees import copy_models
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "client/id with:odd chars"
@@ -132,6 +133,7 @@ def load(tmp_path: Path, url: str, client_auth: str = "client_secret_post", **en
     (tree / "providers.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "providers.d" / "openai.yaml", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d", dirs_exist_ok=True)
+    copy_models(tree)
     (tree / "providers.d" / "acme-cc.yaml").write_text(spec_text(url, client_auth))
     env = {"ACME_API_KEY": "static-key-0001", "ACME_TENANT_ID": TENANT, "ACME_CLIENT_ID": CLIENT_ID,
            "ACME_CLIENT_SECRET": CLIENT_SECRET, **environ}

@@ -76,7 +76,7 @@ ROUTES = {
 def tree(tmp_path: Path) -> Path:
     import shutil
 
-    for folder in ("providers.d", "pricing.d", "ingress.d"):
+    for folder in ("providers.d", "pricing.d", "models.d", "ingress.d"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     routes = yaml.safe_load((ROOT / "routes.yaml").read_text())
     routes["aliases"].update(ROUTES["aliases"])  # the shipped ones (gpt-4o, ...) and these

@@ -48,6 +48,7 @@ from engine.spec.provider import EnvVar, SpecCompileError
 
 from .credential_kit import FakeClock
 from .fakes import LoopbackServer
+from .spec_trees import copy_models
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "test-client-0001"
@@ -300,6 +301,7 @@ def make_tree(root: Path, url: str, redirect_host: str = "127.0.0.1") -> Path:
     tree = root / "specs"
     shutil.copytree(ROOT / "providers.d", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d")
+    copy_models(tree)
     shutil.copy(ROOT / "routes.yaml", tree / "routes.yaml")
     for name, text in provider_files(url, redirect_host).items():
         (tree / "providers.d" / f"{name}.yaml").write_text(text)

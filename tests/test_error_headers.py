@@ -13,6 +13,8 @@ from multidict import CIMultiDict
 from engine.errors import GatewayError
 from engine.spec.provider import ErrorTable
 
+from .spec_trees import copy_models
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TABLE = ErrorTable({
@@ -65,6 +67,7 @@ def test_spec_classifies_a_reply_by_its_header(tmp_path) -> None:
     (root / "providers.d").mkdir(parents=True)
     shutil.copy(ROOT / "providers.d" / "openai.yaml", root / "providers.d" / "openai.yaml")
     shutil.copytree(ROOT / "pricing.d", root / "pricing.d")
+    copy_models(root)
     (root / "providers.d" / "hdr.yaml").write_text(
         "extends: openai\ndescription: header-classified errors\napi:\n  base_url: https://hdr.test/v1\n"
         "errors:\n  code_from: ['@headers/x-error-kind', /error/code]\n  by_code: {Busy: overloaded}\n"

@@ -392,7 +392,7 @@ def test_shipped_ingress_specs_validate():
 def test_a_broken_ingress_spec_is_reported(tmp_path):
     import shutil
 
-    for folder in ("providers.d", "pricing.d", "ingress.d"):
+    for folder in ("providers.d", "pricing.d", "models.d", "ingress.d"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     shutil.copy(ROOT / "routes.yaml", tmp_path / "routes.yaml")
     (tmp_path / "ingress.d" / "broken.yaml").write_text("routes: {chat: /v1/messages}\nrequest: {map: []}\n")

@@ -33,6 +33,7 @@ from engine.spec.provider import EnvVar, SpecCompileError
 
 from .credential_kit import FakeClock, assert_compile_error, manager
 from .fakes import LoopbackServer
+from .spec_trees import copy_models
 
 ROOT = Path(__file__).resolve().parent.parent
 SCOPE = "https://api.acme.test/auth/cloud https://api.acme.test/auth/extra"
@@ -164,6 +165,7 @@ def load(tmp_path: Path, url: str, key_path: Path | str) -> Any:
     (tree / "providers.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "providers.d" / "openai.yaml", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d", dirs_exist_ok=True)
+    copy_models(tree)
     (tree / "providers.d" / "acme-jwt.yaml").write_text(spec_text(url))
     catalog = load_catalog(tree, environ={"ACME_KEY_FILE": str(key_path)} if key_path else {})
     catalog.raise_for_problems()

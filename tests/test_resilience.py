@@ -17,6 +17,7 @@ from engine.pipeline.gateway import Gateway
 from engine.pipeline.upstream import Upstream
 
 from .conftest import ROOT, free_port, provider_env
+from .spec_trees import copy_models
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -87,6 +88,7 @@ def tree(tmp_path: Path) -> Path:
 
     shutil.copytree(ROOT / "providers.d", tmp_path / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tmp_path / "pricing.d")
+    copy_models(tmp_path)
     routes = json.loads(json.dumps(ROUTES).replace("DEAD", str(free_port())))
     (tmp_path / "routes.yaml").write_text(yaml.safe_dump(routes))
     return tmp_path

@@ -17,6 +17,7 @@ from engine.errors import NotFound
 from engine.pipeline.routing import Router
 
 from .conftest import ROOT, TEST_SECRETS
+from .spec_trees import copy_models
 
 HELLO = [{"role": "user", "content": "Hello"}]
 THREE = [
@@ -29,6 +30,7 @@ THREE = [
 def make_tree(tmp_path: Path, aliases: dict, defaults: dict | None = None) -> Path:
     shutil.copytree(ROOT / "providers.d", tmp_path / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tmp_path / "pricing.d")
+    copy_models(tmp_path)
     routes = {"aliases": aliases}
     if defaults:
         routes["defaults"] = defaults

@@ -9,6 +9,7 @@ import time
 import httpx
 
 from .conftest import ROOT, start_gateway
+from .spec_trees import copy_models
 
 SPEC = """\
 extends: openai
@@ -42,6 +43,7 @@ def test_chat_requests_carry_the_exchanged_token(upstream, tmp_path):
     tree = tmp_path / "specs"
     shutil.copytree(ROOT / "providers.d", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d")
+    copy_models(tree)
     (tree / "providers.d" / "acme.yaml").write_text(SPEC.replace("EXCHANGE_URL", f"{upstream.url}/exchange"))
     env = {"ACME_LONG_TOKEN": "long-lived-secret-xyz", "ACME_BASE_URL": upstream.url, "GAUD_SPECS_DIR": str(tree),
            "GAUD_AUTH_ENABLED": "false"}

@@ -21,6 +21,7 @@ from engine.spec.loader import load_catalog
 
 from .conftest import TEST_SECRETS
 from .fakes import FakeUpstream
+from .spec_trees import copy_models
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,7 @@ def _tree(tmp_path: Path) -> Path:
     tree = tmp_path / "specs"
     shutil.copytree(ROOT / "providers.d", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d")
+    copy_models(tree)
     shutil.copy(ROOT / "routes.yaml", tree / "routes.yaml")
     return tree
 

@@ -28,6 +28,8 @@ from engine.cli.recordings import (
 )
 from engine.spec.loader import load_catalog
 
+from .spec_trees import copy_models
+
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = load_catalog(ROOT, environ={})
 RECORDINGS = [r for name in spec_names(CATALOG) for r in load_recordings(recordings_dir(CATALOG, name), name)]
@@ -98,6 +100,7 @@ def _tree(tmp_path: Path, *providers: str) -> Path:
     tree = tmp_path / "specs"
     shutil.copytree(ROOT / "providers.d", tree / "providers.d")
     shutil.copytree(ROOT / "pricing.d", tree / "pricing.d")
+    copy_models(tree)
     shutil.copy(ROOT / "routes.yaml", tree / "routes.yaml")
     for name in providers:
         shutil.copytree(recordings_dir(CATALOG, name), tree / "tests" / "providers" / name / "recordings")

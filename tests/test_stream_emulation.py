@@ -30,7 +30,9 @@ MODELS = "models:\n  {}: {{context_window: 8000, max_output_tokens: 1000, capabi
 
 def plain_spec() -> str:
     spec = yaml.safe_load((ROOT / "providers.d" / "openai.yaml").read_text())
-    del spec["stream"], spec["models"]
+    del spec["stream"]
+    spec.pop("models", None)
+    spec.pop("catalog", None)
     spec["description"] = "an upstream that cannot stream"
     return yaml.safe_dump(spec, sort_keys=False) + MODELS.format("plain-1")
 

@@ -20,6 +20,8 @@ import engine
 from engine.cli.commands import main
 from engine.errors import SpecError, SpecLoadError
 
+from .spec_trees import copy_models
+
 REPO = Path(__file__).resolve().parent.parent
 
 ACME = """\
@@ -105,6 +107,7 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     shutil.copytree(REPO / "providers.d", root / "providers.d")
     shutil.copytree(REPO / "pricing.d", root / "pricing.d")
+    copy_models(root)
     routes = yaml.safe_load((REPO / "routes.yaml").read_text())
     routes.setdefault("aliases", {})["acme"] = {"candidates": [{"provider": "acme", "model": "acme-large"}]}
     (root / "routes.yaml").write_text(yaml.safe_dump(routes, sort_keys=False, width=1000))

@@ -669,9 +669,13 @@ RECORD_SET: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def default_model(catalog: Catalog, provider: str) -> str:
-    """A chat model of the spec to record with: the first with tools, else the first that chats."""
+    """A chat model of the spec to record with: the first with tools, else the first that chats;
+    models that routes.yaml's aliases name come first (a curated choice, not the list's order)."""
     spec = catalog.providers[provider]
-    models = list(spec.models.values())
+    routed = [c["model"] for route in (catalog.routes.get("aliases") or {}).values()
+              for c in route.get("candidates", []) if c.get("provider") == provider]
+    chosen = [spec.models[m] for m in dict.fromkeys(routed) if m in spec.models]
+    models = chosen + [info for info in spec.models.values() if info not in chosen]
     for info in models:
         if "tools" in info.capabilities:
             return info.id
