@@ -241,14 +241,15 @@ def test_validate_reports_an_unpriced_generated_model_at_its_line(tree: Path) ->
 
 
 def test_a_spec_model_wins_over_a_generated_one(tree: Path) -> None:
-    models = tree / "models.d" / "openai.yaml"
-    # The spec lists gpt-4o (alias gpt-4o-2024-08-06); a generated entry of either name is dropped.
-    models.write_text(models.read_text() + "  gpt-4o-2024-08-06:\n    context_window: 5\n    max_output_tokens: 5\n"
-                      "    capabilities: []\n")
+    spec = tree / "providers.d" / "openai.yaml"
+    # A hand-written gpt-4o (alias gpt-4o-2024-08-06): the generated entries of either name are dropped.
+    spec.write_text(spec.read_text() + "\nmodels:\n  gpt-4o:\n    aliases: [gpt-4o-2024-08-06]\n"
+                    "    context_window: 7\n    max_output_tokens: 7\n    capabilities: []\n")
     catalog = load_catalog(tree)
     gpt4o = catalog.providers["openai"].models["gpt-4o"]
-    assert gpt4o.context_window == 128000 and "gpt-4o-2024-08-06" not in catalog.providers["openai"].models
+    assert gpt4o.context_window == 7 and "gpt-4o-2024-08-06" not in catalog.providers["openai"].models
     assert "gpt-4o-2024-08-06" in gpt4o.aliases
+    assert "gpt-4o-mini" in catalog.providers["openai"].models  # the other generated models stay
 
 
 def test_a_models_file_without_a_spec_and_a_broken_one_are_reported(tree: Path) -> None:

@@ -130,7 +130,7 @@ def test_bare_ids_served_by_both_ollama_specs_resolve_through_an_alias(cat: Cata
     targets = resolve_model(cat, "llama3.2")
     assert [t.name for t in targets] == ["ollama/llama3.2", "ollama-openai/llama3.2"]
     assert resolve_model(cat, "deepseek-chat")[0].name == "deepseek/deepseek-chat"
-    assert resolve_model(cat, "mistral-large-latest")[0].name == "mistral/mistral-large-2411"
+    assert resolve_model(cat, "mistral-large-latest")[0].name == "mistral/mistral-large-latest"  # a model of its own, sent as asked
     assert resolve_model(cat, "groq/openai/gpt-oss-120b")[0].model == "openai/gpt-oss-120b"
 
 
@@ -195,7 +195,7 @@ def test_mistral_request_is_built_field_by_field(cat: Catalog) -> None:
         "user": "u-1", "metadata": {"a": "b"}, "logprobs": True, "stream_options": {"include_usage": True},
     }, stream=True)
     assert set(body) == {"model", "messages", "max_tokens", "random_seed", "tools", "tool_choice", "stream"}
-    assert body["model"] == "mistral-small-2506"
+    assert body["model"] == "mistral-small-latest"
     assistant = body["messages"][2]
     assert "reasoning_content" not in assistant and "content" not in assistant
     assert body["messages"][3] == {"role": "tool", "content": "-3°C, snow", "tool_call_id": "call_oslo1"}

@@ -21,7 +21,7 @@ def test_the_catalogue_is_the_documented_one():
     assert set(OPS) == {
         "table", "each", "sum", "collect_text", "messages_to_turns", "parts_to_message", "json_encode",
         "json_decode", "as_list", "clamp", "object_schema", "omit_keys", "concat", "bucket",
-        "turns_to_messages", "message_to_parts",
+        "turns_to_messages", "message_to_parts", "hash",
     }
 
 

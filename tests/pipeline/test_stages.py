@@ -312,6 +312,9 @@ def test_embeddings_go_through_the_same_stages_and_never_stream():
 class FakeIngressSpec:
     """A client format that wraps the OpenAI body in `{"req": ...}` and replies `{"rep": ...}`."""
 
+    #: Keeps no replies (the Responses API's `state` block).
+    state = None
+
     def __init__(self, tag: str) -> None:
         self.tag = tag
 
