@@ -55,13 +55,17 @@ def _fmt_ms(ms: float | None) -> str:
     return f"{ms:,.0f} ms" if ms < 10_000 else f"{ms / 1000:,.1f} s"
 
 
+def _limit(value: float | None) -> str:
+    return "none" if value is None else f"{value:,.0f}"
+
+
 def _quote(value: str) -> str:
     """A request id as one path segment (a client's id may hold `/`, `?` or `#`)."""
     return quote(value, safe="")
 
 
 def templates() -> jinja2.Environment:
-    """The page templates, autoescaped, with the dashboard's filters (money, count, time, share, ms, quote)."""
+    """The page templates, autoescaped, with the dashboard's filters (money, count, time, share, ms, limit, quote)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -69,7 +73,7 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=format_money, count=format_count, time=_fmt_time, share=_fmt_share, ms=_fmt_ms,
+    env.filters.update(money=format_money, count=format_count, time=_fmt_time, share=_fmt_share, ms=_fmt_ms, limit=_limit,
                        quote=_quote)
     env.globals.update(KEY_PREFIX=KEY_PREFIX)
     return env
