@@ -277,12 +277,17 @@ def test_keys_command_create_list_revoke_never_prints_full_keys(tmp_path):
     for full in (key, admin_key):
         assert full not in listed.output and full[20:] not in listed.output
     lines = listed.output.splitlines()
-    assert lines[0].split() == ["prefix", "user", "role", "daily", "monthly", "status", "expires", "models", "label"]
-    assert lines[1].split() == [key[:20], "olga", "member", "5", "-", "active", "never", "all", "-"]
-    assert lines[2].split() == [admin_key[:20], "root", "admin", "-", "100", "active", "never", "all", "-"]
+    assert lines[0].split() == ["prefix", "user", "role", "status", "today", "month", "rpm", "tpm", "created",
+                                "last_used", "expires", "models", "label"]
+    # today/month: the user's spend / its budget; created is the minute the key was made.
+    first, second = lines[1].split(), lines[2].split()
+    assert first[:8] + first[9:] == [key[:20], "olga", "member", "active", "0/5", "0/-", "-", "-", "never", "never", "all", "-"]
+    assert second[:8] + second[9:] == [admin_key[:20], "root", "admin", "active", "0/-", "0/100", "-", "-", "never", "never",
+                                       "all", "-"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", first[8])
 
     assert runner.invoke(main, ["keys", "revoke", key[:20]], env=env).exit_code == 0
-    assert runner.invoke(main, ["keys", "list"], env=env).output.splitlines()[1].split()[5] == "revoked"
+    assert runner.invoke(main, ["keys", "list"], env=env).output.splitlines()[1].split()[3] == "revoked"
     again = runner.invoke(main, ["keys", "revoke", key[:20]], env=env)
     assert again.exit_code == 1 and "no active key" in again.output
     hashes = stored_hashes(tmp_path / "cli.db")

@@ -289,14 +289,15 @@ def test_keys_cli_create_update_list(tmp_path):
     assert "(lia, member; models: smart,claude-*; expires: " in created.output
     prefix = created.output.split()[1]
     row = runner.invoke(main, ["keys", "list"], env=env).output.splitlines()[1]
-    assert row.split()[:6] == [prefix, "lia", "member", "-", "-", "active"]
+    assert row.split()[:6] == [prefix, "lia", "member", "active", "0/-", "0/-"]
     assert row.endswith("smart,claude-*           ci runner")
     updated = runner.invoke(main, ["keys", "update", prefix, "--models", "", "--expires", "never", "--label", "",
                                    "--budget-daily", "3", "--role", "admin"], env=env)
     assert updated.exit_code == 0, updated.output
     assert updated.output == f"updated {prefix} (lia, admin; models: all; expires: never)\n"
     row = runner.invoke(main, ["keys", "list"], env=env).output.splitlines()[1]
-    assert row.split() == [prefix, "lia", "admin", "3", "-", "active", "never", "all", "-"]
+    cells = row.split()
+    assert cells[:8] + cells[9:] == [prefix, "lia", "admin", "active", "0/3", "0/-", "-", "-", "never", "never", "all", "-"]
     for args, message in ((["--expires", "2001-01-01"], "in the past"), (["--models", "a b"], "invalid pattern"),
                           (["--budget-daily", "lots"], "non-negative number"), ([], "at least one option")):
         refused = runner.invoke(main, ["keys", "update", prefix, *args], env=env)

@@ -94,7 +94,17 @@ audit_log = sa.Table(
     sa.Column("price_estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     # The token counts are the gateway's estimate: the upstream reported none, or the reply was cut (m007).
     sa.Column("usage_estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # The API key the request came with (m009): what `keys list` reads a key's last use from.
+    sa.Column("key_id", sa.Integer, nullable=True),
+    # Each deployment tried or skipped, as JSON (m009; engine.pipeline.gateway.Exchange.attempt_log).
+    sa.Column("attempt_log", sa.Text, nullable=True),
 )
+#: m010: a request's detail page looks it up by id; a key's last use is the newest row of its key.
+sa.Index("ix_audit_log_request_id", audit_log.c.request_id)
+sa.Index("ix_audit_log_key_id_ts", audit_log.c.key_id, audit_log.c.ts)
+# The request log pages newest first on (ts, id). SQLite's index on ts already ends in the rowid
+# (id), so it serves; PostgreSQL's does not.
+sa.Index("ix_audit_log_ts_id", audit_log.c.ts, audit_log.c.id).ddl_if(dialect="postgresql")
 
 AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
 #: Rows per INSERT statement: rows x columns bind parameters stays under every SQLite build's
@@ -225,6 +235,28 @@ def m008_responses_store(conn: sa.Connection) -> None:
 
 
 MIGRATIONS.append(m008_responses_store)
+
+
+def m009_audit_key_and_attempts(conn: sa.Connection) -> None:
+    """audit_log.key_id and audit_log.attempt_log (issue 24): a key's last use, a request's attempts."""
+    existing = {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}
+    for column, sql_type in (("key_id", "INTEGER"), ("attempt_log", "TEXT")):
+        if column not in existing:
+            conn.execute(sa.text(f"ALTER TABLE audit_log ADD COLUMN {column} {sql_type}"))
+
+
+MIGRATIONS.append(m009_audit_key_and_attempts)
+
+
+def m010_audit_log_indexes(conn: sa.Connection) -> None:
+    """The request log's indexes (issue 24), where m001 did not make them already."""
+    existing = {i["name"] for i in sa.inspect(conn).get_indexes("audit_log")}
+    for index in audit_log.indexes:
+        if index.name not in existing:
+            index.create(conn)  # honours ddl_if: the (ts, id) index only on PostgreSQL
+
+
+MIGRATIONS.append(m010_audit_log_indexes)
 
 
 @dataclass(frozen=True)

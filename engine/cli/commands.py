@@ -358,7 +358,11 @@ def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_
 @keys.command("list")
 @CONFIG_OPTION
 def keys_list(config_file: str | None) -> None:
-    """List keys (their prefixes, never the keys), with label, allowed models and expiry.
+    """List keys (their prefixes, never the keys): user, role, status, the user's spend against its
+    budgets today and this month (UTC), rpm/tpm limits, created, last used, expiry, models, label.
+
+    Spend and budgets belong to the key's user (every key of that user counts against them). Last
+    used is the key's newest audit record ("never": none since the gateway began recording keys).
 
     \b
     Example usage:
@@ -366,20 +370,32 @@ def keys_list(config_file: str | None) -> None:
     """
     import time as _time
 
-    rows = _store(config_file).list_keys()
+    from ..accounts.key_usage import key_usage
+
+    now = _time.time()
+    rows = key_usage(_store(config_file), now=now)
     if not rows:
         click.echo("no keys")
         return
-    now = _time.time()
-    click.echo(f"{'prefix':<22} {'user':<16} {'role':<7} {'daily':>8} {'monthly':>8}  {'status':<8} "
-               f"{'expires':<17} {'models':<24} label")
-    for k in rows:
-        daily = f"{k.budget_daily:g}" if k.budget_daily is not None else "-"
-        monthly = f"{k.budget_monthly:g}" if k.budget_monthly is not None else "-"
+    click.echo(f"{'prefix':<20} {'user':<16} {'role':<7} {'status':<8} {'today':>16} {'month':>16} {'rpm':>6} "
+               f"{'tpm':>8}  {'created':<17} {'last_used':<17} {'expires':<17} {'models':<24} label")
+    for row in rows:
+        k = row.key
         status = "revoked" if k.revoked_at else "expired" if k.expired(now) else "active"
         models = ",".join(k.models) if k.models else "all"
-        click.echo(f"sk-gaud-{k.lookup:<14} {k.user_name:<16} {k.role:<7} {daily:>8} {monthly:>8}  {status:<8} "
-                   f"{_key_expiry(k.expires_at):<17} {models:<24} {k.label or '-'}".rstrip())
+        click.echo(f"sk-gaud-{k.lookup:<12} {k.user_name:<16} {k.role:<7} {status:<8} "
+                   f"{_spend(row.user_spent_today, k.budget_daily):>16} {_spend(row.user_spent_month, k.budget_monthly):>16} "
+                   f"{_amount(k.rpm_limit):>6} {_amount(k.tpm_limit):>8}  {_key_expiry(k.created_at):<17} "
+                   f"{_key_expiry(row.last_used):<17} {_key_expiry(k.expires_at):<17} {models:<24} {k.label or '-'}".rstrip())
+
+
+def _amount(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _spend(spent: float, budget: float | None) -> str:
+    """`spent/budget` in USD (`-`: no budget), e.g. `0.000414/5`."""
+    return f"{spent:.4g}/{_amount(budget)}"
 
 
 @keys.command("revoke")

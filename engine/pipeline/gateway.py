@@ -39,6 +39,7 @@ from ..spec.models import Target
 from ..spec.provider import ProviderSpec
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState, message_deltas
 from ..streaming.encoders import EncoderFactory, StreamEncoder
+from .attempt_log import attempt_entry, skip_entry
 from .breaker import HALF_OPEN
 from .deadlines import AttemptDeadline, Deadlines
 from .embeddings import build_embeddings_request, embeddings_from_reply
@@ -121,6 +122,8 @@ class Exchange:
     status: int = 200
     #: The current attempt's deadline (engine.pipeline.deadlines); a stream's relay keeps to it.
     deadline: AttemptDeadline | None = None
+    #: Each deployment tried or skipped, in order (engine.pipeline.attempt_log); audited as JSON.
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -215,6 +218,7 @@ class Gateway:
             target = planned.target
             if (skip := await self._skip(planned, exchange)) is not None:
                 log.info("skipping %s: %s", target.name, skip.message)
+                exchange.attempt_log.append(skip_entry(target.name, skip.message, skip))
                 failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
                 continue
             breaker = self.router.breakers[target.name]
@@ -223,6 +227,7 @@ class Gateway:
                 self.deadlines.check(ends, total, failures)  # no attempt starts after the request's deadline
                 if not breaker.allow():
                     log.info("skipping %s: circuit breaker open", target.name)
+                    exchange.attempt_log.append(skip_entry(target.name, "circuit breaker open"))
                     break
                 tries += 1
                 total += 1
@@ -234,9 +239,7 @@ class Gateway:
                 self.router.started(target.name)
                 probe = breaker.state == HALF_OPEN  # this attempt is the half-open probe
                 try:
-                    if planned.rpm or planned.tpm:
-                        await self._take_deployment_limits(planned, exchange)
-                    result = await self._within_deadline(ends, planned, exchange, attempt)
+                    result = await self._attempt(ends, planned, exchange, attempt)
                 except BaseException as exc:
                     # Whatever ended the attempt reaches its breaker; cancellation (the client
                     # went away) as neither success nor failure, its probe released.
@@ -279,6 +282,22 @@ class Gateway:
                         result.headers["x-gaud-cost-estimated"] = "true"
                     return result
         raise self._all_failed(plan.alias, failures)
+
+    async def _attempt(
+        self, ends: float, planned: PlannedTarget, exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]
+    ) -> R:
+        """One attempt: the deployment's own rpm/tpm, then the call within its deadline; noted in
+        `exchange.attempt_log` however it ends."""
+        started = time.perf_counter()
+        try:
+            if planned.rpm or planned.tpm:
+                await self._take_deployment_limits(planned, exchange)
+            result = await self._within_deadline(ends, planned, exchange, attempt)
+        except BaseException as exc:
+            exchange.attempt_log.append(attempt_entry(planned.target.name, started, exc))
+            raise
+        exchange.attempt_log.append(attempt_entry(planned.target.name, started, None))
+        return result
 
     async def _within_deadline(
         self, ends: float, planned: PlannedTarget, exchange: Exchange, attempt: Callable[[PlannedTarget], Awaitable[R]]

@@ -430,8 +430,8 @@ class Pipeline:
         record = audit_record(exchange, store_content=self.store_content)
         overhead = exchange.overhead_ms() if exchange.status < 400 and not exchange.cache_hit else None
         self.metrics.record(record, overhead)
-        fields = record.copy()  # the log line carries the record without the content and time
-        del fields["content"], fields["ts"]
+        fields = record.copy()  # the log line: the record without the content, time and attempt log (JSON)
+        del fields["content"], fields["ts"], fields["attempt_log"]
         fields["overhead_ms"] = round(overhead, 3) if overhead is not None else None
         request_log.info(f"{record['status']} {record['alias']} {record['deployment'] or '-'}", fields)
         return self.audit_writer.add(record, journaled)
@@ -467,4 +467,6 @@ def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
         "stream": exchange.stream,
         "cache_hit": exchange.cache_hit,
         "content": content,
+        "key_id": principal.key_id,
+        "attempt_log": orjson.dumps(exchange.attempt_log).decode() if exchange.attempt_log else None,
     }

@@ -1,4 +1,4 @@
-"""The admin dashboard at /ui: usage and cost charts, keys and budgets, health and routes.
+"""The admin dashboard at /ui: usage and cost charts, the request log, keys and budgets, health and routes.
 
 Server-rendered (Jinja2 templates, inline SVG charts, one stylesheet): no JavaScript, no build
 step. Mount it with `Mount("/ui", app=dashboard_app(store, gateway, auth_enabled=...))`.

@@ -7,8 +7,8 @@ last 8 hours and end early at logout, or when the key they were opened with is r
 user is no longer an admin.
 Every form that changes state carries a per-session token and must come from this origin.
 
-This module wires the routes; the pages live in overview.py, keys.py, health.py, signin.py and
-login.py, each a set of handlers taking the `Dashboard` (context.py) that holds their collaborators.
+This module wires the routes; the pages live in overview.py, requests.py, keys.py, health.py,
+signin.py and login.py, each a set of handlers taking the `Dashboard` (context.py) that holds their collaborators.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .health import health
 from .keys import create_key, keys_page, revoke_key, set_budgets
 from .login import login, login_page, logout
 from .overview import overview
+from .requests import request_detail, requests_page
 from .sessions import SESSION_COOKIE, Sessions
 from .signin import signin_page, signout, start_signin
 
@@ -68,6 +69,8 @@ def routes(ui: Dashboard) -> list[Route]:
         Route("/keys", ui.action(create_key), methods=["POST"]),
         Route("/keys/{lookup}/revoke", ui.action(revoke_key), methods=["POST"]),
         Route("/budgets", ui.action(set_budgets), methods=["POST"]),
+        Route("/requests", ui.page(requests_page), methods=["GET"]),
+        Route("/requests/{request_id:path}", ui.page(request_detail), methods=["GET"]),
         Route("/health", ui.page(health), methods=["GET"]),
         Route("/signin", ui.page(signin_page), methods=["GET"]),
         Route("/signin/{provider}", ui.action(start_signin), methods=["POST"]),

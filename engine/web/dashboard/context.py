@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from starlette.requests import Request
@@ -48,8 +49,23 @@ def _fmt_share(share: float | None) -> str:
     return "" if share is None else f"{share:.0%}"
 
 
+def _fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return ""
+    return f"{ms:,.0f} ms" if ms < 10_000 else f"{ms / 1000:,.1f} s"
+
+
+def _limit(value: float | None) -> str:
+    return "none" if value is None else f"{value:,.0f}"
+
+
+def _quote(value: str) -> str:
+    """A request id as one path segment (a client's id may hold `/`, `?` or `#`)."""
+    return quote(value, safe="")
+
+
 def templates() -> jinja2.Environment:
-    """The page templates, autoescaped, with the dashboard's filters (money, count, time, share)."""
+    """The page templates, autoescaped, with the dashboard's filters (money, count, time, share, ms, limit, quote)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -57,7 +73,8 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=format_money, count=format_count, time=_fmt_time, share=_fmt_share)
+    env.filters.update(money=format_money, count=format_count, time=_fmt_time, share=_fmt_share, ms=_fmt_ms, limit=_limit,
+                       quote=_quote)
     env.globals.update(KEY_PREFIX=KEY_PREFIX)
     return env
 

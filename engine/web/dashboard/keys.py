@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...accounts.key_usage import key_usage
 from ...accounts.store import KEY_PREFIX
 from . import queries
 from .context import Dashboard
@@ -27,9 +28,11 @@ LOOKUP = re.compile(r"[0-9a-f]{12}")  # a key's public part, after KEY_PREFIX
 
 
 def keys_data(ui: Dashboard) -> dict[str, Any]:
-    """Active keys first, newest first; and every user's spend (in a thread: it queries the database)."""
-    keys = sorted(ui.store.list_keys(), key=lambda k: (k.revoked_at is not None, -k.created_at))
-    return {"keys": keys, "users": queries.spend_by_user(ui.engine, now=ui.clock())}
+    """Active keys first, newest first, each with its user's spend and its last use; and every
+    user's spend (in a thread: it queries the database)."""
+    now = ui.clock()
+    keys = sorted(key_usage(ui.store, now=now), key=lambda u: (u.key.revoked_at is not None, -u.key.created_at))
+    return {"keys": keys, "users": queries.spend_by_user(ui.engine, now=now)}
 
 
 def keys_notice(request: Request) -> str | None:

@@ -23,6 +23,7 @@ __all__ = [
     "spend_by_user",
     "time_series",
     "totals",
+    "user_names",
 ]
 
 #: What a request is charted under in the per-model charts: the deployment that served it,
@@ -172,6 +173,11 @@ def spend_by_user(engine: sa.Engine, *, now: float) -> list[UserSpend]:
             UserSpend(name, role, daily, monthly, float(day), float(mon), int(n))
             for name, role, daily, monthly, day, mon, n in conn.execute(query)
         ]
+
+
+def user_names(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(users.c.name).order_by(users.c.name)).scalars())
 
 
 def user_role(engine: sa.Engine, name: str) -> str | None:
