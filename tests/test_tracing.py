@@ -21,22 +21,20 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-pytest.importorskip("opentelemetry.sdk")
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from engine.config import load_settings
+from engine.observability import otel
+from engine.observability.otel import Tracing
+from engine.observability.tracing import load_tracing, wanted
+from engine.spec.loader import load_catalog
+from engine.web.server import create_app
 
-from engine.config import load_settings  # noqa: E402
-from engine.observability import otel  # noqa: E402
-from engine.observability.otel import Tracing  # noqa: E402
-from engine.observability.tracing import load_tracing, wanted  # noqa: E402
-from engine.spec.loader import load_catalog  # noqa: E402
-from engine.web.server import create_app  # noqa: E402
-
-from .conftest import ROOT, free_port, provider_env  # noqa: E402
-from .fakes import LoopbackServer  # noqa: E402
+from .conftest import ROOT, free_port, provider_env
+from .fakes import LoopbackServer
 
 SECRET_TEXT = "a very private question"
 HELLO = [{"role": "user", "content": SECRET_TEXT}]
@@ -87,11 +85,10 @@ def in_memory(app: Any, *, capture_content: bool = False) -> InMemorySpanExporte
 async def serving(app: Any, calls: Any) -> Any:
     """Run `calls(client)` with the app started (lifespan) and an openai SDK client on it."""
     starlette = app.app
-    async with starlette.router.lifespan_context(starlette):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
-            client = openai.AsyncOpenAI(base_url="http://gaud/v1", api_key="unused", max_retries=0, http_client=http,
-                                        default_headers={"traceparent": TRACEPARENT})
-            return await calls(client)
+    async with starlette.router.lifespan_context(starlette), httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        client = openai.AsyncOpenAI(base_url="http://gaud/v1", api_key="unused", max_retries=0, http_client=http,
+                                    default_headers={"traceparent": TRACEPARENT})
+        return await calls(client)
 
 
 def failing_503(upstream: Any) -> None:
