@@ -52,4 +52,5 @@ def load_tracing(get: Callable[[str], Any], environ: Mapping[str, str] | None = 
         log.warning("tracing is configured (%s) but OpenTelemetry is not installed (no module %s): no traces are "
                     "exported; install gaud-engine[otel]", reason, exc.name)
         return None
+    log.info("tracing requests with OpenTelemetry (turned on by %s)", reason)
     return Tracing.from_settings(get, environ)
