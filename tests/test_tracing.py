@@ -33,7 +33,7 @@ from engine.observability.tracing import load_tracing, wanted
 from engine.spec.loader import load_catalog
 from engine.web.server import create_app
 
-from .conftest import ROOT, free_port, provider_env
+from .conftest import ROOT, free_port, provider_env, start_gateway
 from .fakes import LoopbackServer
 
 SECRET_TEXT = "a very private question"
@@ -319,3 +319,29 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_served_gateway_traces_with_the_standard_otel_variables(tree, upstream, tmp_path):
+    """`gaud-engine serve` with only OTEL_* set: spans reach the collector under OTEL_SERVICE_NAME."""
+    with Collector() as collector:
+        collector.release.set()
+        env = {"GAUD_SPECS_DIR": str(tree), "GAUD_AUTH_ENABLED": "false", **provider_env(upstream.url),
+               "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_SERVICE_NAME": "gw-env", "OTEL_BSP_SCHEDULE_DELAY": "1"}
+        gateway = start_gateway(env, tmp_path / "gateway.log")
+        try:
+            upstream.reply_fixture("openai", "chat_completion_text.json")
+            client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+            reply = client.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"traceparent": TRACEPARENT})
+            assert collector.arrived.wait(10), "no spans exported"
+        finally:
+            gateway.process.terminate()
+            gateway.process.wait(20)
+    assert "tracing requests with OpenTelemetry (turned on by OTEL_EXPORTER_OTLP_ENDPOINT)" in gateway.logs()
+    assert {service for service, _ in collector.spans} == {"gw-env"}
+    (server,) = [span for _, span in collector.spans if span.kind == span.SPAN_KIND_SERVER]
+    assert server.trace_id.hex() == TRACE_ID and server.name == "chat gpt-4o"
+    attributes = {a.key: a.value for a in server.attributes}
+    assert attributes["gen_ai.response.id"].string_value == reply.id
+    sent = traceparent_span(upstream.last().headers["traceparent"])
+    (client_span,) = [span for _, span in collector.spans if span.kind == span.SPAN_KIND_CLIENT]
+    assert sent == (TRACE_ID, client_span.span_id.hex())
