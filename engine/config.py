@@ -88,6 +88,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # separate from audit.store_content). retention_days: how long a reply is kept (null: until deleted);
     # expired ones are never served and are deleted by the next write.
     "responses": {"store": False, "retention_days": 30},
+    # OpenTelemetry traces (docs/observability.md; needs the `otel` extra). enabled: null follows the
+    # OTEL_* variables (on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER is set), true/false
+    # force it. endpoint: the OTLP/HTTP collector's base URL (else OTEL_EXPORTER_OTLP_ENDPOINT).
+    # service_name: else OTEL_SERVICE_NAME, else gaud-engine. capture_content: record message contents
+    # in spans, which leave for the collector (a consent separate from audit.store_content).
+    "telemetry": {"enabled": None, "endpoint": None, "service_name": None, "capture_content": False},
     # Image URLs the gateway fetches itself (providers that accept only inline bytes).
     "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from ..accounts.budgets import Reservation
     from ..accounts.guards import Admission
     from ..accounts.store import Principal
+    from ..observability.otel import RequestTrace
 
 __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
 
@@ -124,6 +125,8 @@ class Exchange:
     deadline: AttemptDeadline | None = None
     #: Each deployment tried or skipped, in order (engine.pipeline.attempt_log); audited as JSON.
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    #: The request's spans when tracing is on (engine.observability); None otherwise.
+    span: RequestTrace | None = None
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -214,6 +217,7 @@ class Gateway:
         failures: list[tuple[Target, GatewayError]] = []
         total = 0
         ends = self.deadlines.request_ends()
+        span = exchange.span
         for planned in plan.targets:
             target = planned.target
             if (skip := await self._skip(planned, exchange)) is not None:
@@ -235,6 +239,8 @@ class Gateway:
                 if target.name not in exchange.tried:
                     exchange.tried.append(target.name)
                 exchange.deployment = target.name
+                if span is not None:
+                    span.attempt(body, target.name, target.provider.name, target.model, total)
                 started = self.clock()
                 self.router.started(target.name)
                 probe = breaker.state == HALF_OPEN  # this attempt is the half-open probe
@@ -246,6 +252,8 @@ class Gateway:
                     self.router.finished(target.name, None)
                     error = self._attempt_error(target, exc)
                     breaker.record(None if error is None else breaker_outcome(error), probe=probe)
+                    if span is not None:
+                        span.failed(None if error is None else error.kind)
                     if error is None:
                         raise
                     error.attempts = tries
@@ -267,20 +275,7 @@ class Gateway:
                         break
                     raise error from error.__cause__  # an internal_error's cause was logged, not chained
                 else:
-                    latency = self.clock() - started
-                    self.router.finished(target.name, latency)
-                    if self.metrics is not None:
-                        self.metrics.upstream_latency.labels(target.name).observe(latency)
-                    if isinstance(result, StreamResult):  # settled when the stream ends (_stream_once)
-                        result.settle = partial(breaker.record, probe=probe)
-                    else:
-                        breaker.record_success()
-                    result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
-                    quote = self.quote(target)
-                    if quote is not None and quote.estimated:  # for a stream: with its headers
-                        exchange.price_estimated = True
-                        result.headers["x-gaud-cost-estimated"] = "true"
-                    return result
+                    return self._succeeded(target, exchange, result, self.clock() - started, probe)
         raise self._all_failed(plan.alias, failures)
 
     async def _attempt(
@@ -297,6 +292,25 @@ class Gateway:
             exchange.attempt_log.append(attempt_entry(planned.target.name, started, exc))
             raise
         exchange.attempt_log.append(attempt_entry(planned.target.name, started, None))
+        return result
+
+    def _succeeded(self, target: Target, exchange: Exchange, result: R, latency: float, probe: bool) -> R:
+        """An attempt that answered: its latency, breaker (a stream's when it ends), headers and span."""
+        breaker = self.router.breakers[target.name]
+        self.router.finished(target.name, latency)
+        if self.metrics is not None:
+            self.metrics.upstream_latency.labels(target.name).observe(latency)
+        if isinstance(result, StreamResult):  # settled when the stream ends (_stream_once)
+            result.settle = partial(breaker.record, probe=probe)
+        else:
+            breaker.record_success()
+            if exchange.span is not None:  # a stream's attempt span ends with the stream
+                exchange.span.served(result.completion, exchange.usage, exchange.cost)
+        result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(exchange.attempts)})
+        quote = self.quote(target)
+        if quote is not None and quote.estimated:  # for a stream: with its headers
+            exchange.price_estimated = True
+            result.headers["x-gaud-cost-estimated"] = "true"
         return result
 
     async def _within_deadline(
@@ -482,7 +496,8 @@ class Gateway:
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
         if target.provider.endpoints["chat"].stream_only:
-            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline)
+            completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline,
+                                                      exchange.span)
         else:
             request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
             raw = await self._exchange_json(planned, request, exchange)
@@ -494,6 +509,8 @@ class Gateway:
     async def _exchange_json(self, planned: PlannedTarget, request: UpstreamRequest, exchange: Exchange) -> Any:
         """Send one non-streaming request; the parsed JSON reply, or the classified error."""
         target = planned.target
+        if exchange.span is not None:
+            request.headers = exchange.span.inject(request.headers)
         sent = time.perf_counter()
         reply = await self.upstream.send(request, timeout=planned.timeout, deadline=exchange.deadline)
         exchange.outside_seconds += time.perf_counter() - sent
@@ -506,14 +523,14 @@ class Gateway:
 
     async def _chat_from_stream(
         self, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
-        deadline: AttemptDeadline | None = None,
+        deadline: AttemptDeadline | None = None, span: RequestTrace | None = None,
     ) -> dict[str, Any]:
         """Serve a non-stream request from a streamed upstream (spec: `endpoints.chat.stream_only`)."""
         target = planned.target
         assembler = MessageAssembler(target.provider.special_tokens)
         state = StreamState()
         async with AsyncExitStack() as stack:
-            response = await self._open(stack, planned, body, estimated_tokens, deadline)
+            response = await self._open(stack, planned, body, estimated_tokens, deadline, span)
             async for deltas in self._reads(target, response, EventReader(target.provider.stream, state), deadline):
                 assembler.add(deltas)
         out = {
@@ -594,7 +611,7 @@ class Gateway:
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
-            response = await self._open(stack, planned, body, exchange.estimated_tokens, exchange.deadline)
+            response = await self._open(stack, planned, body, exchange.estimated_tokens, exchange.deadline, exchange.span)
             pieces = self._relay(planned.target, response, body["model"], include_usage, exchange, encoder)
             first = await pieces.__anext__()
             exchange.first_byte = time.perf_counter()
@@ -645,6 +662,8 @@ class Gateway:
         usage = {**completion["usage"], "cost": round(exchange.cost, 8)}
         payload = writer.write(message_deltas(choice["message"]), completion.get("id"), completion.get("model"))
         payload += writer.finish(choice.get("finish_reason"), usage if include_usage else None)
+        if exchange.span is not None:
+            exchange.span.response(completion.get("id"), completion.get("model"), [choice.get("finish_reason")])
 
         async def body_bytes() -> AsyncIterator[bytes]:
             try:
@@ -660,10 +679,12 @@ class Gateway:
 
     async def _open(
         self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
-        deadline: AttemptDeadline | None = None,
+        deadline: AttemptDeadline | None = None, span: RequestTrace | None = None,
     ) -> Any:
         target = planned.target
         request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
+        if span is not None:
+            request.headers = span.inject(request.headers)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
         if deadline is not None:  # idle and total timeouts on the body, also while it is relayed
             deadline.watch(response.content)
@@ -760,4 +781,7 @@ class Gateway:
         usage = usage_so_far(whole=True)
         self._account(exchange, target, usage)
         usage["cost"] = round(exchange.cost, 8)
-        yield writer.finish(closing_finish_reason(spec, state, forwarded), usage if include_usage else None, state.id, state.model)
+        finish_reason = closing_finish_reason(spec, state, forwarded)
+        if exchange.span is not None:
+            exchange.span.response(state.id, state.model, [finish_reason])
+        yield writer.finish(finish_reason, usage if include_usage else None, state.id, state.model)

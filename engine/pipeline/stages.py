@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -49,6 +49,9 @@ from .gateway import ChatResult, Exchange, Gateway, StreamResult
 from .routing import Plan
 from .tokens import estimate_input_tokens, estimate_prompt_tokens
 from .validation import Limits, validate_request
+
+if TYPE_CHECKING:
+    from ..observability.otel import Tracing
 
 __all__ = [
     "CHAT", "EMBEDDINGS", "OPENAI", "ClientGone", "Codec", "Endpoint", "IngressCodec", "Pipeline", "Port", "parse_json",
@@ -233,6 +236,7 @@ class Pipeline:
         limits: Limits | None = None,
         store_content: bool = False,
         responses: Responses | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.gateway = gateway
         self.authenticator = authenticator
@@ -243,6 +247,8 @@ class Pipeline:
         self.limits = limits or Limits()
         self.store_content = store_content
         self.responses = responses or Responses(None)
+        #: OpenTelemetry spans (engine.observability); None, tracing off: one test a request.
+        self.tracing = tracing
 
     async def run(self, endpoint: Endpoint, codec: Codec, port: Port) -> None:
         """One request through every stage; the answer goes out through `port`. Whatever ends
@@ -254,6 +260,8 @@ class Pipeline:
             await port.error(exc)
             return
         self.metrics.in_flight.inc()
+        if self.tracing is not None:
+            exchange.span = self.tracing.request(port.headers, endpoint.name, port.path, exchange.started)
         journaled = None
         try:
             raw = parse_json(await port.read())
@@ -303,6 +311,8 @@ class Pipeline:
         finally:
             await self.settle(exchange)
             await self.audit(exchange, journaled)
+            if exchange.span is not None:
+                exchange.span.end(exchange)
             # A handled error's traceback holds this frame, which holds the error (and the
             # request): a cycle only the collector frees. Drop it now (server.GC_GEN0_THRESHOLD).
             drop_tracebacks(exchange.error)

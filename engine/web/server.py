@@ -43,6 +43,7 @@ from ..accounts.store import Principal, Store
 from ..config import Settings
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..metrics import Metrics
+from ..observability.tracing import load_tracing
 from ..pipeline.conversations import Responses
 from ..pipeline.deadlines import Deadlines
 from ..pipeline.gateway import Gateway
@@ -395,6 +396,8 @@ async def _stop(services: Services) -> None:
     # Every queued audit record is written before exit (or spilled, past spill_after).
     await services.audit.close(float(services.settings.get("audit.spill_after")))
     await services.upstream.close()
+    if services.pipeline.tracing is not None:  # spans still queued go out (within the exporter's timeout)
+        await asyncio.to_thread(services.pipeline.tracing.shutdown)
     await services.limiter.aclose()
     await services.cache.aclose()
     for shared in (services.budgets, services.gateway.router.breakers):
@@ -523,7 +526,7 @@ def build_services(
     pipeline = Pipeline(
         gateway, authenticator, guards, budgets, audit, metrics,
         limits=limits, store_content=bool(settings.get("audit.store_content")),
-        responses=_responses(settings, store),
+        responses=_responses(settings, store), tracing=load_tracing(settings.get),
     )
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
