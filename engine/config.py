@@ -58,6 +58,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_n": 8,
         # strip | refuse: what to do with control characters (NUL, ESC, ...) in message text.
         "control_chars": "strip",
+        # Requests served at once by this process (null: no limit); past it a 503 `busy` with
+        # retry-after, before any upstream work. Keys may have their own (keys create --max-in-flight).
+        "max_in_flight": None,
     },
     # key_secret: the secret API keys are HMAC'd under (several, comma-separated, rotate: the first
     # is current). Unset: GAUD_SECRET_KEY, GAUD_SECRET_KEY_FILE, or gaud-secret.key beside a SQLite

@@ -35,6 +35,7 @@ from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.conversations import ConversationStore
 from ..accounts.guards import Guards
+from ..accounts.inflight import InFlight
 from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes, parse_user
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -212,7 +213,7 @@ async def admin_update_key(request: Request) -> Response:
     changes = key_changes(body)
     if not changes:
         raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
-                             "models, expires or label.", code="nothing_to_change")
+                             "models, expires, label or max_in_flight.", code="nothing_to_change")
     info = await asyncio.to_thread(services.store.update_key, request.path_params["lookup"], changes)
     if info is None:
         raise NotFound("No active key with that id.", code="key_not_found")
@@ -508,7 +509,7 @@ def build_services(
     pipeline = Pipeline(
         gateway, authenticator, guards, budgets, audit, metrics,
         limits=limits, store_content=bool(settings.get("audit.store_content")),
-        responses=_responses(settings, store),
+        responses=_responses(settings, store), in_flight=InFlight(settings.get("limits.max_in_flight")),
     )
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
@@ -596,6 +597,7 @@ def _key_json(info: Any) -> dict[str, Any]:
         "expired": info.expired(),
         "label": info.label,
         "models": list(info.models) if info.models else None,
+        "max_in_flight": info.max_in_flight,
         "budget_daily": info.budget_daily,
         "budget_monthly": info.budget_monthly,
         "rpm_limit": info.rpm_limit,
