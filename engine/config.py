@@ -84,8 +84,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # spill_after: seconds of failing writes at shutdown before the rest is spilled.
     # journal: journal accepted requests and queued records in spill_dir, so a killed process
     # loses no audit row (the next start writes them; engine/accounts/journal.py).
+    # retention_days: audit rows older than this are deleted in the background (null: kept
+    # forever); rows of the current month are always kept (budgets read them).
     "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2, "spill_dir": None, "spill_after": 10.0,
-              "journal": True},
+              "journal": True, "retention_days": None},
     # Stored replies of client formats with `state` (the Responses API's `store`, `previous_response_id`,
     # GET/DELETE /v1/responses/{id}): off unless store is true, as it keeps message contents (a consent
     # separate from audit.store_content). retention_days: how long a reply is kept (null: until deleted);

@@ -402,6 +402,35 @@ def keys_revoke(prefix: str, config_file: str | None) -> None:
     click.echo(f"revoked {prefix}")
 
 
+@main.group()
+def users() -> None:
+    """Erase users."""
+
+
+@users.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@CONFIG_OPTION
+def users_delete(name: str, yes: bool, config_file: str | None) -> None:
+    """Erase a user: revoke their keys, delete their dashboard sessions and stored replies, and
+    anonymise their audit rows (name replaced by a random token, prompt contents cleared; costs
+    and tokens kept, so totals stay right). Cannot be undone.
+
+    \b
+    Example usage:
+        gaud-engine users delete alice --yes
+    """
+    from ..accounts.retention import erase_user
+
+    if not yes:
+        click.confirm(f"Erase user {name}? Their keys stop working and their audit rows lose their name", abort=True)
+    erased = erase_user(_store(config_file), name)
+    if erased is None:
+        raise click.ClickException(f"no user {name}")
+    click.echo(f"erased {name}: {erased.keys_revoked} keys revoked, {erased.audit_rows} audit rows now under "
+               f"{erased.token}, {erased.stored_replies} stored replies deleted")
+
+
 def _since(value: str | None) -> float | None:
     """'2026-11-01', '24h', '7d' or a Unix time -> Unix time."""
     import calendar

@@ -39,6 +39,7 @@ from ..accounts.inflight import InFlight
 from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes, parse_user
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from ..accounts.retention import AuditPruner
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
 from ..config import Settings
@@ -105,6 +106,7 @@ class Services:
     upstream_models: dict[str, list[str]] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     body_deadlines: BodyDeadlines | None = None  # server.body_timeout
+    pruner: AuditPruner | None = None  # audit.retention_days
 
     @property
     def auth_enabled(self) -> bool:
@@ -365,6 +367,8 @@ async def _start(services: Services) -> None:
         user_id = await asyncio.to_thread(store.ensure_user, LOCAL_USER, role="admin")
         services.authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
     services.audit.start()
+    if services.pruner is not None:
+        services.pruner.start()
     await refresh_upstream_models(services)
     # Specs, schemas and modules live as long as the process: move them out of the cyclic
     # collector's view so collections during load scan only per-request objects.
@@ -379,6 +383,8 @@ async def _start(services: Services) -> None:
 
 
 async def _stop(services: Services) -> None:
+    if services.pruner is not None:
+        await services.pruner.aclose()
     # Every queued audit record is written before exit (or spilled, past spill_after).
     await services.audit.close(float(services.settings.get("audit.spill_after")))
     await services.upstream.close()
@@ -515,8 +521,13 @@ def build_services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
         spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
-        body_deadlines=_body_deadlines(settings),
+        body_deadlines=_body_deadlines(settings), pruner=_pruner(settings, store),
     )
+
+
+def _pruner(settings: Settings, store: Store) -> AuditPruner | None:
+    retention = settings.get("audit.retention_days")
+    return None if retention is None else AuditPruner(store, float(retention))
 
 
 def _responses(settings: Settings, store: Store) -> Responses:
