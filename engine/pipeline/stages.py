@@ -1,6 +1,6 @@
 """One client request as named stages, in the order it runs:
 
-    authenticate -> parse (and validate) -> authorize (model allow-list) -> plan (route) -> admit (rate limits) -> cache lookup
+    authenticate -> parse (and validate) -> authorize (model allow-list) -> plan (route) -> admit (in flight, rate limits) -> cache lookup
     -> price and reserve (budget) -> call (gateway: attempts, retries, fallback) -> settle -> audit
 
 Every route that serves a model goes through `Pipeline.run`: chat (streamed or not), embeddings,
