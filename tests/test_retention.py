@@ -157,12 +157,13 @@ def gated() -> Iterator[GatedUpstream]:
     fake.stop()
 
 
-def test_a_deleted_users_key_gets_401_from_a_running_gateway(gated, tmp_path):
+def test_a_deleted_users_key_gets_401_from_a_running_gateway_cli_and_admin_api(gated, tmp_path):
     db = f"sqlite:///{tmp_path / 'e.db'}"
     store = Store(db)
     store.migrate()
-    store.create_key("root", role="admin")
+    root, _ = store.create_key("root", role="admin")
     key, _ = store.create_key("dora")
+    eve, _ = store.create_key("eve")
     env = {**provider_env(gated.url), "OPENAI_BASE_URL": f"{gated.url}/v1", "GAUD_DATABASE_URL": db,
            "GAUD_SPECS_DIR": str(spec_tree(tmp_path, retry="false", fallback="false")),
            "GAUD_AUTH_ENABLED": "true", "GAUD_AUDIT_RETENTION_DAYS": "400"}
@@ -177,6 +178,17 @@ def test_a_deleted_users_key_gets_401_from_a_running_gateway(gated, tmp_path):
         refused = httpx.post(f"{gw.url}/v1/chat/completions", **ask)
         assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
         assert len(gated.seen) == 1
+
+        # The same through the admin API: members are refused, an unknown user is a 404.
+        delete = f"{gw.url}/admin/users/eve"
+        as_member = httpx.delete(delete, headers={"authorization": f"Bearer {eve}"})
+        assert as_member.status_code == 403 and as_member.json()["error"]["code"] == "admin_required"
+        done = httpx.delete(delete, headers={"authorization": f"Bearer {root}"})
+        assert done.status_code == 200 and done.json()["keys_revoked"] == 1
+        assert done.json()["token"].startswith(ERASED_PREFIX)
+        assert httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {eve}"}).status_code == 401
+        missing = httpx.delete(delete, headers={"authorization": f"Bearer {root}"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "user_not_found"
     finally:
         gw.process.terminate()
         gw.process.wait(10)

@@ -39,7 +39,7 @@ from ..accounts.inflight import InFlight
 from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes, parse_user
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from ..accounts.retention import AuditPruner
+from ..accounts.retention import AuditPruner, erase_user
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
 from ..config import Settings
@@ -229,6 +229,18 @@ async def admin_revoke(request: Request) -> Response:
     if not await asyncio.to_thread(services.store.revoke_key, request.path_params["lookup"]):
         raise NotFound("No active key with that id.", code="key_not_found")
     return JSONResponse({"revoked": True})
+
+
+@answers_errors
+async def admin_delete_user(request: Request) -> Response:
+    """DELETE /admin/users/{name}: erase a user as `gaud-engine users delete` does (engine.accounts.retention)."""
+    services = _services(request)
+    await services.authenticator.admin(request.headers)
+    erased = await asyncio.to_thread(erase_user, services.store, request.path_params["name"])
+    if erased is None:
+        raise NotFound("No user with that name.", code="user_not_found")
+    return JSONResponse({"erased": True, "token": erased.token, "keys_revoked": erased.keys_revoked,
+                         "audit_rows": erased.audit_rows, "stored_replies": erased.stored_replies})
 
 
 @answers_errors
@@ -454,6 +466,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
         Route("/admin/keys/{lookup}", admin_update_key, methods=["PATCH"]),
         Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
         Route("/admin/usage", admin_usage, methods=["GET"]),
+        Route("/admin/users/{name}", admin_delete_user, methods=["DELETE"]),
         Mount("/ui", app=dashboard),
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *(Route(spec.state.route, stored_response(name), methods=["GET", "DELETE"])
