@@ -58,6 +58,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_n": 8,
         # strip | refuse: what to do with control characters (NUL, ESC, ...) in message text.
         "control_chars": "strip",
+        # Requests served at once by this process (null: no limit); past it a 503 `busy` with
+        # retry-after, before any upstream work. Keys may have their own (keys create --max-in-flight).
+        "max_in_flight": None,
     },
     # key_secret: the secret API keys are HMAC'd under (several, comma-separated, rotate: the first
     # is current). Unset: GAUD_SECRET_KEY, GAUD_SECRET_KEY_FILE, or gaud-secret.key beside a SQLite
@@ -81,8 +84,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # spill_after: seconds of failing writes at shutdown before the rest is spilled.
     # journal: journal accepted requests and queued records in spill_dir, so a killed process
     # loses no audit row (the next start writes them; engine/accounts/journal.py).
+    # retention_days: audit rows older than this are deleted in the background (null: kept
+    # forever); rows of the current month are always kept (budgets read them).
     "audit": {"store_content": False, "batch_size": 500, "max_delay": 0.2, "spill_dir": None, "spill_after": 10.0,
-              "journal": True},
+              "journal": True, "retention_days": None},
     # Stored replies of client formats with `state` (the Responses API's `store`, `previous_response_id`,
     # GET/DELETE /v1/responses/{id}): off unless store is true, as it keeps message contents (a consent
     # separate from audit.store_content). retention_days: how long a reply is kept (null: until deleted);

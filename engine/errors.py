@@ -22,6 +22,7 @@ rules can test (`error.kind`) and maps to an HTTP status, an OpenAI `type` and a
         ├── InvalidOutput         502                         invalid_output (strict json_schema)
         └── AllFailed             status of the last error    all_failed
     Shutdown                      503 server_error            shutdown (the server stopped it)
+    Busy                          503 server_error            busy (limits.max_in_flight reached)
 
 Load-time problems in spec files are `SpecError` (file, line, JSON pointer), outside that tree.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "AllFailed",
     "AuthenticationFailed",
     "BudgetExceeded",
+    "Busy",
     "ContentFilter",
     "ContextWindowExceeded",
     "GatewayError",
@@ -158,6 +160,13 @@ def _usd(amount: float) -> str:
     Float sums of reservations can end a hair below zero; that prints as $0.00."""
     whole, _, fraction = f"{max(amount, 0.0):.8f}".partition(".")
     return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+class Busy(GatewayError):
+    """This process already serves `limits.max_in_flight` requests: refused before any upstream
+    work, with a `retry-after`. The gateway's own kind; never retried or failed over."""
+
+    kind, status, type, code = "busy", 503, "server_error", "busy"
 
 
 class NotConfigured(GatewayError):

@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from engine.errors import ERROR_KINDS, GatewayError, InternalError, Shutdown, error_for_kind
+from engine.errors import ERROR_KINDS, Busy, GatewayError, InternalError, Shutdown, error_for_kind
 from engine.pipeline.gateway import BREAKER_KINDS
 
 from .conftest import ROOT
@@ -24,12 +24,13 @@ def rows() -> dict[str, list[str]]:
 
 
 def error_of(kind: str) -> GatewayError:
-    return {"internal_error": InternalError(), "shutdown": Shutdown("stopped")}.get(kind) or error_for_kind(kind, "x")
+    own = {"internal_error": InternalError(), "shutdown": Shutdown("stopped"), "busy": Busy("full")}
+    return own.get(kind) or error_for_kind(kind, "x")
 
 
 def test_every_kind_is_documented_with_what_a_client_gets() -> None:
     table = rows()
-    assert set(table) == {*ERROR_KINDS, "internal_error", "shutdown"}
+    assert set(table) == {*ERROR_KINDS, "internal_error", "shutdown", "busy"}
     for kind, (status, type_, code, *_rest) in table.items():
         error = error_of(kind)
         assert error.kind == kind

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import RateLimited
 from .cache import ResponseCache, cache_key
+from .inflight import Slot
 from .ratelimit import Decision, Limit, RateLimiter, rate_limit_headers, retry_after
 from .store import Principal
 
@@ -30,6 +31,8 @@ class Admission:
     tokens_key: str | None = None
     tokens_limit: Limit | None = None
     tokens_taken: float = 0.0
+    #: Its place among the requests in flight (engine.accounts.inflight), given back at settle.
+    slot: Slot | None = None
 
 
 @dataclass(frozen=True)

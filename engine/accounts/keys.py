@@ -7,6 +7,8 @@
 - `expires`: `30d`, `12h`, `45m`, `2w`, a date (`2027-01-31`, 00:00 UTC), an ISO date-time, a Unix
   time, or `never`.
 - `label`: free text for people (`ci runner`).
+- `max_in_flight`: how many of the key's requests may run at once (a whole number, at least 1;
+  none: no limit of its own); over it a request gets a 429 (engine.accounts.inflight).
 - `role`, `budget_daily`, `budget_monthly`, `rpm_limit`, `tpm_limit`: these live on the key's user,
   so a change applies to every key of that user.
 
@@ -31,7 +33,7 @@ from ..errors import InvalidRequest
 __all__ = ["KEY_FIELDS", "USER_FIELDS", "ModelPatterns", "key_changes", "model_patterns", "parse_user"]
 
 #: Fields stored on the key itself.
-KEY_FIELDS = ("models", "expires_at", "label")
+KEY_FIELDS = ("models", "expires_at", "label", "max_in_flight")
 #: Fields stored on the key's user (every key of that user).
 USER_FIELDS = ("role", "budget_daily", "budget_monthly", "rpm_limit", "tpm_limit")
 ROLES = ("admin", "member")
@@ -161,6 +163,19 @@ def parse_amount(value: Any, name: str) -> float | None:
     return float(value)
 
 
+def parse_count(value: Any, name: str) -> int | None:
+    """A whole number of at least 1 (or its text); None, '' or 'none' clears it."""
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value not in _CLEAR and value.isdigit():
+            value = int(value)
+    if value in _CLEAR:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise InvalidRequest(f"'{name}' must be a whole number from 1 to 1000000 (or none).", param=name)
+    return value
+
+
 def parse_role(value: Any) -> str:
     if value not in ROLES:
         raise InvalidRequest("'role' must be admin or member.", param="role")
@@ -171,7 +186,8 @@ def key_changes(raw: Mapping[str, Any], *, now: float | None = None) -> dict[str
     """The validated fields present in `raw` (HTTP JSON names; `expires` becomes `expires_at`).
     A field given as null/none is cleared; a field absent is left as it is."""
     now = time.time() if now is None else now
-    known = {"role", "budget_daily", "budget_monthly", "rpm_limit", "tpm_limit", "models", "expires", "label"}
+    known = {"role", "budget_daily", "budget_monthly", "rpm_limit", "tpm_limit", "models", "expires", "label",
+             "max_in_flight"}
     changes: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in known:
@@ -184,6 +200,8 @@ def key_changes(raw: Mapping[str, Any], *, now: float | None = None) -> dict[str
             changes["expires_at"] = parse_expiry(value, now)
         elif name == "label":
             changes["label"] = parse_label(value)
+        elif name == "max_in_flight":
+            changes["max_in_flight"] = parse_count(value, name)
         else:
             changes[name] = parse_amount(value, name)
     return changes

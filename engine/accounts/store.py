@@ -66,6 +66,7 @@ api_keys = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=True),
     sa.Column("label", sa.String(200), nullable=True),
     sa.Column("models", sa.Text, nullable=True),  # comma-separated glob patterns; NULL: every model
+    sa.Column("max_in_flight", sa.Integer, nullable=True),  # m009; NULL: no limit of its own
 )
 audit_log = sa.Table(
     "audit_log",
@@ -259,6 +260,15 @@ def m010_audit_log_indexes(conn: sa.Connection) -> None:
 MIGRATIONS.append(m010_audit_log_indexes)
 
 
+def m011_key_max_in_flight(conn: sa.Connection) -> None:
+    """api_keys.max_in_flight: the key's own limit on requests in flight (issue 25; NULL: none)."""
+    if "max_in_flight" not in {c["name"] for c in sa.inspect(conn).get_columns("api_keys")}:
+        conn.execute(sa.text("ALTER TABLE api_keys ADD COLUMN max_in_flight INTEGER"))
+
+
+MIGRATIONS.append(m011_key_max_in_flight)
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the user behind an API key (or the anonymous local user)."""
@@ -273,6 +283,8 @@ class Principal:
     tpm_limit: float | None = None
     #: The key's model allow-list (glob patterns); None: every model.
     models: tuple[str, ...] | None = None
+    #: The key's own limit on its requests in flight (engine.accounts.inflight); None: none.
+    max_in_flight: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -303,6 +315,7 @@ class KeyInfo:
     models: tuple[str, ...] | None = None
     rpm_limit: float | None = None
     tpm_limit: float | None = None
+    max_in_flight: int | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (time.time() if now is None else now)
@@ -319,6 +332,7 @@ def _models_of(column: str | None) -> tuple[str, ...] | None:
 _KEY_ROW_COLUMNS = (
     api_keys.c.id, api_keys.c.hash, api_keys.c.revoked_at, api_keys.c.expires_at, api_keys.c.models, users.c.id,
     users.c.name, users.c.role, users.c.budget_daily, users.c.budget_monthly, users.c.rpm_limit, users.c.tpm_limit,
+    api_keys.c.max_in_flight,
 )
 
 
@@ -337,6 +351,7 @@ class _KeyRow(NamedTuple):
     budget_monthly: float | None
     rpm_limit: float | None
     tpm_limit: float | None
+    max_in_flight: int | None
 
 
 class KeySecrets:
@@ -489,6 +504,7 @@ class Store:
         models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
         label: str | None = None,
+        max_in_flight: int | None = None,
         **user_fields: Any,
     ) -> tuple[str, KeyInfo]:
         """A new key for a user (created if needed; `user_fields` as in `ensure_user`). The
@@ -500,7 +516,7 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(
                 lookup=lookup, hash=stored, user_id=user_id, created_at=time.time(), expires_at=expires_at,
-                label=label, models=_models_column(models),
+                label=label, models=_models_column(models), max_in_flight=max_in_flight,
             ))
         info = self.key_info(lookup)
         assert info is not None
@@ -510,7 +526,7 @@ class Store:
         return sa.select(
             api_keys.c.id, api_keys.c.lookup, users.c.name, users.c.role, api_keys.c.created_at, api_keys.c.revoked_at,
             users.c.budget_daily, users.c.budget_monthly, api_keys.c.expires_at, api_keys.c.label, api_keys.c.models,
-            users.c.rpm_limit, users.c.tpm_limit,
+            users.c.rpm_limit, users.c.tpm_limit, api_keys.c.max_in_flight,
         ).join(users, users.c.id == api_keys.c.user_id).order_by(api_keys.c.id)
 
     @staticmethod
@@ -587,7 +603,7 @@ class Store:
         return Principal(
             user_id=row.user_id, user_name=row.name, role=row.role, key_id=row.key_id, budget_daily=row.budget_daily,
             budget_monthly=row.budget_monthly, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
-            models=_models_of(row.models),
+            models=_models_of(row.models), max_in_flight=row.max_in_flight,
         )
 
     def _key_row(self, lookup: str) -> Any:

@@ -282,7 +282,9 @@ def _key_changes(raw: dict[str, Any], *, user: str | None = None) -> dict[str, A
 
 def _key_line(info: Any) -> str:
     models = ",".join(info.models) if info.models else "all"
-    return f"sk-gaud-{info.lookup} ({info.user_name}, {info.role}; models: {models}; expires: {_key_expiry(info.expires_at)})"
+    at_once = f"; max in flight: {info.max_in_flight}" if info.max_in_flight is not None else ""
+    return (f"sk-gaud-{info.lookup} ({info.user_name}, {info.role}; models: {models}; "
+            f"expires: {_key_expiry(info.expires_at)}{at_once})")
 
 
 def _key_expiry(ts: float | None) -> str:
@@ -307,10 +309,11 @@ USER_FIELDS_HELP = "Applies to the key's user, so to every key of that user."
                    "model name the client sends. Default: every model.")
 @click.option("--expires", default=None, help="Expiry: 30d, 12h, 45m, 2w, a date (2027-01-31, UTC) or an ISO time.")
 @click.option("--label", default=None, help="Free text shown by `keys list` (what the key is for).")
+@click.option("--max-in-flight", default=None, help="How many of this key's requests may run at once (past it: 429).")
 @CONFIG_OPTION
 def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
                 tpm: str | None, models: str | None, expires: str | None, label: str | None,
-                config_file: str | None) -> None:
+                max_in_flight: str | None, config_file: str | None) -> None:
     """Create an API key; it is shown once and stored only as a keyed hash (HMAC).
 
     \b
@@ -318,8 +321,8 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
         gaud-engine keys create --user alice --budget-daily 5 --models smart,fast-* --expires 30d
     """
     fields = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
-                           "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label},
-                          user=user)
+                           "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label,
+                           "max_in_flight": max_in_flight}, user=user)
     key, info = _store(config_file).create_key(fields.pop("user"), **fields)
     click.echo(f"Key {_key_line(info)}, shown once:\n  {key}")
 
@@ -334,10 +337,11 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
 @click.option("--models", default=None, help="This key's allowed models (comma-separated globs); '' for every model.")
 @click.option("--expires", default=None, help="This key's expiry (30d, a date, an ISO time), or never.")
 @click.option("--label", default=None, help="This key's label; '' to remove it.")
+@click.option("--max-in-flight", default=None, help="This key's limit on requests at once, or none.")
 @CONFIG_OPTION
 def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
                 tpm: str | None, models: str | None, expires: str | None, label: str | None,
-                config_file: str | None) -> None:
+                max_in_flight: str | None, config_file: str | None) -> None:
     """Change an active key: its models, expiry and label, and its user's role, budgets and limits.
     Only the options given change. Running gateways apply the change to the next request.
 
@@ -346,7 +350,8 @@ def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_
         gaud-engine keys update sk-gaud-1a2b3c4d5e6f --role member --budget-daily 2 --expires 7d
     """
     changes = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
-                            "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label})
+                            "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label,
+                            "max_in_flight": max_in_flight})
     if not changes:
         raise click.UsageError("give at least one option to change")
     info = _store(config_file).update_key(prefix, changes)
@@ -411,6 +416,35 @@ def keys_revoke(prefix: str, config_file: str | None) -> None:
     if not _store(config_file).revoke_key(prefix):
         raise click.ClickException(f"no active key with prefix {prefix}")
     click.echo(f"revoked {prefix}")
+
+
+@main.group()
+def users() -> None:
+    """Erase users."""
+
+
+@users.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@CONFIG_OPTION
+def users_delete(name: str, yes: bool, config_file: str | None) -> None:
+    """Erase a user: revoke their keys, delete their dashboard sessions and stored replies, and
+    anonymise their audit rows (name replaced by a random token, prompt contents cleared; costs
+    and tokens kept, so totals stay right). Cannot be undone.
+
+    \b
+    Example usage:
+        gaud-engine users delete alice --yes
+    """
+    from ..accounts.retention import erase_user
+
+    if not yes:
+        click.confirm(f"Erase user {name}? Their keys stop working and their audit rows lose their name", abort=True)
+    erased = erase_user(_store(config_file), name)
+    if erased is None:
+        raise click.ClickException(f"no user {name}")
+    click.echo(f"erased {name}: {erased.keys_revoked} keys revoked, {erased.audit_rows} audit rows now under "
+               f"{erased.token}, {erased.stored_replies} stored replies deleted")
 
 
 def _since(value: str | None) -> float | None:

@@ -1,6 +1,6 @@
 """One client request as named stages, in the order it runs:
 
-    authenticate -> parse (and validate) -> authorize (model allow-list) -> plan (route) -> admit (rate limits) -> cache lookup
+    authenticate -> parse (and validate) -> authorize (model allow-list) -> plan (route) -> admit (in flight, rate limits) -> cache lookup
     -> price and reserve (budget) -> call (gateway: attempts, retries, fallback) -> settle -> audit
 
 Every route that serves a model goes through `Pipeline.run`: chat (streamed or not), embeddings,
@@ -38,6 +38,7 @@ from ..accounts.audit import AuditWriter
 from ..accounts.auth import Authenticator
 from ..accounts.budgets import Budgets, Reservation
 from ..accounts.guards import Admission, CachePlan, Guards
+from ..accounts.inflight import InFlight
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal
 from ..errors import GatewayError, InternalError, InvalidRequest, PermissionDenied, Shutdown, drop_tracebacks
@@ -237,6 +238,7 @@ class Pipeline:
         store_content: bool = False,
         responses: Responses | None = None,
         tracing: Tracing | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.gateway = gateway
         self.authenticator = authenticator
@@ -249,6 +251,7 @@ class Pipeline:
         self.responses = responses or Responses(None)
         #: OpenTelemetry spans (engine.observability); None, tracing off: one test a request.
         self.tracing = tracing
+        self.in_flight = in_flight or InFlight()
 
     async def run(self, endpoint: Endpoint, codec: Codec, port: Port) -> None:
         """One request through every stage; the answer goes out through `port`. Whatever ends
@@ -382,12 +385,22 @@ class Pipeline:
         return self.gateway.plan(body)
 
     async def admit(self, principal: Principal, tokens: int) -> Admission:
-        """The caller's rate limits; a refusal is counted in the metrics before it is raised."""
+        """A place among the requests in flight (load shedding), then the caller's rate limits; a
+        refusal is counted in the metrics before it is raised. The place is given back at settle."""
         try:
-            return await self.guards.admit(principal, tokens)
+            slot = self.in_flight.enter(principal)
         except GatewayError:
-            self.metrics.rate_limited.labels("key").inc()
+            self.metrics.rate_limited.labels("in_flight").inc()
             raise
+        try:
+            admission = await self.guards.admit(principal, tokens)
+        except BaseException as exc:
+            self.in_flight.leave(slot)
+            if isinstance(exc, GatewayError):
+                self.metrics.rate_limited.labels("key").inc()
+            raise
+        admission.slot = slot
+        return admission
 
     def cache_plan(
         self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str], principal: Principal, plan: Plan
@@ -429,6 +442,8 @@ class Pipeline:
         """Give back what was taken up front, against what the request really used."""
         self.metrics.in_flight.dec()
         admission = exchange.admission
+        if admission is not None and admission.slot is not None:
+            self.in_flight.leave(admission.slot)
         if admission is not None and admission.tokens_key is not None:
             usage = exchange.usage
             await self.guards.settle(admission, int(usage.get("total_tokens") or 0) if usage else None)

@@ -25,6 +25,7 @@ from .ingress import IngressCompileError, compile_ingress
 from .merge import MergePoints, Merger, merge_points
 from .provider import SpecCompileError, compile_provider
 from .routes import RoutesError, compile_routes
+from .secretfiles import with_files
 from .yamlfile import YamlFile, read_yaml
 
 # Catalog lives in catalog.py (what reads it need not import the loader) and is still importable here.
@@ -364,8 +365,11 @@ def _load_ingress(catalog: Catalog) -> None:
 def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Catalog:
     """Load and compile a spec tree. Problems are collected in `catalog.problems`.
 
-    Example: `catalog = load_catalog(); catalog.raise_for_problems()`.
+    Example: `catalog = load_catalog(); catalog.raise_for_problems()`. Spec variables are read
+    from `environ` (default: the process environment), `NAME_FILE` ones from their files
+    (engine.spec.secretfiles), once per load.
     """
+    environ = with_files(os.environ if environ is None else environ)
     catalog = Catalog(root=Path(root) if root is not None else default_root())
     provider_docs = _load_dir(catalog, "providers.d", "provider")
     generated_docs = _load_dir(catalog, "models.d", "models")

@@ -22,6 +22,7 @@ from ..streaming import compile_stream
 from .checks import check_names
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
+from .secretfiles import with_files
 from .sigv4 import sign_request
 
 #: Signs one request: (method, url, headers, body bytes) -> (the URL to send, the headers to send).
@@ -490,7 +491,7 @@ def _token_counter(section: dict[str, Any] | None, endpoints: dict[str, Endpoint
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
     check_names(spec)
-    environ = os.environ if environ is None else environ
+    environ = with_files(os.environ if environ is None else environ)
     api = spec.get("api") or {}
     env = {
         n: EnvVar(n, **{k: v for k, v in (d or {}).items() if k in ("secret", "required", "base_url", "description")})

@@ -35,9 +35,11 @@ from ..accounts.budgets import Budgets
 from ..accounts.cache import MemoryCache, RedisCache, ResponseCache
 from ..accounts.conversations import ConversationStore
 from ..accounts.guards import Guards
+from ..accounts.inflight import InFlight
 from ..accounts.journal import Journal, reconcile_journals
 from ..accounts.keys import key_changes, parse_user
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from ..accounts.retention import AuditPruner, erase_user
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
 from ..config import Settings
@@ -106,6 +108,7 @@ class Services:
     upstream_models: dict[str, list[str]] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     body_deadlines: BodyDeadlines | None = None  # server.body_timeout
+    pruner: AuditPruner | None = None  # audit.retention_days
 
     @property
     def auth_enabled(self) -> bool:
@@ -214,7 +217,7 @@ async def admin_update_key(request: Request) -> Response:
     changes = key_changes(body)
     if not changes:
         raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
-                             "models, expires or label.", code="nothing_to_change")
+                             "models, expires, label or max_in_flight.", code="nothing_to_change")
     info = await asyncio.to_thread(services.store.update_key, request.path_params["lookup"], changes)
     if info is None:
         raise NotFound("No active key with that id.", code="key_not_found")
@@ -228,6 +231,18 @@ async def admin_revoke(request: Request) -> Response:
     if not await asyncio.to_thread(services.store.revoke_key, request.path_params["lookup"]):
         raise NotFound("No active key with that id.", code="key_not_found")
     return JSONResponse({"revoked": True})
+
+
+@answers_errors
+async def admin_delete_user(request: Request) -> Response:
+    """DELETE /admin/users/{name}: erase a user as `gaud-engine users delete` does (engine.accounts.retention)."""
+    services = _services(request)
+    await services.authenticator.admin(request.headers)
+    erased = await asyncio.to_thread(erase_user, services.store, request.path_params["name"])
+    if erased is None:
+        raise NotFound("No user with that name.", code="user_not_found")
+    return JSONResponse({"erased": True, "token": erased.token, "keys_revoked": erased.keys_revoked,
+                         "audit_rows": erased.audit_rows, "stored_replies": erased.stored_replies})
 
 
 @answers_errors
@@ -379,6 +394,8 @@ async def _start(services: Services) -> None:
         user_id = await asyncio.to_thread(store.ensure_user, LOCAL_USER, role="admin")
         services.authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
     services.audit.start()
+    if services.pruner is not None:
+        services.pruner.start()
     await refresh_upstream_models(services)
     # Specs, schemas and modules live as long as the process: move them out of the cyclic
     # collector's view so collections during load scan only per-request objects.
@@ -393,6 +410,8 @@ async def _start(services: Services) -> None:
 
 
 async def _stop(services: Services) -> None:
+    if services.pruner is not None:
+        await services.pruner.aclose()
     # Every queued audit record is written before exit (or spilled, past spill_after).
     await services.audit.close(float(services.settings.get("audit.spill_after")))
     await services.upstream.close()
@@ -464,6 +483,7 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
         Route("/admin/keys/{lookup}", admin_update_key, methods=["PATCH"]),
         Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
         Route("/admin/usage", admin_usage, methods=["GET"]),
+        Route("/admin/users/{name}", admin_delete_user, methods=["DELETE"]),
         Mount("/ui", app=dashboard),
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *(Route(spec.state.route, stored_response(name), methods=["GET", "DELETE"])
@@ -527,13 +547,19 @@ def build_services(
         gateway, authenticator, guards, budgets, audit, metrics,
         limits=limits, store_content=bool(settings.get("audit.store_content")),
         responses=_responses(settings, store), tracing=load_tracing(settings.get),
+        in_flight=InFlight(settings.get("limits.max_in_flight")),
     )
     return Services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
         spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
-        body_deadlines=_body_deadlines(settings),
+        body_deadlines=_body_deadlines(settings), pruner=_pruner(settings, store),
     )
+
+
+def _pruner(settings: Settings, store: Store) -> AuditPruner | None:
+    retention = settings.get("audit.retention_days")
+    return None if retention is None else AuditPruner(store, float(retention))
 
 
 def _responses(settings: Settings, store: Store) -> Responses:
@@ -614,6 +640,7 @@ def _key_json(info: Any) -> dict[str, Any]:
         "expired": info.expired(),
         "label": info.label,
         "models": list(info.models) if info.models else None,
+        "max_in_flight": info.max_in_flight,
         "budget_daily": info.budget_daily,
         "budget_monthly": info.budget_monthly,
         "rpm_limit": info.rpm_limit,
