@@ -128,7 +128,7 @@ def _native_request(model: str = "claude-sonnet-4") -> dict:
 
 # -- the same format: as it is ----------------------------------------------------------------
 def test_native_features_reach_anthropic_unchanged_and_are_billed_from_native_usage(sdk, served, upstream):
-    gateway, db = served
+    db = served[1]
     upstream.reply(json=NATIVE_REPLY)
     request, rid = _native_request(), _rid()
     raw = sdk.messages.with_raw_response.create(
@@ -316,3 +316,14 @@ def test_relay_forwards_whole_frames_and_fails_on_an_error_event():
     assert len(frames) == 3 and all(f.startswith(b"event: ") for f in frames)
     assert b"error" not in out  # the upstream's error frame is replaced by the gateway's own event
     assert state.raw_usage and relay.output_chars == len("Starting to")
+
+
+def test_count_tokens_of_the_same_format_counts_the_request_as_sent(sdk, upstream):
+    upstream.reply(json={"input_tokens": 2345})
+    request = _native_request()
+    del request["max_tokens"]
+    raw = sdk.messages.with_raw_response.count_tokens(**request)
+    assert raw.parse().input_tokens == 2345 and raw.headers["x-gaud-token-count"] == "provider"
+    sent = upstream.last()
+    assert sent.path == "/v1/messages/count_tokens"
+    assert sent.body == {**request, "model": UPSTREAM_MODEL}  # the document and the server tool included

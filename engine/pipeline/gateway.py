@@ -568,10 +568,11 @@ class Gateway:
         return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
     # -- counting -------------------------------------------------------------------------------
-    async def count_tokens(self, body: dict[str, Any], estimate: int) -> int | None:
+    async def count_tokens(self, body: dict[str, Any], estimate: int, native: NativeRequest | None = None) -> int | None:
         """A prompt's tokens as counted by the provider of the route's first deployment (its spec's
         `count_tokens`), or None when that spec declares no counting endpoint or the call fails: the
-        caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint."""
+        caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint.
+        A deployment of the client's own format (`native`) counts the client's request as it is."""
         try:
             planned = (await self.plan(body)).targets[0]
         except (GatewayError, IndexError):  # an unknown model: estimated, as without a counter
@@ -581,7 +582,8 @@ class Gateway:
         if counter is None:
             return None
         try:
-            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate)
+            same = native if native is not None and native.served_by(target.provider.wire_format) else None
+            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate, native=same)
             mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
             request = post_request(target, "count_tokens", mapped, stream=False)
             request.headers = chat.headers  # signed as the chat request is, for a signed-in provider

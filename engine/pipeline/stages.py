@@ -326,12 +326,13 @@ class Pipeline:
         endpoint or the call fails; `x-gaud-token-count` says which."""
         try:
             principal = await self.authenticate(port.headers)
-            body = codec.request(parse_json(await port.read()), count=True)
+            raw = parse_json(await port.read())
+            body = codec.request(raw, count=True)
             body.setdefault("max_tokens", 1)
             body = validate_request(body, self.limits)
             self.authorize(principal, body)
             estimate = estimate_prompt_tokens(body)
-            counted = await self.gateway.count_tokens(body, estimate)
+            counted = await self.gateway.count_tokens(body, estimate, codec.native(raw, port.headers))
             source = "estimate" if counted is None else "provider"
             await port.json(200, codec.count_tokens(estimate if counted is None else counted),
                             {"x-gaud-token-count": source})
