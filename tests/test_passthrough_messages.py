@@ -327,3 +327,44 @@ def test_count_tokens_of_the_same_format_counts_the_request_as_sent(sdk, upstrea
     sent = upstream.last()
     assert sent.path == "/v1/messages/count_tokens"
     assert sent.body == {**request, "model": UPSTREAM_MODEL}  # the document and the server tool included
+
+
+def test_a_request_with_native_only_parts_is_never_answered_from_the_cache(served, upstream):
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01", "x-gaud-cache": "on"}
+    url = f"{served[0].url}/v1/messages"
+    for pdf in ("A", "B"):  # the canonical requests are the same: only the documents differ
+        upstream.reply(json=NATIVE_REPLY)
+        body = _native_request()
+        body["messages"][0]["content"][0]["source"]["data"] = base64.b64encode(pdf.encode()).decode()
+        response = httpx.post(url, json=body, headers=headers, timeout=20)
+        assert response.status_code == 200 and response.headers.get("x-gaud-cache") != "hit"
+        assert upstream.last().body["messages"][0]["content"][0]["source"]["data"] == body["messages"][0][
+            "content"][0]["source"]["data"]
+    assert len(upstream.requests) == 2
+    # One without such parts is cached as before (the canonical reply, mapped for the client on a hit).
+    plain = {"model": "claude-sonnet-4", "max_tokens": 50, "messages": [{"role": "user", "content": "Cache me"}]}
+    upstream.reply_fixture("anthropic", "messages_text.json")
+    first = httpx.post(url, json=plain, headers=headers, timeout=20)
+    again = httpx.post(url, json=plain, headers=headers, timeout=20)
+    assert (first.headers["x-gaud-cache"], again.headers["x-gaud-cache"]) == ("miss", "hit")
+    assert again.json()["content"][0]["text"] == first.json()["content"][0]["text"]
+    assert len(upstream.requests) == 3
+
+
+def test_a_passed_through_reply_of_the_wrong_shape_is_a_failure(sdk, upstream):
+    upstream.reply(json={"id": "msg_x", "type": "message", "usage": {"input_tokens": 1, "output_tokens": 1}})
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        sdk.messages.create(**_native_request())
+    assert caught.value.status_code == 502 and "wrong shape" in caught.value.body["error"]["message"]
+
+
+def test_a_relayed_stream_cut_short_ends_with_an_error_event(served, upstream):
+    frames = sse_frames((REPLIES / "stream_text.sse").read_bytes())
+    upstream.reply(frames=frames[:-2], content_type="text/event-stream")  # no message_delta, no message_stop
+    with httpx.stream("POST", f"{served[0].url}/v1/messages", json={**_native_request(), "stream": True},
+                      headers={"x-api-key": "k"}, timeout=20) as response:
+        received = response.read().decode()
+    assert received.startswith("event: message_start")
+    last = received.strip().split("\n\n")[-1]
+    assert last.startswith("event: error") and "incomplete" in last
+    assert "message_stop" not in received
