@@ -368,3 +368,21 @@ def test_a_relayed_stream_cut_short_ends_with_an_error_event(served, upstream):
     last = received.strip().split("\n\n")[-1]
     assert last.startswith("event: error") and "incomplete" in last
     assert "message_stop" not in received
+
+
+def test_validate_reports_a_passthrough_format_no_provider_speaks(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    tree = tmp_path / "specs"
+    for part in ("providers.d", "pricing.d", "models.d", "ingress.d"):
+        shutil.copytree(ROOT / part, tree / part)
+    shutil.copy(ROOT / "routes.yaml", tree / "routes.yaml")
+    spec = tree / "ingress.d" / "anthropic-messages.yaml"
+    spec.write_text(spec.read_text().replace("formats: [messages]", "formats: [messages, mesages]"))
+    done = subprocess.run([sys.executable, "-m", "engine", "validate", str(tree)],
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode != 0
+    assert "/passthrough/formats/1" in done.stdout + done.stderr
+    assert "no provider spec speaks the wire format 'mesages'" in done.stdout + done.stderr
