@@ -151,7 +151,8 @@ def test_thinking_reply_from_anthropic_upstream(sdk, upstream):
     upstream.reply_fixture("anthropic", "messages_thinking.json")
     reply = sdk.messages.create(model="claude-sonnet-4", max_tokens=4000, messages=HELLO,
                                 thinking={"type": "enabled", "budget_tokens": 2048})
-    assert [b.type for b in reply.content] == ["thinking", "text"]
+    # Passed through (same format): the upstream's blocks as they came, redacted thinking included.
+    assert [b.type for b in reply.content] == ["thinking", "redacted_thinking", "text"]
     assert reply.content[0].thinking.startswith("The user wants")
     assert upstream.last().body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
 

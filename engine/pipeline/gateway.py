@@ -37,8 +37,10 @@ from ..metrics import Metrics
 from ..spec.catalog import Catalog
 from ..spec.models import Target
 from ..spec.provider import ProviderSpec
+from ..spec.wire import NativeRequest
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState, message_deltas
 from ..streaming.encoders import EncoderFactory, StreamEncoder
+from ..streaming.native import NativeRelay, Relayed
 from .attempt_log import attempt_entry, skip_entry
 from .breaker import HALF_OPEN
 from .deadlines import AttemptDeadline, Deadlines
@@ -47,10 +49,12 @@ from .images import ImageFetcher, inline_image_urls
 from .pricing import Price, Quote, cost_of
 from .routing import Plan, PlannedTarget, Router, activation
 from .translate import (
+    build_native_request,
     build_request,
     closing_finish_reason,
     completion_from_reply,
     error_from_reply,
+    forward_headers,
     normalize_completion,
     post_request,
     stream_usage,
@@ -127,6 +131,8 @@ class Exchange:
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
     #: The request's spans when tracing is on (engine.observability); None otherwise.
     span: RequestTrace | None = None
+    #: The client's request as it may pass through to a deployment of its own format (wire.py).
+    native: NativeRequest | None = None
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -138,6 +144,8 @@ class Exchange:
 class ChatResult:
     completion: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    #: The upstream's own reply, for a client of its format (same-format pass-through).
+    native: dict[str, Any] | None = None
 
 
 @dataclass
@@ -336,7 +344,35 @@ class Gateway:
             )
             error.before_upstream = True
             return error
+        native = exchange.native
+        if native is not None and native.lost and self._native(planned, exchange) is None:
+            return self._cannot_express(planned, native)
         return None
+
+    def _native(self, planned: PlannedTarget, exchange: Exchange) -> NativeRequest | None:
+        """The client's request when this deployment takes it as it is: same wire format, and a
+        direct call (a stream relayed frame by frame; no stream-only or emulated call)."""
+        native, spec = exchange.native, planned.target.provider
+        if native is None or not native.served_by(spec.wire_format) or spec.endpoints["chat"].stream_only:
+            return None
+        if exchange.stream and (spec.stream is None or spec.stream.framing != "sse" or self._emulates(planned)):
+            return None
+        return native
+
+    @staticmethod
+    def _cannot_express(planned: PlannedTarget, native: NativeRequest) -> InvalidRequest:
+        """Why a deployment of another format is skipped for a request with parts only its own
+        format carries (a translation would drop them). The one place that decides it: a finer,
+        per-target check of what a translation can express belongs here."""
+        lost = ", ".join(map(str, native.lost))
+        error = InvalidRequest(
+            f"{planned.target.name} cannot take {lost}: the request has no translation to its format "
+            f"({planned.target.provider.name}); only a deployment of the client's format "
+            f"({', '.join(sorted(native.formats))}) passes it through",
+            param=native.lost[0].param, code="unsupported_parameter",
+        )
+        error.before_upstream = True
+        return error
 
     @staticmethod
     def _emulates(planned: PlannedTarget) -> bool:
@@ -402,8 +438,9 @@ class Gateway:
         tried = [error for _, error in failures if error.attempts]  # skipped ones have none
         if not tried:  # every deployment skipped: one error naming each reason once
             message = "; ".join(dict.fromkeys(error.message for _, error in failures))
-            if all(isinstance(error, InvalidRequest) for _, error in failures):  # none can stream: a 400
-                return InvalidRequest(message, param="stream", code="stream_unsupported")
+            if all(isinstance(error, InvalidRequest) for _, error in failures):  # none can take it: a 400
+                first = failures[0][1]
+                return InvalidRequest(message, param=first.param, code=first.code)
             return NotConfigured(message)  # 503 (some are not configured)
         last: dict[str, tuple[Target, GatewayError]] = {}
         for target, error in failures:
@@ -433,17 +470,24 @@ class Gateway:
         return request
 
     async def _request_for(
-        self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None
+        self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None,
+        native: NativeRequest | None = None,
     ) -> UpstreamRequest:
         """The upstream request for one deployment: remote images fetched when the spec says so,
-        mapped, and signed for a signed-in provider. The awaits happen only when there is I/O."""
+        mapped (or, `native`, the client's own body with the wire format's rewrites), and signed
+        for a signed-in provider. The awaits happen only when there is I/O."""
         try:
-            if target.provider.inline_image_urls:
-                body = await inline_image_urls(body, self.images)
-            request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
+            if native is not None:
+                request = build_native_request(target, body, native, stream=stream, estimated_tokens=estimated_tokens)
+            else:
+                if target.provider.inline_image_urls:
+                    body = await inline_image_urls(body, self.images)
+                request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
             auth = target.provider.auth
             if self.credentials is not None and auth is not None and auth.dynamic:
                 request = await self._signed(target, request)
+            if native is not None and native.headers:
+                request.headers = forward_headers(request.headers, native.headers)
         except GatewayError as error:
             error.before_upstream = True
             raise
@@ -495,16 +539,20 @@ class Gateway:
 
     async def _chat_once(self, planned: PlannedTarget, body: dict[str, Any], exchange: Exchange) -> ChatResult:
         target = planned.target
+        native = self._native(planned, exchange)
+        raw = None
         if target.provider.endpoints["chat"].stream_only:
             completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline,
                                                       exchange.span)
         else:
-            request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
+            request = await self._request_for(
+                target, body, stream=False, estimated_tokens=exchange.estimated_tokens, native=native)
             raw = await self._exchange_json(planned, request, exchange)
+            # A passed-through reply too: checked and its usage read with the spec, as any reply.
             completion = completion_from_reply(target, raw, requested_model=body["model"])
         self._account(exchange, target, with_usage(completion, exchange.estimated_tokens)["usage"])
         check_structured_output(body, completion)
-        return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.8f}"})
+        return ChatResult(completion, {"x-gaud-cost": f"{exchange.cost:.8f}"}, native=raw if native is not None else None)
 
     async def _exchange_json(self, planned: PlannedTarget, request: UpstreamRequest, exchange: Exchange) -> Any:
         """Send one non-streaming request; the parsed JSON reply, or the classified error."""
@@ -556,10 +604,11 @@ class Gateway:
         return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
     # -- counting -------------------------------------------------------------------------------
-    async def count_tokens(self, body: dict[str, Any], estimate: int) -> int | None:
+    async def count_tokens(self, body: dict[str, Any], estimate: int, native: NativeRequest | None = None) -> int | None:
         """A prompt's tokens as counted by the provider of the route's first deployment (its spec's
         `count_tokens`), or None when that spec declares no counting endpoint or the call fails: the
-        caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint."""
+        caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint.
+        A deployment of the client's own format (`native`) counts the client's request as it is."""
         try:
             planned = (await self.plan(body)).targets[0]
         except (GatewayError, IndexError):  # an unknown model: estimated, as without a counter
@@ -569,7 +618,8 @@ class Gateway:
         if counter is None:
             return None
         try:
-            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate)
+            same = native if native is not None and native.served_by(target.provider.wire_format) else None
+            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate, native=same)
             mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
             request = post_request(target, "count_tokens", mapped, stream=False)
             request.headers = chat.headers  # signed as the chat request is, for a signed-in provider
@@ -611,8 +661,10 @@ class Gateway:
         stack = AsyncExitStack()
         sent = time.perf_counter()
         try:
-            response = await self._open(stack, planned, body, exchange.estimated_tokens, exchange.deadline, exchange.span)
-            pieces = self._relay(planned.target, response, body["model"], include_usage, exchange, encoder)
+            native = self._native(planned, exchange)
+            response = await self._open(stack, planned, body, exchange.estimated_tokens, exchange.deadline, exchange.span,
+                                        native)
+            pieces = self._relay(planned.target, response, body["model"], include_usage, exchange, encoder, native is not None)
             first = await pieces.__anext__()
             exchange.first_byte = time.perf_counter()
             exchange.outside_seconds += exchange.first_byte - sent
@@ -679,10 +731,10 @@ class Gateway:
 
     async def _open(
         self, stack: AsyncExitStack, planned: PlannedTarget, body: dict[str, Any], estimated_tokens: int | None,
-        deadline: AttemptDeadline | None = None, span: RequestTrace | None = None,
+        deadline: AttemptDeadline | None = None, span: RequestTrace | None = None, native: NativeRequest | None = None,
     ) -> Any:
         target = planned.target
-        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
+        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens, native=native)
         if span is not None:
             request.headers = span.inject(request.headers)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
@@ -737,16 +789,20 @@ class Gateway:
 
     async def _relay(
         self, target: Target, response: Any, requested_model: str, include_usage: bool, exchange: Exchange,
-        encoder: EncoderFactory | None = None,
+        encoder: EncoderFactory | None = None, native: bool = False,
     ) -> AsyncGenerator[bytes, None]:
-        """Upstream stream -> client bytes. Frames are forwarded as they come only to an OpenAI
-        client (`encoder` None) of a `stream.passthrough` upstream; otherwise every frame is read
-        into deltas for the encoder."""
+        """Upstream stream -> client bytes. Frames are forwarded as they come to an OpenAI client
+        (`encoder` None) of a `stream.passthrough` upstream, and (`native`) to a client of the
+        upstream's own format, all of them; otherwise every frame is read into deltas for the encoder."""
         spec = target.provider
         state = StreamState()
         model, created = target.model or requested_model, int(time.time())
         writer: StreamEncoder
-        if encoder is None:
+        reader: Any
+        if native:  # same format: every frame read for usage and forwarded as it came
+            reader, forwarded = NativeRelay(spec.stream, state), True
+            writer = Relayed((encoder or ChunkWriter)(model=model, created=created))
+        elif encoder is None:
             reader = spec.stream.reader(state, special_tokens=spec.special_tokens)
             forwarded = not isinstance(reader, EventReader)
             writer = ChunkWriter(model=model, created=created, special_tokens=spec.special_tokens, role_sent=forwarded)

@@ -44,6 +44,7 @@ from ..accounts.store import Principal
 from ..errors import GatewayError, InternalError, InvalidRequest, PermissionDenied, Shutdown, drop_tracebacks
 from ..logs import FieldLogger
 from ..metrics import Metrics
+from ..spec.wire import NativeRequest
 from .conversations import Responses, Turn
 from .embeddings import validate_embeddings_request
 from .gateway import ChatResult, Exchange, Gateway, StreamResult
@@ -109,6 +110,10 @@ class Codec:
     def request(self, raw: dict[str, Any], *, count: bool = False) -> dict[str, Any]:
         return raw
 
+    def native(self, raw: dict[str, Any], headers: Mapping[str, str]) -> NativeRequest | None:
+        """The request as it may pass through to a deployment of this format (engine/spec/wire.py)."""
+        return None
+
     def reply(self, completion: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
         return completion
 
@@ -155,6 +160,9 @@ class IngressCodec(Codec):
 
     def reply(self, completion: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
         return self.spec.from_canonical(completion, raw)  # type: ignore[no-any-return]
+
+    def native(self, raw: dict[str, Any], headers: Mapping[str, str]) -> NativeRequest | None:
+        return self.spec.native(raw, headers)  # type: ignore[no-any-return]
 
     def error(self, exc: GatewayError) -> tuple[int, dict[str, Any]]:
         return self.spec.error_body(exc)  # type: ignore[no-any-return]
@@ -271,13 +279,15 @@ class Pipeline:
             turn = None if codec.state is None else await self.responses.begin(codec.state, raw, principal)
             raw = raw if turn is None else turn.request
             body = exchange.body = self.parse(endpoint, codec, raw)
+            native = exchange.native = codec.native(raw, port.headers)
             self.authorize(principal, body)
             exchange.stream = endpoint.streamable and bool(body.get("stream"))
             journaled = self.audit_writer.accepted(exchange.request_id, principal, body.get("model"), exchange.stream)
             plan = await self.plan(body)
             admission = exchange.admission = await self.admit(principal, endpoint.tokens(body, plan))
             headers = dict(admission.headers)
-            cached = self.cache_plan(endpoint, body, port.headers, principal, plan)
+            # Parts the canonical request leaves out are not in the cache key: such a request is not cached.
+            cached = None if native is not None and native.lost else self.cache_plan(endpoint, body, port.headers, principal, plan)
             if cached is not None:
                 hit = await self.cache_lookup(cached)
                 if hit is not None:
@@ -298,7 +308,10 @@ class Pipeline:
                 await self.guards.cache.set(cached.key, result.completion, cached.ttl)
                 headers["x-gaud-cache"] = "miss"
             headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
-            reply = codec.reply(result.completion, raw) if turn is None else await self.keep(codec, result.completion, raw, turn)
+            if result.native is not None and turn is None:  # the upstream's own reply (same format)
+                reply = result.native
+            else:
+                reply = codec.reply(result.completion, raw) if turn is None else await self.keep(codec, result.completion, raw, turn)
             await port.json(200, reply, {**headers, **result.headers})
         except Exception as exc:  # noqa: BLE001 - every failure is answered and audited
             exchange.status = await self._failed(port, exc)
@@ -326,12 +339,13 @@ class Pipeline:
         endpoint or the call fails; `x-gaud-token-count` says which."""
         try:
             principal = await self.authenticate(port.headers)
-            body = codec.request(parse_json(await port.read()), count=True)
+            raw = parse_json(await port.read())
+            body = codec.request(raw, count=True)
             body.setdefault("max_tokens", 1)
             body = validate_request(body, self.limits)
             self.authorize(principal, body)
             estimate = estimate_prompt_tokens(body)
-            counted = await self.gateway.count_tokens(body, estimate)
+            counted = await self.gateway.count_tokens(body, estimate, codec.native(raw, port.headers))
             source = "estimate" if counted is None else "provider"
             await port.json(200, codec.count_tokens(estimate if counted is None else counted),
                             {"x-gaud-token-count": source})

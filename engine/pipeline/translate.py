@@ -13,15 +13,18 @@ from ..errors import GatewayError, InvalidRequest, ResponseParsing
 from ..pointer import MISSING, get
 from ..spec.models import Target
 from ..spec.provider import ProviderSpec
+from ..spec.wire import NativeRequest
 from ..streaming import StreamState, strip_tokens
 from .tokens import estimate_output_tokens, estimate_prompt_tokens
 from .upstream import UpstreamRequest
 from .validation import check_for_model
 
 __all__ = [
+    "build_native_request",
     "build_request",
     "completion_from_reply",
     "error_from_reply",
+    "forward_headers",
     "normalize_completion",
     "parse_retry_after",
     "post_request",
@@ -51,6 +54,29 @@ def build_request(
     except (TypeError, AttributeError, ValueError) as exc:
         raise InvalidRequest(f"The request could not be translated for {spec.name}: {exc}") from None
     return post_request(target, "chat", mapped, stream=stream)
+
+
+def build_native_request(
+    target: Target, body: dict[str, Any], native: NativeRequest, *, stream: bool, estimated_tokens: int | None = None,
+) -> UpstreamRequest:
+    """The client's own request for a deployment of its format (same-format pass-through): only
+    the wire format's declared rewrites. The canonical `body` is checked against the model's
+    limits as on the translated path."""
+    check_for_model(body, target.info, estimate_prompt_tokens(body) if estimated_tokens is None else estimated_tokens)
+    wire = target.provider.wire_format
+    assert wire is not None  # Gateway._native passes only deployments with one
+    return post_request(target, "chat", wire.rewrite(native.body, target.model), stream=stream)
+
+
+def forward_headers(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """`headers` (a new dict) with the client's forwarded ones: a header the deployment sets too
+    is joined with a comma (a list header such as a beta-feature list)."""
+    out = dict(headers)
+    lower = {name.lower(): name for name in out}
+    for name, value in extra:
+        present = lower.get(name)
+        out[present or name] = f"{out[present]},{value}" if present else value
+    return out
 
 
 def post_request(target: Target, endpoint: str, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:

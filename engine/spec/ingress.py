@@ -9,6 +9,7 @@ mapping is the canonical pipeline, unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,6 +19,7 @@ from ..mapping import compile_condition, compile_rules, compile_template
 from ..pointer import MISSING
 from ..streaming.blocks import BlockStreamWriter, compile_block_stream
 from ..streaming.encoders import EncoderFactory
+from .wire import NativeRequest, compile_passthrough
 
 __all__ = ["IngressCompileError", "IngressSpec", "StateSpec", "compile_ingress"]
 
@@ -85,6 +87,7 @@ class IngressSpec:
         self.error_status: dict[str, int] = {k: int(v) for k, v in errors.get("status", {}).items()}
         self.stream = compile_block_stream(data["stream"]) if "stream" in data else None
         self.state = StateSpec.compile(data["state"]) if "state" in data else None
+        self.passthrough = compile_passthrough(data.get("passthrough"))
 
     # -- requests -------------------------------------------------------------------------------
     def _check(self, body: dict[str, Any], required: dict[str, str]) -> None:
@@ -102,12 +105,19 @@ class IngressSpec:
         for when, message, param in self._refuse:
             if when(body, {}):
                 raise InvalidRequest(message, param=param)
+        if self.passthrough is not None:  # what the canonical shape cannot carry is left out
+            body = self.passthrough.reduce(body)[0]
         try:
             return self._request(body, {})
         except GatewayError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise InvalidRequest(f"The request does not fit the {self.name} format: {exc}") from None
+
+    def native(self, body: dict[str, Any], headers: Mapping[str, str]) -> NativeRequest | None:
+        """The request as it may pass through to a deployment of the same format; None when the
+        spec declares no `passthrough`."""
+        return self.passthrough.native(body, headers) if self.passthrough is not None else None
 
     # -- replies --------------------------------------------------------------------------------
     def stop_reason(self, finish_reason: Any) -> Any:

@@ -359,7 +359,20 @@ def _load_ingress(catalog: Catalog) -> None:
             if path in claimed or path in ("/v1/chat/completions", "/chat/completions"):
                 catalog.problems.append(doc.problem(f"/routes/{kind}", f"route {path} is already served ({claimed.get(path, 'chat')})"))
             claimed[path] = name
+        catalog.problems.extend(_passthrough_problems(catalog, doc))
         catalog.ingress[name] = spec
+
+
+def _passthrough_problems(catalog: Catalog, doc: YamlFile) -> list[SpecError]:
+    """An ingress spec's `passthrough.formats` must each be some provider spec's `wire_format`
+    (unless a provider spec is broken: its format is then unknown)."""
+    spoken = {p.wire_format.name for p in catalog.providers.values() if p.wire_format is not None}
+    formats = (doc.data.get("passthrough") or {}).get("formats") or []
+    return [] if catalog.broken else [
+        doc.problem(f"/passthrough/formats/{i}", f"no provider spec speaks the wire format '{fmt}' "
+                    f"(`wire_format.name`; spoken: {', '.join(sorted(spoken)) or 'none'})")
+        for i, fmt in enumerate(formats) if fmt not in spoken
+    ]
 
 
 def load_catalog(root: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Catalog:

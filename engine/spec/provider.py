@@ -24,6 +24,7 @@ from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
 from .secretfiles import with_files
 from .sigv4 import sign_request
+from .wire import WireFormat, compile_wire_format
 
 #: Signs one request: (method, url, headers, body bytes) -> (the URL to send, the headers to send).
 Signer = Callable[[str, str, dict[str, str], bytes], tuple[URL, dict[str, str]]]
@@ -239,6 +240,8 @@ class ProviderSpec:
     env_sources: dict[str, str] = field(default_factory=dict)
     #: `count_tokens`: the provider's counting endpoint; None when the spec declares none.
     counter: TokenCounter | None = None
+    #: `wire_format`: the client format this provider takes as it is (same-format pass-through).
+    wire_format: WireFormat | None = None
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -551,6 +554,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         reply_check=_required(response.get("required")),
     )
     compiled.counter = _token_counter(spec.get("count_tokens"), endpoints)
+    compiled.wire_format = compile_wire_format(spec.get("wire_format"))
     if (spec.get("stream") or {}).get("emulate"):
         compiled.stream_emulated = True
     elif spec.get("stream"):
