@@ -90,6 +90,11 @@ def breaker_outcome(error: GatewayError | None) -> bool | None:
 R = TypeVar("R", "ChatResult", "StreamResult")
 
 
+def dropped(exchange: Exchange) -> dict[str, str]:
+    """The header naming what the deployment that served a request dropped of it, if anything."""
+    return {"x-gaud-dropped-params": ",".join(exchange.dropped)} if exchange.dropped else {}
+
+
 @dataclass(slots=True)
 class Exchange:
     """What happened to one client request: filled in by the stages as it goes (engine.pipeline.
@@ -121,6 +126,8 @@ class Exchange:
     status: int = 200
     #: The current attempt's deadline (engine.pipeline.deadlines); a stream's relay keeps to it.
     deadline: AttemptDeadline | None = None
+    #: What the current deployment dropped of the request (x-gaud-dropped-params).
+    dropped: tuple[str, ...] = ()
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -173,11 +180,12 @@ class Gateway:
         credentials: Any = None,
         allow_unlisted: bool = False,
         deadlines: Deadlines | None = None,
+        drop_unsupported: bool = False,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
         self.images = images or ImageFetcher()
-        self.router = router or Router(catalog, clock=clock, allow_unlisted=allow_unlisted)
+        self.router = router or Router(catalog, clock=clock, allow_unlisted=allow_unlisted, drop_unsupported=drop_unsupported)
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
@@ -213,7 +221,7 @@ class Gateway:
         ends = self.deadlines.request_ends()
         for planned in plan.targets:
             target = planned.target
-            if (skip := await self._skip(planned, exchange)) is not None:
+            if (skip := await self._skip(planned, exchange, body)) is not None:
                 log.info("skipping %s: %s", target.name, skip.message)
                 failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
                 continue
@@ -272,7 +280,7 @@ class Gateway:
                         result.settle = partial(breaker.record, probe=probe)
                     else:
                         breaker.record_success()
-                    result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)})
+                    result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(total)}, **dropped(exchange))
                     quote = self.quote(target)
                     if quote is not None and quote.estimated:  # for a stream: with its headers
                         exchange.price_estimated = True
@@ -288,11 +296,16 @@ class Gateway:
         deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
         return await deadline.run(attempt(planned))
 
-    async def _skip(self, planned: PlannedTarget, exchange: Exchange) -> GatewayError | None:
+    async def _skip(self, planned: PlannedTarget, exchange: Exchange, body: dict[str, Any]) -> GatewayError | None:
         """Why a deployment is not tried for this request, or None: its provider is not
-        configured here, or the request streams and the deployment can neither stream nor
-        emulate it (the next candidate may, so this is a skip, not a failure)."""
+        configured here, the request streams and the deployment can neither stream nor
+        emulate it, or it asks for what the deployment cannot express (`request.params`) and
+        dropping is not allowed (the next candidate may, so this is a skip, not a failure)."""
         spec = planned.target.provider
+        try:
+            exchange.dropped = spec.params.fit(body, planned.target.name, drop=planned.drop_unsupported)[1]
+        except InvalidRequest as refused:
+            return refused
         if self.router.setup_hint(spec, planned.target.name) and (skip := await self.not_configured(spec, planned.target.name)):
             return skip
         if exchange.stream and spec.stream is None and not self._emulates(planned):
@@ -369,8 +382,9 @@ class Gateway:
         tried = [error for _, error in failures if error.attempts]  # skipped ones have none
         if not tried:  # every deployment skipped: one error naming each reason once
             message = "; ".join(dict.fromkeys(error.message for _, error in failures))
-            if all(isinstance(error, InvalidRequest) for _, error in failures):  # none can stream: a 400
-                return InvalidRequest(message, param="stream", code="stream_unsupported")
+            if all(isinstance(error, InvalidRequest) for _, error in failures):  # none can take it: a 400
+                first = failures[0][1]
+                return InvalidRequest(message, param=first.param, code=first.code)
             return NotConfigured(message)  # 503 (some are not configured)
         last: dict[str, tuple[Target, GatewayError]] = {}
         for target, error in failures:
@@ -400,14 +414,14 @@ class Gateway:
         return request
 
     async def _request_for(
-        self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None
+        self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None, drop: bool = False,
     ) -> UpstreamRequest:
         """The upstream request for one deployment: remote images fetched when the spec says so,
         mapped, and signed for a signed-in provider. The awaits happen only when there is I/O."""
         try:
             if target.provider.inline_image_urls:
                 body = await inline_image_urls(body, self.images)
-            request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
+            request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens, drop=drop)
             auth = target.provider.auth
             if self.credentials is not None and auth is not None and auth.dynamic:
                 request = await self._signed(target, request)
@@ -465,7 +479,8 @@ class Gateway:
         if target.provider.endpoints["chat"].stream_only:
             completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline)
         else:
-            request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens)
+            request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens,
+                                              drop=planned.drop_unsupported)
             raw = await self._exchange_json(planned, request, exchange)
             completion = completion_from_reply(target, raw, requested_model=body["model"])
         self._account(exchange, target, with_usage(completion, exchange.estimated_tokens)["usage"])
@@ -533,7 +548,7 @@ class Gateway:
         if counter is None:
             return None
         try:
-            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate)
+            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate, drop=True)
             mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
             request = post_request(target, "count_tokens", mapped, stream=False)
             request.headers = chat.headers  # signed as the chat request is, for a signed-in provider
@@ -644,7 +659,8 @@ class Gateway:
         deadline: AttemptDeadline | None = None,
     ) -> Any:
         target = planned.target
-        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens)
+        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens,
+                                          drop=planned.drop_unsupported)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))
         if deadline is not None:  # idle and total timeouts on the body, also while it is relayed
             deadline.watch(response.content)

@@ -22,6 +22,7 @@ from ..streaming import compile_stream
 from .checks import check_names
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
+from .params import NO_RULES, ParamRules, compile_params
 from .sigv4 import sign_request
 
 #: Signs one request: (method, url, headers, body bytes) -> (the URL to send, the headers to send).
@@ -238,6 +239,8 @@ class ProviderSpec:
     env_sources: dict[str, str] = field(default_factory=dict)
     #: `count_tokens`: the provider's counting endpoint; None when the spec declares none.
     counter: TokenCounter | None = None
+    #: `request.params`: what the provider cannot express of a request (engine.spec.params).
+    params: ParamRules = NO_RULES
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -550,6 +553,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         reply_check=_required(response.get("required")),
     )
     compiled.counter = _token_counter(spec.get("count_tokens"), endpoints)
+    compiled.params = compile_params(request.get("params"))
     if (spec.get("stream") or {}).get("emulate"):
         compiled.stream_emulated = True
     elif spec.get("stream"):
