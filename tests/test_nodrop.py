@@ -290,3 +290,47 @@ def test_output_config_is_refused_by_a_chat_completions_deployment(sdk, upstream
                             extra_body={"output_config": {"format": {"type": "json_schema", "schema": {}}}})
     assert "output_config" in caught.value.message and "openai/gpt-4o" in caught.value.message
     assert upstream.requests == []
+
+
+# -- images inside tool results: mapped where the target takes them, refused elsewhere -------------
+PNG = "data:image/png;base64,iVBORw0KGgo="
+WITH_SCREENSHOT = [
+    {"role": "user", "content": "Take a screenshot"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_tide", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "call_1",
+     "content": [{"type": "text", "text": "here it is"}, {"type": "image_url", "image_url": {"url": PNG}}]},
+]
+
+
+def test_an_image_in_a_tool_result_reaches_anthropic_as_a_content_block(client, upstream):
+    upstream.reply_fixture("anthropic", "messages_text.json")
+    raw = client.chat.completions.with_raw_response.create(model="claude-sonnet-4", messages=WITH_SCREENSHOT, tools=[TOOL])
+    assert "x-gaud-dropped-params" not in raw.headers
+    result = upstream.last().body["messages"][-1]["content"][0]
+    assert result == {"type": "tool_result", "tool_use_id": "call_1", "content": [
+        {"type": "text", "text": "here it is"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}
+
+
+def test_a_text_only_tool_result_keeps_its_plain_form(catalog):
+    messages = [*WITH_SCREENSHOT[:2], {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "ok"}]}]
+    body = {"model": "claude-sonnet-4", "messages": messages, "tools": [TOOL]}
+    sent = build_request(one_target(catalog, "claude-sonnet-4"), body, stream=False).body
+    assert sent["messages"][-1]["content"][0]["content"] == "ok"
+
+
+def test_an_image_in_a_tool_result_is_refused_where_it_cannot_go(client, upstream):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gemini-2.5-flash", messages=WITH_SCREENSHOT, tools=[TOOL])
+    assert "gemini/gemini-2.5-flash" in caught.value.body["message"] and caught.value.body["param"] == "messages[2].content"
+    assert upstream.requests == []
+
+
+def test_a_broken_image_in_a_tool_result_is_refused_by_validation(client, upstream):
+    broken = [*WITH_SCREENSHOT[:2], {"role": "tool", "tool_call_id": "call_1", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,not base64!"}}]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="claude-sonnet-4", messages=broken, tools=[TOOL])
+    assert caught.value.body["code"] == "invalid_image"
+    assert upstream.requests == []

@@ -15,7 +15,7 @@ CONTEXT_NAMES = frozenset({
     "model", "stream", "out", "value", "body", "provider", "model_info", "estimated_tokens", "items",
     # message parts (messages_to_turns, turns_to_messages) and tool calls
     "text", "part", "role", "message", "index", "id", "name", "args", "arguments", "carry", "call",
-    "media_type", "format", "data", "url", "detail",
+    "media_type", "format", "data", "url", "detail", "content",
     # streams, client stream events and error envelopes
     "state", "accumulated", "seq", "request", "reply", "usage", "created", "stop_reason", "finish_reason",
     "error", "type", "code", "param",

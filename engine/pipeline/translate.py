@@ -46,7 +46,8 @@ def build_request(
     spec = target.provider
     spec.reject_if_unsupported(body)
     body = spec.params.fit(body, target.name, drop=drop)[0]
-    ctx = {"model": target.model, "stream": stream, "model_info": target.info.as_context(), "provider": spec.name}
+    ctx = {"model": target.model, "stream": stream, "model_info": target.info.as_context(), "provider": spec.name,
+           "deployment": target.name}
     try:
         mapped = spec.request_mapper(body, ctx)
     except GatewayError:

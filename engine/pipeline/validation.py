@@ -102,7 +102,7 @@ def _check_messages(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
     cleaned: list[Any] | None = None
     for i, message in enumerate(messages):
         items = message_items(message, i, "~", calls)
-        for kind, fields in items:
+        for kind, fields in [*items, *(items[0][1]["content"] if items and "content" in items[0][1] else ())]:
             if kind == "image_data":
                 images += 1
                 data = fields["data"]
