@@ -334,3 +334,37 @@ def test_a_broken_image_in_a_tool_result_is_refused_by_validation(client, upstre
         client.chat.completions.create(model="claude-sonnet-4", messages=broken, tools=[TOOL])
     assert caught.value.body["code"] == "invalid_image"
     assert upstream.requests == []
+
+
+# -- documents: a PDF goes as a document (Anthropic) or inline data (Gemini), refused elsewhere ------
+PDF = "JVBERi0xLjQK"
+WITH_PDF = [{"role": "user", "content": [
+    {"type": "text", "text": "Summarise"}, {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF}", "filename": "a.pdf"}}]}]
+
+
+def test_a_pdf_file_part_reaches_anthropic_as_a_document_block(client, upstream):
+    upstream.reply_fixture("anthropic", "messages_text.json")
+    client.chat.completions.create(model="claude-sonnet-4", messages=WITH_PDF)
+    assert upstream.last().body["messages"][0]["content"][1] == {
+        "type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "a.pdf"}
+
+
+def test_a_pdf_file_part_reaches_gemini_as_inline_data(client, upstream):
+    upstream.reply_fixture("gemini", "generate_text.json")
+    client.chat.completions.create(model="gemini-2.5-flash", messages=WITH_PDF)
+    assert upstream.last().body["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "application/pdf", "data": PDF}}
+
+
+def test_a_file_the_target_cannot_take_is_refused_naming_the_deployment(catalog):
+    by_id = [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}]
+    with pytest.raises(InvalidRequest) as caught:
+        build_request(one_target(catalog, "claude-sonnet-4"), {"model": "claude-sonnet-4", "messages": by_id}, stream=False)
+    assert CLAUDE in caught.value.message and caught.value.param == "messages[0].content"
+
+
+def test_a_document_block_from_the_messages_ingress_reaches_gemini(sdk, upstream):
+    upstream.reply_fixture("gemini", "generate_text.json")
+    sdk.messages.create(model="gemini-2.5-flash", max_tokens=100, messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}},
+        {"type": "text", "text": "Summarise"}]}])
+    assert upstream.last().body["contents"][0]["parts"][0] == {"inlineData": {"mimeType": "application/pdf", "data": PDF}}

@@ -8,6 +8,8 @@ The walk turns every message into (kind, fields) items:
   tool_result  @id @text @call/name             (@call is the earlier assistant call with that id)
                @content                         (with `content_parts`: its parts, rendered; below)
   reasoning    @text                            (assistant reasoning_content)
+  file         @media_type @data @filename      (a file part with a base64 data URI: a PDF, ...)
+  file_ref     @part                            (a file part naming an uploaded file_id)
 Each kind's part spec renders a template `into` a turn key (`mode`: list, join, scalar, or "." to
 merge into the turn). Same-role turns merge after the role table, which is what puts tool results
 inside the next user turn for providers that require alternation.
@@ -92,6 +94,20 @@ def _image_item(part: dict[str, Any], param: str) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _file_item(part: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A `file` part with its bytes inline (a base64 data URI): `file` with @media_type @data
+    @filename; one that only refers to an uploaded file (`file_id`): `file_ref`, which a spec
+    without a part for it refuses."""
+    file = part.get("file")
+    data_uri = file.get("file_data") if isinstance(file, dict) else None
+    match = _DATA_URI.match(data_uri) if isinstance(data_uri, str) else None
+    if match is None or not match["data"]:
+        return "file_ref", {"part": part}
+    assert isinstance(file, dict)
+    return "file", {"media_type": match["type"].lower(), "data": match["data"], "filename": file.get("filename", MISSING),
+                    "part": part}
+
+
 def _content_items(content: Any, param: str) -> list[tuple[str, dict[str, Any]]]:
     if content is None:
         return []
@@ -110,6 +126,8 @@ def _content_items(content: Any, param: str) -> list[tuple[str, dict[str, Any]]]
                 items.append(("text", {"text": part["text"], "part": part}))
         elif kind == "image_url":
             items.append(_image_item(part, where))
+        elif kind == "file":
+            items.append(_file_item(part))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             items.append(("text", {"text": part["refusal"]}))
         elif isinstance(kind, str):
