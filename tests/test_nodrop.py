@@ -368,3 +368,15 @@ def test_a_document_block_from_the_messages_ingress_reaches_gemini(sdk, upstream
         {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}},
         {"type": "text", "text": "Summarise"}]}])
     assert upstream.last().body["contents"][0]["parts"][0] == {"inlineData": {"mimeType": "application/pdf", "data": PDF}}
+
+
+def test_control_characters_stripped_from_messages_are_reported(lenient, upstream):
+    # (the session gateway refuses control characters; this one strips them, the default)
+    upstream.reply_fixture("openai", "chat_completion_text.json")
+    raw = lenient.chat.completions.with_raw_response.create(model="gpt-4o", messages=[{"role": "user", "content": "a\x1b[0mb"}])
+    assert raw.headers["x-gaud-dropped-params"] == "messages"
+    assert upstream.last().body["messages"][0]["content"] == "a[0mb"
+
+    upstream.reply_fixture("openai", "chat_completion_text.json")
+    raw = lenient.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    assert "x-gaud-dropped-params" not in raw.headers

@@ -92,7 +92,8 @@ R = TypeVar("R", "ChatResult", "StreamResult")
 
 def dropped(exchange: Exchange) -> dict[str, str]:
     """The header naming what the deployment that served a request dropped of it, if anything."""
-    return {"x-gaud-dropped-params": ",".join(exchange.dropped)} if exchange.dropped else {}
+    names = exchange.rewritten + exchange.dropped
+    return {"x-gaud-dropped-params": ",".join(names)} if names else {}
 
 
 @dataclass(slots=True)
@@ -126,8 +127,10 @@ class Exchange:
     status: int = 200
     #: The current attempt's deadline (engine.pipeline.deadlines); a stream's relay keeps to it.
     deadline: AttemptDeadline | None = None
-    #: What the current deployment dropped of the request (x-gaud-dropped-params).
+    #: What the current deployment dropped of the request, and what validation removed from it
+    #: (control characters: `messages`), both named in x-gaud-dropped-params.
     dropped: tuple[str, ...] = ()
+    rewritten: tuple[str, ...] = ()
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
