@@ -73,7 +73,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cache": {"max_entries": 1000, "default_ttl": 600.0},
     # allow_unlisted_models: serve a `provider/model` its spec does not list, billed at the
     # provider's highest listed price and marked estimated (false: such a request gets a 404).
-    "routing": {"allow_unlisted_models": False},
+    # drop_unsupported_params: drop a parameter a deployment cannot express (its spec's
+    # `request.params`) instead of refusing it; named in x-gaud-dropped-params. Per alias in routes.yaml.
+    "routing": {"allow_unlisted_models": False, "drop_unsupported_params": False},
     # Add each upstream's own model list to GET /v1/models (fetched at start and on reload).
     "models": {"refresh_from_upstream": False},
     # Warn (response header x-gaud-budget-warning, and the log) past these fractions of a budget.

@@ -15,7 +15,7 @@ CONTEXT_NAMES = frozenset({
     "model", "stream", "out", "value", "body", "provider", "model_info", "estimated_tokens", "items",
     # message parts (messages_to_turns, turns_to_messages) and tool calls
     "text", "part", "role", "message", "index", "id", "name", "args", "arguments", "carry", "call",
-    "media_type", "format", "data", "url", "detail",
+    "media_type", "format", "data", "url", "detail", "content", "filename",
     # streams, client stream events and error envelopes
     "state", "accumulated", "seq", "request", "reply", "usage", "created", "stop_reason", "finish_reason",
     "error", "type", "code", "param",
@@ -27,7 +27,7 @@ CONTEXT_NAMES = frozenset({
 #: other OpenAI content part types (passed through as `@part`). A new OpenAI part type is added here.
 MESSAGE_PART_KINDS = (
     "text", "image_data", "image_url", "tool_call", "tool_result", "reasoning",
-    "input_audio", "file",
+    "input_audio", "file", "file_ref",
 )
 
 #: The kinds `parts_to_message` reads from a classified provider part (`_ignore` skips one).

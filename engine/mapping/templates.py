@@ -154,7 +154,8 @@ def compile_template(shape: Any) -> Getter:
 
 def compile_condition(cond: Any) -> Predicate:
     """`when:` — `{has: P}`, `{not_has: P}`, `{eq: [P, v]}`, `{ne: [P, v]}`, `{in: [P, [..]]}`,
-    `{not_in: [P, [..]]}`, `{lt|le|gt|ge: [P, number | P]}`, `{all: [..]}`, `{any: [..]}`;
+    `{not_in: [P, [..]]}`, `{lt|le|gt|ge: [P, number | P]}`, `{all: [..]}`, `{any: [..]}`,
+    `{blank: P}` (a whitespace-only string, or a list holding one);
     a list means all of them."""
     if isinstance(cond, list):
         return _all_of([compile_condition(c) for c in cond])
@@ -192,6 +193,9 @@ def _compile_one_condition(op: str, arg: Any) -> Predicate:
         if op == "has":
             return lambda src, ctx: getter(src, ctx) is not MISSING
         return lambda src, ctx: getter(src, ctx) is MISSING
+    if op == "blank":
+        getter = compile_source(arg)
+        return lambda src, ctx: _blank(getter(src, ctx))
     getter = compile_source(arg[0])
     expected = arg[1]
     if op in _ORDER:
@@ -214,6 +218,13 @@ def _compile_one_condition(op: str, arg: Any) -> Predicate:
             return is_in
         return lambda src, ctx: not is_in(src, ctx)
     raise ValueError(f"unknown condition {op!r}")
+
+
+def _blank(value: Any) -> bool:
+    """A whitespace-only string, or a list holding one."""
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value)
 
 
 #: Numeric comparisons: `{le: ["@out/max_tokens", "@out/thinking/budget_tokens"]}`.

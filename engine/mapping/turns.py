@@ -6,7 +6,10 @@ The walk turns every message into (kind, fields) items:
   image_url    @url                             (an http(s) URL)
   tool_call    @id @name @arguments (string) @args (object) @carry/...
   tool_result  @id @text @call/name             (@call is the earlier assistant call with that id)
+               @content                         (with `content_parts`: its parts, rendered; below)
   reasoning    @text                            (assistant reasoning_content)
+  file         @media_type @data @filename      (a file part with a base64 data URI: a PDF, ...)
+  file_ref     @part                            (a file part naming an uploaded file_id)
 Each kind's part spec renders a template `into` a turn key (`mode`: list, join, scalar, or "." to
 merge into the turn). Same-role turns merge after the role table, which is what puts tool results
 inside the next user turn for providers that require alternation.
@@ -91,6 +94,20 @@ def _image_item(part: dict[str, Any], param: str) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _file_item(part: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A `file` part with its bytes inline (a base64 data URI): `file` with @media_type @data
+    @filename; one that only refers to an uploaded file (`file_id`): `file_ref`, which a spec
+    without a part for it refuses."""
+    file = part.get("file")
+    data_uri = file.get("file_data") if isinstance(file, dict) else None
+    match = _DATA_URI.match(data_uri) if isinstance(data_uri, str) else None
+    if match is None or not match["data"]:
+        return "file_ref", {"part": part}
+    assert isinstance(file, dict)
+    return "file", {"media_type": match["type"].lower(), "data": match["data"], "filename": file.get("filename", MISSING),
+                    "part": part}
+
+
 def _content_items(content: Any, param: str) -> list[tuple[str, dict[str, Any]]]:
     if content is None:
         return []
@@ -109,6 +126,8 @@ def _content_items(content: Any, param: str) -> list[tuple[str, dict[str, Any]]]
                 items.append(("text", {"text": part["text"], "part": part}))
         elif kind == "image_url":
             items.append(_image_item(part, where))
+        elif kind == "file":
+            items.append(_file_item(part))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             items.append(("text", {"text": part["refusal"]}))
         elif isinstance(kind, str):
@@ -177,6 +196,10 @@ def message_items(
                 f"{param}.tool_call_id '{call_id}' answers no tool call of an earlier assistant message",
                 param=f"{param}.tool_call_id",
             )
+        if isinstance(content, list) and any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            parts = _content_items(content, f"{param}.content")  # images in a tool result
+            text = "".join(fields["text"] for kind, fields in parts if kind == "text")
+            return [("tool_result", {"id": call_id, "text": text, "call": call, "content": parts})]
         text = _text_of(content, f"{param}.content")
         return [("tool_result", {"id": call_id, "text": text, "call": call})]
     items: list[tuple[str, dict[str, Any]]] = []
@@ -193,14 +216,44 @@ def message_items(
 
 
 class _PartSpec:
-    __slots__ = ("into", "mode", "prepend", "render", "when")
+    __slots__ = ("content_parts", "into", "mode", "prepend", "render", "when")
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.into: str = spec.get("into", "content")
         self.mode: str = "." if self.into == "." else spec.get("mode", "list")
         self.prepend: bool = bool(spec.get("prepend", False))
+        #: (tool_result) A result's own parts are rendered by the op's part templates into `@content`.
+        self.content_parts: bool = bool(spec.get("content_parts", False))
         self.render = compile_template(spec["template"])
         self.when = compile_condition(spec["when"]) if "when" in spec else None
+
+
+def _not_supported(kind: str, where: str, ctx: dict[str, Any]) -> InvalidRequest:
+    """Content of a kind the spec has no part for: refused, naming the deployment (or provider)."""
+    who = ctx.get("deployment", ctx.get("provider", "this provider"))
+    return InvalidRequest(f"{where}: {kind.replace('_', ' ')} content is not supported by {who}", param=f"{where}.content")
+
+
+def _nested_parts(
+    parts: dict[str, list[_PartSpec] | None], items: list[tuple[str, dict[str, Any]]], owner: list[_PartSpec],
+    where: str, message: Any, turn_ctx: dict[str, Any],
+) -> list[Any]:
+    """A tool result's own parts (text, images), each rendered by its kind's first part spec
+    whose `when` holds; refused where the result's part spec does not take them (`content_parts`)."""
+    who = turn_ctx.get("deployment", turn_ctx.get("provider", "this provider"))
+    if not any(spec.content_parts for spec in owner):
+        raise InvalidRequest(f"{where}: {who} cannot take images or other non-text parts inside a tool result", param=where)
+    rendered = []
+    for kind, fields in items:
+        ctx = {**turn_ctx, **fields}
+        spec = next((s for s in parts.get(kind) or () if s.when is None or s.when(message, ctx)), None)
+        if spec is None:
+            raise InvalidRequest(f"{where}: {kind.replace('_', ' ')} content inside a tool result is not supported by {who}",
+                                 param=where)
+        value = spec.render(message, ctx)
+        if value is not MISSING:
+            rendered.append(value)
+    return rendered
 
 
 def compile_messages_to_turns(rule: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
@@ -258,12 +311,11 @@ def compile_messages_to_turns(rule: dict[str, Any]) -> Callable[[Any, Any, dict[
                     continue
                 if specs is MISSING:
                     if reject_missing:
-                        raise InvalidRequest(
-                            f"messages[{i}]: {kind.replace('_', ' ')} content is not supported by {ctx.get('provider', 'this provider')}",
-                            param=f"messages[{i}].content",
-                        )
+                        raise _not_supported(kind, f"messages[{i}]", ctx)
                     continue
                 part_ctx = {**turn_ctx, **fields}
+                if "content" in fields:
+                    part_ctx["content"] = _nested_parts(parts, fields["content"], specs, f"messages[{i}].content", message, turn_ctx)
                 for spec in specs:
                     if spec.when is not None and not spec.when(message, part_ctx):
                         continue

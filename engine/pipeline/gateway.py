@@ -96,6 +96,12 @@ def breaker_outcome(error: GatewayError | None) -> bool | None:
 R = TypeVar("R", "ChatResult", "StreamResult")
 
 
+def dropped(exchange: Exchange) -> dict[str, str]:
+    """The header naming what the deployment that served a request dropped of it, if anything."""
+    names = exchange.rewritten + exchange.dropped
+    return {"x-gaud-dropped-params": ",".join(names)} if names else {}
+
+
 @dataclass(slots=True)
 class Exchange:
     """What happened to one client request: filled in by the stages as it goes (engine.pipeline.
@@ -133,6 +139,10 @@ class Exchange:
     span: RequestTrace | None = None
     #: The client's request as it may pass through to a deployment of its own format (wire.py).
     native: NativeRequest | None = None
+    #: What the current deployment dropped of the request, and what validation removed from it
+    #: (control characters: `messages`), both named in x-gaud-dropped-params.
+    dropped: tuple[str, ...] = ()
+    rewritten: tuple[str, ...] = ()
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far (to the first byte, for streams)."""
@@ -187,11 +197,12 @@ class Gateway:
         credentials: Any = None,
         allow_unlisted: bool = False,
         deadlines: Deadlines | None = None,
+        drop_unsupported: bool = False,
     ) -> None:
         self.catalog = catalog
         self.upstream = upstream
         self.images = images or ImageFetcher()
-        self.router = router or Router(catalog, clock=clock, allow_unlisted=allow_unlisted)
+        self.router = router or Router(catalog, clock=clock, allow_unlisted=allow_unlisted, drop_unsupported=drop_unsupported)
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
@@ -228,7 +239,7 @@ class Gateway:
         span = exchange.span
         for planned in plan.targets:
             target = planned.target
-            if (skip := await self._skip(planned, exchange)) is not None:
+            if (skip := await self._skip(planned, exchange, body)) is not None:
                 log.info("skipping %s: %s", target.name, skip.message)
                 exchange.attempt_log.append(skip_entry(target.name, skip.message, skip))
                 failures.append((target, skip))  # not tried: no attempt, no breaker, no retry
@@ -314,7 +325,7 @@ class Gateway:
             breaker.record_success()
             if exchange.span is not None:  # a stream's attempt span ends with the stream
                 exchange.span.served(result.completion, exchange.usage, exchange.cost)
-        result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(exchange.attempts)})
+        result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(exchange.attempts)}, **dropped(exchange))
         quote = self.quote(target)
         if quote is not None and quote.estimated:  # for a stream: with its headers
             exchange.price_estimated = True
@@ -329,11 +340,18 @@ class Gateway:
         deadline = exchange.deadline = self.deadlines.attempt(ends, planned.total_timeout, planned.idle_timeout)
         return await deadline.run(attempt(planned))
 
-    async def _skip(self, planned: PlannedTarget, exchange: Exchange) -> GatewayError | None:
+    async def _skip(self, planned: PlannedTarget, exchange: Exchange, body: dict[str, Any]) -> GatewayError | None:
         """Why a deployment is not tried for this request, or None: its provider is not
-        configured here, or the request streams and the deployment can neither stream nor
-        emulate it (the next candidate may, so this is a skip, not a failure)."""
+        configured here, the request streams and the deployment can neither stream nor
+        emulate it, or it asks for what the deployment cannot express (`request.params`) and
+        dropping is not allowed (the next candidate may, so this is a skip, not a failure)."""
         spec = planned.target.provider
+        native = exchange.native
+        passes = native is not None and self._native(planned, exchange) is not None
+        try:  # a request passed through as the client wrote it is not translated: nothing to refuse or drop
+            exchange.dropped = () if passes else spec.params.fit(body, planned.target.name, drop=planned.drop_unsupported)[1]
+        except InvalidRequest as refused:
+            return refused
         if self.router.setup_hint(spec, planned.target.name) and (skip := await self.not_configured(spec, planned.target.name)):
             return skip
         if exchange.stream and spec.stream is None and not self._emulates(planned):
@@ -344,8 +362,7 @@ class Gateway:
             )
             error.before_upstream = True
             return error
-        native = exchange.native
-        if native is not None and native.lost and self._native(planned, exchange) is None:
+        if native is not None and native.lost and not passes:
             return self._cannot_express(planned, native)
         return None
 
@@ -471,7 +488,7 @@ class Gateway:
 
     async def _request_for(
         self, target: Target, body: dict[str, Any], *, stream: bool, estimated_tokens: int | None,
-        native: NativeRequest | None = None,
+        native: NativeRequest | None = None, drop: bool = False,
     ) -> UpstreamRequest:
         """The upstream request for one deployment: remote images fetched when the spec says so,
         mapped (or, `native`, the client's own body with the wire format's rewrites), and signed
@@ -482,7 +499,7 @@ class Gateway:
             else:
                 if target.provider.inline_image_urls:
                     body = await inline_image_urls(body, self.images)
-                request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens)
+                request = build_request(target, body, stream=stream, estimated_tokens=estimated_tokens, drop=drop)
             auth = target.provider.auth
             if self.credentials is not None and auth is not None and auth.dynamic:
                 request = await self._signed(target, request)
@@ -545,8 +562,8 @@ class Gateway:
             completion = await self._chat_from_stream(planned, body, exchange.estimated_tokens, exchange.deadline,
                                                       exchange.span)
         else:
-            request = await self._request_for(
-                target, body, stream=False, estimated_tokens=exchange.estimated_tokens, native=native)
+            request = await self._request_for(target, body, stream=False, estimated_tokens=exchange.estimated_tokens,
+                                              native=native, drop=planned.drop_unsupported)
             raw = await self._exchange_json(planned, request, exchange)
             # A passed-through reply too: checked and its usage read with the spec, as any reply.
             completion = completion_from_reply(target, raw, requested_model=body["model"])
@@ -619,7 +636,7 @@ class Gateway:
             return None
         try:
             same = native if native is not None and native.served_by(target.provider.wire_format) else None
-            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate, native=same)
+            chat = await self._request_for(target, body, stream=False, estimated_tokens=estimate, native=same, drop=True)
             mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
             request = post_request(target, "count_tokens", mapped, stream=False)
             request.headers = chat.headers  # signed as the chat request is, for a signed-in provider
@@ -734,7 +751,8 @@ class Gateway:
         deadline: AttemptDeadline | None = None, span: RequestTrace | None = None, native: NativeRequest | None = None,
     ) -> Any:
         target = planned.target
-        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens, native=native)
+        request = await self._request_for(target, body, stream=True, estimated_tokens=estimated_tokens, native=native,
+                                          drop=planned.drop_unsupported)
         if span is not None:
             request.headers = span.inject(request.headers)
         response = await stack.enter_async_context(self.upstream.open_stream(request, timeout=planned.timeout))

@@ -40,6 +40,8 @@ class PlannedTarget:
     idle_timeout: float | None = None
     #: The candidate's `stream: emulate` (routes.yaml).
     emulate_stream: bool = False
+    #: Drop what the deployment cannot express instead of refusing (`drop_unsupported_params`).
+    drop_unsupported: bool = False
 
 
 @dataclass
@@ -116,11 +118,14 @@ class Router:
         rng: random.Random | None = None,
         price_of: Callable[[str, str], float | None] | None = None,
         allow_unlisted: bool = False,
+        drop_unsupported: bool = False,
     ) -> None:
         self.catalog = catalog
         #: routing.allow_unlisted_models: serve a `provider/model` its spec does not list
         #: (billed at the provider's highest price, estimated) instead of a 404.
         self.allow_unlisted = allow_unlisted
+        #: routing.drop_unsupported_params, for requests whose alias does not say.
+        self.drop_unsupported = drop_unsupported
         self._quotes: dict[tuple[str, bool], Quote | None] = {}
         self.table = table or catalog.route_table or compile_routes(catalog.routes)
         self.rng = rng or random.Random()
@@ -171,7 +176,7 @@ class Router:
 
     def rebound(self, catalog: Catalog) -> Router:
         """A router for a reloaded catalog that keeps this one's live state."""
-        new = Router(catalog, rng=self.rng, allow_unlisted=self.allow_unlisted)
+        new = Router(catalog, rng=self.rng, allow_unlisted=self.allow_unlisted, drop_unsupported=self.drop_unsupported)
         new.breakers, new.in_flight, new.latency, new._turn = self.breakers, self.in_flight, self.latency, self._turn
         return new
 
@@ -208,7 +213,7 @@ class Router:
                         "to estimate one from; it cannot be served.",
                         param="model",
                     )
-            planned = [PlannedTarget(t) for t in targets]
+            planned = [PlannedTarget(t, drop_unsupported=self.drop_unsupported) for t in targets]
             if explain:
                 self._note_skips(planned, notes)
             return Plan(str(name), None, planned, self.table.default_policy, facts, notes)
@@ -231,8 +236,9 @@ class Router:
             eligible.append((candidate, target))
         if not eligible:
             raise NotFound(f"No deployment of '{route.name}' applies to this request.", param="model")
+        drop = self.drop_unsupported if route.drop_unsupported_params is None else route.drop_unsupported_params
         planned = [
-            PlannedTarget(t, c.timeout, c.rpm, c.tpm, c.total_timeout, c.idle_timeout, c.emulate_stream)
+            PlannedTarget(t, c.timeout, c.rpm, c.tpm, c.total_timeout, c.idle_timeout, c.emulate_stream, drop)
             for c, t in self._order(route, eligible)
         ]
         if explain:

@@ -278,7 +278,7 @@ class Pipeline:
             raw = parse_json(await port.read())
             turn = None if codec.state is None else await self.responses.begin(codec.state, raw, principal)
             raw = raw if turn is None else turn.request
-            body = exchange.body = self.parse(endpoint, codec, raw)
+            body = exchange.body = self.parse(endpoint, codec, raw, exchange)
             native = exchange.native = codec.native(raw, port.headers)
             self.authorize(principal, body)
             exchange.stream = endpoint.streamable and bool(body.get("stream"))
@@ -380,9 +380,15 @@ class Pipeline:
         """API key -> user (or the local user with auth off); a 401 otherwise."""
         return self.authenticator.principal(headers)
 
-    def parse(self, endpoint: Endpoint, codec: Codec, raw: dict[str, Any]) -> dict[str, Any]:
-        """The client's request in canonical form, validated once (later stages trust it)."""
-        return endpoint.validate(codec.request(raw), self.limits)
+    def parse(self, endpoint: Endpoint, codec: Codec, raw: dict[str, Any], exchange: Exchange | None = None) -> dict[str, Any]:
+        """The client's request in canonical form, validated once (later stages trust it). Text
+        that validation changed (control characters stripped) is reported as `messages` in
+        x-gaud-dropped-params."""
+        request = codec.request(raw)
+        body = endpoint.validate(request, self.limits)
+        if exchange is not None and body.get("messages") is not request.get("messages"):
+            exchange.rewritten = ("messages",)
+        return body
 
     @staticmethod
     def authorize(principal: Principal, body: dict[str, Any]) -> None:

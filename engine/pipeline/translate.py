@@ -37,16 +37,20 @@ def build_request(
     *,
     stream: bool,
     estimated_tokens: int | None = None,
+    drop: bool = False,
 ) -> UpstreamRequest:
     """Map an OpenAI request for one deployment. `stream` is what the upstream is asked for.
 
     The body is already validated (`validation.validate_request`, once per request); what this
-    deployment cannot take (context window, output limit, unsupported parameters) is refused here.
+    deployment cannot take (context window, output limit, unsupported parameters) is refused here,
+    or, for parameters its spec lets go (`request.params`; all of them with `drop`), removed.
     """
     check_for_model(body, target.info, estimate_prompt_tokens(body) if estimated_tokens is None else estimated_tokens)
     spec = target.provider
     spec.reject_if_unsupported(body)
-    ctx = {"model": target.model, "stream": stream, "model_info": target.info.as_context(), "provider": spec.name}
+    body = spec.params.fit(body, target.name, drop=drop)[0]
+    ctx = {"model": target.model, "stream": stream, "model_info": target.info.as_context(), "provider": spec.name,
+           "deployment": target.name}
     try:
         mapped = spec.request_mapper(body, ctx)
     except GatewayError:

@@ -102,7 +102,7 @@ def _check_messages(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
     cleaned: list[Any] | None = None
     for i, message in enumerate(messages):
         items = message_items(message, i, "~", calls)
-        for kind, fields in items:
+        for kind, fields in [*items, *(items[0][1]["content"] if items and "content" in items[0][1] else ())]:
             if kind == "image_data":
                 images += 1
                 data = fields["data"]
@@ -156,8 +156,10 @@ def _check_tool_list(tools: Any, names: set[str], limits: Limits) -> None:
     if len(tools) > limits.max_tools:
         raise _fail(f"'tools' has more than {limits.max_tools} entries.", "tools", "array_above_max_length")
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+        if not isinstance(tool, dict) or not isinstance(tool.get("type", "function"), str):
             raise _fail(f"tools[{i}] must be a function tool.", f"tools[{i}].type")
+        if tool.get("type", "function") != "function":
+            continue  # a server tool: a deployment that cannot run it refuses it (request.params)
         fn = tool.get("function")
         if not isinstance(fn, dict):
             raise _fail(f"tools[{i}].function is required.", f"tools[{i}].function")

@@ -22,6 +22,7 @@ from ..streaming import compile_stream
 from .checks import check_names
 from .common import EnvVar, SpecCompileError, jinja_template
 from .credentials import AuthSpec, compile_auth
+from .params import NO_RULES, ParamRules, compile_params
 from .secretfiles import with_files
 from .sigv4 import sign_request
 from .wire import WireFormat, compile_wire_format
@@ -242,6 +243,8 @@ class ProviderSpec:
     counter: TokenCounter | None = None
     #: `wire_format`: the client format this provider takes as it is (same-format pass-through).
     wire_format: WireFormat | None = None
+    #: `request.params`: what the provider cannot express of a request (engine.spec.params).
+    params: ParamRules = NO_RULES
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
@@ -555,6 +558,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
     )
     compiled.counter = _token_counter(spec.get("count_tokens"), endpoints)
     compiled.wire_format = compile_wire_format(spec.get("wire_format"))
+    compiled.params = compile_params(request.get("params"))
     if (spec.get("stream") or {}).get("emulate"):
         compiled.stream_emulated = True
     elif spec.get("stream"):

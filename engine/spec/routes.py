@@ -118,6 +118,8 @@ class Route:
     when: Rule | None = None
     description: str = ""
     cache: dict[str, Any] | None = None
+    #: `drop_unsupported_params`; None: the setting `routing.drop_unsupported_params` decides.
+    drop_unsupported_params: bool | None = None
 
     @cached_property
     def has_conditions(self) -> bool:
@@ -205,6 +207,7 @@ def compile_routes(raw: dict[str, Any]) -> RouteTable:
             when=_rule(route.get("when"), f"{where}/when"),
             description=route.get("description", ""),
             cache=route.get("cache"),
+            drop_unsupported_params=route.get("drop_unsupported_params"),
         )
     breaker = defaults.get("breaker") or {}
     return RouteTable(

@@ -526,6 +526,7 @@ def build_services(
     limiter, cache = _shared_state(settings)
     gateway = Gateway(catalog, upstream, _images(settings), limiter=limiter, credentials=_credentials(store, catalog),
                       allow_unlisted=bool(settings.get("routing.allow_unlisted_models")),
+                      drop_unsupported=bool(settings.get("routing.drop_unsupported_params")),
                       deadlines=Deadlines.from_settings(settings.get))
     guards = Guards(
         limiter,

@@ -229,8 +229,8 @@ def test_an_unsupported_part_is_rejected_or_skipped():
     ([{"role": "assistant", "tool_calls": [call(arguments="[1]")]}], "must encode a JSON object",
      "messages[0].tool_calls[0].function.arguments"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [call()]},
-      {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "image_url"}]}], "must be a text part",
-     "messages[2].content[0]"),
+      {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "image_url"}]}], "image_url.url must be a string",
+     "messages[2].content[0].image_url.url"),
 ])
 def test_invalid_messages_are_rejected_with_the_offending_param(messages, message, param):
     with pytest.raises(InvalidRequest) as failure:

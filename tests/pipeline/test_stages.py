@@ -151,9 +151,9 @@ class Recording(Pipeline):
         self.calls.append("authenticate")
         return super().authenticate(headers)
 
-    def parse(self, endpoint: Any, codec: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    def parse(self, endpoint: Any, codec: Any, raw: dict[str, Any], exchange: Any = None) -> dict[str, Any]:
         self.calls.append("parse")
-        return super().parse(endpoint, codec, raw)
+        return super().parse(endpoint, codec, raw, exchange)
 
     def plan(self, body: dict[str, Any]) -> Awaitable[Plan]:
         self.calls.append("plan")
