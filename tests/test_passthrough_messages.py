@@ -237,27 +237,22 @@ def test_fallback_skips_a_candidate_that_cannot_express_the_request(sdk, upstrea
         sdk.messages.create(**_native_request("claude-or-gpt"))
     assert len(upstream.requests) == 1  # the OpenAI deployment was not called
     message = caught.value.body["error"]["message"]
-    assert "openai/gpt-4o (skipped: openai/gpt-4o cannot take `messages` (type document)" in message
-    assert "`tools` (type web_search_20250305)" in message
+    # Citations have no translation; the document, the image in a tool_result and the server tool would.
+    assert "openai/gpt-4o (skipped: openai/gpt-4o cannot take `messages` (citations)" in message
 
 
 @pytest.mark.parametrize(("extra", "param", "what"), [
-    ({"messages": [{"role": "user", "content": [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}]}]},
-     "messages", "type document"),
-    ({"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, "output_config", ""),
     ({"thinking": {"type": "adaptive"}}, "thinking", "type adaptive"),
-    ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools", "type web_search_20250305"),
-    ({"messages": [
-        {"role": "user", "content": "Look"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}]}],
-      "tools": [{"name": "shot", "input_schema": {"type": "object"}}]},
-     "messages", "an image or document inside a tool_result"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "search_result", "source": "https://tides.example", "title": "Tides",
+         "content": [{"type": "text", "text": "High tide 14:02"}]}]}]}, "messages", "type search_result"),
+    ({"top_k": 5}, "top_k", ""),
 ])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_native_only_feature_with_only_another_format_is_a_400(served, upstream, extra, param, what, stream):
+    """What the translation has no part for. (Documents, images in a tool_result, server tools and
+    output_config are translated, then mapped or refused by each spec's `request.params`:
+    tests/test_nodrop.py.)"""
     body = {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}], **extra}
     if stream:
         body["stream"] = True
@@ -268,6 +263,15 @@ def test_a_native_only_feature_with_only_another_format_is_a_400(served, upstrea
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert error["error"]["message"].startswith(f"openai/gpt-4o cannot take `{param}`" + (f" ({what})" if what else ""))
     assert upstream.requests == []
+
+
+def test_output_config_to_another_format_is_refused_by_its_params(served, upstream):
+    body = {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}],
+            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}
+    response = httpx.post(f"{served[0].url}/v1/messages", json=body, timeout=20,
+                          headers={"x-api-key": "k", "anthropic-version": "2023-06-01"})
+    assert response.status_code == 400 and upstream.requests == []
+    assert response.json()["error"]["message"].startswith("openai/gpt-4o does not support 'output_config'")
 
 
 # -- the declarations ---------------------------------------------------------------------------
