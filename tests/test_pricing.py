@@ -7,6 +7,7 @@ arithmetic is written next to it, in millionths of a dollar before the final div
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 
@@ -171,11 +172,13 @@ CASES = [
 ]
 
 
-def _shipped_model_ids() -> set[str]:
+@functools.cache
+def _shipped_model_ids() -> frozenset[str]:
+    """The price keys of the shipped pricing.d/ (read once: the case tables ask for it per case)."""
     ids: set[str] = set()
     for path in sorted((ROOT / "pricing.d").glob("*.yaml")):
         ids |= set(yaml.safe_load(path.read_text())["models"])
-    return ids
+    return frozenset(ids)
 
 
 def _hand_written_ids() -> set[str]:
