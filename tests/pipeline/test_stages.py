@@ -63,7 +63,7 @@ class FakeGateway:
         exchange.usage, exchange.cost = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, 0.25
         return ChatResult({"choices": [{"message": {"content": "hi"}}]}, {"x-gaud-cost": "0.25000000"})
 
-    async def count_tokens(self, body: dict[str, Any], estimate: int) -> int | None:
+    async def count_tokens(self, body: dict[str, Any], estimate: int, native: Any = None) -> int | None:
         return None  # no provider counter: the route answers with the estimate
 
     async def chat_stream(self, body: dict[str, Any], exchange: Exchange, *, plan: Plan) -> StreamResult:
@@ -317,6 +317,9 @@ class FakeIngressSpec:
 
     #: Keeps no replies (the Responses API's `state` block).
     state = None
+
+    def native(self, raw: dict[str, Any], headers: Any) -> None:
+        return None  # passes through to no deployment
 
     def __init__(self, tag: str) -> None:
         self.tag = tag

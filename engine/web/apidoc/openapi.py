@@ -84,6 +84,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("PATCH", "/admin/keys/{lookup}"): Operation(
         "Admin", "Change an API key", access=ADMIN, request="KeyChanges", reply="Key"),
     ("POST", "/admin/keys/{lookup}/revoke"): Operation("Admin", "Revoke an API key", access=ADMIN, reply="Revoked"),
+    ("DELETE", "/admin/users/{name}"): Operation(
+        "Admin", "Erase a user", access=ADMIN, reply="Erased",
+        description="As `gaud-engine users delete`: the user's keys are revoked, their audit rows anonymised "
+                    "and their stored Responses API replies deleted (docs/decisions.md)."),
     ("GET", "/admin/usage"): Operation(
         "Admin", "Usage totals per user and deployment", access=ADMIN, reply="UsageList",
         query=(("user", "only this user"), ("since", "from this Unix time (seconds)"))),
