@@ -16,6 +16,7 @@ from engine.spec.loader import Catalog, load_catalog
 from engine.spec.models import Target, resolve_model
 
 from .fakes import FakeUpstream
+from .gated import GatedUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -125,6 +126,24 @@ def one_target(cat: Catalog, model: str) -> Target:
 TEST_KEY_SECRET = "test-server-secret-0123456789abcdef"
 
 
+def migrated_store(kind: str, tmp_path: Path, **store_options: object) -> Iterator[Store]:
+    """An empty migrated Store, for `yield from` in a fixture parametrized over
+    ["sqlite", "postgresql"]: SQLite in `tmp_path`, or a fresh schema of GAUD_TEST_POSTGRES_URL
+    (the test is skipped without it)."""
+    if kind == "sqlite":
+        store = Store(f"sqlite:///{tmp_path / 'gaud.db'}", **store_options)  # type: ignore[arg-type]
+        store.migrate()
+        yield store
+        store.close()
+        return
+    url = os.environ.get("GAUD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
+    for created in pg_store(url, **store_options):
+        created.migrate()  # type: ignore[attr-defined]
+        yield created  # type: ignore[misc]
+
+
 def pg_store(url: str, **store_options: object) -> Iterator[object]:
     """A Store in a fresh schema of the PostgreSQL database at `url`, dropped afterwards
     (for `yield from` in a fixture). Tests on one database never see each other's rows."""
@@ -224,3 +243,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
     db.migrate()
     yield db
     db.close()
+
+
+@pytest.fixture
+def gated() -> Iterator[GatedUpstream]:
+    """An upstream that holds each reply until the test lets it go (tests/gated.py)."""
+    fake = GatedUpstream()
+    fake.start()
+    yield fake
+    fake.stop()

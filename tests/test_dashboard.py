@@ -8,7 +8,6 @@ playwright (`apt-get install chromium`, `pip install playwright`; no `playwright
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import signal
 import time
@@ -29,7 +28,7 @@ from engine.web.dashboard.queries import (
     totals,
 )
 
-from .conftest import pg_store, provider_env, spec_tree, start_gateway
+from .conftest import migrated_store, provider_env, spec_tree, start_gateway
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -254,18 +253,7 @@ def test_auth_disabled_opens_the_dashboard_and_says_so(catalog, tmp_path):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def query_store(request, tmp_path) -> Iterator[Store]:
     """An empty migrated Store on SQLite, or in a fresh schema of GAUD_TEST_POSTGRES_URL."""
-    if request.param == "sqlite":
-        store = Store(f"sqlite:///{tmp_path / 'q.db'}")
-        store.migrate()
-        yield store
-        store.close()
-        return
-    url = os.environ.get("GAUD_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    for store in pg_store(url):
-        store.migrate()
-        yield store
+    yield from migrated_store(request.param, tmp_path)
 
 
 def test_time_buckets_and_totals(query_store):

@@ -65,13 +65,6 @@ def test_a_key_limit_is_stored_and_cleared(tmp_path):
 
 
 # -- through a served gateway ----------------------------------------------------------------------
-@pytest.fixture
-def gated() -> Iterator[GatedUpstream]:
-    fake = GatedUpstream()
-    fake.start()
-    yield fake
-    fake.stop()
-
 
 @pytest.fixture
 def shedding(gated: GatedUpstream, tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from engine.pipeline.gateway import Exchange, Gateway
 from engine.pipeline.upstream import Upstream
 from engine.web.dashboard.request_log import Cursor, FilterError, RequestFilter, attempts_of, request_page, request_rows
 
-from .conftest import pg_store, provider_env, spec_tree, start_gateway
+from .conftest import migrated_store, pg_store, provider_env, spec_tree, start_gateway
 from .test_dashboard import CHAT, CHROMIUM, CHROMIUM_ARGS, bearer, wait_for_usage
 from .test_resilience import FakeClock, tree  # noqa: F401 - `tree` is a fixture
 
@@ -32,18 +32,7 @@ T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'log.db'}")
-        s.migrate()
-        yield s
-        s.close()
-        return
-    url = os.environ.get("GAUD_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    for s in pg_store(url):
-        s.migrate()
-        yield s
+    yield from migrated_store(request.param, tmp_path)
 
 
 def rows(n: int, **fields) -> list[dict]:

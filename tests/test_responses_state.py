@@ -18,7 +18,7 @@ from openai import OpenAI
 from engine.accounts.conversations import ConversationStore
 from engine.accounts.store import Store, stored_responses
 
-from .conftest import TEST_KEY_SECRET, RunningGateway, pg_store, provider_env, spec_tree, start_gateway
+from .conftest import TEST_KEY_SECRET, RunningGateway, migrated_store, provider_env, spec_tree, start_gateway
 
 PG_URL = os.environ.get("GAUD_TEST_POSTGRES_URL")
 
@@ -175,17 +175,7 @@ def test_off_by_default(gateway, upstream):
 # -- the table, on both databases ---------------------------------------------------------------
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        created = Store(f"sqlite:///{tmp_path / 'store.db'}", key_secret=TEST_KEY_SECRET)
-        created.migrate()
-        yield created
-        created.close()
-        return
-    if not PG_URL:
-        pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    for store in pg_store(PG_URL):
-        store.migrate()  # type: ignore[attr-defined]
-        yield store  # type: ignore[misc]
+    yield from migrated_store(request.param, tmp_path, key_secret=TEST_KEY_SECRET)
 
 
 def test_retention_and_isolation(db):

@@ -20,8 +20,7 @@ from engine.accounts.conversations import ConversationStore
 from engine.accounts.retention import ERASED_PREFIX, PRUNER_LOCK, AuditPruner, erase_user, prune_audit, prune_before
 from engine.accounts.store import Store, audit_log, dashboard_sessions
 
-from .conftest import ROOT, pg_store, provider_env, spec_tree, start_gateway
-from .gated import GatedUpstream
+from .conftest import ROOT, migrated_store, provider_env, spec_tree, start_gateway
 
 PG_URL = os.environ.get("GAUD_TEST_POSTGRES_URL")
 DAY = 86400.0
@@ -30,17 +29,7 @@ HELLO = [{"role": "user", "content": "Hello"}]
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        created = Store(f"sqlite:///{tmp_path / 'r.db'}")
-        created.migrate()
-        yield created
-        created.close()
-        return
-    if not PG_URL:
-        pytest.skip("set GAUD_TEST_POSTGRES_URL=postgresql://user@host/db to test on PostgreSQL")
-    for created in pg_store(PG_URL):
-        created.migrate()  # type: ignore[attr-defined]
-        yield created  # type: ignore[misc]
+    yield from migrated_store(request.param, tmp_path)
 
 
 def record(n: int, ts: float, user_id: int | None = 1, user: str = "ann", **extra: object) -> dict[str, object]:
@@ -149,13 +138,6 @@ def test_erasure_works_in_batches(store):
 
 
 # -- end to end -----------------------------------------------------------------------------------------
-@pytest.fixture
-def gated() -> Iterator[GatedUpstream]:
-    fake = GatedUpstream()
-    fake.start()
-    yield fake
-    fake.stop()
-
 
 def test_a_deleted_users_key_gets_401_from_a_running_gateway_cli_and_admin_api(gated, tmp_path):
     db = f"sqlite:///{tmp_path / 'e.db'}"

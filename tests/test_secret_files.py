@@ -6,11 +6,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from engine.spec.loader import load_catalog
@@ -21,13 +19,6 @@ from .gated import GatedUpstream
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
-
-@pytest.fixture
-def gated() -> Iterator[GatedUpstream]:
-    fake = GatedUpstream()
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 def test_a_file_variable_is_read_with_one_trailing_newline_stripped(tmp_path):

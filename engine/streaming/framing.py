@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .eventstream import EventStreamFramer
 
-__all__ = ["Framer", "NdjsonFramer", "SseFramer", "make_framer"]
+__all__ = ["Framer", "NdjsonFramer", "SseBlocks", "SseFramer", "make_framer"]
 
 Frame = tuple[str | None, str]
 
@@ -58,6 +58,30 @@ class SseFramer(Framer):
             elif line.startswith("event:"):
                 self._event = line[6:].strip()
             # comments (':') and other fields (id:, retry:) are ignored
+
+
+class SseBlocks:
+    """Cuts an SSE byte stream into runs of whole frames, for relays that forward bytes as they
+    came: `take` answers the complete frames so far (CRLF made LF), `rest` what is left at the end."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def take(self, chunk: bytes) -> bytes:
+        data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")  # a CR at the very end waits for its LF in the buffer
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return b""
+        block, self._buffer = data[: end + 2], data[end + 2 :]
+        return block
+
+    def rest(self) -> bytes:
+        """The bytes after the last whole frame, without line ends (the body ended there)."""
+        tail, self._buffer = self._buffer.strip(b"\r\n"), b""
+        return tail
 
 
 class NdjsonFramer(Framer):

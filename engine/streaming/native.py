@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import GatewayError
 from .deltas import StreamFailure, StreamState, delta_chars
 from .encoders import StreamEncoder
-from .framing import SseFramer
+from .framing import SseBlocks, SseFramer
 from .passthrough import FrameTable
 
 __all__ = ["NativeRelay", "Relayed"]
@@ -27,23 +27,16 @@ class NativeRelay:
         self.stream = stream
         self.state = state
         self.output_chars = 0
-        self._buffer = b""
+        self._blocks = SseBlocks()
         self._framer = SseFramer()
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")  # a CR at the very end waits for its LF in the buffer
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = data
-            return b""
-        block, self._buffer = data[: end + 2], data[end + 2 :]
-        return self._frames(block)
+        block = self._blocks.take(chunk)
+        return self._frames(block) if block else b""
 
     def close(self) -> bytes:
         """The end of the upstream body: a last frame without its blank line is read and forwarded."""
-        tail, self._buffer = self._buffer.strip(b"\r\n"), b""
+        tail = self._blocks.rest()
         if not tail or self.state.done:
             return b""
         return self._frames(tail + b"\n\n")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .deltas import Delta, StreamFailure, StreamState, delta_chars
-from .framing import SseFramer
+from .framing import SseBlocks, SseFramer
 
 __all__ = ["FrameTable", "Passthrough", "openai_chunk"]
 
@@ -60,20 +60,15 @@ class Passthrough:
         # The same marks with a space after a key's colon, for upstreams that write JSON with
         # Python's default separators (`"k": "v"`); the first frame tells which style a stream uses.
         self._spaced = (*(m.replace(b'":', b'": ') if b'": ' not in m else m for m in inspect), *done)
-        self._buffer = b""
+        self._blocks = SseBlocks()
         self._envelope: int | None = None  # bytes of a frame that are not generated text
         self._framer = SseFramer()  # reads the frames that must be read, one whole frame at a time
         self.output_chars = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")  # a CR at the very end waits for its LF in the buffer
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = data
+        block = self._blocks.take(chunk)
+        if not block:
             return b""
-        block, self._buffer = data[: end + 2], data[end + 2 :]
         envelope = self._envelope
         if envelope is not None and not self._marked(block):
             frames = block.count(b"\n\n")
@@ -91,7 +86,7 @@ class Passthrough:
     def close(self) -> bytes:
         """The end of the upstream body: a last frame without its blank line still counts, and is
         always read (a body cut inside a frame leaves half a chunk here)."""
-        tail, self._buffer = self._buffer.strip(b"\r\n"), b""
+        tail = self._blocks.rest()
         if not tail or self.state.done:
             return b""
         keep = self._read(tail)
