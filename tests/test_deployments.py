@@ -5,7 +5,6 @@ own breaker; `validate` checks rebindings; `routes explain` names variables, nev
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import signal
@@ -22,13 +21,13 @@ from click.testing import CliRunner
 from engine import load_catalog
 from engine.accounts.store import Store
 from engine.cli.commands import main
-from engine.errors import GatewayError
 from engine.pipeline.gateway import Gateway
 from engine.pipeline.routing import Router, explain
 from engine.pipeline.upstream import Upstream
 
 from .conftest import provider_env, spec_tree, start_gateway
 from .fakes import FakeUpstream
+from .test_not_configured import call
 
 HELLO = [{"role": "user", "content": "Hello"}]
 MODEL = "claude-sonnet-4-20250514"
@@ -155,19 +154,6 @@ def in_process(tree: Path, environ: dict[str, str]) -> Gateway:
         return None
 
     return Gateway(catalog, Upstream(), sleep=no_sleep, rng=random.Random(1))
-
-
-def call(gateway: Gateway, body: dict[str, Any]) -> Any:
-    async def go() -> Any:
-        try:
-            return await gateway.chat(body)
-        finally:
-            await gateway.upstream.close()
-
-    try:
-        return asyncio.run(go())
-    except GatewayError as error:
-        return error
 
 
 def test_a_failing_deployment_opens_its_own_breaker_not_its_siblings(upstreams, tmp_path):
