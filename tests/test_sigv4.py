@@ -169,3 +169,21 @@ def test_other_strategies_reject_sigv4_fields() -> None:
     with pytest.raises(SpecCompileError) as caught:
         compile_auth("acme", {"type": "api_key", "env": "TEAM_KEY", "service": "bedrock"}, ENV)
     assert caught.value.pointer == "/api/auth/service"
+
+
+@pytest.mark.parametrize(("environ", "hint"), [
+    ({}, "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_BEARER_TOKEN_BEDROCK)"),
+    ({"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}, "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_BEARER_TOKEN_BEDROCK)"),
+    ({"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}, None),
+    ({"AWS_BEARER_TOKEN_BEDROCK": "bedrock-api-key"}, None),
+])
+def test_a_signing_provider_without_its_identity_is_not_configured(environ, hint):
+    """The start-up banner, /health and the not_configured skip read setup_hint: a provider that
+    signs is not "ready" until it can sign (or carries its stand-in credential); no value is named."""
+    from engine.pipeline.routing import Router
+    from engine.spec.loader import load_catalog
+
+    catalog = load_catalog(environ=environ)
+    assert catalog.providers["bedrock"].setup_hint() == hint
+    assert Router(catalog).unconfigured.get("bedrock") == hint
+    assert all(value not in str(hint) for value in environ.values())

@@ -259,8 +259,9 @@ class ProviderSpec:
         A provider that signs in may still be usable without them: the credential store says; not a
         deployment with its own credentials (`env`), which uses those or nothing."""
         missing = self.missing_env()
-        if not missing:
-            return None
+        if not missing:  # a signing provider also needs its signing identity (or the stand-in credential)
+            sigv4 = self.auth.sigv4 if self.auth is not None else None
+            return None if sigv4 is None else sigv4.setup_hint(self.env_values)
         hint = "set " + " and ".join(missing)
         if self.signs_in:
             hint += f" or run `gaud-engine login {self.name}`"

@@ -78,16 +78,26 @@ class SigV4Spec:
         """Whether another credential (an `unless_env` variable) stands in for the signature."""
         return any(env.get(name) for name in self.unless_env)
 
+    def setup_hint(self, env: Mapping[str, str]) -> str | None:
+        """What to set so that requests can be signed (or carry the `unless_env` credential), or
+        None when they can: the start-up banner, /health and `not_configured` say it."""
+        if self.skipped(env):
+            return None
+        region = next((env[name] for name in self.region_env if env.get(name)), self.region)
+        if env.get(self.access_key_env) and env.get(self.secret_key_env) and region:
+            return None
+        needed = [self.access_key_env, self.secret_key_env]
+        if not region:
+            needed.append(" or ".join(self.region_env))
+        alternative = f" (or {' or '.join(self.unless_env)})" if self.unless_env else ""
+        return f"set {' and '.join(needed)}{alternative}"
+
     def credentials(self, env: Mapping[str, str]) -> SigV4Credentials:
         """The identity from the variables' values; NotConfigured (never sent) when incomplete."""
         access, secret = env.get(self.access_key_env), env.get(self.secret_key_env)
         region = next((env[name] for name in self.region_env if env.get(name)), self.region)
         if not access or not secret or not region:
-            needed = [self.access_key_env, self.secret_key_env]
-            if not region:
-                needed.append(" or ".join(self.region_env))
-            alternative = f" (or {' or '.join(self.unless_env)})" if self.unless_env else ""
-            raise NotConfigured(f"{self.provider} cannot sign requests here: set {' and '.join(needed)}{alternative}")
+            raise NotConfigured(f"{self.provider} cannot sign requests here: {self.setup_hint(env)}")
         token = env.get(self.session_token_env) if self.session_token_env else None
         return SigV4Credentials(access, secret, token or None, region, self.service)
 
