@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -252,3 +253,13 @@ def gated() -> Iterator[GatedUpstream]:
     fake.start()
     yield fake
     fake.stop()
+
+
+def audit_rows(folder: Path) -> list[dict[str, Any]]:
+    """The audit rows of the gateway whose SQLite file is `folder`/gaud.db, oldest first (read after
+    the gateway stopped: SIGTERM flushes its audit writer)."""
+    store = Store(f"sqlite:///{folder / 'gaud.db'}")
+    try:
+        return sorted(store.audit_records(), key=lambda r: r["ts"])
+    finally:
+        store.close()

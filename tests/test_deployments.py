@@ -19,13 +19,12 @@ import yaml
 from click.testing import CliRunner
 
 from engine import load_catalog
-from engine.accounts.store import Store
 from engine.cli.commands import main
 from engine.pipeline.gateway import Gateway
 from engine.pipeline.routing import Router, explain
 from engine.pipeline.upstream import Upstream
 
-from .conftest import provider_env, spec_tree, start_gateway
+from .conftest import audit_rows, provider_env, spec_tree, start_gateway
 from .fakes import FakeUpstream
 from .test_not_configured import call
 
@@ -109,11 +108,7 @@ def test_two_accounts_of_one_provider_behind_one_alias(upstreams, tmp_path):
     finally:
         gw.process.send_signal(signal.SIGTERM)  # flushes the audit log
         gw.process.wait(20)
-    store = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
-    try:
-        rows = sorted(store.audit_records(), key=lambda r: r["ts"])
-    finally:
-        store.close()
+    rows = audit_rows(tmp_path)
     assert [r["deployment"] for r in rows[:4]] == served["rr"]
     assert [(r["alias"], r["status"], r["error_kind"], r["deployment"], r["tried"]) for r in rows[-2:]] == [
         ("teams-missing", 200, None, "team-b", "team-b"),

@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from engine import load_catalog
-from engine.accounts.store import Store
 from engine.cli.commands import provider_banner
 from engine.errors import AuthenticationFailed, GatewayError
 from engine.pipeline.gateway import Gateway
@@ -26,7 +25,7 @@ from engine.pipeline.routing import activation
 from engine.pipeline.upstream import Upstream
 from engine.spec.provider import ProviderSpec
 
-from .conftest import ROOT, free_port, provider_env, spec_tree, start_gateway
+from .conftest import ROOT, audit_rows, free_port, provider_env, spec_tree, start_gateway
 
 HELLO = [{"role": "user", "content": "Hello"}]
 SONNET, FLASH = "anthropic/claude-sonnet-4-20250514", "gemini/gemini-2.5-flash"
@@ -147,11 +146,7 @@ def test_served_gateway_skips_keyless_deployments_and_says_so(upstream, tree, tm
     finally:
         gw.process.send_signal(signal.SIGTERM)  # flushes the audit log
         gw.process.wait(20)
-    store = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
-    try:
-        rows = sorted(store.audit_records(), key=lambda r: r["ts"])
-    finally:
-        store.close()
+    rows = audit_rows(tmp_path)
     assert [(r["alias"], r["status"], r["error_kind"], r["tried"], r["attempts"]) for r in rows] == [
         ("pair", 200, None, FLASH, 1),
         ("nokeys", 503, "not_configured", None, 0),

@@ -16,10 +16,9 @@ import openai
 import pytest
 import yaml
 
-from engine.accounts.store import Store
 from engine.streaming import ChunkWriter, MessageAssembler, message_deltas
 
-from .conftest import ROOT, RunningGateway, provider_env, spec_tree, start_gateway
+from .conftest import ROOT, RunningGateway, audit_rows, provider_env, spec_tree, start_gateway
 from .fakes import PROVIDERS
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -80,14 +79,6 @@ def client(gw: RunningGateway) -> openai.OpenAI:
 
 def reply(name: str) -> dict[str, Any]:
     return json.loads((PROVIDERS / "openai" / "replies" / name).read_text())  # type: ignore[no-any-return]
-
-
-def audit_rows(tmp_path: Path) -> list[dict[str, Any]]:
-    store = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
-    try:
-        return sorted(store.audit_records(), key=lambda r: r["ts"])
-    finally:
-        store.close()
 
 
 def test_emulated_stream_of_text_and_tool_calls_with_usage(served, upstream, tmp_path):
