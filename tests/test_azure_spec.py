@@ -35,8 +35,21 @@ def test_api_key_header_or_entra_token():
     assert spec.auth.scope == "https://cognitiveservices.azure.com/.default"
     assert grant.url({"AZURE_TENANT_ID": "t-1"}) == "https://login.microsoftonline.com/t-1/oauth2/v2.0/token"
     assert grant.client(spec.env_values) is None  # no client variables: the api-key header applies
-    assert spec.missing_env() == [] and azure().missing_env() == []
-    assert load_catalog(ROOT, environ={}).providers["azure"].missing_env() == ["AZURE_OPENAI_ENDPOINT"]
+    assert spec.missing_env() == []
+
+
+CREDENTIAL = "AZURE_OPENAI_API_KEY or AZURE_TENANT_ID+AZURE_CLIENT_ID+AZURE_CLIENT_SECRET"
+
+
+def test_ready_only_with_an_endpoint_and_one_whole_credential():
+    entra = {"AZURE_TENANT_ID": "t-1", "AZURE_CLIENT_ID": "c-1", "AZURE_CLIENT_SECRET": "s-1"}
+    assert azure(**entra).missing_env() == []
+    assert azure().missing_env() == [CREDENTIAL]
+    partial = azure(AZURE_TENANT_ID="t-1", AZURE_CLIENT_ID="c-1")  # no secret: not a credential
+    assert partial.missing_env() == [CREDENTIAL]
+    assert partial.setup_hint() == f"set {CREDENTIAL}"
+    bare = load_catalog(ROOT, environ={}).providers["azure"]
+    assert bare.missing_env() == ["AZURE_OPENAI_ENDPOINT", CREDENTIAL]
 
 
 def test_error_code_from_the_x_ms_error_code_header():
@@ -46,3 +59,14 @@ def test_error_code_from_the_x_ms_error_code_header():
     assert spec.classify_error(400, {"error": {"code": "content_filter"}}).kind == "content_filter"
     filtered = {"error": {"innererror": {"code": "ResponsibleAIPolicyViolation"}, "message": "filtered"}}
     assert spec.classify_error(400, filtered).kind == "content_filter"
+
+
+def test_vertex_needs_a_project_under_either_name():
+    key_file = {"GOOGLE_APPLICATION_CREDENTIALS": "/secrets/sa.json"}
+    for name in ("vertex", "vertex-anthropic"):
+        assert load_catalog(ROOT, environ=key_file).providers[name].missing_env() == [
+            "GOOGLE_CLOUD_PROJECT or VERTEXAI_PROJECT"
+        ]
+        for project in ("GOOGLE_CLOUD_PROJECT", "VERTEXAI_PROJECT"):
+            spec = load_catalog(ROOT, environ={**key_file, project: "p-1"}).providers[name]
+            assert spec.missing_env() == [], (name, project)

@@ -256,6 +256,12 @@ def test_header_naming_an_undeclared_env_var(tree: Path) -> None:
     assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /api/headers/Authorization: ", "undeclared", "ACME_KEY")
 
 
+
+def test_required_one_of_naming_an_undeclared_env_var(tree: Path) -> None:
+    line = edit(tree, "providers.d/acme.yaml", "  headers:\n", "  required_one_of:\n    - [ACME_API_KEY, ACME_TOKEN]\n  headers:\n",
+                marker="    - [ACME_API_KEY")
+    assert_one_problem(tree, f"providers.d/acme.yaml:{line}: /api/required_one_of/0/1: ", "not declared", "ACME_TOKEN")
+
 # -- names only the engine knows, and pointers ---------------------------------------------------
 
 #: A reply mapped by `parts_to_message` and a request by `messages_to_turns`, for the kind checks.

@@ -245,13 +245,20 @@ class ProviderSpec:
     wire_format: WireFormat | None = None
     #: `request.params`: what the provider cannot express of a request (engine.spec.params).
     params: ParamRules = NO_RULES
+    #: `api.required_one_of`: per item, its alternatives (each a group of variables that must all be set).
+    env_alternatives: tuple[tuple[tuple[str, ...], ...], ...] = ()
 
     # -- credentials and readiness ------------------------------------------------------------
     def missing_env(self) -> list[str]:
-        """Required environment variables that are not set (empty list = usable)."""
-        return [
+        """Required environment variables that are not set (empty list = usable); an unmet
+        `required_one_of` item reads `A or B+C` (its alternatives, by the names read)."""
+        missing = [
             self.env_sources.get(v.name, v.name) for v in self.env.values() if v.required and not self.env_values.get(v.name)
         ]
+        for alternatives in self.env_alternatives:
+            if not any(all(self.env_values.get(name) for name in group) for group in alternatives):
+                missing.append(" or ".join("+".join(self.env_sources.get(n, n) for n in group) for group in alternatives))
+        return missing
 
     def setup_hint(self) -> str | None:
         """What makes this provider usable when its required variables are unset ("set X" or
@@ -495,6 +502,21 @@ def _token_counter(section: dict[str, Any] | None, endpoints: dict[str, Endpoint
     )
 
 
+def _env_alternatives(items: list[list[Any]], env: Mapping[str, EnvVar]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """`api.required_one_of`, each alternative as a group of names; every name declared in `env`."""
+    compiled = []
+    for i, alternatives in enumerate(items):
+        groups = []
+        for j, alternative in enumerate(alternatives):
+            group = (alternative,) if isinstance(alternative, str) else tuple(alternative)
+            for name in group:
+                if name not in env:
+                    raise SpecCompileError(f"/api/required_one_of/{i}/{j}", f"'{name}' is not declared in api.env")
+            groups.append(group)
+        compiled.append(tuple(groups))
+    return tuple(compiled)
+
+
 def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mapping[str, str] | None = None) -> ProviderSpec:
     """Compile a merged (extends-resolved) spec. Raises SpecCompileError with a pointer."""
     check_names(spec)
@@ -506,6 +528,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         if d is not None
     }
     env_values = {n: environ.get(n, "") for n in env}
+    env_alternatives = _env_alternatives(api.get("required_one_of") or [], env)
     headers = {
         h: jinja_template(str(t), f"/api/headers/{h}") for h, t in (api.get("headers") or {}).items() if t is not None
     }
@@ -556,6 +579,7 @@ def compile_provider(name: str, file: str, spec: dict[str, Any], environ: Mappin
         env_values=env_values,
         auth=auth,
         reply_check=_required(response.get("required")),
+        env_alternatives=env_alternatives,
     )
     compiled.counter = _token_counter(spec.get("count_tokens"), endpoints)
     compiled.wire_format = compile_wire_format(spec.get("wire_format"))
