@@ -163,6 +163,18 @@ def test_an_ignorable_parameter_is_dropped_and_named(client, upstream):
     assert "seed" not in upstream.last().body
 
 
+
+def test_a_cached_reply_still_names_what_was_dropped(client, upstream):
+    upstream.reply_fixture("anthropic", "messages_text.json")
+    ask = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "cached drop"}], "seed": 7,
+           "extra_headers": {"x-gaud-cache": "on"}}
+    first = client.chat.completions.with_raw_response.create(**ask)
+    again = client.chat.completions.with_raw_response.create(**ask)
+    assert (first.headers["x-gaud-cache"], again.headers["x-gaud-cache"]) == ("miss", "hit")
+    assert again.headers["x-gaud-dropped-params"] == first.headers["x-gaud-dropped-params"] == "seed"
+    assert len(upstream.requests) == 1
+    assert again.parse().model_dump() == first.parse().model_dump()  # the bookkeeping stays out of the reply
+
 def test_a_request_that_drops_nothing_has_no_header(client, upstream):
     upstream.reply_fixture("anthropic", "messages_text.json")
     raw = client.chat.completions.with_raw_response.create(model="claude-sonnet-4", messages=HELLO, temperature=0.2)

@@ -230,6 +230,19 @@ EMBEDDINGS = EmbeddingsEndpoint()
 
 
 # -- the pipeline -------------------------------------------------------------------------------
+#: Where a cached completion keeps the reply headers a hit must repeat (popped before it is sent).
+_CACHED_HEADERS = "_gaud_headers"
+#: Reply headers that describe the answer itself, not the call that produced it.
+_REPEATED_HEADERS = ("x-gaud-dropped-params",)
+
+
+def _cache_entry(completion: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """The completion as the cache stores it: with the headers a hit must repeat (what the
+    deployment dropped of the request still holds for the same request answered again)."""
+    kept = {name: headers[name] for name in _REPEATED_HEADERS if name in headers}
+    return {**completion, _CACHED_HEADERS: kept} if kept else completion
+
+
 class Pipeline:
     """The stages, with the collaborators they need; built once per app."""
 
@@ -305,7 +318,7 @@ class Pipeline:
                 return
             result = await endpoint.call(self.gateway, body, exchange, plan)
             if cached is not None:
-                await self.guards.cache.set(cached.key, result.completion, cached.ttl)
+                await self.guards.cache.set(cached.key, _cache_entry(result.completion, result.headers), cached.ttl)
                 headers["x-gaud-cache"] = "miss"
             headers["x-gaud-overhead-ms"] = f"{exchange.overhead_ms():.3f}"
             if result.native is not None and turn is None:  # the upstream's own reply (same format)
@@ -440,6 +453,7 @@ class Pipeline:
         assert exchange.body is not None
         exchange.cache_hit, exchange.alias = True, exchange.body["model"]
         exchange.usage = hit.get("usage")
+        headers.update(hit.pop(_CACHED_HEADERS, None) or {})
         headers["x-gaud-cache"] = "hit"
         headers["x-gaud-cost"] = "0.00000000"
 
