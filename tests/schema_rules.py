@@ -5,6 +5,7 @@ so the new schema may only add to the old one."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -56,28 +57,31 @@ def _table(inspector: sa.Inspector, name: str) -> Table:
     return table
 
 
-def unsafe_changes(old: Schema, new: Schema) -> list[str]:
-    """What in `new` would break an instance of the release that made `old`, one line each."""
+def unsafe_changes(old: Schema, new: Schema, contracted: Collection[str] = ()) -> list[str]:
+    """What in `new` would break an instance of the release that made `old`, one line each.
+    `contracted`: tables and columns ("table.column") the old release no longer used, which may go."""
     problems: list[str] = []
     for name, before in old.items():
         after = new.get(name)
         if after is None:
-            problems.append(f"table {name} was dropped or renamed: old instances still use it")
+            if name not in contracted:
+                problems.append(f"table {name} was dropped or renamed: old instances still use it")
             continue
-        problems += _column_changes(name, before, after)
+        problems += _column_changes(name, before, after, contracted)
         for columns in sorted(after.unique - before.unique):
             problems.append(f"new unique index on {name}({', '.join(columns)}), a table old instances write: "
                             "their rows may break it (put the column in a new table)")
     return problems
 
 
-def _column_changes(table: str, before: Table, after: Table) -> list[str]:
+def _column_changes(table: str, before: Table, after: Table, contracted: Collection[str]) -> list[str]:
     problems = []
     for name, old in before.columns.items():
         new = after.columns.get(name)
         where = f"column {table}.{name}"
         if new is None:
-            problems.append(f"{where} was dropped or renamed: old instances still read and write it")
+            if f"{table}.{name}" not in contracted:
+                    problems.append(f"{where} was dropped or renamed: old instances still read and write it")
         elif new.type != old.type:
             problems.append(f"{where} changed type {old.type} -> {new.type}: old instances write the old type")
         elif old.nullable and not new.nullable:
