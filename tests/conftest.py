@@ -97,6 +97,15 @@ class RunningGateway:
         self.process = process
         self.log_path = log_path
 
+    def ready(self) -> RunningGateway:
+        """This gateway once /health answers; killed, with its log in the error, if it never does."""
+        try:
+            wait_healthy(self.url, self.process)
+        except RuntimeError:
+            self.process.kill()
+            raise RuntimeError(f"gateway failed to start:\n{self.logs()}") from None
+        return self
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -170,7 +179,9 @@ def pg_store(url: str, **store_options: object) -> Iterator[object]:
         admin.dispose()
 
 
-def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGateway:
+def spawn_gateway(env: dict[str, str], log_path: Path, *args: str, root: Path = ROOT) -> RunningGateway:
+    """`python -m engine serve` from `root` (another tree, e.g. a previous release, when its
+    PYTHONPATH is in `env`), not yet healthy: several start at once, then `ready()` each."""
     port = free_port()
     env = {"GAUD_DATABASE_URL": f"sqlite:///{log_path.parent / 'gaud.db'}", **env}
     log = log_path.open("wb")
@@ -179,15 +190,13 @@ def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGat
         env={**{k: v for k, v in os.environ.items() if not k.startswith("GAUD_")}, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=root,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
-    except RuntimeError:
-        process.kill()
-        raise RuntimeError(f"gateway failed to start:\n{log_path.read_text()}") from None
-    return RunningGateway(url, process, log_path)
+    return RunningGateway(f"http://127.0.0.1:{port}", process, log_path)
+
+
+def start_gateway(env: dict[str, str], log_path: Path, *args: str) -> RunningGateway:
+    return spawn_gateway(env, log_path, *args).ready()
 
 
 def spec_tree(tmp: Path, **defaults: object) -> Path:
