@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -378,6 +379,40 @@ class KeySecrets:
         return f"{HMAC_SCHEME}${self.current}${self.digest(key)}"
 
 
+#: The PostgreSQL advisory lock `migrate` holds (any number that other software is unlikely to use).
+_MIGRATION_LOCK = 0x6761_7564  # "gaud"
+
+
+def _lock_for_migrations(conn: sa.Connection) -> None:
+    """Hold the database's migration lock until `conn`'s transaction ends: SQLite takes its write
+    lock at once (BEGIN IMMEDIATE), PostgreSQL a transaction-scoped advisory lock."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+
+
+#: How long a new SQLite connection waits to switch a fresh database to WAL (as for any lock).
+_SQLITE_LOCK_TIMEOUT = 30.0
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (once per file: the mode persists). Switching waits for no busy
+    handler: it fails at once while another process holds a lock, as when several instances open
+    a fresh database together, so it is retried until one of them has switched it."""
+    deadline = time.monotonic() + _SQLITE_LOCK_TIMEOUT
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _engine_for(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -385,7 +420,7 @@ def _engine_for(url: str) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA cache_size=-512")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -454,9 +489,12 @@ class Store:
 
     # -- schema -----------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
-        """Apply pending migrations in order; returns the names applied."""
+        """Apply pending migrations in order; returns the names applied. Instances that start
+        together take turns (a lock for the whole transaction), so each migration runs once and
+        the others find it done."""
         applied: list[str] = []
         with self.engine.begin() as conn:
+            _lock_for_migrations(conn)
             metadata.create_all(conn, tables=[schema_migrations])
             done = {row[0] for row in conn.execute(sa.select(schema_migrations.c.name))}
             for migration in MIGRATIONS:
