@@ -126,7 +126,7 @@ def rules(fake_upstream_server, upstream, tmp_path):
     def setup(store: Store) -> dict[str, str]:
         create_team(store, {"name": "ops", "rpm_limit": 3, "models": "smart,claude-*"})
         keys = {"ann": store.create_key("ann")[0], "ben": store.create_key("ben", models=("claude-*", "gpt-*"))[0],
-                "solo": store.create_key("solo", models=("gpt-*",))[0]}
+                "solo": store.create_key("solo", models=("gpt-*",))[0], "root": store.create_key("root", role="admin")[0]}
         set_user_team(store, "ann", "ops")
         set_user_team(store, "ben", "ops")
         return keys
@@ -179,6 +179,14 @@ def test_the_team_rpm_is_one_bucket_its_members_share(rules, upstream):
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert len(upstream.requests) == 3
     assert _chat(running.url, keys["solo"], "gpt-4o-mini").status_code != 429  # no team: not in the bucket
+    # The dashboard overview totals the team's four requests (the refused one included; solo's is no team's).
+    with httpx.Client(base_url=running.url, timeout=20) as ui:
+        assert ui.post("/ui/login", data={"key": keys["root"]}).status_code == 303
+        deadline = time.monotonic() + 10
+        while not re.search(r'<td class="team">ops</td><td class="num requests">4</td>', page := ui.get("/ui/").text):
+            assert time.monotonic() < deadline, page  # the audit writer batches: poll until the rows are in
+            time.sleep(0.05)
+        assert page.count('<td class="team">') == 1
 
 
 def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -155,6 +155,8 @@ class Budgets:
 
     def warning(self, principal: Principal) -> str | None:
         """'daily=83%' style text once spend passes a warning threshold, else None."""
+        if not principal.has_budget:  # no limit to warn about: the common request stops here
+            return None
 
         def spent(scope: Scope) -> tuple[float, float] | None:
             spend = self._spend.get((scope.kind, scope.id))

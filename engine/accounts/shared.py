@@ -135,6 +135,8 @@ class RedisBudgets:
         await self._settle(keys=reservation.keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])
 
     def warning(self, principal: Principal) -> str | None:
+        if not principal.has_budget:
+            return None
         return warning_text(budget_scopes(principal), lambda s: self._last_spend.get((s.kind, s.id)), self.warn_at)
 
     async def aclose(self) -> None:
