@@ -143,14 +143,16 @@ class BudgetExceeded(GatewayError):
     kind, status, type, code = "budget_exceeded", 429, "insufficient_quota", "budget_exceeded"
 
     @classmethod
-    def refused(cls, period: str, limit: float, user: str, used: float, reserved: float, estimate: float) -> BudgetExceeded:
+    def refused(
+        cls, period: str, limit: float, user: str, used: float, reserved: float, estimate: float, *, scope: str = "user"
+    ) -> BudgetExceeded:
         """The refusal of a request whose estimated cost the `period` ("daily", "monthly") budget
-        cannot hold: what is used, what requests in flight hold, what this one would take. Every
-        budget store (in-process, Redis) words it so."""
+        of the `scope` ("user", "team") named `user` cannot hold: what is used, what requests in
+        flight hold, what this one would take. Every budget store (in-process, Redis) words it so."""
         why = "is spent" if used >= limit else "cannot cover this request"
         whole = " (more than the whole budget)" if estimate > limit else ""
         return cls(
-            f"The {period} budget of {_usd(limit)} for user '{user}' {why}: {_usd(used)} used, "
+            f"The {period} budget of {_usd(limit)} for {scope} '{user}' {why}: {_usd(used)} used, "
             f"{_usd(reserved)} reserved by requests in flight, {_usd(estimate)} estimated for this request{whole}."
         )
 

@@ -70,7 +70,7 @@ class AuditWriter:
             return None
         return self.journal.accepted({
             "request_id": request_id, "ts": time.time(), "user_id": principal.user_id,
-            "user_name": principal.user_name, "alias": model if isinstance(model, str) else None, "stream": stream,
+            "user_name": principal.user_name, "team_id": principal.team_id, "alias": model if isinstance(model, str) else None, "stream": stream,
         })
 
     async def add(self, record: dict[str, Any], journaled: int | None = None) -> None:

@@ -1,5 +1,6 @@
-"""Budgets: a request's estimated cost is reserved against the user's daily and monthly limits
-before the call and settled with the real cost after it."""
+"""Budgets: a request's estimated cost is reserved against the daily and monthly limits of its
+user and of the user's team (engine.accounts.teams) before the call, and settled with the real
+cost after it. A request must fit every limit that applies; the refusal names which one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import BudgetExceeded
 from .store import Principal, Store
 
-__all__ = ["Budgets", "Reservation", "day_start", "month_start"]
+__all__ = ["Budgets", "Reservation", "Scope", "budget_scopes", "day_start", "month_start"]
 
 
 def day_start(now: float) -> float:
@@ -24,6 +25,54 @@ def day_start(now: float) -> float:
 def month_start(now: float) -> float:
     t = time.gmtime(now)
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose spend a request counts against: its user's, or its user's team's."""
+
+    kind: str  # "user" or "team"
+    id: int
+    name: str
+    daily: float | None
+    monthly: float | None
+
+    def limits(self) -> tuple[tuple[str, float | None], tuple[str, float | None]]:
+        return ("daily", self.daily), ("monthly", self.monthly)
+
+    def spent_since(self, store: Store, since: float) -> float:
+        """What the audit log holds for this scope since `since`."""
+        if self.kind == "team":
+            return store.team_spent_since(self.id, since)
+        return store.spent_since(self.id, since)
+
+
+def budget_scopes(principal: Principal) -> tuple[Scope, ...]:
+    """The user, then the team if any. A scope without limits is kept: its spend is still counted,
+    so a limit set later starts from the truth."""
+    if principal.user_id is None:
+        return ()
+    user = Scope("user", principal.user_id, principal.user_name, principal.budget_daily, principal.budget_monthly)
+    if principal.team_id is None:
+        return (user,)
+    team = Scope("team", principal.team_id, principal.team_name or str(principal.team_id),
+                 principal.team_budget_daily, principal.team_budget_monthly)
+    return user, team
+
+
+def warning_text(scopes: tuple[Scope, ...], spent: Callable[[Scope], tuple[float, float] | None],
+                 warn_at: tuple[float, ...]) -> str | None:
+    """'daily=83%, team monthly=91%' once a scope's spend passes a warning threshold, else None."""
+    parts = []
+    for scope in scopes:
+        spend = spent(scope)
+        if spend is None:
+            continue
+        prefix = "team " if scope.kind == "team" else ""
+        for (label, limit), used in zip(scope.limits(), spend):
+            if limit and any(used >= limit * t for t in warn_at):
+                parts.append(f"{prefix}{label}={used / limit:.0%}")
+    return ", ".join(parts) or None
 
 
 @dataclass
@@ -40,76 +89,77 @@ class Reservation:
     principal: Principal
     amount: float
     settled: bool = False
+    #: The Redis keys reserved against (engine.accounts.shared); None in memory.
+    keys: list[str] | None = None
 
 
 @dataclass
 class Budgets:
-    """Per-user daily and monthly limits in USD.
+    """Per-user and per-team daily and monthly limits in USD.
 
-    Spend is loaded from the audit log once per user and period, then kept in memory: every
-    request reserves an estimate of its cost first and settles the real cost after, so
-    concurrent requests cannot overrun a limit by more than one request's cost.
+    Spend is loaded from the audit log once per user or team and period, then kept in memory:
+    every request reserves an estimate of its cost against its user and its team together (under
+    one lock) and settles the real cost after, so concurrent requests cannot overrun any limit
+    by more than one request's cost.
     """
 
     store: Store | None
     warn_at: tuple[float, ...] = (0.8,)
     clock: Callable[[], float] = time.time
-    _spend: dict[int, _Spend] = field(default_factory=dict)
+    _spend: dict[tuple[str, int], _Spend] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def _load(self, user_id: int) -> _Spend:
+    async def _load(self, scope: Scope) -> _Spend:
         now = self.clock()
         day, month = day_start(now), month_start(now)
-        spend = self._spend.get(user_id)
+        spend = self._spend.get((scope.kind, scope.id))
         if spend is not None and spend.day_start == day and spend.month_start == month:
             return spend
         reserved = spend.reserved if spend is not None else 0.0
         if self.store is None:
             day_spent = month_spent = 0.0
         else:
-            day_spent = await asyncio.to_thread(self.store.spent_since, user_id, day)
-            month_spent = await asyncio.to_thread(self.store.spent_since, user_id, month)
+            day_spent = await asyncio.to_thread(scope.spent_since, self.store, day)
+            month_spent = await asyncio.to_thread(scope.spent_since, self.store, month)
         spend = _Spend(day, day_spent, month, month_spent, reserved)
-        self._spend[user_id] = spend
+        self._spend[(scope.kind, scope.id)] = spend
         return spend
 
     async def reserve(self, principal: Principal, estimate: float) -> Reservation:
-        """Hold `estimate` USD against the user's limits, or raise BudgetExceeded."""
+        """Hold `estimate` USD against the user's and the team's limits, or raise BudgetExceeded."""
         if not principal.has_budget:
             return Reservation(principal, 0.0)
-        assert principal.user_id is not None  # has_budget: a user with limits
+        scopes = budget_scopes(principal)
         async with self._lock:
-            spend = await self._load(principal.user_id)
-            for label, limit, spent in (
-                ("daily", principal.budget_daily, spend.day),
-                ("monthly", principal.budget_monthly, spend.month),
-            ):
-                if limit is None:
-                    continue
-                if spent >= limit or spent + spend.reserved + estimate > limit:
-                    raise BudgetExceeded.refused(label, limit, principal.user_name, spent, spend.reserved, estimate)
-            spend.reserved += estimate
+            spends = [await self._load(scope) for scope in scopes]
+            for scope, spend in zip(scopes, spends):
+                for (label, limit), spent in zip(scope.limits(), (spend.day, spend.month)):
+                    if limit is not None and (spent >= limit or spent + spend.reserved + estimate > limit):
+                        raise BudgetExceeded.refused(label, limit, scope.name, spent, spend.reserved, estimate,
+                                                     scope=scope.kind)
+            for spend in spends:
+                spend.reserved += estimate
         return Reservation(principal, estimate)
 
     def settle(self, reservation: Reservation, cost: float) -> None:
         if reservation.settled:
             return
         reservation.settled = True
-        user_id = reservation.principal.user_id
-        spend = self._spend.get(user_id) if user_id is not None else None
-        if spend is None:
-            return
-        spend.reserved = max(0.0, spend.reserved - reservation.amount)
-        spend.day += cost
-        spend.month += cost
+        for scope in budget_scopes(reservation.principal):
+            spend = self._spend.get((scope.kind, scope.id))
+            if spend is None:
+                continue
+            spend.reserved = max(0.0, spend.reserved - reservation.amount)
+            spend.day += cost
+            spend.month += cost
 
     def warning(self, principal: Principal) -> str | None:
         """'daily=83%' style text once spend passes a warning threshold, else None."""
-        spend = self._spend.get(principal.user_id) if principal.user_id is not None else None
-        if spend is None:
+        if not principal.has_budget:  # no limit to warn about: the common request stops here
             return None
-        parts = []
-        for label, limit, spent in (("daily", principal.budget_daily, spend.day), ("monthly", principal.budget_monthly, spend.month)):
-            if limit and any(spent >= limit * t for t in self.warn_at):
-                parts.append(f"{label}={spent / limit:.0%}")
-        return ", ".join(parts) or None
+
+        def spent(scope: Scope) -> tuple[float, float] | None:
+            spend = self._spend.get((scope.kind, scope.id))
+            return None if spend is None else (spend.day, spend.month)
+
+        return warning_text(budget_scopes(principal), spent, self.warn_at)

@@ -136,8 +136,13 @@ def _expiry_text(value: str, now: float) -> float | None:
 
 def parse_user(value: Any) -> str:
     """The name of the user a new key is for (created if new)."""
+    return parse_name(value, "user")
+
+
+def parse_name(value: Any, name: str) -> str:
+    """A user's or a team's name: 1 to MAX_TEXT printable characters, outer spaces dropped."""
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_TEXT or not value.isprintable():
-        raise InvalidRequest(f"'user' is required (1 to {MAX_TEXT} printable characters).", param="user")
+        raise InvalidRequest(f"'{name}' is required (1 to {MAX_TEXT} printable characters).", param=name)
     return value.strip()
 
 

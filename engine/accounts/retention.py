@@ -11,7 +11,8 @@
   replies deleted; their audit rows are anonymised, not removed, so team and global totals stay
   right: the user name becomes a random token (`erased-<12 hex>`, the same for all their rows,
   unrelated to the name), prompt contents are cleared; costs, tokens, models and times stay.
-  The user row keeps its id under that token with no role rights beyond `member` and no limits,
+  The user row keeps its id under that token with no role rights beyond `member`, no limits and no
+  team (its audit rows keep theirs: a team's spend does not change),
   so the name is free again and a new user of that name starts from nothing.
 
 Calls are synchronous, like `Store`'s: the server runs them in a thread.
@@ -136,7 +137,8 @@ def erase_user(store: Store, name: str, *, batch: int = BATCH) -> Erased | None:
         revoked = conn.execute(api_keys.update().where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
                                .values(revoked_at=now)).rowcount
         conn.execute(users.update().where(users.c.id == user_id).values(
-            name=token, role="member", budget_daily=None, budget_monthly=None, rpm_limit=None, tpm_limit=None))
+            name=token, role="member", budget_daily=None, budget_monthly=None, rpm_limit=None, tpm_limit=None,
+            team_id=None))
         conn.execute(dashboard_sessions.delete().where(dashboard_sessions.c.user_id == user_id))
         replies = conn.execute(stored_responses.delete().where(stored_responses.c.user_id == user_id)).rowcount
     return Erased(token, revoked, _anonymise(store, user_id, token, batch), replies)

@@ -1,8 +1,9 @@
 """Budgets several gateway instances share through Redis (breakers: pipeline/shared_breakers.py).
 
-Per user and period, Redis holds the spend (seeded once from the audit log) and the sum
-of open reservations; one Lua script checks and reserves atomically, another settles. A
-reservation counter left by a crashed instance expires after `reservation_ttl` seconds.
+Per user, per team and per period, Redis holds the spend (seeded once from the audit log) and the
+sum of open reservations; one Lua script checks every limit of a request (its user's and its
+team's) and reserves against all of them atomically, another settles. A reservation counter left
+by a crashed instance expires after `reservation_ttl` seconds.
 """
 
 from __future__ import annotations
@@ -14,36 +15,42 @@ from typing import Any
 
 from ..errors import BudgetExceeded
 from ._redis import connect
-from .budgets import Reservation, day_start, month_start
+from .budgets import Reservation, Scope, budget_scopes, day_start, month_start, warning_text
 from .store import Principal, Store
 
 __all__ = ["RedisBudgets"]
 
 _RESERVE = """
--- KEYS: spent_day, reserved_day, spent_month, reserved_month
--- ARGV: limit_day (or -1), limit_month (or -1), estimate, reservation_ttl_ms, period_ttl_ms
-local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
-local estimate = tonumber(ARGV[3])
-for i = 1, 2 do
-  local limit = limits[i]
-  if limit >= 0 then
-    local spent = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-    local reserved = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-    if spent >= limit or spent + reserved + estimate > limit then
-      return {0, i, tostring(spent), tostring(reserved)}
+-- KEYS: per budget (the user's, then the team's): spent_day, reserved_day, spent_month, reserved_month
+-- ARGV: per budget: limit_day (or -1), limit_month (or -1); then estimate, reservation_ttl_ms
+local n = #KEYS / 4
+local estimate = tonumber(ARGV[2 * n + 1])
+for b = 0, n - 1 do
+  for i = 1, 2 do
+    local limit = tonumber(ARGV[2 * b + i])
+    if limit >= 0 then
+      local spent = tonumber(redis.call('GET', KEYS[4 * b + 2 * i - 1]) or '0')
+      local reserved = tonumber(redis.call('GET', KEYS[4 * b + 2 * i]) or '0')
+      if spent >= limit or spent + reserved + estimate > limit then
+        return {0, 2 * b + i, tostring(spent), tostring(reserved)}
+      end
     end
   end
 end
-for i = 1, 2 do
-  redis.call('INCRBYFLOAT', KEYS[2 * i], estimate)
-  redis.call('PEXPIRE', KEYS[2 * i], ARGV[4])
+local out = {1, 0}
+for b = 0, n - 1 do
+  for i = 1, 2 do
+    redis.call('INCRBYFLOAT', KEYS[4 * b + 2 * i], estimate)
+    redis.call('PEXPIRE', KEYS[4 * b + 2 * i], ARGV[2 * n + 2])
+    out[#out + 1] = redis.call('GET', KEYS[4 * b + 2 * i - 1]) or '0'
+  end
 end
-return {1, 0, redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[3]) or '0'}
+return out
 """
 
 _SETTLE = """
--- KEYS: spent_day, reserved_day, spent_month, reserved_month ; ARGV: estimate, cost, period_ttl_ms
-for i = 1, 2 do
+-- KEYS: (spent, reserved) pairs ; ARGV: estimate, cost, period_ttl_ms
+for i = 1, #KEYS / 2 do
   local reserved = tonumber(redis.call('INCRBYFLOAT', KEYS[2 * i], -tonumber(ARGV[1])))
   if reserved < 0 then redis.call('SET', KEYS[2 * i], '0') end
   redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
@@ -77,61 +84,60 @@ class RedisBudgets:
         self.reservation_ttl = reservation_ttl
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
-        self._last_spend: dict[int, tuple[float, float]] = {}
+        self._last_spend: dict[tuple[str, int], tuple[float, float]] = {}
 
-    def _keys(self, user_id: int, now: float) -> list[str]:
+    def _keys(self, scope: Scope, now: float) -> list[str]:
         day, month = int(day_start(now)), int(month_start(now))
-        base = f"{self.prefix}{user_id}"
+        # A user's keys keep the names of the releases before teams (instances share them while upgrading).
+        base = f"{self.prefix}{scope.id}" if scope.kind == "user" else f"{self.prefix}team:{scope.id}"
         return [f"{base}:day:{day}:spent", f"{base}:day:{day}:reserved",
                 f"{base}:month:{month}:spent", f"{base}:month:{month}:reserved"]
 
-    async def _seed(self, user_id: int, keys: list[str], now: float) -> None:
+    async def _seed(self, scope: Scope, keys: list[str], now: float) -> None:
         """First use of a period in Redis: start from what the audit log already holds."""
         for key, since in ((keys[0], day_start(now)), (keys[2], month_start(now))):
             if await self.redis.exists(key):
                 continue
-            spent = await asyncio.to_thread(self.store.spent_since, user_id, since) if self.store else 0.0
+            spent = await asyncio.to_thread(scope.spent_since, self.store, since) if self.store else 0.0
             await self.redis.set(key, repr(spent), nx=True, px=_PERIOD_KEY_TTL_MS)
 
     async def reserve(self, principal: Principal, estimate: float) -> Reservation:
-        user_id = principal.user_id
-        if user_id is None or not principal.has_budget:  # has_budget implies a user; mypy cannot see it
+        scopes = budget_scopes(principal)
+        if not scopes or not principal.has_budget:
             return Reservation(principal, 0.0)
         now = self.clock()
-        keys = self._keys(user_id, now)
-        await self._seed(user_id, keys, now)
-        daily = principal.budget_daily if principal.budget_daily is not None else -1
-        monthly = principal.budget_monthly if principal.budget_monthly is not None else -1
-        allowed, which, first, second = await self._reserve(
-            keys=keys, args=[daily, monthly, estimate, int(self.reservation_ttl * 1000), _PERIOD_KEY_TTL_MS]
-        )
-        if not int(allowed):
-            label, limit = ("daily", daily) if int(which) == 1 else ("monthly", monthly)
-            raise BudgetExceeded.refused(label, limit, principal.user_name, float(first), float(second), estimate)
-        self._last_spend[user_id] = (float(first), float(second))
-        reservation = Reservation(principal, estimate)
-        reservation.keys = keys  # type: ignore[attr-defined]
-        return reservation
+        keys: list[str] = []
+        limits: list[float] = []
+        for scope in scopes:
+            scope_keys = self._keys(scope, now)
+            await self._seed(scope, scope_keys, now)
+            keys += scope_keys
+            limits += [limit if limit is not None else -1 for _, limit in scope.limits()]
+        reply = await self._reserve(keys=keys, args=[*limits, estimate, int(self.reservation_ttl * 1000)])
+        if not int(reply[0]):
+            which = int(reply[1]) - 1
+            scope, (label, _) = scopes[which // 2], scopes[which // 2].limits()[which % 2]
+            raise BudgetExceeded.refused(label, limits[which], scope.name, float(reply[2]), float(reply[3]), estimate,
+                                         scope=scope.kind)
+        spent = [float(v) for v in reply[2:]]
+        for i, scope in enumerate(scopes):
+            self._last_spend[(scope.kind, scope.id)] = (spent[2 * i], spent[2 * i + 1])
+        return Reservation(principal, estimate, keys=keys)
 
     def settle(self, reservation: Reservation, cost: float) -> None:
         """Settle in the background (the caller is on the response path)."""
-        if reservation.settled or reservation.principal.user_id is None or not hasattr(reservation, "keys"):
+        if reservation.settled or reservation.keys is None:
             return
         reservation.settled = True
         asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
 
     async def settle_now(self, reservation: Reservation, cost: float) -> None:
-        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])  # type: ignore[attr-defined]
+        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])
 
     def warning(self, principal: Principal) -> str | None:
-        spend = self._last_spend.get(principal.user_id) if principal.user_id is not None else None
-        if spend is None:
+        if not principal.has_budget:
             return None
-        parts = []
-        for label, limit, spent in (("daily", principal.budget_daily, spend[0]), ("monthly", principal.budget_monthly, spend[1])):
-            if limit and any(spent >= limit * t for t in self.warn_at):
-                parts.append(f"{label}={spent / limit:.0%}")
-        return ", ".join(parts) or None
+        return warning_text(budget_scopes(principal), lambda s: self._last_spend.get((s.kind, s.id)), self.warn_at)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

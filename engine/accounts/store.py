@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from .keys import KEY_FIELDS, USER_FIELDS, model_patterns
 from .server_secret import find_secrets, sqlite_folder
 
-__all__ = ["KEY_PREFIX", "KeyInfo", "Principal", "Store", "sqlite_folder"]
+__all__ = ["KEY_PREFIX", "KeyInfo", "Principal", "Store", "sqlite_folder", "teams"]
 
 KEY_PREFIX = "sk-gaud-"
 _LOOKUP_CHARS = 12
@@ -36,6 +36,22 @@ _KEY_SHAPE = re.compile(r"sk-gaud-[0-9a-f]{12}[A-Za-z0-9_-]{32}")
 HMAC_SCHEME = "hmac-sha256"
 
 metadata = sa.MetaData()
+
+#: Teams (m012, engine.accounts.teams): limits every member shares. sqlite_autoincrement: a deleted
+#: team's id is never given to a new team, which would otherwise inherit its audit rows' spend.
+teams = sa.Table(
+    "teams",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("budget_daily", sa.Float, nullable=True),
+    sa.Column("budget_monthly", sa.Float, nullable=True),
+    sa.Column("rpm_limit", sa.Float, nullable=True),
+    sa.Column("tpm_limit", sa.Float, nullable=True),
+    sa.Column("models", sa.Text, nullable=True),  # comma-separated glob patterns; NULL: no team list
+    sqlite_autoincrement=True,
+)
 
 schema_migrations = sa.Table(
     "schema_migrations",
@@ -54,6 +70,7 @@ users = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("rpm_limit", sa.Float, nullable=True),
     sa.Column("tpm_limit", sa.Float, nullable=True),
+    sa.Column("team_id", sa.Integer, sa.ForeignKey("teams.id"), nullable=True),  # m012; NULL: no team
 )
 api_keys = sa.Table(
     "api_keys",
@@ -100,6 +117,8 @@ audit_log = sa.Table(
     sa.Column("key_id", sa.Integer, nullable=True),
     # Each deployment tried or skipped, as JSON (m009; engine.pipeline.gateway.Exchange.attempt_log).
     sa.Column("attempt_log", sa.Text, nullable=True),
+    # The caller's team when the request was made (m012): a team's spend stays put when a user moves.
+    sa.Column("team_id", sa.Integer, nullable=True),
 )
 #: m010: a request's detail page looks it up by id; a key's last use is the newest row of its key.
 sa.Index("ix_audit_log_request_id", audit_log.c.request_id)
@@ -107,6 +126,8 @@ sa.Index("ix_audit_log_key_id_ts", audit_log.c.key_id, audit_log.c.ts)
 # The request log pages newest first on (ts, id). SQLite's index on ts already ends in the rowid
 # (id), so it serves; PostgreSQL's does not.
 sa.Index("ix_audit_log_ts_id", audit_log.c.ts, audit_log.c.id).ddl_if(dialect="postgresql")
+#: m012: a team's spend since midnight or the 1st (budgets) is one range scan.
+sa.Index("ix_audit_log_team_id_ts", audit_log.c.team_id, audit_log.c.ts)
 
 AUDIT_FIELDS = tuple(c.name for c in audit_log.columns if c.name != "id")
 #: Rows per INSERT statement: rows x columns bind parameters stays under every SQLite build's
@@ -134,7 +155,8 @@ _AUDIT_FLAGS = tuple(AUDIT_FIELDS.index(n) for n in ("stream", "cache_hit", "pri
 
 
 def m001_initial(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[users, api_keys, audit_log])
+    # teams too: users.team_id (m012) refers to it, and the tables are made in their current shape.
+    metadata.create_all(conn, tables=[teams, users, api_keys, audit_log])
 
 
 def m002_user_rate_limits(conn: sa.Connection) -> None:
@@ -252,9 +274,12 @@ MIGRATIONS.append(m009_audit_key_and_attempts)
 
 def m010_audit_log_indexes(conn: sa.Connection) -> None:
     """The request log's indexes (issue 24), where m001 did not make them already."""
-    existing = {i["name"] for i in sa.inspect(conn).get_indexes("audit_log")}
+    inspector = sa.inspect(conn)
+    existing = {i["name"] for i in inspector.get_indexes("audit_log")}
+    columns = {c["name"] for c in inspector.get_columns("audit_log")}
     for index in audit_log.indexes:
-        if index.name not in existing:
+        # An index on a column a later migration adds is that migration's (m012's team index).
+        if index.name not in existing and {c.name for c in index.columns} <= columns:
             index.create(conn)  # honours ddl_if: the (ts, id) index only on PostgreSQL
 
 
@@ -268,6 +293,22 @@ def m011_key_max_in_flight(conn: sa.Connection) -> None:
 
 
 MIGRATIONS.append(m011_key_max_in_flight)
+
+
+def m012_teams(conn: sa.Connection) -> None:
+    """Teams (issue 25): the `teams` table, users.team_id and audit_log.team_id (both nullable, so
+    instances of the previous release keep working against this schema) and the team spend index."""
+    metadata.create_all(conn, tables=[teams])  # checkfirst: m001 made it on a new database
+    inspector = sa.inspect(conn)
+    if "team_id" not in {c["name"] for c in inspector.get_columns("users")}:
+        conn.execute(sa.text("ALTER TABLE users ADD COLUMN team_id INTEGER REFERENCES teams(id)"))
+    if "team_id" not in {c["name"] for c in inspector.get_columns("audit_log")}:
+        conn.execute(sa.text("ALTER TABLE audit_log ADD COLUMN team_id INTEGER"))
+    if "ix_audit_log_team_id_ts" not in {i["name"] for i in sa.inspect(conn).get_indexes("audit_log")}:
+        next(i for i in audit_log.indexes if i.name == "ix_audit_log_team_id_ts").create(conn)
+
+
+MIGRATIONS.append(m012_teams)
 
 
 @dataclass(frozen=True)
@@ -286,19 +327,39 @@ class Principal:
     models: tuple[str, ...] | None = None
     #: The key's own limit on its requests in flight (engine.accounts.inflight); None: none.
     max_in_flight: int | None = None
+    #: The user's team (engine.accounts.teams) and its limits, read with the key; None: no team.
+    team_id: int | None = None
+    team_name: str | None = None
+    team_budget_daily: float | None = None
+    team_budget_monthly: float | None = None
+    team_rpm_limit: float | None = None
+    team_tpm_limit: float | None = None
+    #: The team's model allow-list; None: the team restricts nothing.
+    team_models: tuple[str, ...] | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
     def may_call(self, model: str) -> bool:
-        """Whether this key's allow-list (engine.accounts.keys) admits the model name sent."""
-        return self.models is None or model_patterns(self.models).allows(model)
+        """Whether the key's allow-list and its team's (engine.accounts.keys) both admit the model name sent."""
+        return self.refused_by(model) is None
+
+    def refused_by(self, model: str) -> str | None:
+        """Who refuses the model name sent ("This API key", "The team 'x'"); None: allowed."""
+        if self.models is not None and not model_patterns(self.models).allows(model):
+            return "This API key"
+        if self.team_models is not None and not model_patterns(self.team_models).allows(model):
+            return f"The team '{self.team_name}'"
+        return None
 
     @property
     def has_budget(self) -> bool:
-        """Whether requests reserve against a daily or monthly limit."""
-        return self.user_id is not None and (self.budget_daily is not None or self.budget_monthly is not None)
+        """Whether requests reserve against a daily or monthly limit, the user's or the team's."""
+        return self.user_id is not None and (
+            self.budget_daily is not None or self.budget_monthly is not None
+            or self.team_budget_daily is not None or self.team_budget_monthly is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -333,7 +394,8 @@ def _models_of(column: str | None) -> tuple[str, ...] | None:
 _KEY_ROW_COLUMNS = (
     api_keys.c.id, api_keys.c.hash, api_keys.c.revoked_at, api_keys.c.expires_at, api_keys.c.models, users.c.id,
     users.c.name, users.c.role, users.c.budget_daily, users.c.budget_monthly, users.c.rpm_limit, users.c.tpm_limit,
-    api_keys.c.max_in_flight,
+    api_keys.c.max_in_flight, teams.c.id, teams.c.name, teams.c.budget_daily, teams.c.budget_monthly,
+    teams.c.rpm_limit, teams.c.tpm_limit, teams.c.models,
 )
 
 
@@ -353,6 +415,13 @@ class _KeyRow(NamedTuple):
     rpm_limit: float | None
     tpm_limit: float | None
     max_in_flight: int | None
+    team_id: int | None
+    team_name: str | None
+    team_budget_daily: float | None
+    team_budget_monthly: float | None
+    team_rpm_limit: float | None
+    team_tpm_limit: float | None
+    team_models: str | None
 
 
 class KeySecrets:
@@ -641,16 +710,19 @@ class Store:
         return Principal(
             user_id=row.user_id, user_name=row.name, role=row.role, key_id=row.key_id, budget_daily=row.budget_daily,
             budget_monthly=row.budget_monthly, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
-            models=_models_of(row.models), max_in_flight=row.max_in_flight,
+            models=_models_of(row.models), max_in_flight=row.max_in_flight, team_id=row.team_id,
+            team_name=row.team_name, team_budget_daily=row.team_budget_daily,
+            team_budget_monthly=row.team_budget_monthly, team_rpm_limit=row.team_rpm_limit,
+            team_tpm_limit=row.team_tpm_limit, team_models=_models_of(row.team_models),
         )
 
     def _key_row(self, lookup: str) -> Any:
-        """The key's row joined with its user, as a _KeyRow, or None. The statement is compiled
+        """The key's row joined with its user and the user's team, as a _KeyRow, or None. The statement is compiled
         once and run on a pooled driver connection: building and compiling a SELECT each time cost
         ~150 us, this ~25 us on SQLite (bench/RESULTS.md, "Key verification")."""
         if self._key_query is None:
-            query = sa.select(*_KEY_ROW_COLUMNS).join(users, users.c.id == api_keys.c.user_id).where(
-                api_keys.c.lookup == sa.bindparam("lookup"))
+            query = sa.select(*_KEY_ROW_COLUMNS).join(users, users.c.id == api_keys.c.user_id).outerjoin(
+                teams, teams.c.id == users.c.team_id).where(api_keys.c.lookup == sa.bindparam("lookup"))
             compiled = query.compile(dialect=self.engine.dialect)
             self._key_query = (str(compiled), compiled.positiontup is not None)
         sql, positional = self._key_query
@@ -731,6 +803,14 @@ class Store:
         with self.engine.connect() as conn:
             return float(conn.execute(query).scalar_one())
 
+    def team_spent_since(self, team_id: int, since: float) -> float:
+        """What the team's requests cost since `since`: audit rows carry the team at request time."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(audit_log.c.cost), 0.0)).where(
+            audit_log.c.team_id == team_id, audit_log.c.ts >= since
+        )
+        with self.engine.connect() as conn:
+            return float(conn.execute(query).scalar_one())
+
     def audit_records(self, *, user: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         query = sa.select(audit_log).order_by(audit_log.c.id)
         if user is not None:
@@ -741,8 +821,10 @@ class Store:
             # str(): SQLAlchemy's column labels are str subclasses, which orjson refuses as keys.
             return [{str(k): v for k, v in row._mapping.items()} for row in conn.execute(query)]
 
-    def usage(self, *, user: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        """Totals per user and deployment: requests, tokens, cost."""
+    def usage(
+        self, *, user: str | None = None, since: float | None = None, team_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Totals per user and deployment: requests, tokens, cost (`team_id`: of that team's requests)."""
         query = sa.select(
             audit_log.c.user_name,
             audit_log.c.deployment,
@@ -756,6 +838,8 @@ class Store:
             query = query.where(audit_log.c.user_name == user)
         if since is not None:
             query = query.where(audit_log.c.ts >= since)
+        if team_id is not None:
+            query = query.where(audit_log.c.team_id == team_id)
         with self.engine.connect() as conn:
             # str(): SQLAlchemy's column labels are str subclasses, which orjson refuses as keys.
             return [{str(k): v for k, v in row._mapping.items()} for row in conn.execute(query)]

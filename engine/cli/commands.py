@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -15,10 +15,10 @@ from ..config import load_settings
 from ..errors import SpecError
 from ..spec.catalog import Catalog
 from ..spec.loader import default_root, load_catalog, serving_root
+from .options import CONFIG_OPTION, open_store
 from .scaffold import formats as scaffold_formats
-
-if TYPE_CHECKING:
-    from ..accounts.store import Store
+from .teams import check_team, join_team, print_team_totals, team_id_of
+from .teams import teams as _teams
 
 __all__ = ["main"]
 
@@ -242,22 +242,7 @@ def _signed_in(catalog: Catalog, settings: Any) -> set[str]:
         return set()
 
 
-def _store(config_file: str | None) -> Store:
-    from ..accounts.store import Store
-
-    try:
-        settings = load_settings(config_file)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    store = Store(str(settings.get("database.url")), key_secret=settings.get("auth.key_secret"))
-    store.migrate()
-    return store
-
-
-CONFIG_OPTION = click.option(
-    "-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False), envvar="GAUD_CONFIG",
-    help="YAML config file (GAUD_DATABASE_URL overrides its database).",
-)
+_store = open_store
 
 
 @main.group()
@@ -310,10 +295,11 @@ USER_FIELDS_HELP = "Applies to the key's user, so to every key of that user."
 @click.option("--expires", default=None, help="Expiry: 30d, 12h, 45m, 2w, a date (2027-01-31, UTC) or an ISO time.")
 @click.option("--label", default=None, help="Free text shown by `keys list` (what the key is for).")
 @click.option("--max-in-flight", default=None, help="How many of this key's requests may run at once (past it: 429).")
+@click.option("--team", default=None, help=f"Put the user in this team (`teams create`), or none. {USER_FIELDS_HELP}")
 @CONFIG_OPTION
 def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
                 tpm: str | None, models: str | None, expires: str | None, label: str | None,
-                max_in_flight: str | None, config_file: str | None) -> None:
+                max_in_flight: str | None, team: str | None, config_file: str | None) -> None:
     """Create an API key; it is shown once and stored only as a keyed hash (HMAC).
 
     \b
@@ -323,8 +309,12 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
     fields = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
                            "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label,
                            "max_in_flight": max_in_flight}, user=user)
-    key, info = _store(config_file).create_key(fields.pop("user"), **fields)
+    store = _store(config_file)
+    check_team(store, team)  # before the key exists
+    key, info = store.create_key(fields.pop("user"), **fields)
     click.echo(f"Key {_key_line(info)}, shown once:\n  {key}")
+    if team is not None:
+        click.echo(join_team(store, info.user_name, team))
 
 
 @keys.command("update")
@@ -338,10 +328,11 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
 @click.option("--expires", default=None, help="This key's expiry (30d, a date, an ISO time), or never.")
 @click.option("--label", default=None, help="This key's label; '' to remove it.")
 @click.option("--max-in-flight", default=None, help="This key's limit on requests at once, or none.")
+@click.option("--team", default=None, help=f"Move the user to this team, or none. {USER_FIELDS_HELP}")
 @CONFIG_OPTION
 def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
                 tpm: str | None, models: str | None, expires: str | None, label: str | None,
-                max_in_flight: str | None, config_file: str | None) -> None:
+                max_in_flight: str | None, team: str | None, config_file: str | None) -> None:
     """Change an active key: its models, expiry and label, and its user's role, budgets and limits.
     Only the options given change. Running gateways apply the change to the next request.
 
@@ -352,12 +343,16 @@ def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_
     changes = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
                             "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label,
                             "max_in_flight": max_in_flight})
-    if not changes:
+    if not changes and team is None:
         raise click.UsageError("give at least one option to change")
-    info = _store(config_file).update_key(prefix, changes)
-    if info is None:
+    store = _store(config_file)
+    check_team(store, team)
+    info = store.update_key(prefix, changes) if changes else store.key_info(prefix)
+    if info is None or info.revoked_at is not None:
         raise click.ClickException(f"no active key with prefix {prefix}")
     click.echo(f"updated {_key_line(info)}")
+    if team is not None:
+        click.echo(join_team(store, info.user_name, team))
 
 
 @keys.command("list")
@@ -471,15 +466,21 @@ def _since(value: str | None) -> float | None:
 @main.command()
 @click.option("--user", default=None, help="Only this user.")
 @click.option("--since", default=None, help="YYYY-MM-DD, 24h, 7d, or a Unix time.")
+@click.option("--team", default=None, help="Only requests made while in this team.")
 @CONFIG_OPTION
-def usage(user: str | None, since: str | None, config_file: str | None) -> None:
-    """Print requests, tokens and cost per user and model from the audit log.
+def usage(user: str | None, since: str | None, team: str | None, config_file: str | None) -> None:
+    """Print requests, tokens and cost per user and model from the audit log, then per team.
+
+    A request counts for the team its user was in when it was made.
 
     \b
     Example usage:
         gaud-engine usage --since 7d
+        gaud-engine usage --team research --since 2026-11-01
     """
-    rows = _store(config_file).usage(user=user, since=_since(since))
+    store, start = _store(config_file), _since(since)
+    team_id = team_id_of(store, team) if team is not None else None
+    rows = store.usage(user=user, since=start, team_id=team_id)
     if not rows:
         click.echo("no usage")
         return
@@ -489,6 +490,7 @@ def usage(user: str | None, since: str | None, config_file: str | None) -> None:
             f"{r['user_name'] or '-':<16} {r['deployment'] or '-':<44} {r['requests']:>8} {r['prompt_tokens']:>10} "
             f"{r['completion_tokens']:>10} {r['cached_tokens']:>8} {r['cost']:>11.6f}"
         )
+    print_team_totals(store, since=start, user=user, team_id=team_id)
 
 
 @main.command()
@@ -938,3 +940,4 @@ if __name__ == "__main__":  # pragma: no cover
 from .catalog_import import catalog as _catalog  # noqa: E402  (registered after `main` exists)
 
 main.add_command(_catalog)
+main.add_command(_teams)

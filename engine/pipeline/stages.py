@@ -407,11 +407,13 @@ class Pipeline:
     def authorize(principal: Principal, body: dict[str, Any]) -> None:
         """The key's model allow-list against the model name the client sent (a 403 before any
         routing or upstream call). Fallbacks an allowed alias reaches are allowed: only the name
-        asked for is checked. A key without a list pays one attribute test."""
-        if principal.models is not None and not principal.may_call(str(body.get("model"))):
-            raise PermissionDenied(
-                f"This API key may not call the model {body.get('model')!r}.", code="model_not_allowed", param="model"
-            )
+        asked for is checked; the key's list and its team's must both allow it. A key without
+        lists pays two attribute tests."""
+        if principal.models is not None or principal.team_models is not None:
+            refused_by = principal.refused_by(str(body.get("model")))
+            if refused_by is not None:
+                raise PermissionDenied(f"{refused_by} may not call the model {body.get('model')!r}.",
+                                       code="model_not_allowed", param="model")
 
     def plan(self, body: dict[str, Any]) -> Awaitable[Plan]:
         """The route: candidate deployments in order, and the retry/fallback policy."""
@@ -527,5 +529,6 @@ def audit_record(exchange: Exchange, *, store_content: bool) -> dict[str, Any]:
         "cache_hit": exchange.cache_hit,
         "content": content,
         "key_id": principal.key_id,
+        "team_id": principal.team_id,
         "attempt_log": orjson.dumps(exchange.attempt_log).decode() if exchange.attempt_log else None,
     }

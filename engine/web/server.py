@@ -147,7 +147,7 @@ async def list_models(request: Request) -> Response:
     principal = await services.authenticator.principal(request.headers)
     ready = await ready_providers(services.gateway)
     data = model_list(services.catalog, int(services.started), services.upstream_models, ready)
-    if principal.models is not None:  # only what this key may call
+    if principal.models is not None or principal.team_models is not None:  # only what this key may call
         data = [entry for entry in data if principal.may_call(entry["id"])]
     return JSONResponse({"object": "list", "data": data})
 
@@ -160,7 +160,7 @@ async def retrieve_model(request: Request) -> Response:
     principal = await services.authenticator.principal(request.headers)
     model_id: str = request.path_params["model_id"]
     entry = None
-    if principal.models is None or principal.may_call(model_id):
+    if principal.may_call(model_id):
         ready = await ready_providers(services.gateway)
         entry = model_entry(services.catalog, model_id, int(services.started), services.upstream_models, ready)
     if entry is None:

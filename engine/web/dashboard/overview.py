@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...accounts.budgets import day_start
+from ...accounts.teams import team_totals
 from . import queries
 from .charts import stacked_bars
 from .context import Dashboard
@@ -68,7 +69,8 @@ def overview_data(engine: sa.Engine, now: float) -> dict[str, Any]:
     days = usage_section(engine, Window("Last 7 days, per day (UTC)", week_start, DAY, 7, "%a %d", 1))
     hours = usage_section(engine, Window("Last 24 hours, per hour (UTC)", hour_start, HOUR, 24, "%H:00", 3))
     rows = queries.totals(engine, since=week_start)
-    return {"sections": [days, hours], "totals": rows, "since": week_start, "errors": sum(r.errors for r in rows)}
+    return {"sections": [days, hours], "totals": rows, "since": week_start, "errors": sum(r.errors for r in rows),
+            "teams": team_totals(engine, since=week_start)}
 
 
 async def overview(ui: Dashboard, request: Request, viewer: Viewer) -> Response:
