@@ -8,11 +8,15 @@ import calendar
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import BudgetExceeded
 from .store import Principal, Store
 
-__all__ = ["Budgets", "Reservation", "day_start", "month_start"]
+if TYPE_CHECKING:
+    from ..alerts.sink import AlertSink
+
+__all__ = ["Budgets", "Reservation", "crossed", "day_start", "month_start"]
 
 
 def day_start(now: float) -> float:
@@ -24,6 +28,17 @@ def day_start(now: float) -> float:
 def month_start(now: float) -> float:
     t = time.gmtime(now)
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+def crossed(
+    alerts: AlertSink, principal: Principal, starts: tuple[float, float], before: tuple[float, float],
+    after: tuple[float, float], warn_at: tuple[float, ...],
+) -> None:
+    """Tell `alerts` of the user's daily and monthly thresholds a settle crossed (spend moved from
+    `before` to `after`, each (day, month), in the periods starting at `starts`)."""
+    limits = (principal.budget_daily, principal.budget_monthly)
+    for i, period in enumerate(("daily", "monthly")):
+        alerts.budget("user", principal.user_name or "", period, starts[i], limits[i], before[i], after[i], warn_at)
 
 
 @dataclass
@@ -54,6 +69,7 @@ class Budgets:
     store: Store | None
     warn_at: tuple[float, ...] = (0.8,)
     clock: Callable[[], float] = time.time
+    alerts: AlertSink | None = None  # told of thresholds crossed at settle
     _spend: dict[int, _Spend] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -100,8 +116,12 @@ class Budgets:
         if spend is None:
             return
         spend.reserved = max(0.0, spend.reserved - reservation.amount)
+        day, month = spend.day, spend.month
         spend.day += cost
         spend.month += cost
+        if self.alerts is not None:
+            crossed(self.alerts, reservation.principal, (spend.day_start, spend.month_start), (day, month),
+                    (spend.day, spend.month), self.warn_at)
 
     def warning(self, principal: Principal) -> str | None:
         """'daily=83%' style text once spend passes a warning threshold, else None."""

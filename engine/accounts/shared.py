@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceeded
 from ._redis import connect
-from .budgets import Reservation, day_start, month_start
+from .budgets import Reservation, crossed, day_start, month_start
 from .store import Principal, Store
+
+if TYPE_CHECKING:
+    from ..alerts.sink import AlertSink
 
 __all__ = ["RedisBudgets"]
 
@@ -43,13 +46,15 @@ return {1, 0, redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[3]) or '
 
 _SETTLE = """
 -- KEYS: spent_day, reserved_day, spent_month, reserved_month ; ARGV: estimate, cost, period_ttl_ms
+-- Returns the spend after: {day, month} (alerts compare it with the spend before).
+local spent = {}
 for i = 1, 2 do
   local reserved = tonumber(redis.call('INCRBYFLOAT', KEYS[2 * i], -tonumber(ARGV[1])))
   if reserved < 0 then redis.call('SET', KEYS[2 * i], '0') end
-  redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
+  spent[i] = redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[3])
 end
-return 1
+return spent
 """
 
 #: How long a day's or month's spend key lives in Redis: past the longest period (a month).
@@ -78,6 +83,7 @@ class RedisBudgets:
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
         self._last_spend: dict[int, tuple[float, float]] = {}
+        self.alerts: AlertSink | None = None  # told of thresholds crossed at settle
 
     def _keys(self, user_id: int, now: float) -> list[str]:
         day, month = int(day_start(now)), int(month_start(now))
@@ -121,7 +127,12 @@ class RedisBudgets:
         asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
 
     async def settle_now(self, reservation: Reservation, cost: float) -> None:
-        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])  # type: ignore[attr-defined]
+        keys = reservation.keys  # type: ignore[attr-defined]
+        day, month = await self._settle(keys=keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])
+        if self.alerts is not None and cost > 0:  # INCRBYFLOAT is atomic: one instance sees each crossing
+            after = (float(day), float(month))
+            starts = (float(keys[0].split(":")[-2]), float(keys[2].split(":")[-2]))
+            crossed(self.alerts, reservation.principal, starts, (after[0] - cost, after[1] - cost), after, self.warn_at)
 
     def warning(self, principal: Principal) -> str | None:
         spend = self._last_spend.get(principal.user_id) if principal.user_id is not None else None
