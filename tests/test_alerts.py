@@ -247,13 +247,13 @@ def test_one_event_per_breaker_open_and_close(tmp_path: Path, upstream) -> None:
 def test_a_failing_receiver_is_retried_with_backoff_then_given_up() -> None:
     async def scenario() -> None:
         async with receiving(status=500) as receiver:
-            metrics = Metrics()
-            sink = sink_for(receiver, attempts=4, backoff=0.5, max_backoff=1.5, metrics=metrics)
+            metrics, clock = Metrics(), FakeClock()
+            sink = sink_for(receiver, attempts=4, backoff=0.5, max_backoff=1.5, metrics=metrics, clock=clock, sleep=clock.sleep)
             sink.start()
             sink.emit(Event("audit.spilled", "one", "k1"))
             await sink.aclose()
             assert len(receiver.got) == 4
-            assert sink.sleep.__self__.sleeps == [0.5, 1.0, 1.5]  # type: ignore[attr-defined]  # doubling, capped
+            assert clock.sleeps == [0.5, 1.0, 1.5]  # doubling, capped
             assert sink.counts == {"failed": 1}
             assert 'gaud_alerts_total{kind="audit.spilled",outcome="failed"} 1.0' in metrics.render().decode()
         async with receiving(status=400) as refusing:  # the receiver refuses the body: not retried
@@ -322,6 +322,17 @@ def test_shutdown_waits_for_a_hanging_receiver_only_until_its_deadline() -> None
             assert sink.counts["dropped"] == 2 and len(receiver.got) == 1
 
     asyncio.run(scenario())
+
+
+def test_dedupe_memory_stays_bounded_in_a_storm_of_distinct_keys() -> None:
+    clock = FakeClock()
+    sink = AlertSink([Webhook("http://127.0.0.1:9/x")], queue_size=10, clock=clock)
+    for i in range(1000):
+        clock.now += 0.001
+        sink.emit(Event("audit.spilled", "s", f"k{i}"))
+    assert len(sink._seen) <= 40 and "k999" in sink._seen
+    sink.emit(Event("audit.spilled", "s", "k999"))
+    assert sink.counts["deduplicated"] == 1  # the newest keys are still deduplicated
 
 
 def test_no_webhook_wants_the_kind_nothing_is_queued() -> None:

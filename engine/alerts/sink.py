@@ -73,7 +73,7 @@ class AlertSink:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(max(1, queue_size))
         self.counts: Counter[str] = Counter()  # outcome -> events (delivered/failed: per webhook)
         self._seen: dict[str, float] = {}  # dedupe key -> when it was last accepted
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +114,11 @@ class AlertSink:
         self.emit(breaker_changed(deployment, state, failures))
 
     def _forget(self, now: float) -> None:
-        self._seen = {key: at for key, at in self._seen.items() if now - at < self.dedupe_seconds}
+        """Forget keys past the interval; in a storm of distinct keys, keep only the newest (the
+        memory stays bounded; dedupe of the oldest keys is what gives)."""
+        seen = {key: at for key, at in self._seen.items() if now - at < self.dedupe_seconds}
+        keep = 2 * self.queue.maxsize
+        self._seen = seen if len(seen) <= keep else dict(sorted(seen.items(), key=lambda item: item[1])[-keep:])
 
     def _count(self, kind: str, outcome: str) -> None:
         self.counts[outcome] += 1
