@@ -101,6 +101,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # service_name: else OTEL_SERVICE_NAME, else gaud-engine. capture_content: record message contents
     # in spans, which leave for the collector (a consent separate from audit.store_content).
     "telemetry": {"enabled": None, "endpoint": None, "service_name": None, "capture_content": False},
+    # Webhooks for budget thresholds, breaker changes, upstream credential refusals and audit spills
+    # (docs/alerts.md). webhooks: a list of {url, secret | secret_env, format: json|slack, events, timeout}.
+    # dedupe_seconds: an event with the same dedupe key is sent once per this interval. attempts: per
+    # event and webhook, with exponential backoff from `backoff` seconds (jittered, at most max_backoff).
+    # queue_size: events waiting at most (then the oldest is dropped); drain_seconds: at shutdown.
+    "alerts": {"webhooks": [], "dedupe_seconds": 600.0, "attempts": 5, "backoff": 1.0, "max_backoff": 60.0,
+               "queue_size": 1000, "drain_seconds": 5.0},
     # Image URLs the gateway fetches itself (providers that accept only inline bytes).
     "images": {"allow_private": False, "allowed_hosts": [], "max_bytes": 20 * 1024 * 1024, "timeout": 10.0},
 }

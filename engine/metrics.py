@@ -269,10 +269,12 @@ class Metrics:
             ["deployment"], _LATENCY_BUCKETS,
         )
         self.in_flight = _Gauge("gaud_in_flight_requests", "Chat requests being served.")
+        self.alerts = _Counter("gaud_alerts", "Alert events by outcome: delivered and failed (per webhook), deduplicated, dropped.",
+                               ["kind", "outcome"])
         self.registry = CollectorRegistry()
         self.registry.register(_MetricsCollector([
             self.requests, self.errors, self.retries, self.fallbacks, self.cache, self.rate_limited, self.tokens,
-            self.cost, self.upstream_latency, self.overhead, self.ttft, self.in_flight,
+            self.cost, self.upstream_latency, self.overhead, self.ttft, self.in_flight, self.alerts,
         ]))
         if breaker_states is not None:
             self.registry.register(_BreakerCollector(breaker_states))

@@ -9,12 +9,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..alerts.events import audit_spilled
 from .journal import Journal
 from .store import Principal, Store
+
+if TYPE_CHECKING:
+    from ..alerts.sink import AlertSink
 
 __all__ = ["SPILL_PATTERN", "AuditWriter", "audit_spill_dir", "import_spilled", "spill_records"]
 
@@ -57,6 +61,7 @@ class AuditWriter:
         self._spilling = False
         self.written = 0
         self.spilled = 0
+        self.alerts: AlertSink | None = None  # told of each spill file
 
     def start(self) -> None:
         if self._task is None:
@@ -145,6 +150,8 @@ class AuditWriter:
         self.spilled += len(batch)
         log.error("the audit database is unreachable: %d records saved to %s (imported at the next start)",
                   len(batch), path)
+        if self.alerts is not None:
+            self.alerts.emit(audit_spilled(len(batch), str(path)))
         return True
 
     async def close(self, timeout: float = 10.0) -> None:

@@ -9,11 +9,15 @@ import calendar
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import BudgetExceeded
 from .store import Principal, Store
 
-__all__ = ["Budgets", "Reservation", "Scope", "budget_scopes", "day_start", "month_start"]
+if TYPE_CHECKING:
+    from ..alerts.sink import AlertSink
+
+__all__ = ["Budgets", "Reservation", "Scope", "budget_scopes", "crossed", "day_start", "month_start"]
 
 
 def day_start(now: float) -> float:
@@ -75,6 +79,16 @@ def warning_text(scopes: tuple[Scope, ...], spent: Callable[[Scope], tuple[float
     return ", ".join(parts) or None
 
 
+def crossed(
+    alerts: AlertSink, scope: Scope, starts: tuple[float, float], before: tuple[float, float],
+    after: tuple[float, float], warn_at: tuple[float, ...],
+) -> None:
+    """Tell `alerts` of the scope's daily and monthly thresholds a settle crossed (spend moved from
+    `before` to `after`, each (day, month), in the periods starting at `starts`)."""
+    for i, (period, limit) in enumerate(scope.limits()):
+        alerts.budget(scope.kind, scope.name, period, starts[i], limit, before[i], after[i], warn_at)
+
+
 @dataclass
 class _Spend:
     day_start: float
@@ -106,6 +120,7 @@ class Budgets:
     store: Store | None
     warn_at: tuple[float, ...] = (0.8,)
     clock: Callable[[], float] = time.time
+    alerts: AlertSink | None = None  # told of thresholds crossed at settle
     _spend: dict[tuple[str, int], _Spend] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -150,8 +165,12 @@ class Budgets:
             if spend is None:
                 continue
             spend.reserved = max(0.0, spend.reserved - reservation.amount)
+            before = (spend.day, spend.month)
             spend.day += cost
             spend.month += cost
+            if self.alerts is not None:
+                crossed(self.alerts, scope, (spend.day_start, spend.month_start), before, (spend.day, spend.month),
+                        self.warn_at)
 
     def warning(self, principal: Principal) -> str | None:
         """'daily=83%' style text once spend passes a warning threshold, else None."""

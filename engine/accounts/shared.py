@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceeded
 from ._redis import connect
-from .budgets import Reservation, Scope, budget_scopes, day_start, month_start, warning_text
+from .budgets import Reservation, Scope, budget_scopes, crossed, day_start, month_start, warning_text
 from .store import Principal, Store
+
+if TYPE_CHECKING:
+    from ..alerts.sink import AlertSink
 
 __all__ = ["RedisBudgets"]
 
@@ -50,13 +53,15 @@ return out
 
 _SETTLE = """
 -- KEYS: (spent, reserved) pairs ; ARGV: estimate, cost, period_ttl_ms
+-- Returns the spend after, per pair (alerts compare it with the spend before).
+local spent = {}
 for i = 1, #KEYS / 2 do
   local reserved = tonumber(redis.call('INCRBYFLOAT', KEYS[2 * i], -tonumber(ARGV[1])))
   if reserved < 0 then redis.call('SET', KEYS[2 * i], '0') end
-  redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
+  spent[i] = redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[3])
 end
-return 1
+return spent
 """
 
 #: How long a day's or month's spend key lives in Redis: past the longest period (a month).
@@ -85,6 +90,7 @@ class RedisBudgets:
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
         self._last_spend: dict[tuple[str, int], tuple[float, float]] = {}
+        self.alerts: AlertSink | None = None  # told of thresholds crossed at settle
 
     def _keys(self, scope: Scope, now: float) -> list[str]:
         day, month = int(day_start(now)), int(month_start(now))
@@ -132,7 +138,14 @@ class RedisBudgets:
         asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
 
     async def settle_now(self, reservation: Reservation, cost: float) -> None:
-        await self._settle(keys=reservation.keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])
+        keys = reservation.keys or []
+        spent = await self._settle(keys=keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])
+        if self.alerts is None or cost <= 0:  # INCRBYFLOAT is atomic: one instance sees each crossing
+            return
+        for i, scope in enumerate(budget_scopes(reservation.principal)):
+            after = (float(spent[2 * i]), float(spent[2 * i + 1]))
+            starts = (float(keys[4 * i].split(":")[-2]), float(keys[4 * i + 2].split(":")[-2]))
+            crossed(self.alerts, scope, starts, (after[0] - cost, after[1] - cost), after, self.warn_at)
 
     def warning(self, principal: Principal) -> str | None:
         if not principal.has_budget:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from ..accounts.ratelimit import Limit, MemoryRateLimiter, RateLimiter, retry_after
+from ..alerts.events import upstream_auth_failed
 from ..errors import (
     AllFailed,
     GatewayError,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from ..accounts.budgets import Reservation
     from ..accounts.guards import Admission
     from ..accounts.store import Principal
+    from ..alerts.sink import AlertSink
     from ..observability.otel import RequestTrace
 
 __all__ = ["ChatResult", "Exchange", "Gateway", "StreamResult"]
@@ -209,6 +211,7 @@ class Gateway:
         self.limiter = limiter or MemoryRateLimiter()
         self.metrics = metrics
         self.credentials = credentials  # credentials.CredentialManager, for signed-in providers
+        self.alerts: AlertSink | None = None  # told of upstreams refusing the credentials
         self.deadlines = deadlines or Deadlines()
 
     def reload(self, catalog: Catalog) -> None:
@@ -276,6 +279,7 @@ class Gateway:
                     if error is None:
                         raise
                     error.attempts = tries
+                    self._alert_if_refused(target, error)
                     failures.append((target, error))
                     facts = activation(plan.facts, attempt=tries, target=target, error=error)
                     if plan.policy.retry is not None and plan.policy.retry.matches(facts):
@@ -411,6 +415,11 @@ class Gateway:
                 return None
         where = f"{spec.name} (deployment {deployment})" if spec.deployment is not None else spec.name
         return NotConfigured(f"{where} is not configured: {hint}")
+
+    def _alert_if_refused(self, target: Target, error: GatewayError) -> None:
+        """An upstream that answers 401/403 refuses the gateway's credentials: an operator's problem."""
+        if self.alerts is not None and error.upstream_status in (401, 403):
+            self.alerts.emit(upstream_auth_failed(target.name, target.provider.name, error.upstream_status, error.kind))
 
     @staticmethod
     def _attempt_error(target: Target, exc: BaseException) -> GatewayError | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -34,12 +35,12 @@ class SharedBreakerBoard(BreakerBoard):
         self.key = key
         self._pending: set[asyncio.Task[Any]] = set()
 
-    def __getitem__(self, deployment: str) -> Breaker:
-        breaker = super().__getitem__(deployment)
-        if not isinstance(breaker, _PublishingBreaker):
-            breaker = _PublishingBreaker(self.failures, self.cooldown, self.clock)
-            breaker.board, breaker.name = self, deployment
-            self._breakers[deployment] = breaker
+    def _new(self, deployment: str) -> Breaker:
+        """Breakers that publish their transitions (and tell the listener of their own; a state
+        adopted from another instance in `sync` is that instance's to report)."""
+        breaker = _PublishingBreaker(self.failures, self.cooldown, self.clock)
+        breaker.board, breaker.name = self, deployment
+        breaker.notify = partial(self._changed, deployment)
         return breaker
 
     def publish(self, name: str, breaker: Breaker) -> None:

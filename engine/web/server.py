@@ -42,6 +42,7 @@ from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimite
 from ..accounts.retention import AuditPruner, erase_user
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
+from ..alerts.sink import AlertSink
 from ..config import Settings
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..metrics import Metrics
@@ -59,6 +60,7 @@ from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
 from ..spec.models import resolve_model
+from .alerting import wire_alerts
 from .apidoc.pages import ApiDocs
 from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
 from .asgi_headers import ResponseHeaders
@@ -109,6 +111,7 @@ class Services:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     body_deadlines: BodyDeadlines | None = None  # server.body_timeout
     pruner: AuditPruner | None = None  # audit.retention_days
+    alerts: AlertSink | None = None  # alerts.webhooks
 
     @property
     def auth_enabled(self) -> bool:
@@ -394,6 +397,8 @@ async def _start(services: Services) -> None:
         user_id = await asyncio.to_thread(store.ensure_user, LOCAL_USER, role="admin")
         services.authenticator.local = Principal(user_id=user_id, user_name=LOCAL_USER, role="admin")
     services.audit.start()
+    if services.alerts is not None:
+        services.alerts.start()
     if services.pruner is not None:
         services.pruner.start()
     await refresh_upstream_models(services)
@@ -414,6 +419,8 @@ async def _stop(services: Services) -> None:
         await services.pruner.aclose()
     # Every queued audit record is written before exit (or spilled, past spill_after).
     await services.audit.close(float(services.settings.get("audit.spill_after")))
+    if services.alerts is not None:  # after the audit writer: its spills are alerts too
+        await services.alerts.aclose(float(services.settings.get("alerts.drain_seconds")))
     await services.upstream.close()
     if services.pipeline.tracing is not None:  # spans still queued go out (within the exporter's timeout)
         await asyncio.to_thread(services.pipeline.tracing.shutdown)
@@ -544,6 +551,7 @@ def build_services(
     )
     metrics = Metrics(lambda: gateway.router.breakers.states())
     gateway.metrics = metrics
+    alerts = wire_alerts(settings, metrics, gateway, budgets, audit)
     pipeline = Pipeline(
         gateway, authenticator, guards, budgets, audit, metrics,
         limits=limits, store_content=bool(settings.get("audit.store_content")),
@@ -554,7 +562,7 @@ def build_services(
         settings=settings, gateway=gateway, store=store, upstream=upstream, authenticator=authenticator,
         limiter=limiter, cache=cache, budgets=budgets, audit=audit, metrics=metrics, pipeline=pipeline,
         spill_dir=spill_dir, drain=Drain(float(settings.get("server.shutdown_timeout"))),
-        body_deadlines=_body_deadlines(settings), pruner=_pruner(settings, store),
+        body_deadlines=_body_deadlines(settings), pruner=_pruner(settings, store), alerts=alerts,
     )
 
 
