@@ -134,10 +134,10 @@ def _expiry_text(value: str, now: float) -> float | None:
     return parsed.timestamp()
 
 
-def parse_user(value: Any) -> str:
-    """The name of the user a new key is for (created if new)."""
+def parse_user(value: Any, field: str = "user") -> str:
+    """The name of the user a new key is for (created if new), given as `field`."""
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_TEXT or not value.isprintable():
-        raise InvalidRequest(f"'user' is required (1 to {MAX_TEXT} printable characters).", param="user")
+        raise InvalidRequest(f"'{field}' is required (1 to {MAX_TEXT} printable characters).", param=field)
     return value.strip()
 
 

@@ -8,6 +8,7 @@ the server runs them in a thread, off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -268,6 +269,26 @@ def m011_key_max_in_flight(conn: sa.Connection) -> None:
 
 MIGRATIONS.append(m011_key_max_in_flight)
 
+#: Who changed which user or key, when (engine.accounts.admin writes a row in the transaction of
+#: each change). `detail` is JSON of the fields changed and their values: never a key or its hash.
+admin_events = sa.Table(
+    "admin_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(50), nullable=False),
+    sa.Column("target", sa.String(200), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+
+def m013_admin_events(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[admin_events])
+
+
+MIGRATIONS.append(m013_admin_events)
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -469,6 +490,14 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def writing(self, conn: sa.Connection | None = None) -> contextlib.AbstractContextManager[sa.Connection]:
+        """`conn`, a caller's open transaction (engine.accounts.admin records its event in the
+        transaction of the change), or a new transaction."""
+        return contextlib.nullcontext(conn) if conn is not None else self.engine.begin()
+
+    def _reading(self, conn: sa.Connection | None) -> contextlib.AbstractContextManager[sa.Connection]:
+        return contextlib.nullcontext(conn) if conn is not None else self.engine.connect()
+
     # -- users and keys ---------------------------------------------------------------------------
     def count_users(self) -> int:
         with self.engine.connect() as conn:
@@ -483,10 +512,11 @@ class Store:
         budget_monthly: float | None = None,
         rpm_limit: float | None = None,
         tpm_limit: float | None = None,
+        conn: sa.Connection | None = None,
     ) -> int:
         """The id of user `name`, created if missing; given role/limits update an existing one."""
         limits = {"budget_daily": budget_daily, "budget_monthly": budget_monthly, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit}
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
             row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
             if row is None:
                 result = conn.execute(users.insert().values(name=name, role=role, created_at=time.time(), **limits))
@@ -505,6 +535,7 @@ class Store:
         expires_at: float | None = None,
         label: str | None = None,
         max_in_flight: int | None = None,
+        conn: sa.Connection | None = None,
         **user_fields: Any,
     ) -> tuple[str, KeyInfo]:
         """A new key for a user (created if needed; `user_fields` as in `ensure_user`). The
@@ -512,13 +543,13 @@ class Store:
         lookup = secrets.token_hex(_LOOKUP_CHARS // 2)
         key = f"{KEY_PREFIX}{lookup}{secrets.token_urlsafe(24)}"
         stored = self.key_secrets.stored(key)  # before any write: a missing secret changes nothing
-        user_id = self.ensure_user(user_name, **user_fields)
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
+            user_id = self.ensure_user(user_name, conn=conn, **user_fields)
             conn.execute(api_keys.insert().values(
                 lookup=lookup, hash=stored, user_id=user_id, created_at=time.time(), expires_at=expires_at,
                 label=label, models=_models_column(models), max_in_flight=max_in_flight,
             ))
-        info = self.key_info(lookup)
+            info = self.key_info(lookup, conn=conn)
         assert info is not None
         return key, info
 
@@ -539,13 +570,13 @@ class Store:
         with self.engine.connect() as conn:
             return [self._key_info(row) for row in conn.execute(self._key_infos())]
 
-    def key_info(self, key_or_lookup: str) -> KeyInfo | None:
+    def key_info(self, key_or_lookup: str, *, conn: sa.Connection | None = None) -> KeyInfo | None:
         """One key by the key itself, its prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        with self.engine.connect() as conn:
+        with self._reading(conn) as conn:
             row = conn.execute(self._key_infos().where(api_keys.c.lookup == _lookup_id(key_or_lookup))).first()
         return self._key_info(row) if row is not None else None
 
-    def update_key(self, key_or_lookup: str, changes: Mapping[str, Any]) -> KeyInfo | None:
+    def update_key(self, key_or_lookup: str, changes: Mapping[str, Any], *, conn: sa.Connection | None = None) -> KeyInfo | None:
         """Apply `changes` (engine.accounts.keys.key_changes) to a key that is not revoked: models,
         expires_at and label to the key; role, budgets and limits to its user (and so to every key
         of that user). None when there is no such active key."""
@@ -554,7 +585,7 @@ class Store:
         if "models" in on_key:
             on_key["models"] = _models_column(on_key["models"])
         on_user = {k: v for k, v in changes.items() if k in USER_FIELDS}
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
             row = conn.execute(sa.select(api_keys.c.id, api_keys.c.user_id).where(
                 api_keys.c.lookup == lookup, api_keys.c.revoked_at.is_(None))).first()
             if row is None:
@@ -563,11 +594,11 @@ class Store:
                 conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(**on_key))
             if on_user:
                 conn.execute(users.update().where(users.c.id == row.user_id).values(**on_user))
-        return self.key_info(lookup)
+            return self.key_info(lookup, conn=conn)
 
-    def revoke_key(self, key_or_lookup: str) -> bool:
+    def revoke_key(self, key_or_lookup: str, *, conn: sa.Connection | None = None) -> bool:
         """Revoke by the key itself, its shown prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
             result = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.lookup == _lookup_id(key_or_lookup), api_keys.c.revoked_at.is_(None))
