@@ -3,7 +3,7 @@ and the admin HTTP API (engine.web.admin_api).
 
 An operation takes the raw fields a caller sent (the HTTP JSON names; the CLI maps its options to
 them), who acts (`actor`: `sk-gaud-<lookup id>` of the admin key over HTTP, `cli:<os user>` from
-the CLI) and, for one user or key, its name or key id; it returns plain data, what the HTTP API
+the CLI, `ui:sk-gaud-<lookup id>` from the dashboard) and, for one user or key, its name or key id; it returns plain data, what the HTTP API
 answers as JSON. A field the operation does not take is refused (400 naming it), so a typo never
 passes silently; values are validated by engine.accounts.keys, as they always were.
 
@@ -35,9 +35,9 @@ from ..errors import InvalidRequest, NotFound
 from .key_usage import key_usage
 from .keys import key_changes, parse_user
 from .retention import ERASED_PREFIX, erase_account, finish_erasure
-from .store import KEY_PREFIX, KeyInfo, Store, _lookup_id, admin_events, api_keys, users
+from .store import KEY_PREFIX, KeyInfo, Principal, Store, _lookup_id, admin_events, api_keys, users
 
-__all__ = ["DELETED_HASH", "OPERATIONS", "Operation", "key_json", "perform", "record", "recorded"]
+__all__ = ["DELETED_HASH", "OPERATIONS", "Operation", "key_actor", "key_json", "perform", "record", "recorded"]
 
 #: What a deleted key's row keeps instead of its hash: matches no key (it is no hash of any scheme).
 DELETED_HASH = "deleted"
@@ -79,6 +79,17 @@ def record(conn: sa.Connection, actor: str, action: str, target: str | None, det
     conn.execute(admin_events.insert().values(
         ts=time.time(), actor=actor, action=action, target=target,
         detail=json.dumps(dict(detail), sort_keys=True) if detail else None))
+
+
+def key_actor(store: Store, principal: Principal, via: str = "") -> str:
+    """Who makes a change with `principal`'s key: `<via>sk-gaud-<key id>` (never the key), or the
+    principal's name when there is no key (auth off: `local`)."""
+    if principal.key_id is not None:
+        with store.engine.connect() as conn:
+            lookup = conn.execute(sa.select(api_keys.c.lookup).where(api_keys.c.id == principal.key_id)).scalar()
+        if lookup is not None:
+            return f"{via}{KEY_PREFIX}{lookup}"
+    return f"{via}{principal.user_name}"
 
 
 def recorded(action: str, change: Callable[[Store, str | None, dict[str, Any]], Any]) -> Run:

@@ -20,8 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..accounts import admin
-from ..accounts.auth import Authenticator, presented_key
-from ..accounts.store import KEY_PREFIX, Principal, Store
+from ..accounts.auth import Authenticator
+from ..accounts.store import Principal, Store
 from ..errors import GatewayError
 from ..pipeline.stages import parse_json
 from .asgi import BodyLimit, error_headers, read_body
@@ -52,14 +52,6 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(orjson.dumps(content), status_code=status, headers=headers, media_type="application/json")
 
 
-def actor(principal: Principal, headers: Any) -> str:
-    """Who acts, for the events: the key's prefix (never the key), else the principal's name."""
-    key = presented_key(headers)
-    if principal.key_id is None or key is None:
-        return principal.user_name
-    return key[: len(KEY_PREFIX) + 12]
-
-
 def admin_routes(store: Store, authenticator: Authenticator, body: BodyLimit) -> list[Route]:
     """One starlette Route per path, each method dispatched to its operation."""
     by_path: dict[str, dict[str, tuple[str, str]]] = {}
@@ -80,10 +72,14 @@ def _handler(store: Store, authenticator: Authenticator, body: BodyLimit,
             if request.method in ("POST", "PATCH") and operation.fields:
                 fields = {**fields, **parse_json(await read_body(request.headers, request.receive, body))}
             target = next(iter(request.path_params.values()), None)
-            result = await asyncio.to_thread(admin.perform, store, resource, verb, actor=actor(principal, request.headers),
-                                             target=target, fields=fields)
+            result = await asyncio.to_thread(_perform, store, principal, resource, verb, target, fields)
         except GatewayError as exc:
             return _json(exc.to_openai(), exc.status, error_headers(exc))
         return _json(result, 201 if operation.created else 200)
 
     return handle
+
+
+def _perform(store: Store, principal: Principal, resource: str, verb: str, target: str | None,
+             fields: dict[str, Any]) -> Any:
+    return admin.perform(store, resource, verb, actor=admin.key_actor(store, principal), target=target, fields=fields)
