@@ -148,7 +148,7 @@ def test_keys_every_verb_and_a_revoked_key_is_refused_by_the_other_process_at_on
         with pytest.raises(AuthenticationError) as refused:  # ...and B refuses its very next request
             client.models.list()
     assert refused.value.status_code == 401 and refused.value.body["code"] == "invalid_api_key"
-    again = served.http("POST", f"/admin/keys/{lookup}/revoke")
+    again = served.http("POST", f"/admin/keys/{lookup}/revoke", json={})  # an empty body is no field
     assert again.status_code == 404 and error(again)["code"] == "key_not_found"
     assert served.http("PATCH", f"/admin/keys/{lookup}", json={"label": "x"}).status_code == 404  # revoked: not active
     assert served.http("GET", f"/admin/keys/{lookup}").json()["revoked"] is True
@@ -215,6 +215,8 @@ def test_unknown_fields_and_bad_values_are_400s_naming_the_field(served):
                         ("/admin/users?verbose=1", "verbose")):
         reply = served.http("GET", path)
         assert reply.status_code == 400 and error(reply)["param"] == param, (path, reply.text)
+    noted = served.http("POST", f"/admin/keys/{lookup}/revoke", json={"reason": "typo check"})
+    assert noted.status_code == 400 and error(noted)["param"] == "reason"
     nothing = served.http("PATCH", f"/admin/keys/{lookup}", json={})
     assert nothing.status_code == 400 and error(nothing)["code"] == "nothing_to_change"
     for raw, headers, status in ((b"[1]", {"content-type": "application/json"}, 400),

@@ -3,7 +3,7 @@ engine.accounts.admin (the ones the CLI runs), through one handler.
 
 Admin keys only: a member key gets 403 `admin_required`; no key, or a revoked, expired or unknown
 one, 401 (engine.accounts.auth). POST and PATCH take a JSON object of at most `ADMIN_MAX_BODY`
-bytes; GET takes its fields from the query string. A field the operation does not take is a 400
+bytes (revoke: none, or `{}`); every method also takes fields from the query string. A field the operation does not take is a 400
 naming it. The actor of the events is the admin key's prefix (`sk-gaud-<id>`), or `local` with
 auth off.
 """
@@ -69,7 +69,7 @@ def _handler(store: Store, authenticator: Authenticator, body: BodyLimit,
             resource, verb = verbs[request.method]
             operation = admin.OPERATIONS[resource][verb]
             fields: dict[str, Any] = dict(request.query_params)
-            if request.method in ("POST", "PATCH") and operation.fields:
+            if request.method in ("POST", "PATCH") and (operation.fields or _has_body(request)):
                 fields = {**fields, **parse_json(await read_body(request.headers, request.receive, body))}
             target = next(iter(request.path_params.values()), None)
             result = await asyncio.to_thread(_perform, store, principal, resource, verb, target, fields)
@@ -78,6 +78,12 @@ def _handler(store: Store, authenticator: Authenticator, body: BodyLimit,
         return _json(result, 201 if operation.created else 200)
 
     return handle
+
+
+def _has_body(request: Request) -> bool:
+    """Whether a request without fields to give came with a body anyway (`{}` gives none; any
+    field in it is refused, not ignored)."""
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
 
 
 def _perform(store: Store, principal: Principal, resource: str, verb: str, target: str | None,
