@@ -359,13 +359,16 @@ def test_in_process_budgets_report_each_crossing_at_settle() -> None:
     async def scenario() -> list[Event]:
         sink = AlertSink([Webhook("http://127.0.0.1:9/x")])
         budgets = Budgets(None, warn_at=(0.8,), alerts=sink)
-        alice = Principal(user_id=1, user_name="alice", role="member", budget_daily=1.0, budget_monthly=4.0)
+        alice = Principal(user_id=1, user_name="alice", role="member", budget_daily=1.0, budget_monthly=4.0,
+                          team_id=3, team_name="core", team_budget_monthly=1.0)
         for cost in (0.5, 0.35, 0.1, 0.1):
             budgets.settle(await budgets.reserve(alice, 0.01), cost)
         return [sink.queue.get_nowait() for _ in range(sink.queue.qsize())]
 
     events = asyncio.run(scenario())
-    assert [(e.data["period"], e.data["threshold"]) for e in events] == [("daily", 0.8), ("daily", 1.0)]
+    assert [(e.data["scope"], e.data["name"], e.data["period"], e.data["threshold"]) for e in events] == [
+        ("user", "alice", "daily", 0.8), ("team", "core", "monthly", 0.8),
+        ("user", "alice", "daily", 1.0), ("team", "core", "monthly", 1.0)]
 
 
 def test_redis_budgets_report_each_crossing_once() -> None:
@@ -383,7 +386,8 @@ def test_redis_budgets_report_each_crossing_once() -> None:
         sink = AlertSink([Webhook("http://127.0.0.1:9/x")])
         budgets = RedisBudgets(url, None)
         budgets.alerts = sink
-        alice = Principal(user_id=7, user_name="alice", role="member", budget_monthly=1.0)
+        alice = Principal(user_id=7, user_name="alice", role="member", budget_monthly=1.0,
+                          team_id=9, team_name="core", team_budget_daily=1.0)
         try:
             for cost in (0.5, 0.35, 0.1, 0.1):
                 await budgets.settle_now(await budgets.reserve(alice, 0.01), cost)
@@ -392,8 +396,9 @@ def test_redis_budgets_report_each_crossing_once() -> None:
         return [sink.queue.get_nowait() for _ in range(sink.queue.qsize())]
 
     events = asyncio.run(scenario())
-    assert [(e.data["period"], e.data["threshold"]) for e in events] == [("monthly", 0.8), ("monthly", 1.0)]
-    assert events[1].data["spent"] == pytest.approx(1.05)
+    assert [(e.data["scope"], e.data["period"], e.data["threshold"]) for e in events] == [
+        ("user", "monthly", 0.8), ("team", "daily", 0.8), ("user", "monthly", 1.0), ("team", "daily", 1.0)]
+    assert events[2].data["spent"] == events[3].data["spent"] == pytest.approx(1.05)
 
 
 class _DownStore:

@@ -189,6 +189,11 @@ def test_forms_need_the_session_token_and_this_origin(dash, upstream):
     row = re.search(r'<td class="user">bot</td>.*?</tr>', client.get("/ui/keys").text, re.DOTALL).group(0)
     assert "$2.50" in row and "$40.00" in row
     assert client.post("/ui/budgets", data={"user": "nobody", "budget_daily": "1", "csrf": token}).status_code == 404
+    # The dashboard's changes are in the admin trail, made with the signed-in admin key.
+    trail = httpx.get(f"{dash.url}/admin/events", headers=bearer(dash.keys["root"])).json()["data"]
+    ui_actor = f"ui:{dash.keys['root'][:20]}"
+    assert [(e["action"], e["target"]) for e in trail if e["actor"] == ui_actor][:3] == [
+        ("users.update", "bot"), ("keys.revoke", lookup), ("keys.create", lookup)]
 
     # Logging out ends the session: the old cookie and token no longer work.
     assert client.post("/ui/logout", data={"csrf": token}).status_code == 303

@@ -207,7 +207,7 @@ def test_usage_has_per_team_totals_and_a_move_keeps_past_spend_with_the_old_team
     assert _cli(tmp_path, "teams", "create", "blue").returncode == 0
     made = _cli(tmp_path, "keys", "create", "--user", "ann", "--team", "red")
     assert made.returncode == 0, made.stderr
-    assert "user ann: team red (was none)" in made.stdout
+    assert "(ann, team red, member;" in made.stdout
     store = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
     try:
         red, blue = get_team(store, "red"), get_team(store, "blue")
@@ -219,7 +219,7 @@ def test_usage_has_per_team_totals_and_a_move_keeps_past_spend_with_the_old_team
         store.close()
     moved = _cli(tmp_path, "keys", "update", f"sk-gaud-{lookup}", "--team", "blue")
     assert moved.returncode == 0, moved.stderr
-    assert "user ann: team blue (was red)" in moved.stdout
+    assert "(ann, team blue, member;" in moved.stdout
     store = Store(f"sqlite:///{tmp_path / 'gaud.db'}")
     try:
         store.write_audit([_audit(ann, "ann", blue.id, 0.125, time.time())])

@@ -21,6 +21,7 @@ Calls are synchronous, like `Store`'s: the server runs them in a thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -31,7 +32,7 @@ import sqlalchemy as sa
 from .budgets import month_start
 from .store import Store, api_keys, audit_log, dashboard_sessions, stored_responses, users
 
-__all__ = ["BATCH", "ERASED_PREFIX", "PRUNE_EVERY", "AuditPruner", "Erased", "erase_user", "prune_audit", "prune_before"]
+__all__ = ["BATCH", "ERASED_PREFIX", "PRUNE_EVERY", "AuditPruner", "Erased", "erase_account", "erase_user", "finish_erasure", "prune_audit", "prune_before"]
 
 log = logging.getLogger("gaud.accounting")
 
@@ -127,21 +128,33 @@ def erase_user(store: Store, name: str, *, batch: int = BATCH) -> Erased | None:
     """Erase user `name` (see the module docstring); None when there is no such user. Running it
     again on the token (`erased-…`) anonymises rows that requests in flight at the first run wrote
     under the old name afterwards."""
-    now = time.time()
     with store.engine.begin() as conn:
-        row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
-        if row is None:
-            return None
-        user_id = int(row[0])
-        token = name if name.startswith(ERASED_PREFIX) else ERASED_PREFIX + secrets.token_hex(6)
-        revoked = conn.execute(api_keys.update().where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
-                               .values(revoked_at=now)).rowcount
-        conn.execute(users.update().where(users.c.id == user_id).values(
-            name=token, role="member", budget_daily=None, budget_monthly=None, rpm_limit=None, tpm_limit=None,
-            team_id=None))
-        conn.execute(dashboard_sessions.delete().where(dashboard_sessions.c.user_id == user_id))
-        replies = conn.execute(stored_responses.delete().where(stored_responses.c.user_id == user_id)).rowcount
-    return Erased(token, revoked, _anonymise(store, user_id, token, batch), replies)
+        erased = erase_account(conn, name)
+    return None if erased is None else finish_erasure(store, *erased, batch=batch)
+
+
+def erase_account(conn: sa.Connection, name: str) -> tuple[int, Erased] | None:
+    """The first step of `erase_user`, in the caller's transaction: keys revoked, the user renamed
+    to a token, sessions and stored replies deleted. (user id, what was done so far), or None when
+    there is no such user; `finish_erasure` anonymises the audit rows after the commit."""
+    row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
+    if row is None:
+        return None
+    user_id = int(row[0])
+    token = name if name.startswith(ERASED_PREFIX) else ERASED_PREFIX + secrets.token_hex(6)
+    revoked = conn.execute(api_keys.update().where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+                           .values(revoked_at=time.time())).rowcount
+    conn.execute(users.update().where(users.c.id == user_id).values(
+        name=token, role="member", budget_daily=None, budget_monthly=None, rpm_limit=None, tpm_limit=None,
+        team_id=None))
+    conn.execute(dashboard_sessions.delete().where(dashboard_sessions.c.user_id == user_id))
+    replies = conn.execute(stored_responses.delete().where(stored_responses.c.user_id == user_id)).rowcount
+    return user_id, Erased(token, revoked, 0, replies)
+
+
+def finish_erasure(store: Store, user_id: int, erased: Erased, *, batch: int = BATCH) -> Erased:
+    """The audit rows of an erased user anonymised, in batches; `erased` with their count."""
+    return dataclasses.replace(erased, audit_rows=_anonymise(store, user_id, erased.token, batch))
 
 
 def _anonymise(store: Store, user_id: int, token: str, batch: int) -> int:

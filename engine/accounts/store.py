@@ -8,6 +8,7 @@ the server runs them in a thread, off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -311,6 +312,27 @@ def m012_teams(conn: sa.Connection) -> None:
 MIGRATIONS.append(m012_teams)
 
 
+#: Who changed which user or key, when (engine.accounts.admin writes a row in the transaction of
+#: each change). `detail` is JSON of the fields changed and their values: never a key or its hash.
+admin_events = sa.Table(
+    "admin_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(50), nullable=False),
+    sa.Column("target", sa.String(200), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+
+def m013_admin_events(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[admin_events])
+
+
+MIGRATIONS.append(m013_admin_events)
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the user behind an API key (or the anonymous local user)."""
@@ -378,6 +400,8 @@ class KeyInfo:
     rpm_limit: float | None = None
     tpm_limit: float | None = None
     max_in_flight: int | None = None
+    #: The name of the user's team (engine.accounts.teams); None: no team.
+    team: str | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (time.time() if now is None else now)
@@ -576,6 +600,14 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def writing(self, conn: sa.Connection | None = None) -> contextlib.AbstractContextManager[sa.Connection]:
+        """`conn`, a caller's open transaction (engine.accounts.admin records its event in the
+        transaction of the change), or a new transaction."""
+        return contextlib.nullcontext(conn) if conn is not None else self.engine.begin()
+
+    def _reading(self, conn: sa.Connection | None) -> contextlib.AbstractContextManager[sa.Connection]:
+        return contextlib.nullcontext(conn) if conn is not None else self.engine.connect()
+
     # -- users and keys ---------------------------------------------------------------------------
     def count_users(self) -> int:
         with self.engine.connect() as conn:
@@ -585,23 +617,27 @@ class Store:
         self,
         name: str,
         *,
-        role: str = "member",
+        role: str | None = None,
         budget_daily: float | None = None,
         budget_monthly: float | None = None,
         rpm_limit: float | None = None,
         tpm_limit: float | None = None,
+        conn: sa.Connection | None = None,
     ) -> int:
-        """The id of user `name`, created if missing; given role/limits update an existing one."""
+        """The id of user `name`, created if missing (a member unless `role` says); a given role or
+        limit updates an existing one, one not given leaves it as it is."""
         limits = {"budget_daily": budget_daily, "budget_monthly": budget_monthly, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit}
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
             row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).first()
             if row is None:
-                result = conn.execute(users.insert().values(name=name, role=role, created_at=time.time(), **limits))
+                result = conn.execute(users.insert().values(name=name, role=role or "member", created_at=time.time(),
+                                                            **limits))
                 inserted = result.inserted_primary_key
                 assert inserted is not None, "a single-row INSERT always reports its primary key"
                 return int(inserted[0])
-            changes: dict[str, Any] = {"role": role, **{k: v for k, v in limits.items() if v is not None}}
-            conn.execute(users.update().where(users.c.id == row[0]).values(**changes))
+            changes: dict[str, Any] = {k: v for k, v in {"role": role, **limits}.items() if v is not None}
+            if changes:
+                conn.execute(users.update().where(users.c.id == row[0]).values(**changes))
             return int(row[0])
 
     def create_key(
@@ -612,6 +648,7 @@ class Store:
         expires_at: float | None = None,
         label: str | None = None,
         max_in_flight: int | None = None,
+        conn: sa.Connection | None = None,
         **user_fields: Any,
     ) -> tuple[str, KeyInfo]:
         """A new key for a user (created if needed; `user_fields` as in `ensure_user`). The
@@ -619,13 +656,13 @@ class Store:
         lookup = secrets.token_hex(_LOOKUP_CHARS // 2)
         key = f"{KEY_PREFIX}{lookup}{secrets.token_urlsafe(24)}"
         stored = self.key_secrets.stored(key)  # before any write: a missing secret changes nothing
-        user_id = self.ensure_user(user_name, **user_fields)
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
+            user_id = self.ensure_user(user_name, conn=conn, **user_fields)
             conn.execute(api_keys.insert().values(
                 lookup=lookup, hash=stored, user_id=user_id, created_at=time.time(), expires_at=expires_at,
                 label=label, models=_models_column(models), max_in_flight=max_in_flight,
             ))
-        info = self.key_info(lookup)
+            info = self.key_info(lookup, conn=conn)
         assert info is not None
         return key, info
 
@@ -633,8 +670,9 @@ class Store:
         return sa.select(
             api_keys.c.id, api_keys.c.lookup, users.c.name, users.c.role, api_keys.c.created_at, api_keys.c.revoked_at,
             users.c.budget_daily, users.c.budget_monthly, api_keys.c.expires_at, api_keys.c.label, api_keys.c.models,
-            users.c.rpm_limit, users.c.tpm_limit, api_keys.c.max_in_flight,
-        ).join(users, users.c.id == api_keys.c.user_id).order_by(api_keys.c.id)
+            users.c.rpm_limit, users.c.tpm_limit, api_keys.c.max_in_flight, teams.c.name,
+        ).join(users, users.c.id == api_keys.c.user_id).outerjoin(teams, teams.c.id == users.c.team_id).order_by(
+            api_keys.c.id)
 
     @staticmethod
     def _key_info(row: Any) -> KeyInfo:
@@ -646,13 +684,13 @@ class Store:
         with self.engine.connect() as conn:
             return [self._key_info(row) for row in conn.execute(self._key_infos())]
 
-    def key_info(self, key_or_lookup: str) -> KeyInfo | None:
+    def key_info(self, key_or_lookup: str, *, conn: sa.Connection | None = None) -> KeyInfo | None:
         """One key by the key itself, its prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        with self.engine.connect() as conn:
+        with self._reading(conn) as conn:
             row = conn.execute(self._key_infos().where(api_keys.c.lookup == _lookup_id(key_or_lookup))).first()
         return self._key_info(row) if row is not None else None
 
-    def update_key(self, key_or_lookup: str, changes: Mapping[str, Any]) -> KeyInfo | None:
+    def update_key(self, key_or_lookup: str, changes: Mapping[str, Any], *, conn: sa.Connection | None = None) -> KeyInfo | None:
         """Apply `changes` (engine.accounts.keys.key_changes) to a key that is not revoked: models,
         expires_at and label to the key; role, budgets and limits to its user (and so to every key
         of that user). None when there is no such active key."""
@@ -661,7 +699,7 @@ class Store:
         if "models" in on_key:
             on_key["models"] = _models_column(on_key["models"])
         on_user = {k: v for k, v in changes.items() if k in USER_FIELDS}
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
             row = conn.execute(sa.select(api_keys.c.id, api_keys.c.user_id).where(
                 api_keys.c.lookup == lookup, api_keys.c.revoked_at.is_(None))).first()
             if row is None:
@@ -670,11 +708,11 @@ class Store:
                 conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(**on_key))
             if on_user:
                 conn.execute(users.update().where(users.c.id == row.user_id).values(**on_user))
-        return self.key_info(lookup)
+            return self.key_info(lookup, conn=conn)
 
-    def revoke_key(self, key_or_lookup: str) -> bool:
+    def revoke_key(self, key_or_lookup: str, *, conn: sa.Connection | None = None) -> bool:
         """Revoke by the key itself, its shown prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        with self.engine.begin() as conn:
+        with self.writing(conn) as conn:
             result = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.lookup == _lookup_id(key_or_lookup), api_keys.c.revoked_at.is_(None))

@@ -205,19 +205,22 @@ def list_teams(store: Store, *, now: float | None = None, name: str | None = Non
         return [_team(row, int(row.members), float(row.day), float(row.month)) for row in conn.execute(query)]
 
 
-def set_user_team(store: Store, user: str, team: str | None) -> Membership:
-    """Put `user` in `team` (None: in no team). Only requests made from now on count for the new team."""
-    with store.engine.begin() as conn:
-        row = conn.execute(sa.select(users.c.id, teams.c.name).select_from(users)
-                           .outerjoin(teams, teams.c.id == users.c.team_id).where(users.c.name == user)).first()
-        if row is None:
-            raise NotFound(f"No user named '{user}'.", param="user", code="user_not_found")
-        team_id = None
-        if team is not None:
-            team_id = conn.execute(sa.select(teams.c.id).where(teams.c.name == team)).scalar()
-            if team_id is None:
-                raise _missing(team)
-        conn.execute(users.update().where(users.c.id == row.id).values(team_id=team_id))
+def set_user_team(store: Store, user: str, team: str | None, *, conn: sa.Connection | None = None) -> Membership:
+    """Put `user` in `team` (None: in no team). Only requests made from now on count for the new team.
+    In `conn`'s transaction when given (engine.accounts.admin: with the change that asked for it)."""
+    if conn is None:
+        with store.engine.begin() as own:
+            return set_user_team(store, user, team, conn=own)
+    row = conn.execute(sa.select(users.c.id, teams.c.name).select_from(users)
+                       .outerjoin(teams, teams.c.id == users.c.team_id).where(users.c.name == user)).first()
+    if row is None:
+        raise NotFound(f"No user named '{user}'.", param="user", code="user_not_found")
+    team_id = None
+    if team is not None:
+        team_id = conn.execute(sa.select(teams.c.id).where(teams.c.name == team)).scalar()
+        if team_id is None:
+            raise _missing(team)
+    conn.execute(users.update().where(users.c.id == row.id).values(team_id=team_id))
     return Membership(user, team, row.name)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ from ..errors import SpecError
 from ..spec.catalog import Catalog
 from ..spec.loader import default_root, load_catalog, serving_root
 from .options import CONFIG_OPTION, open_store
+from .options import run_admin as _admin
 from .scaffold import formats as scaffold_formats
-from .teams import check_team, join_team, print_team_totals, team_id_of
+from .teams import print_team_totals, team_id_of
 from .teams import teams as _teams
 
 __all__ = ["main"]
@@ -247,29 +248,15 @@ _store = open_store
 
 @main.group()
 def keys() -> None:
-    """Create, list, update and revoke gateway API keys."""
+    """Create, list, update, revoke and delete gateway API keys."""
 
 
-def _key_changes(raw: dict[str, Any], *, user: str | None = None) -> dict[str, Any]:
-    """The options given, validated as POST /admin/keys validates them (engine.accounts.keys);
-    with `user` (a new key), its name as `user` too."""
-    from ..accounts.keys import key_changes, parse_user
-    from ..errors import GatewayError
-
-    try:
-        changes = key_changes({name: value for name, value in raw.items() if value is not None})
-        if user is not None:
-            changes["user"] = parse_user(user)
-    except GatewayError as exc:
-        raise click.ClickException(exc.message) from None
-    return changes
-
-
-def _key_line(info: Any) -> str:
-    models = ",".join(info.models) if info.models else "all"
-    at_once = f"; max in flight: {info.max_in_flight}" if info.max_in_flight is not None else ""
-    return (f"sk-gaud-{info.lookup} ({info.user_name}, {info.role}; models: {models}; "
-            f"expires: {_key_expiry(info.expires_at)}{at_once})")
+def _key_line(key: dict[str, Any]) -> str:
+    models = ",".join(key["models"]) if key["models"] else "all"
+    at_once = f"; max in flight: {key['max_in_flight']}" if key["max_in_flight"] is not None else ""
+    team = f", team {key['team']}" if key.get("team") else ""
+    return (f"{key['prefix']} ({key['user']}{team}, {key['role']}; models: {models}; "
+            f"expires: {_key_expiry(key['expires_at'])}{at_once})")
 
 
 def _key_expiry(ts: float | None) -> str:
@@ -281,14 +268,36 @@ def _key_expiry(ts: float | None) -> str:
 USER_FIELDS_HELP = "Applies to the key's user, so to every key of that user."
 
 
+def _limit_options(help_suffix: str, *, role_default: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--role, --budget-daily, --budget-monthly, --rpm, --tpm: a user's fields."""
+    options = [
+        click.option("--role", type=click.Choice(["member", "admin"]), default=role_default,
+                     show_default=role_default is not None, help=f"The user's role. {help_suffix}".strip()),
+        click.option("--budget-daily", default=None, help=f"Daily limit in USD, or none. {help_suffix}".strip()),
+        click.option("--budget-monthly", default=None, help=f"Monthly limit in USD, or none. {help_suffix}".strip()),
+        click.option("--rpm", default=None,
+                     help=f"Requests per minute, or none (default: ratelimits.key_rpm). {help_suffix}".strip()),
+        click.option("--tpm", default=None,
+                     help=f"Tokens per minute, or none (default: ratelimits.key_tpm). {help_suffix}".strip()),
+    ]
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def _user_fields(role: str | None, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
+                 tpm: str | None) -> dict[str, Any]:
+    return {"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly, "rpm_limit": rpm,
+            "tpm_limit": tpm}
+
+
 @keys.command("create")
 @click.option("--user", required=True, help="User name (created if new).")
-@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True,
-              help=f"The user's role. {USER_FIELDS_HELP}")
-@click.option("--budget-daily", default=None, help=f"Daily limit in USD. {USER_FIELDS_HELP}")
-@click.option("--budget-monthly", default=None, help=f"Monthly limit in USD. {USER_FIELDS_HELP}")
-@click.option("--rpm", default=None, help=f"Requests per minute (default: ratelimits.key_rpm). {USER_FIELDS_HELP}")
-@click.option("--tpm", default=None, help=f"Tokens per minute (default: ratelimits.key_tpm). {USER_FIELDS_HELP}")
+@_limit_options(USER_FIELDS_HELP, role_default=None)
 @click.option("--models", default=None,
               help="Models this key may call: comma-separated glob patterns (smart,fast-*) matched against the "
                    "model name the client sends. Default: every model.")
@@ -306,24 +315,15 @@ def keys_create(user: str, role: str, budget_daily: str | None, budget_monthly: 
     Example usage:
         gaud-engine keys create --user alice --budget-daily 5 --models smart,fast-* --expires 30d
     """
-    fields = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
-                           "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label,
-                           "max_in_flight": max_in_flight}, user=user)
-    store = _store(config_file)
-    check_team(store, team)  # before the key exists
-    key, info = store.create_key(fields.pop("user"), **fields)
-    click.echo(f"Key {_key_line(info)}, shown once:\n  {key}")
-    if team is not None:
-        click.echo(join_team(store, info.user_name, team))
+    created = _admin(config_file, "keys", "create", fields={
+        "user": user, **_user_fields(role, budget_daily, budget_monthly, rpm, tpm), "models": models,
+        "expires": expires, "label": label, "max_in_flight": max_in_flight, "team": team})
+    click.echo(f"Key {_key_line(created)}, shown once:\n  {created['key']}")
 
 
 @keys.command("update")
 @click.argument("prefix")
-@click.option("--role", type=click.Choice(["member", "admin"]), default=None, help=f"The user's role. {USER_FIELDS_HELP}")
-@click.option("--budget-daily", default=None, help=f"Daily limit in USD, or none. {USER_FIELDS_HELP}")
-@click.option("--budget-monthly", default=None, help=f"Monthly limit in USD, or none. {USER_FIELDS_HELP}")
-@click.option("--rpm", default=None, help=f"Requests per minute, or none. {USER_FIELDS_HELP}")
-@click.option("--tpm", default=None, help=f"Tokens per minute, or none. {USER_FIELDS_HELP}")
+@_limit_options(USER_FIELDS_HELP, role_default=None)
 @click.option("--models", default=None, help="This key's allowed models (comma-separated globs); '' for every model.")
 @click.option("--expires", default=None, help="This key's expiry (30d, a date, an ISO time), or never.")
 @click.option("--label", default=None, help="This key's label; '' to remove it.")
@@ -340,19 +340,12 @@ def keys_update(prefix: str, role: str | None, budget_daily: str | None, budget_
     Example usage:
         gaud-engine keys update sk-gaud-1a2b3c4d5e6f --role member --budget-daily 2 --expires 7d
     """
-    changes = _key_changes({"role": role, "budget_daily": budget_daily, "budget_monthly": budget_monthly,
-                            "rpm_limit": rpm, "tpm_limit": tpm, "models": models, "expires": expires, "label": label,
-                            "max_in_flight": max_in_flight})
-    if not changes and team is None:
+    fields = {**_user_fields(role, budget_daily, budget_monthly, rpm, tpm), "models": models, "expires": expires,
+              "label": label, "max_in_flight": max_in_flight, "team": team}
+    if all(value is None for value in fields.values()):
         raise click.UsageError("give at least one option to change")
-    store = _store(config_file)
-    check_team(store, team)
-    info = store.update_key(prefix, changes) if changes else store.key_info(prefix)
-    if info is None or info.revoked_at is not None:
-        raise click.ClickException(f"no active key with prefix {prefix}")
-    click.echo(f"updated {_key_line(info)}")
-    if team is not None:
-        click.echo(join_team(store, info.user_name, team))
+    updated = _admin(config_file, "keys", "update", prefix, fields, missing=f"no active key with prefix {prefix}")
+    click.echo(f"updated {_key_line(updated)}")
 
 
 @keys.command("list")
@@ -368,25 +361,21 @@ def keys_list(config_file: str | None) -> None:
     Example usage:
         gaud-engine keys list
     """
-    import time as _time
-
-    from ..accounts.key_usage import key_usage
-
-    now = _time.time()
-    rows = key_usage(_store(config_file), now=now)
+    rows = _admin(config_file, "keys", "list")["data"]
     if not rows:
         click.echo("no keys")
         return
     click.echo(f"{'prefix':<20} {'user':<16} {'role':<7} {'status':<8} {'today':>16} {'month':>16} {'rpm':>6} "
                f"{'tpm':>8}  {'created':<17} {'last_used':<17} {'expires':<17} {'models':<24} label")
-    for row in rows:
-        k = row.key
-        status = "revoked" if k.revoked_at else "expired" if k.expired(now) else "active"
-        models = ",".join(k.models) if k.models else "all"
-        click.echo(f"sk-gaud-{k.lookup:<12} {k.user_name:<16} {k.role:<7} {status:<8} "
-                   f"{_spend(row.user_spent_today, k.budget_daily):>16} {_spend(row.user_spent_month, k.budget_monthly):>16} "
-                   f"{_amount(k.rpm_limit):>6} {_amount(k.tpm_limit):>8}  {_key_expiry(k.created_at):<17} "
-                   f"{_key_expiry(row.last_used):<17} {_key_expiry(k.expires_at):<17} {models:<24} {k.label or '-'}".rstrip())
+    for k in rows:
+        status = "revoked" if k["revoked"] else "expired" if k["expired"] else "active"
+        models = ",".join(k["models"]) if k["models"] else "all"
+        click.echo(f"{k['prefix']:<20} {k['user']:<16} {k['role']:<7} {status:<8} "
+                   f"{_spend(k['user_spent_today'], k['budget_daily']):>16} "
+                   f"{_spend(k['user_spent_month'], k['budget_monthly']):>16} "
+                   f"{_amount(k['rpm_limit']):>6} {_amount(k['tpm_limit']):>8}  {_key_expiry(k['created_at']):<17} "
+                   f"{_key_expiry(k['last_used']):<17} {_key_expiry(k['expires_at']):<17} {models:<24} "
+                   f"{k['label'] or '-'}".rstrip())
 
 
 def _amount(value: float | None) -> str:
@@ -408,14 +397,89 @@ def keys_revoke(prefix: str, config_file: str | None) -> None:
     Example usage:
         gaud-engine keys revoke sk-gaud-1a2b3c4d5e6f
     """
-    if not _store(config_file).revoke_key(prefix):
-        raise click.ClickException(f"no active key with prefix {prefix}")
+    _admin(config_file, "keys", "revoke", prefix, missing=f"no active key with prefix {prefix}")
     click.echo(f"revoked {prefix}")
+
+
+@keys.command("delete")
+@click.argument("prefix")
+@CONFIG_OPTION
+def keys_delete(prefix: str, config_file: str | None) -> None:
+    """Delete a key: revoke it and drop its stored hash. `keys list` still shows it as revoked, so
+    the audit log and the request log keep naming it.
+
+    \b
+    Example usage:
+        gaud-engine keys delete sk-gaud-1a2b3c4d5e6f
+    """
+    _admin(config_file, "keys", "delete", prefix, missing=f"no key with prefix {prefix}")
+    click.echo(f"deleted {prefix}")
 
 
 @main.group()
 def users() -> None:
-    """Erase users."""
+    """Create, list, update and erase users."""
+
+
+def _user_line(user: dict[str, Any]) -> str:
+    return (f"{user['name']} ({user['role']}; daily: {_amount(user['budget_daily'])}, monthly: "
+            f"{_amount(user['budget_monthly'])}, rpm: {_amount(user['rpm_limit'])}, tpm: {_amount(user['tpm_limit'])})")
+
+
+@users.command("create")
+@click.argument("name")
+@_limit_options("", role_default="member")
+@CONFIG_OPTION
+def users_create(name: str, role: str, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
+                 tpm: str | None, config_file: str | None) -> None:
+    """Create a user without a key (`keys create --user NAME` adds keys).
+
+    \b
+    Example usage:
+        gaud-engine users create alice --budget-monthly 50
+    """
+    user = _admin(config_file, "users", "create", fields={
+        "name": name, **_user_fields(role, budget_daily, budget_monthly, rpm, tpm)})
+    click.echo(f"created {_user_line(user)}")
+
+
+@users.command("list")
+@CONFIG_OPTION
+def users_list(config_file: str | None) -> None:
+    """List users: role, budgets (USD), rpm/tpm limits, active keys, created.
+
+    \b
+    Example usage:
+        gaud-engine users list
+    """
+    rows = _admin(config_file, "users", "list")["data"]
+    if not rows:
+        click.echo("no users")
+        return
+    click.echo(f"{'user':<24} {'role':<7} {'daily':>8} {'monthly':>8} {'rpm':>6} {'tpm':>8} {'keys':>5}  created")
+    for u in rows:
+        click.echo(f"{u['name']:<24} {u['role']:<7} {_amount(u['budget_daily']):>8} {_amount(u['budget_monthly']):>8} "
+                   f"{_amount(u['rpm_limit']):>6} {_amount(u['tpm_limit']):>8} {u['active_keys']:>5}  "
+                   f"{_key_expiry(u['created_at'])}")
+
+
+@users.command("update")
+@click.argument("name")
+@_limit_options("", role_default=None)
+@CONFIG_OPTION
+def users_update(name: str, role: str | None, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
+                 tpm: str | None, config_file: str | None) -> None:
+    """Change a user's role, budgets or limits (so of every key of theirs); only the options given.
+
+    \b
+    Example usage:
+        gaud-engine users update alice --role admin --budget-daily none
+    """
+    fields = _user_fields(role, budget_daily, budget_monthly, rpm, tpm)
+    if all(value is None for value in fields.values()):
+        raise click.UsageError("give at least one option to change")
+    user = _admin(config_file, "users", "update", name, fields, missing=f"no user {name}")
+    click.echo(f"updated {_user_line(user)}")
 
 
 @users.command("delete")
@@ -431,15 +495,11 @@ def users_delete(name: str, yes: bool, config_file: str | None) -> None:
     Example usage:
         gaud-engine users delete alice --yes
     """
-    from ..accounts.retention import erase_user
-
     if not yes:
         click.confirm(f"Erase user {name}? Their keys stop working and their audit rows lose their name", abort=True)
-    erased = erase_user(_store(config_file), name)
-    if erased is None:
-        raise click.ClickException(f"no user {name}")
-    click.echo(f"erased {name}: {erased.keys_revoked} keys revoked, {erased.audit_rows} audit rows now under "
-               f"{erased.token}, {erased.stored_replies} stored replies deleted")
+    erased = _admin(config_file, "users", "delete", name, missing=f"no user {name}")
+    click.echo(f"erased {name}: {erased['keys_revoked']} keys revoked, {erased['audit_rows']} audit rows now under "
+               f"{erased['token']}, {erased['stored_replies']} stored replies deleted")
 
 
 def _since(value: str | None) -> float | None:

@@ -1,5 +1,5 @@
-"""`gaud-engine teams ...`, and the team parts of `keys create|update --team` and `usage`: thin
-wrappers over engine.accounts.teams."""
+"""`gaud-engine teams ...` and the team part of `usage`: the team operations of
+engine.accounts.admin (as `/admin/teams` runs them, recorded in the admin trail)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import GatewayError
-from .options import CONFIG_OPTION, open_store
+from .options import CONFIG_OPTION, run_admin
 
 if TYPE_CHECKING:
     from ..accounts.store import Store
-    from ..accounts.teams import Team
 
-__all__ = ["check_team", "join_team", "print_team_totals", "team_id_of", "teams"]
+__all__ = ["print_team_totals", "team_id_of", "teams"]
 
 _LIMITS_HELP = "Applies with each member's own limit: the tighter one decides."
 
@@ -58,10 +57,10 @@ def _spend(spent: float, budget: float | None) -> str:
     return f"{spent:.4g}/{_amount(budget)}"
 
 
-def _line(team: Team) -> str:
-    models = ",".join(team.models) if team.models else "all"
-    return (f"{team.name} (daily: {_amount(team.budget_daily)}, monthly: {_amount(team.budget_monthly)}, "
-            f"rpm: {_amount(team.rpm_limit)}, tpm: {_amount(team.tpm_limit)}, models: {models})")
+def _line(team: dict[str, Any]) -> str:
+    models = ",".join(team["models"]) if team["models"] else "all"
+    return (f"{team['name']} (daily: {_amount(team['budget_daily'])}, monthly: {_amount(team['budget_monthly'])}, "
+            f"rpm: {_amount(team['rpm_limit'])}, tpm: {_amount(team['tpm_limit'])}, models: {models})")
 
 
 @click.group()
@@ -81,10 +80,8 @@ def teams_create(name: str, budget_daily: str | None, budget_monthly: str | None
     Example usage:
         gaud-engine teams create research --budget-daily 50 --budget-monthly 800 --rpm 600 --models smart,fast-*
     """
-    from ..accounts.teams import create_team
-
-    store = open_store(config_file)
-    team = _run(lambda: create_team(store, {"name": name, **_fields(budget_daily, budget_monthly, rpm, tpm, models)}))
+    team = run_admin(config_file, "teams", "create",
+                     fields={"name": name, **_fields(budget_daily, budget_monthly, rpm, tpm, models)})
     click.echo(f"created team {_line(team)}")
 
 
@@ -97,17 +94,15 @@ def teams_list(config_file: str | None) -> None:
     Example usage:
         gaud-engine teams list
     """
-    from ..accounts.teams import list_teams
-
-    rows = list_teams(open_store(config_file))
+    rows = run_admin(config_file, "teams", "list")["data"]
     if not rows:
         click.echo("no teams")
         return
     click.echo(f"{'team':<20} {'members':>7} {'today':>16} {'month':>16} {'rpm':>6} {'tpm':>8}  models")
     for t in rows:
-        click.echo(f"{t.name:<20} {t.members:>7} {_spend(t.spent_today, t.budget_daily):>16} "
-                   f"{_spend(t.spent_month, t.budget_monthly):>16} {_amount(t.rpm_limit):>6} "
-                   f"{_amount(t.tpm_limit):>8}  {','.join(t.models) if t.models else 'all'}")
+        click.echo(f"{t['name']:<20} {t['members']:>7} {_spend(t['spent_today'], t['budget_daily']):>16} "
+                   f"{_spend(t['spent_month'], t['budget_monthly']):>16} {_amount(t['rpm_limit']):>6} "
+                   f"{_amount(t['tpm_limit']):>8}  {','.join(t['models']) if t['models'] else 'all'}")
 
 
 @teams.command("update")
@@ -124,15 +119,12 @@ def teams_update(name: str, new_name: str | None, budget_daily: str | None, budg
     Example usage:
         gaud-engine teams update research --budget-daily 80 --tpm none
     """
-    from ..accounts.teams import update_team
-
     changes = _fields(budget_daily, budget_monthly, rpm, tpm, models)
     if new_name is not None:
         changes["name"] = new_name
     if not changes:
         raise click.UsageError("give at least one option to change")
-    store = open_store(config_file)
-    click.echo(f"updated team {_line(_run(lambda: update_team(store, name, changes)))}")
+    click.echo(f"updated team {_line(run_admin(config_file, 'teams', 'update', name, changes))}")
 
 
 @teams.command("delete")
@@ -146,10 +138,7 @@ def teams_delete(name: str, config_file: str | None) -> None:
     Example usage:
         gaud-engine teams delete research
     """
-    from ..accounts.teams import delete_team
-
-    store = open_store(config_file)
-    _run(lambda: delete_team(store, name))
+    run_admin(config_file, "teams", "delete", name)
     click.echo(f"deleted team {name}")
 
 
@@ -158,15 +147,6 @@ def team_id_of(store: Store, name: str) -> int:
     from ..accounts.teams import get_team
 
     return int(_run(lambda: get_team(store, name)).id)
-
-
-def join_team(store: Store, user: str, team: str) -> str:
-    """Put `user` in `team` (`none`: no team), for `keys create|update --team`; the line to print."""
-    from ..accounts.teams import set_user_team
-
-    target = None if team.strip().lower() in ("", "none") else team
-    moved = _run(lambda: set_user_team(store, user, target))
-    return f"user {user}: team {moved.team or 'none'} (was {moved.previous or 'none'})"
 
 
 def print_team_totals(store: Store, *, since: float | None, user: str | None, team_id: int | None) -> None:
@@ -179,9 +159,3 @@ def print_team_totals(store: Store, *, since: float | None, user: str | None, te
     click.echo(f"\n{'team':<20} {'requests':>8} {'prompt':>10} {'completion':>10} {'cost USD':>11}")
     for r in rows:
         click.echo(f"{r.team:<20} {r.requests:>8} {r.prompt_tokens:>10} {r.completion_tokens:>10} {r.cost:>11.6f}")
-
-
-def check_team(store: Store, team: str | None) -> None:
-    """Before a key is made for a team: the team must exist (`none` needs nothing)."""
-    if team is not None and team.strip().lower() not in ("", "none"):
-        team_id_of(store, team)

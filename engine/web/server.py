@@ -37,9 +37,8 @@ from ..accounts.conversations import ConversationStore
 from ..accounts.guards import Guards
 from ..accounts.inflight import InFlight
 from ..accounts.journal import Journal, reconcile_journals
-from ..accounts.keys import key_changes, parse_user
 from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from ..accounts.retention import AuditPruner, erase_user
+from ..accounts.retention import AuditPruner
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
 from ..alerts.sink import AlertSink
@@ -53,16 +52,17 @@ from ..pipeline.gateway import Gateway
 from ..pipeline.images import ImageFetcher
 from ..pipeline.probe import unreachable_local
 from ..pipeline.shared_breakers import SharedBreakerBoard
-from ..pipeline.stages import CHAT, EMBEDDINGS, OPENAI, IngressCodec, Pipeline, parse_json
+from ..pipeline.stages import CHAT, EMBEDDINGS, OPENAI, IngressCodec, Pipeline
 from ..pipeline.upstream import Upstream
 from ..pipeline.upstream_models import fetch_upstream_models
 from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
 from ..spec.models import resolve_model
+from .admin_api import ADMIN_MAX_BODY, admin_routes
 from .alerting import wire_alerts
 from .apidoc.pages import ApiDocs
-from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, read_body, request_id_header
+from .asgi import BodyDeadlines, BodyLimit, GatewayApp, PipelineRoute, error_headers, request_id_header
 from .asgi_headers import ResponseHeaders
 from .drain import Drain
 from .protocol import GuardedHttpProtocol
@@ -70,9 +70,6 @@ from .protocol import GuardedHttpProtocol
 __all__ = ["GatewayApp", "GracefulServer", "create_app"]
 
 log = logging.getLogger("gaud.server")
-
-#: The largest body the admin routes read (a key's fields).
-ADMIN_MAX_BODY = 64 * 1024
 
 #: Allocations between young-generation collections (the interpreter's default is 700).
 GC_GEN0_THRESHOLD = 20_000
@@ -198,57 +195,6 @@ async def metrics_route(request: Request) -> Response:
 
 
 @answers_errors
-async def admin_keys(request: Request) -> Response:
-    services = _services(request)
-    await services.authenticator.admin(request.headers)
-    if request.method == "GET":
-        keys = await asyncio.to_thread(services.store.list_keys)
-        return JSONResponse({"object": "list", "data": [_key_json(k) for k in keys]})
-    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
-    user = parse_user(body.get("user"))  # the same validation as `keys create`
-    fields = key_changes({"role": "member", **body})
-    key, info = await asyncio.to_thread(services.store.create_key, user, **fields)
-    return JSONResponse({"key": key, **_key_json(info)}, status_code=201)
-
-
-@answers_errors
-async def admin_update_key(request: Request) -> Response:
-    """PATCH /admin/keys/{id}: the fields of POST /admin/keys but `user` (as `keys update`)."""
-    services = _services(request)
-    await services.authenticator.admin(request.headers)
-    body = parse_json(await read_body(request.headers, request.receive, _admin_body(services)))
-    changes = key_changes(body)
-    if not changes:
-        raise InvalidRequest("Nothing to change: give role, budget_daily, budget_monthly, rpm_limit, tpm_limit, "
-                             "models, expires, label or max_in_flight.", code="nothing_to_change")
-    info = await asyncio.to_thread(services.store.update_key, request.path_params["lookup"], changes)
-    if info is None:
-        raise NotFound("No active key with that id.", code="key_not_found")
-    return JSONResponse(_key_json(info))
-
-
-@answers_errors
-async def admin_revoke(request: Request) -> Response:
-    services = _services(request)
-    await services.authenticator.admin(request.headers)
-    if not await asyncio.to_thread(services.store.revoke_key, request.path_params["lookup"]):
-        raise NotFound("No active key with that id.", code="key_not_found")
-    return JSONResponse({"revoked": True})
-
-
-@answers_errors
-async def admin_delete_user(request: Request) -> Response:
-    """DELETE /admin/users/{name}: erase a user as `gaud-engine users delete` does (engine.accounts.retention)."""
-    services = _services(request)
-    await services.authenticator.admin(request.headers)
-    erased = await asyncio.to_thread(erase_user, services.store, request.path_params["name"])
-    if erased is None:
-        raise NotFound("No user with that name.", code="user_not_found")
-    return JSONResponse({"erased": True, "token": erased.token, "keys_revoked": erased.keys_revoked,
-                         "audit_rows": erased.audit_rows, "stored_replies": erased.stored_replies})
-
-
-@answers_errors
 async def admin_usage(request: Request) -> Response:
     services = _services(request)
     await services.authenticator.admin(request.headers)
@@ -331,10 +277,6 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 async def _answered_before_routing(request: Request) -> Response:  # pragma: no cover - never routed
     raise RuntimeError("POST requests that serve models are answered by GatewayApp")
-
-
-def _admin_body(services: Services) -> BodyLimit:
-    return BodyLimit(ADMIN_MAX_BODY, services.body_deadlines)
 
 
 def _optional_float(value: Any) -> float | None:
@@ -486,11 +428,8 @@ def _routes(services: Services, catalog: Catalog) -> list[Any]:
         Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
-        Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
-        Route("/admin/keys/{lookup}", admin_update_key, methods=["PATCH"]),
-        Route("/admin/keys/{lookup}/revoke", admin_revoke, methods=["POST"]),
+        *admin_routes(services.store, services.authenticator, BodyLimit(ADMIN_MAX_BODY, services.body_deadlines)),
         Route("/admin/usage", admin_usage, methods=["GET"]),
-        Route("/admin/users/{name}", admin_delete_user, methods=["DELETE"]),
         Mount("/ui", app=dashboard),
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *(Route(spec.state.route, stored_response(name), methods=["GET", "DELETE"])
@@ -635,26 +574,6 @@ def _first_admin(store: Store) -> None:
     if not store.list_keys():
         key, _ = store.create_key("admin", role="admin")
         print(f"Created the first admin user. Its API key (shown once, store it now):\n  {key}", flush=True)
-
-
-def _key_json(info: Any) -> dict[str, Any]:
-    return {
-        "id": info.lookup,
-        "prefix": f"sk-gaud-{info.lookup}",
-        "user": info.user_name,
-        "role": info.role,
-        "created_at": info.created_at,
-        "revoked": info.revoked_at is not None,
-        "expires_at": info.expires_at,
-        "expired": info.expired(),
-        "label": info.label,
-        "models": list(info.models) if info.models else None,
-        "max_in_flight": info.max_in_flight,
-        "budget_daily": info.budget_daily,
-        "budget_monthly": info.budget_monthly,
-        "rpm_limit": info.rpm_limit,
-        "tpm_limit": info.tpm_limit,
-    }
 
 
 def model_list(

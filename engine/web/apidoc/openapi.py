@@ -46,6 +46,7 @@ class Operation:
     streams: bool = False  # may answer text/event-stream (the request's `stream: true`)
     description: str = ""
     query: tuple[tuple[str, str], ...] = ()  # (name, description) of string query parameters
+    created: bool = False  # answers 201, not 200
 
 
 _RELOAD_NOTE = "Reloads the spec tree (as SIGHUP); a tree with problems is refused and the old one keeps serving."
@@ -77,17 +78,43 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/metrics"): Operation(
         "Operations", "Prometheus metrics", access=ADMIN, media="text/plain",
         description="Needs an admin key when auth is on, unless the setting metrics.require_admin is false."),
-    ("GET", "/admin/keys"): Operation("Admin", "List API keys", access=ADMIN, reply="KeyList"),
-    ("POST", "/admin/keys"): Operation(
-        "Admin", "Create an API key", access=ADMIN, request="KeyCreate", reply="CreatedKey",
-        description="The reply holds the whole key, shown only once."),
-    ("PATCH", "/admin/keys/{lookup}"): Operation(
-        "Admin", "Change an API key", access=ADMIN, request="KeyChanges", reply="Key"),
-    ("POST", "/admin/keys/{lookup}/revoke"): Operation("Admin", "Revoke an API key", access=ADMIN, reply="Revoked"),
+    ("GET", "/admin/users"): Operation("Admin", "List users", access=ADMIN, reply="UserList"),
+    ("POST", "/admin/users"): Operation(
+        "Admin", "Create a user", access=ADMIN, request="UserCreate", reply="User", created=True,
+        description="As `gaud-engine users create`: a user without a key. An existing name is a 409 `user_exists`."),
+    ("GET", "/admin/users/{name}"): Operation("Admin", "Show a user and their keys", access=ADMIN, reply="UserDetail"),
+    ("PATCH", "/admin/users/{name}"): Operation(
+        "Admin", "Change a user's role, budgets or limits", access=ADMIN, request="UserChanges", reply="User"),
     ("DELETE", "/admin/users/{name}"): Operation(
         "Admin", "Erase a user", access=ADMIN, reply="Erased",
         description="As `gaud-engine users delete`: the user's keys are revoked, their audit rows anonymised "
                     "and their stored Responses API replies deleted (docs/decisions.md)."),
+    ("GET", "/admin/teams"): Operation("Admin", "List teams with their members and spend", access=ADMIN,
+                                       reply="TeamList"),
+    ("POST", "/admin/teams"): Operation(
+        "Admin", "Create a team", access=ADMIN, request="TeamCreate", reply="Team", created=True,
+        description="As `gaud-engine teams create`. Put users in it with the `team` field of a user or a key."),
+    ("GET", "/admin/teams/{name}"): Operation("Admin", "Show a team", access=ADMIN, reply="Team"),
+    ("PATCH", "/admin/teams/{name}"): Operation(
+        "Admin", "Change or rename a team", access=ADMIN, request="TeamChanges", reply="Team"),
+    ("DELETE", "/admin/teams/{name}"): Operation(
+        "Admin", "Delete a team", access=ADMIN, reply="TeamDeleted",
+        description="Refused (400 `team_has_members`) while it has members; its past requests keep counting as its own."),
+    ("GET", "/admin/keys"): Operation("Admin", "List API keys", access=ADMIN, reply="KeyList"),
+    ("POST", "/admin/keys"): Operation(
+        "Admin", "Create an API key", access=ADMIN, request="KeyCreate", reply="CreatedKey", created=True,
+        description="The reply holds the whole key, shown only once."),
+    ("GET", "/admin/keys/{lookup}"): Operation("Admin", "Show an API key", access=ADMIN, reply="Key"),
+    ("PATCH", "/admin/keys/{lookup}"): Operation(
+        "Admin", "Change an API key", access=ADMIN, request="KeyChanges", reply="Key"),
+    ("DELETE", "/admin/keys/{lookup}"): Operation(
+        "Admin", "Delete an API key", access=ADMIN, reply="KeyDeleted",
+        description="Revokes the key and drops its stored hash; it stays listed as revoked."),
+    ("POST", "/admin/keys/{lookup}/revoke"): Operation("Admin", "Revoke an API key", access=ADMIN, reply="Revoked"),
+    ("GET", "/admin/events"): Operation(
+        "Admin", "Who changed which user, team or key", access=ADMIN, reply="AdminEventList",
+        description="Newest first. Every change by the admin API or the CLI, with the fields set; never a key.",
+        query=(("since", "from this Unix time (seconds)"), ("limit", "at most this many (1 to 1000, default 100)"))),
     ("GET", "/admin/usage"): Operation(
         "Admin", "Usage totals per user and deployment", access=ADMIN, reply="UsageList",
         query=(("user", "only this user"), ("since", "from this Unix time (seconds)"))),
@@ -184,7 +211,7 @@ def _replies(described: Operation | None, error: str) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "OK"}
     if content:
         ok["content"] = content
-    replies: dict[str, Any] = {"200": ok}
+    replies: dict[str, Any] = {"201" if described is not None and described.created else "200": ok}
     if error:
         replies["default"] = {"description": "An error", "content": {"application/json": {"schema": _ref(error)}}}
     return replies

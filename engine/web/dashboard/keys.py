@@ -12,8 +12,10 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...accounts.admin import key_actor, perform
 from ...accounts.key_usage import key_usage
 from ...accounts.store import KEY_PREFIX
+from ...errors import GatewayError, NotFound
 from . import queries
 from .context import Dashboard
 from .forms import FormError, money_field
@@ -70,7 +72,12 @@ async def create_key(ui: Dashboard, request: Request, viewer: Viewer, form: dict
         user, fields = new_key_fields(form)
     except FormError as exc:
         return await keys_page(ui, request, viewer, exc.status, error=exc.message, form=form)
-    key, info = await asyncio.to_thread(ui.store.create_key, user, **fields)
+    try:
+        created = await asyncio.to_thread(_change, ui, viewer, "keys", "create", None, {"user": user, **fields})
+    except GatewayError as exc:
+        return await keys_page(ui, request, viewer, exc.status, error=exc.message, form=form)
+    key, info = created["key"], await asyncio.to_thread(ui.store.key_info, created["id"])
+    assert info is not None, "a key just created"
     log.info("dashboard: %s created a %s key %s%s for user %s", viewer.principal.user_name, fields["role"],
              KEY_PREFIX, info.lookup, user)
     # Shown in this response only: never stored, never put in a URL.
@@ -81,8 +88,9 @@ async def revoke_key(ui: Dashboard, request: Request, viewer: Viewer, form: dict
     lookup = request.path_params["lookup"]
     if not LOOKUP.fullmatch(lookup):
         return ui.error(request, viewer, 404, "No such key.")
-    revoked = await asyncio.to_thread(ui.store.revoke_key, lookup)
-    if not revoked:
+    try:
+        await asyncio.to_thread(_change, ui, viewer, "keys", "revoke", lookup, {})
+    except NotFound:
         return await keys_page(ui, request, viewer, 404, error=f"No active key {KEY_PREFIX}{lookup}….")
     log.info("dashboard: %s revoked key %s%s", viewer.principal.user_name, KEY_PREFIX, lookup)
     return ui.redirect(request, f"/keys?{urlencode({'revoked': lookup})}")
@@ -94,11 +102,19 @@ async def set_budgets(ui: Dashboard, request: Request, viewer: Viewer, form: dic
         daily, monthly = money_field(form, "budget_daily"), money_field(form, "budget_monthly")
         if daily is None and monthly is None:
             raise FormError(400, "Give a daily or a monthly budget (blank leaves it as it is).")
-        role = await asyncio.to_thread(queries.user_role, ui.engine, user)
-        if role is None:
-            raise FormError(404, "No such user.")
     except FormError as exc:
         return await keys_page(ui, request, viewer, exc.status, error=exc.message)
-    await asyncio.to_thread(ui.store.ensure_user, user, role=role, budget_daily=daily, budget_monthly=monthly)
+    try:
+        budgets = {name: value for name, value in (("budget_daily", daily), ("budget_monthly", monthly)) if value is not None}
+        await asyncio.to_thread(_change, ui, viewer, "users", "update", user, budgets)
+    except NotFound:
+        return await keys_page(ui, request, viewer, 404, error="No such user.")
     log.info("dashboard: %s set budgets of %s: daily %s, monthly %s", viewer.principal.user_name, user, daily, monthly)
     return ui.redirect(request, "/keys?budgets=1")
+
+
+def _change(ui: Dashboard, viewer: Viewer, resource: str, verb: str, target: str | None, fields: dict[str, Any]) -> Any:
+    """An operation of engine.accounts.admin (as the CLI and the admin API run them), recorded as
+    made from the dashboard with the viewer's key."""
+    actor = key_actor(ui.store, viewer.principal, via="ui:")
+    return perform(ui.store, resource, verb, actor=actor, target=target, fields=fields)

@@ -180,11 +180,6 @@ def user_names(engine: sa.Engine) -> list[str]:
         return list(conn.execute(sa.select(users.c.name).order_by(users.c.name)).scalars())
 
 
-def user_role(engine: sa.Engine, name: str) -> str | None:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(users.c.role).where(users.c.name == name)).scalar()
-
-
 def session_key_status(engine: sa.Engine, key_id: int) -> tuple[bool, str | None]:
     """(still unrevoked and unexpired, the user's current role) of the key a dashboard session logged in with."""
     query = (
