@@ -13,6 +13,8 @@ import hmac
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,7 +37,7 @@ from engine.metrics import Metrics
 from engine.pipeline.gateway import Gateway
 from engine.pipeline.upstream import Upstream
 
-from .conftest import RunningGateway, provider_env, spec_tree, start_gateway
+from .conftest import ROOT, RunningGateway, provider_env, spec_tree, start_gateway
 from .test_resilience import FakeClock
 
 M = 1_000_000
@@ -457,3 +459,14 @@ def test_json_and_slack_bodies() -> None:
     slack = json.loads(render(event, "slack"))
     assert slack["text"] == "Circuit breaker of x closed."
     assert [b["type"] for b in slack["blocks"]] == ["section", "context"]
+
+
+def test_serve_refuses_a_bad_webhook_in_one_line_before_binding(tmp_path: Path) -> None:
+    config = tmp_path / "gaud.yaml"
+    config.write_text("alerts:\n  webhooks:\n    - {url: 'ftp://hooks.example/x', secret: s}\n")
+    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--config", str(config), "--port", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "GAUD_DATABASE_URL": f"sqlite:///{tmp_path / 'gaud.db'}"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: alerts.webhooks[0].url must be an http(s) URL; not starting."
+    assert "listening" not in done.stdout

@@ -166,6 +166,12 @@ def serve(host: str | None, port: int | None, config_file: str | None, specs_dir
         for problem in catalog.problems:
             click.echo(str(problem), err=True)
         raise click.ClickException(f"{len(catalog.problems)} problem(s) in the specs under {root}; not starting.")
+    from ..web.server import check_settings
+
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        raise click.ClickException(f"{exc}; not starting.") from None
     for line in provider_banner(catalog, _signed_in(catalog, settings)):
         click.echo(line)
     level = logging_from_settings(settings)

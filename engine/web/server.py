@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +42,7 @@ from ..accounts.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimite
 from ..accounts.retention import AuditPruner
 from ..accounts.shared import RedisBudgets
 from ..accounts.store import Principal, Store
+from ..alerts.config import webhooks_from_settings
 from ..alerts.sink import AlertSink
 from ..config import Settings
 from ..errors import GatewayError, InvalidRequest, NotFound
@@ -59,6 +61,7 @@ from ..pipeline.validation import Limits
 from ..spec.catalog import Catalog
 from ..spec.loader import load_catalog, release_validators
 from ..spec.models import resolve_model
+from ..spec.secretfiles import with_files
 from .admin_api import ADMIN_MAX_BODY, admin_routes
 from .alerting import wire_alerts
 from .apidoc.pages import ApiDocs
@@ -456,6 +459,14 @@ def _pipeline_routes(services: Services, catalog: Catalog) -> dict[str, ASGIApp]
     return routes
 
 
+def check_settings(settings: Settings) -> None:
+    """Raise ValueError naming the first setting the app cannot start with (`serve` checks this
+    before it binds, so a bad value is a one-line error, not a traceback from a worker)."""
+    if settings.get("limits.control_chars") not in ("strip", "refuse"):
+        raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
+    webhooks_from_settings(settings.get("alerts.webhooks"), with_files(os.environ))
+
+
 def build_services(
     catalog: Catalog, settings: Settings, *, upstream: Upstream | None = None, store: Store | None = None
 ) -> Services:
@@ -466,9 +477,8 @@ def build_services(
         max_connections=int(settings.get("upstream.max_connections")),
     )
     store = store or Store(str(settings.get("database.url")), key_secret=settings.get("auth.key_secret"))
+    check_settings(settings)
     limits = Limits(**{f: settings.get(f"limits.{f}") for f in Limits.__dataclass_fields__})
-    if limits.control_chars not in ("strip", "refuse"):
-        raise ValueError("limits.control_chars must be 'strip' or 'refuse'")
     limiter, cache = _shared_state(settings)
     gateway = Gateway(catalog, upstream, _images(settings), limiter=limiter, credentials=_credentials(store, catalog),
                       allow_unlisted=bool(settings.get("routing.allow_unlisted_models")),
