@@ -174,6 +174,8 @@ def test_keys_every_verb_and_a_revoked_key_is_refused_by_the_other_process_at_on
     assert all("key" not in k for k in listed.values())
     assert served.http("GET", f"/admin/keys/{lookup}").json()["models"] == ["smart"]
     assert served.http("GET", f"/admin/keys/sk-gaud-{lookup}").json()["id"] == lookup  # the prefix works too
+    whole = served.http("GET", f"/admin/keys/{key}")  # the whole key would sit in access logs: refused
+    assert (whole.status_code, error(whole)["code"]) == (400, "key_in_url") and key not in whole.text
     patched = served.http("PATCH", f"/admin/keys/{lookup}", json={"label": "notebook", "models": None})
     assert (patched.json()["label"], patched.json()["models"]) == ("notebook", None)
 

@@ -135,6 +135,15 @@ def test_create_key_shape_and_only_a_keyed_hash_is_stored(store):
                     assert key not in str(value) and secret not in str(value), table
 
 
+
+def test_a_database_error_does_not_show_the_values_bound_to_it(store):
+    key, info = store.create_key("hana")
+    digest = store.key_secrets.stored(key)
+    with pytest.raises(sa.exc.IntegrityError) as caught, store.engine.begin() as conn:
+        conn.execute(api_keys.insert().values(lookup=info.lookup, hash=digest, user_id=0, created_at=0.0))
+    assert digest not in str(caught.value)  # (PostgreSQL names the duplicate lookup id: public)
+    assert "hidden" in str(caught.value)  # the statement is named, its values are not
+
 def test_the_key_secret_comes_from_the_setting_the_environment_or_the_file(tmp_path):
     db = f"sqlite:///{tmp_path / 'k.db'}"
     by_file = Store(db, environ={})

@@ -507,8 +507,10 @@ def _use_wal(cursor: Any) -> None:
 
 
 def _engine_for(url: str) -> sa.Engine:
+    """The engine for `url`. `hide_parameters`: a database error names its statement but not the
+    values bound to it (a key's HMAC, a sealed credential), so no traceback or log line holds them."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -522,7 +524,7 @@ def _engine_for(url: str) -> sa.Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def key_shaped(key: str) -> bool:

@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from ..accounts import admin
 from ..accounts.auth import Authenticator
-from ..accounts.store import Principal, Store
-from ..errors import GatewayError
+from ..accounts.store import Principal, Store, key_shaped
+from ..errors import GatewayError, InvalidRequest
 from ..pipeline.stages import parse_json
 from .asgi import BodyLimit, error_headers, read_body
 
@@ -77,6 +77,9 @@ def _handler(store: Store, authenticator: Authenticator, body: BodyLimit,
             if request.method in ("POST", "PATCH") and (operation.fields or _has_body(request)):
                 fields = {**fields, **parse_json(await read_body(request.headers, request.receive, body))}
             target = next(iter(request.path_params.values()), None)
+            if resource == "keys" and target is not None and key_shaped(target):
+                raise InvalidRequest("Name the key by its id (sk-gaud- and 12 characters), not the whole key: a URL "
+                                     "is written to logs.", param="lookup", code="key_in_url")
             result = await asyncio.to_thread(_perform, store, principal, resource, verb, target, fields)
         except GatewayError as exc:
             return _json(exc.to_openai(), exc.status, error_headers(exc))
