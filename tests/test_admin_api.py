@@ -26,7 +26,8 @@ from openai import AuthenticationError, OpenAI
 from engine.accounts import admin
 from engine.accounts.admin import DELETED_HASH, perform
 from engine.accounts.retention import ERASED_PREFIX
-from engine.accounts.store import Store, admin_events, api_keys
+from engine.accounts.store import Store, admin_events, api_keys, audit_log
+from engine.errors import GatewayError
 from engine.web.admin_api import ADMIN_MAX_BODY, ADMIN_ROUTES
 
 from .conftest import ROOT, TEST_KEY_SECRET, RunningGateway, pg_store, provider_env, spec_tree, start_gateway
@@ -383,6 +384,7 @@ def store(request, tmp_path) -> Iterator[Store]:
 
 def test_a_change_whose_event_cannot_be_written_does_not_happen(store, monkeypatch):
     made = perform(store, "keys", "create", actor="t", fields={"user": "ida", "label": "before"})
+    perform(store, "teams", "create", actor="t", fields={"name": "old", "budget_daily": 1})
 
     def broken(*args: object) -> None:
         raise RuntimeError("the trail is down")
@@ -393,16 +395,45 @@ def test_a_change_whose_event_cannot_be_written_does_not_happen(store, monkeypat
                                            ("keys", "create", None, {"user": "ghost"}),
                                            ("users", "create", None, {"name": "ghost"}),
                                            ("users", "update", "ida", {"role": "admin"}),
-                                           ("users", "delete", "ida", {})):
+                                           ("users", "delete", "ida", {}),
+                                           ("teams", "create", None, {"name": "new"}),
+                                           ("teams", "update", "old", {"name": "renamed", "budget_daily": 2}),
+                                           ("teams", "delete", "old", {})):
         with pytest.raises(RuntimeError, match="trail is down"):
             perform(store, resource, verb, actor="t", target=target, fields=fields)
     monkeypatch.undo()
+    teams = [(t["name"], t["budget_daily"]) for t in perform(store, "teams", "list", actor="t")["data"]]
+    assert teams == [("old", 1.0)]
     key = perform(store, "keys", "show", actor="t", target=made["id"])
     assert (key["label"], key["revoked"], key["role"], key["user"]) == ("before", False, "member", "ida")
     assert store.verify_key(made["key"]) is not None
     names = {u["name"] for u in perform(store, "users", "list", actor="t")["data"]}
     assert names == {"ida"}
-    assert [e["action"] for e in perform(store, "events", "list", actor="t")["data"]] == ["keys.create"]
+    assert [e["action"] for e in perform(store, "events", "list", actor="t")["data"]] == ["teams.create", "keys.create"]
+
+
+def test_an_erasure_that_stops_half_way_says_how_to_finish_it(store, monkeypatch):
+    perform(store, "users", "create", actor="t", fields={"name": "ida"})
+    user_id = store.ensure_user("ida")
+    with store.engine.begin() as conn:
+        conn.execute(audit_log.insert().values(request_id="r1", ts=time.time(), user_id=user_id, user_name="ida",
+                                               status=200, cost=0.5, content="a prompt of ida's"))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise sa.exc.OperationalError("UPDATE audit_log", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(admin, "finish_erasure", broken)
+    with pytest.raises(GatewayError) as stopped:
+        perform(store, "users", "delete", actor="t", target="ida")
+    monkeypatch.undo()
+    token = perform(store, "users", "list", actor="t")["data"][0]["name"]  # the name is gone already
+    assert token.startswith(ERASED_PREFIX) and stopped.value.status == 500
+    assert f"`users delete {token}` (DELETE /admin/users/{token})" in stopped.value.message
+    assert "ida" not in stopped.value.message and "locked" not in stopped.value.message
+    finished = perform(store, "users", "delete", actor="t", target=token)  # as the message says
+    assert (finished["token"], finished["audit_rows"]) == (token, 1)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(audit_log.c.user_name, audit_log.c.content)).all() == [(token, None)]
 
 
 def test_operations_on_each_database(store):

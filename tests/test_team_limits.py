@@ -51,10 +51,15 @@ def test_team_operations_validate_and_refuse_clearly(store):
     team = create_team(store, {"name": " red ", "budget_daily": "2.5", "rpm_limit": 60, "models": ["smart", "fast-*"]})
     assert (team.name, team.budget_daily, team.rpm_limit, team.models) == ("red", 2.5, 60.0, ("smart", "fast-*"))
     for raw, param in (({"name": ""}, "name"), ({"name": "x", "budget_daily": -1}, "budget_daily"),
-                       ({"name": "x", "models": "a b"}, "models"), ({"name": "x", "rpm": 3}, "rpm"), ({}, "name")):
+                       ({"name": "x", "models": "a b"}, "models"), ({"name": "x", "rpm": 3}, "rpm"), ({}, "name"),
+                       ({"name": "none"}, "name"), ({"name": " None "}, "name"), ({"name": "NULL"}, "name")):
         with pytest.raises(InvalidRequest) as refused:
             create_team(store, raw)
-        assert refused.value.param == param, raw
+        assert (refused.value.param, refused.value.status) == (param, 400), raw
+    with pytest.raises(InvalidRequest, match="none or null means no team") as renamed:
+        update_team(store, "red", {"name": "null"})  # a name `team` could never name: no one could join it
+    assert renamed.value.param == "name"
+    assert [t.name for t in list_teams(store)] == ["red"]
     with pytest.raises(InvalidRequest, match="already exists"):
         create_team(store, {"name": "red"})
     with pytest.raises(NotFound) as missing:

@@ -17,13 +17,17 @@ key or its hash: a key is named by its id only, whatever form of it the caller g
 - Deleting a key revokes it and replaces its stored hash with a marker no key matches: the row
   stays, shown as revoked, so audit rows and the request log still name the key by its id.
 
-`OPERATIONS` maps resource -> verb -> Operation. Another resource is a few lines: a function that
-makes its change in its own transaction becomes an operation with `recorded`.
+- Erasing a user anonymises their audit rows after the commit, in batches; if that fails, the
+  error names the token and says to run the erasure again on it, which finishes it.
+
+`OPERATIONS` maps resource -> verb -> Operation. Another resource is a few lines: its change takes
+the transaction (`conn=`, as engine.accounts.teams' do) and the operation calls `record` in it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,14 +35,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import InternalError, InvalidRequest, NotFound
 from .key_usage import key_usage
 from .keys import key_changes, parse_name
 from .retention import ERASED_PREFIX, erase_account, finish_erasure
 from .store import KEY_PREFIX, KeyInfo, Principal, Store, _lookup_id, admin_events, api_keys, teams, users
-from .teams import Team, create_team, delete_team, get_team, list_teams, set_user_team, update_team
+from .teams import NO_TEAM, Team, create_team, delete_team, get_team, list_teams, set_user_team, update_team
 
-__all__ = ["DELETED_HASH", "OPERATIONS", "Operation", "key_actor", "key_json", "perform", "record", "recorded"]
+__all__ = ["DELETED_HASH", "OPERATIONS", "Operation", "key_actor", "key_json", "perform", "record"]
+
+log = logging.getLogger("gaud.accounting")
 
 #: What a deleted key's row keeps instead of its hash: matches no key (it is no hash of any scheme).
 DELETED_HASH = "deleted"
@@ -93,19 +99,6 @@ def key_actor(store: Store, principal: Principal, via: str = "") -> str:
     return f"{via}{principal.user_name}"
 
 
-def recorded(action: str, change: Callable[[Store, str | None, dict[str, Any]], Any]) -> Run:
-    """An operation from a function that makes its change in its own transaction (store, target,
-    raw fields): its event is written just after, naming the target or the new `name`."""
-
-    def run(store: Store, actor: str, target: str | None, raw: dict[str, Any]) -> Any:
-        result = change(store, target, raw)
-        with store.writing() as conn:
-            record(conn, actor, action, target if target is not None else raw.get("name"), raw)
-        return result
-
-    return run
-
-
 # -- keys -------------------------------------------------------------------------------------------
 def key_json(info: KeyInfo) -> dict[str, Any]:
     """A key as the admin API shows it: its id and prefix, never the key."""
@@ -145,7 +138,7 @@ def _user_name(value: Any, field: str) -> str:
     return name
 
 
-_NO_TEAM = (None, "", "none", "null")
+_NO_TEAM = (None, "", *NO_TEAM)
 
 
 def _team_change(raw: Mapping[str, Any]) -> tuple[bool, str | None]:
@@ -306,7 +299,8 @@ def update_user(store: Store, actor: str, target: str | None, raw: dict[str, Any
 
 
 def delete_user(store: Store, actor: str, target: str | None, raw: dict[str, Any]) -> dict[str, Any]:
-    """Erase a user (engine.accounts.retention); their audit rows are anonymised after the commit."""
+    """Erase a user (engine.accounts.retention); their audit rows are anonymised after the commit.
+    If that fails the name is gone already: the error gives the token to finish the erasure with."""
     name = target or ""
     with store.writing() as conn:
         found = erase_account(conn, name)
@@ -316,7 +310,13 @@ def delete_user(store: Store, actor: str, target: str | None, raw: dict[str, Any
         _forget_name(conn, name, erased.token)
         record(conn, actor, "users.delete", erased.token,
                {"keys_revoked": erased.keys_revoked, "stored_replies": erased.stored_replies})
-    erased = finish_erasure(store, user_id, erased)
+    try:
+        erased = finish_erasure(store, user_id, erased)
+    except Exception as exc:
+        log.exception("erasure of %s: anonymising the audit rows failed", erased.token)
+        raise InternalError(
+            f"The user is erased but their audit rows are not all anonymised yet: run `users delete {erased.token}` "
+            f"(DELETE /admin/users/{erased.token}) again to finish.", code="erasure_incomplete") from exc
     return {"erased": True, "token": erased.token, "keys_revoked": erased.keys_revoked,
             "audit_rows": erased.audit_rows, "stored_replies": erased.stored_replies}
 
@@ -353,16 +353,34 @@ def show_team(store: Store, actor: str, target: str | None, raw: dict[str, Any])
     return team_json(get_team(store, target or ""))
 
 
+def create_team_row(store: Store, actor: str, target: str | None, raw: dict[str, Any]) -> dict[str, Any]:
+    with store.writing() as conn:
+        team = create_team(store, raw, conn=conn)
+        record(conn, actor, "teams.create", team.name, raw)
+    return team_json(team)
+
+
+def update_team_row(store: Store, actor: str, target: str | None, raw: dict[str, Any]) -> dict[str, Any]:
+    with store.writing() as conn:
+        team = update_team(store, target or "", raw, conn=conn)
+        record(conn, actor, "teams.update", target, raw)
+    return team_json(team)
+
+
+def delete_team_row(store: Store, actor: str, target: str | None, raw: dict[str, Any]) -> dict[str, Any]:
+    with store.writing() as conn:
+        team = delete_team(store, target or "", conn=conn)
+        record(conn, actor, "teams.delete", team.name, {})
+    return {"deleted": True, "name": team.name}
+
+
 TEAM_FIELDS = frozenset({"name", "budget_daily", "budget_monthly", "rpm_limit", "tpm_limit", "models"})
 _TEAM_VERBS: dict[str, Operation] = {
     "list": Operation(list_team_rows),
-    "create": Operation(recorded("teams.create", lambda store, _, raw: team_json(create_team(store, raw))),
-                        TEAM_FIELDS, created=True),
+    "create": Operation(create_team_row, TEAM_FIELDS, created=True),
     "show": Operation(show_team, target=True),
-    "update": Operation(recorded("teams.update", lambda store, name, raw: team_json(update_team(store, name or "", raw))),
-                        TEAM_FIELDS, target=True),
-    "delete": Operation(recorded("teams.delete", lambda store, name, raw: {
-        "deleted": True, "name": delete_team(store, name or "").name}), target=True),
+    "update": Operation(update_team_row, TEAM_FIELDS, target=True),
+    "delete": Operation(delete_team_row, target=True),
 }
 
 

@@ -607,7 +607,8 @@ class Store:
         transaction of the change), or a new transaction."""
         return contextlib.nullcontext(conn) if conn is not None else self.engine.begin()
 
-    def _reading(self, conn: sa.Connection | None) -> contextlib.AbstractContextManager[sa.Connection]:
+    def reading(self, conn: sa.Connection | None = None) -> contextlib.AbstractContextManager[sa.Connection]:
+        """`conn`, a caller's open transaction (to read what it changed), or a new connection."""
         return contextlib.nullcontext(conn) if conn is not None else self.engine.connect()
 
     # -- users and keys ---------------------------------------------------------------------------
@@ -688,7 +689,7 @@ class Store:
 
     def key_info(self, key_or_lookup: str, *, conn: sa.Connection | None = None) -> KeyInfo | None:
         """One key by the key itself, its prefix (sk-gaud-xxxxxxxxxxxx) or its lookup id."""
-        with self._reading(conn) as conn:
+        with self.reading(conn) as conn:
             row = conn.execute(self._key_infos().where(api_keys.c.lookup == _lookup_id(key_or_lookup))).first()
         return self._key_info(row) if row is not None else None
 

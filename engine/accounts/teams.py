@@ -15,7 +15,8 @@ Spend is counted per team from the audit log, where each row keeps the team of t
 (`audit_log.team_id`): moving a user to another team moves none of their past spend. A team with
 members cannot be deleted (move them out first), so no user is left in a team that is gone.
 
-Calls are synchronous, like `Store`'s.
+Calls are synchronous, like `Store`'s. A change takes `conn=`, a caller's transaction to make it
+in (engine.accounts.admin writes its event there too); without one it commits on its own.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .keys import parse_amount, parse_models, parse_name
 from .store import Store, audit_log, teams, users
 
 __all__ = [
+    "NO_TEAM",
     "TEAM_FIELDS",
     "Membership",
     "Team",
@@ -48,6 +50,8 @@ __all__ = [
 
 #: The limits a team has, as the CLI and the HTTP API name them.
 TEAM_FIELDS = ("budget_daily", "budget_monthly", "rpm_limit", "tpm_limit", "models")
+#: What a user's or a key's `team` field says for "in no team" (any case): no team may be named so.
+NO_TEAM = ("none", "null")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def team_fields(raw: Mapping[str, Any], *, name_required: bool) -> dict[str, Any
     changes: dict[str, Any] = {}
     for field, value in raw.items():
         if field == "name":
-            changes["name"] = parse_name(value, "name")
+            changes["name"] = _team_name(value)
         elif field == "models":
             changes["models"] = _models_column(parse_models(value))
         elif field in TEAM_FIELDS:
@@ -105,6 +109,13 @@ def team_fields(raw: Mapping[str, Any], *, name_required: bool) -> dict[str, Any
     if name_required and "name" not in changes:
         parse_name(None, "name")  # raises the message every missing name gets
     return changes
+
+
+def _team_name(value: Any) -> str:
+    name = parse_name(value, "name")
+    if name.lower() in NO_TEAM:
+        raise InvalidRequest(f"A team cannot be named '{name}': a team of none or null means no team.", param="name")
+    return name
 
 
 def _models_column(models: tuple[str, ...] | None) -> str | None:
@@ -125,58 +136,60 @@ def _missing(name: str) -> NotFound:
     return NotFound(f"No team named '{name}'.", param="team", code="team_not_found")
 
 
-def create_team(store: Store, raw: Mapping[str, Any]) -> Team:
+def create_team(store: Store, raw: Mapping[str, Any], *, conn: sa.Connection | None = None) -> Team:
     """A new team from `raw` (`name` required, limits optional)."""
     fields = team_fields(raw, name_required=True)
     try:
-        with store.engine.begin() as conn:
-            conn.execute(teams.insert().values(created_at=time.time(), **fields))
+        with store.writing(conn) as tx:
+            tx.execute(teams.insert().values(created_at=time.time(), **fields))
+            return get_team(store, fields["name"], conn=tx)
     except sa.exc.IntegrityError:
         raise _exists(fields["name"]) from None
-    return get_team(store, fields["name"])
 
 
-def update_team(store: Store, name: str, raw: Mapping[str, Any]) -> Team:
+def update_team(store: Store, name: str, raw: Mapping[str, Any], *, conn: sa.Connection | None = None) -> Team:
     """Change the fields given (a new `name` renames: spend and members follow, they go by id)."""
     changes = team_fields(raw, name_required=False)
     if not changes:
         raise InvalidRequest(f"Nothing to change: give name or {', '.join(TEAM_FIELDS)}.")
     try:
-        with store.engine.begin() as conn:
-            if conn.execute(teams.update().where(teams.c.name == name).values(**changes)).rowcount == 0:
+        with store.writing(conn) as tx:
+            if tx.execute(teams.update().where(teams.c.name == name).values(**changes)).rowcount == 0:
                 raise _missing(name)
+            return get_team(store, changes.get("name", name), conn=tx)
     except sa.exc.IntegrityError:
         raise _exists(changes["name"]) from None
-    return get_team(store, changes.get("name", name))
 
 
-def delete_team(store: Store, name: str) -> Team:
+def delete_team(store: Store, name: str, *, conn: sa.Connection | None = None) -> Team:
     """Delete a team without members (else a 400 saying how many): its audit rows keep its id,
     which no later team gets, so its past spend stays its own."""
-    team = get_team(store, name)
     refusal = InvalidRequest(f"The team '{name}' has members; move them to another team or to none first.",
                              param="name", code="team_has_members")
-    if team.members:
-        raise refusal
     try:
-        with store.engine.begin() as conn:
+        with store.writing(conn) as tx:
+            team = get_team(store, name, conn=tx)
+            if team.members:
+                raise refusal
             member = sa.select(users.c.id).where(users.c.team_id == team.id).exists()
-            if conn.execute(teams.delete().where(teams.c.id == team.id, ~member)).rowcount == 0:
+            if tx.execute(teams.delete().where(teams.c.id == team.id, ~member)).rowcount == 0:
                 raise refusal  # a user joined since the count
     except sa.exc.IntegrityError:  # the foreign key caught a user joining at the same moment
         raise refusal from None
     return team
 
 
-def get_team(store: Store, name: str) -> Team:
-    found = list_teams(store, name=name)
+def get_team(store: Store, name: str, *, conn: sa.Connection | None = None) -> Team:
+    found = list_teams(store, name=name, conn=conn)
     if not found:
         raise _missing(name)
     return found[0]
 
 
-def list_teams(store: Store, *, now: float | None = None, name: str | None = None) -> list[Team]:
-    """Every team (or the one named) by name, with its member count and spend today and this month."""
+def list_teams(store: Store, *, now: float | None = None, name: str | None = None,
+               conn: sa.Connection | None = None) -> list[Team]:
+    """Every team (or the one named) by name, with its member count and spend today and this month
+    (read in `conn` when given)."""
     now = time.time() if now is None else now
     today, month = day_start(now), month_start(now)
     members = (sa.select(users.c.team_id.label("team_id"), sa.func.count().label("n"))
@@ -201,8 +214,8 @@ def list_teams(store: Store, *, now: float | None = None, name: str | None = Non
     )
     if name is not None:
         query = query.where(teams.c.name == name)
-    with store.engine.connect() as conn:
-        return [_team(row, int(row.members), float(row.day), float(row.month)) for row in conn.execute(query)]
+    with store.reading(conn) as reader:
+        return [_team(row, int(row.members), float(row.day), float(row.month)) for row in reader.execute(query)]
 
 
 def set_user_team(store: Store, user: str, team: str | None, *, conn: sa.Connection | None = None) -> Membership:

@@ -88,7 +88,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/admin/users/{name}"): Operation(
         "Admin", "Erase a user", access=ADMIN, reply="Erased",
         description="As `gaud-engine users delete`: the user's keys are revoked, their audit rows anonymised "
-                    "and their stored Responses API replies deleted (docs/decisions.md)."),
+                    "and their stored Responses API replies deleted (docs/decisions.md). A 500 `erasure_incomplete` "
+                    "names the token the user now has: erase it again to finish."),
     ("GET", "/admin/teams"): Operation("Admin", "List teams with their members and spend", access=ADMIN,
                                        reply="TeamList"),
     ("POST", "/admin/teams"): Operation(
