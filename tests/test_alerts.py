@@ -206,8 +206,9 @@ def test_a_hanging_receiver_delays_no_request_and_one_401_is_one_event(tmp_path:
 # -- breakers, in-process ---------------------------------------------------------------------------
 def test_one_event_per_breaker_open_and_close(tmp_path: Path, upstream) -> None:
     """Two overloaded replies open the breaker (one event); a failed half-open probe keeps it open
-    (no event); a successful probe closes it (one event). A second open within the interval is
-    deduplicated."""
+    (no event); a successful probe closes it (one event). Breaker events are state events: a second
+    open within `dedupe_seconds` is sent too (the receiver must not be left thinking it is closed),
+    and no state is sent twice in a row."""
     tree = spec_tree(tmp_path, retry="false", fallback="false", breaker={"failures": 2, "cooldown": 10})
     catalog = load_catalog(tree, environ=provider_env(upstream.url))
     clock = FakeClock()
@@ -233,14 +234,44 @@ def test_one_event_per_breaker_open_and_close(tmp_path: Path, upstream) -> None:
             clock.now += 10
             upstream.reply_fixture("anthropic", "messages_text.json")
             await gateway.chat(body)
-            await fail(2)  # opens again within dedupe_seconds
+            await fail(2)  # opens again within dedupe_seconds: sent
             await sink.aclose()
             await gateway.upstream.close()
         kinds = [(e["kind"], e["data"]["deployment"]) for e in receiver.events()]
-        assert kinds == [("breaker.opened", "anthropic/claude-sonnet-4-20250514"),
-                         ("breaker.closed", "anthropic/claude-sonnet-4-20250514")]
-        assert receiver.events()[0]["data"]["failures"] == 2
-        assert sink.counts == {"delivered": 2, "deduplicated": 1}
+        deployment = "anthropic/claude-sonnet-4-20250514"
+        assert kinds == [("breaker.opened", deployment), ("breaker.closed", deployment), ("breaker.opened", deployment)]
+        assert [e["data"]["failures"] for e in receiver.events()] == [2, 0, 2]
+        assert sink.counts == {"delivered": 3}
+
+    asyncio.run(scenario())
+
+
+def test_breaker_events_send_each_change_and_never_repeat_a_state() -> None:
+    """Per deployment, a state is sent unless it repeats the last one sent, however soon; a repeat
+    (two instances, or a listener told twice) is counted as deduplicated; deployments are apart.
+    The state is followed even for a kind no webhook wants: a receiver of `breaker.opened` only
+    still hears every opening."""
+    async def scenario() -> None:
+        async with receiving() as receiver:
+            sink = sink_for(receiver, dedupe_seconds=600)
+            sink.start()
+            for state in ("open", "closed", "open", "open", "closed", "closed", "open"):
+                sink.breaker_listener("a", state, 3)
+            sink.breaker_listener("b", "open", 3)
+            await sink.aclose()
+        states = [(e["data"]["deployment"], e["data"]["state"]) for e in receiver.events()]
+        assert states == [("a", "open"), ("a", "closed"), ("a", "open"), ("a", "closed"), ("a", "open"), ("b", "open")]
+        assert all(states[i] != states[i + 1] for i in range(len(states) - 1))
+        assert sink.counts == {"delivered": 6, "deduplicated": 2}
+        async with receiving() as opened_only:
+            sink = AlertSink([Webhook(f"{opened_only.url}/hook", events=frozenset({"breaker.opened"}))])
+            sink.start()
+            for state in ("open", "closed", "open", "closed", "open"):
+                sink.breaker_listener("a", state, 3)
+            await sink.aclose()
+        assert [e["kind"] for e in opened_only.events()] == ["breaker.opened"] * 3
+
+    asyncio.run(scenario())
 
     asyncio.run(scenario())
 

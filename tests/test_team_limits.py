@@ -222,6 +222,44 @@ def test_a_refused_request_reserves_nothing_anywhere(kind):
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_budget_cleared_then_restored_counts_what_was_spent_meanwhile(kind):
+    """Spend goes on counting while no budget applies: restored the same day, the user's and the
+    team's limits start from everything spent that day, not from what was spent before clearing
+    (in Redis the day's spend key outlives the budget and is not seeded again). A scope that never
+    had a budget gets no key (it is seeded from the audit log when a budget first applies)."""
+    ann = _member(1, "ann", daily=1.0, team_daily=5.0)
+    cleared = _member(1, "ann")
+    ben = _member(2, "ben", team_daily=1.0)  # only the team's budget, restored at 1.0
+    stranger = Principal(user_id=3, user_name="cy", role="member")  # never had a budget
+
+    async def scenario() -> list[str]:
+        budgets = _budgets(kind)
+        messages = []
+        try:
+            await _settle(budgets, await budgets.reserve(ann, 0.1), 0.5)
+            for _ in range(2):
+                await _settle(budgets, await budgets.reserve(cleared, 0.1), 0.2)
+            await _settle(budgets, await budgets.reserve(stranger, 0.1), 0.3)
+            for who in (ann, ben):
+                with pytest.raises(BudgetExceeded) as refused:
+                    await budgets.reserve(who, 0.2)
+                messages.append(refused.value.message)
+            await budgets.reserve(ann, 0.05)  # what is left still serves
+            if isinstance(budgets, RedisBudgets):
+                assert not await budgets.redis.keys(f"{budgets.prefix}3:*")
+        finally:
+            await _close(budgets)
+        return messages
+
+    assert asyncio.run(scenario()) == [
+        ("The daily budget of $1.00 for user 'ann' cannot cover this request: $0.90 used, $0.00 reserved by requests"
+         " in flight, $0.20 estimated for this request."),
+        ("The daily budget of $1.00 for team 'ops' cannot cover this request: $0.90 used, $0.00 reserved by requests"
+         " in flight, $0.20 estimated for this request."),
+    ]
+
+
 def test_budgets_seed_team_spend_from_the_audit_log(store):
     team = create_team(store, {"name": "ops", "budget_daily": 1.0})
     ann = store.ensure_user("ann")

@@ -3,7 +3,10 @@
 Per user, per team and per period, Redis holds the spend (seeded once from the audit log) and the
 sum of open reservations; one Lua script checks every limit of a request (its user's and its
 team's) and reserves against all of them atomically, another settles. A reservation counter left
-by a crashed instance expires after `reservation_ttl` seconds.
+by a crashed instance expires after `reservation_ttl` seconds. A request to which no budget applies
+reserves nothing, but its cost is still added to its scopes' spend keys that exist (as the
+in-memory Budgets adds it to spend it loaded): a budget cleared and restored within a period must
+count what was spent in between, and an existing key is never seeded again.
 """
 
 from __future__ import annotations
@@ -64,6 +67,16 @@ end
 return spent
 """
 
+_COUNT = """
+-- KEYS: spend keys ; ARGV: cost
+-- A request no budget applies to: add its cost to each key that exists. A missing key stays
+-- missing, so that it is seeded from the audit log when a budget applies again.
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBYFLOAT', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+
 #: How long a day's or month's spend key lives in Redis: past the longest period (a month).
 _PERIOD_KEY_TTL_MS = 40 * 86400 * 1000
 
@@ -89,6 +102,7 @@ class RedisBudgets:
         self.reservation_ttl = reservation_ttl
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
+        self._count = self.redis.register_script(_COUNT)
         self._last_spend: dict[tuple[str, int], tuple[float, float]] = {}
         self.alerts: AlertSink | None = None  # told of thresholds crossed at settle
 
@@ -109,9 +123,11 @@ class RedisBudgets:
 
     async def reserve(self, principal: Principal, estimate: float) -> Reservation:
         scopes = budget_scopes(principal)
-        if not scopes or not principal.has_budget:
+        if not scopes:
             return Reservation(principal, 0.0)
         now = self.clock()
+        if not principal.has_budget:  # nothing to check or hold: settle only counts into existing keys
+            return Reservation(principal, 0.0, keys=[key for scope in scopes for key in self._keys(scope, now)])
         keys: list[str] = []
         limits: list[float] = []
         for scope in scopes:
@@ -135,10 +151,15 @@ class RedisBudgets:
         if reservation.settled or reservation.keys is None:
             return
         reservation.settled = True
-        asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
+        if reservation.principal.has_budget or cost > 0:
+            asyncio.get_running_loop().create_task(self.settle_now(reservation, cost))
 
     async def settle_now(self, reservation: Reservation, cost: float) -> None:
         keys = reservation.keys or []
+        if not reservation.principal.has_budget:
+            if cost > 0:
+                await self._count(keys=keys[0::2], args=[cost])  # the spend keys; nothing was reserved
+            return
         spent = await self._settle(keys=keys, args=[reservation.amount, cost, _PERIOD_KEY_TTL_MS])
         if self.alerts is None or cost <= 0:  # INCRBYFLOAT is atomic: one instance sees each crossing
             return

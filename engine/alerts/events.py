@@ -21,10 +21,14 @@ KINDS = ("budget.threshold", "breaker.opened", "breaker.closed", "upstream.auth_
 class Event:
     kind: str
     summary: str
-    #: Events with the same key within `alerts.dedupe_seconds` are sent once.
+    #: Events with the same key within `alerts.dedupe_seconds` are sent once (state events excepted).
     dedupe_key: str
     data: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    #: A state event's (subject, state), e.g. a breaker's: sent unless it repeats the last state
+    #: sent for that subject, however soon (a time window could hide the latest state, e.g. the
+    #: second opening of a flapping breaker); None for the other events.
+    state: tuple[str, str] | None = None
 
 
 def _day(ts: float) -> str:
@@ -60,13 +64,15 @@ def budget_crossings(
 
 
 def breaker_changed(deployment: str, state: str, failures: int) -> Event:
-    """`breaker.opened` or `breaker.closed` for one deployment."""
+    """`breaker.opened` or `breaker.closed` for one deployment: a state event (the breaker's
+    cooldown bounds how often it can change)."""
     if state == "open":
         summary = f"Circuit breaker of {deployment} opened after {failures} consecutive failures; it is skipped until a probe succeeds."
     else:
         summary = f"Circuit breaker of {deployment} closed: a probe succeeded, it serves requests again."
     kind = "breaker.opened" if state == "open" else "breaker.closed"
-    return Event(kind, summary, f"{kind}:{deployment}", {"deployment": deployment, "state": state, "failures": failures})
+    return Event(kind, summary, f"{kind}:{deployment}", {"deployment": deployment, "state": state, "failures": failures},
+                 state=(f"breaker:{deployment}", state))
 
 
 def upstream_auth_failed(deployment: str, provider: str, status: int, error_kind: str) -> Event:

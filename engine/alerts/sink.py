@@ -1,7 +1,8 @@
 """The alert sink: a bounded queue, deduplication, and signed delivery with retries, off the hot path.
 
 `emit` is synchronous and never blocks or raises: it drops an event already sent within
-`dedupe_seconds` (same dedupe key), and when the queue is full it drops the oldest queued event
+`dedupe_seconds` (same dedupe key) and a state event (a breaker's) that repeats the last state
+sent for its subject (no time window for those), and when the queue is full it drops the oldest queued event
 (an alert storm must not grow memory); both are counted. One background task delivers each event
 to every webhook that wants its kind (webhooks in parallel, events in order), retrying a connection
 error, a timeout, a 408, a 429 or a 5xx with exponential backoff and jitter up to `attempts` times;
@@ -76,22 +77,26 @@ class AlertSink:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(max(1, queue_size))
         self.counts: Counter[str] = Counter()  # outcome -> events (delivered/failed: per webhook)
         self._seen: dict[str, float] = {}  # dedupe key -> when it was last accepted
+        self._states: dict[str, str] = {}  # state event subject -> the last state accepted (one per deployment)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     # -- the emitting side (any task, synchronous) ----------------------------------------------
     def emit(self, event: Event) -> None:
         """Queue `event` for delivery unless no webhook wants it or it is a duplicate."""
-        if event.kind not in self.kinds:
+        if event.state is not None:
+            subject, state = event.state
+            if self._states.get(subject) == state:
+                if event.kind in self.kinds:
+                    self._count(event.kind, "deduplicated")
+                return
+            # Followed even when no webhook wants this kind: a receiver of openings only must
+            # still hear the next opening after a closing it did not want.
+            self._states[subject] = state
+            if event.kind not in self.kinds:
+                return
+        elif event.kind not in self.kinds or self._recent(event):
             return
-        now = self.clock()
-        last = self._seen.get(event.dedupe_key)
-        if last is not None and now - last < self.dedupe_seconds:
-            self._count(event.kind, "deduplicated")
-            return
-        self._seen[event.dedupe_key] = now
-        if len(self._seen) > 4 * self.queue.maxsize:
-            self._forget(now)
         if self.queue.full():
             dropped = self.queue.get_nowait()
             self.queue.task_done()
@@ -112,6 +117,19 @@ class AlertSink:
     def breaker_listener(self, deployment: str, state: str, failures: int) -> None:
         """For `BreakerBoard.listener`: a breaker of this process opened or closed."""
         self.emit(breaker_changed(deployment, state, failures))
+
+    def _recent(self, event: Event) -> bool:
+        """True (and counted) if `event`'s dedupe key was accepted within `dedupe_seconds`; else
+        remember the key as accepted now."""
+        now = self.clock()
+        last = self._seen.get(event.dedupe_key)
+        if last is not None and now - last < self.dedupe_seconds:
+            self._count(event.kind, "deduplicated")
+            return True
+        self._seen[event.dedupe_key] = now
+        if len(self._seen) > 4 * self.queue.maxsize:
+            self._forget(now)
+        return False
 
     def _forget(self, now: float) -> None:
         """Forget keys past the interval; in a storm of distinct keys, keep only the newest (the
