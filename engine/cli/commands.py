@@ -15,7 +15,7 @@ from ..config import load_settings
 from ..errors import SpecError
 from ..spec.catalog import Catalog
 from ..spec.loader import default_root, load_catalog, serving_root
-from .options import CONFIG_OPTION, open_store
+from .options import CONFIG_OPTION, amount, open_store, spend
 from .options import run_admin as _admin
 from .scaffold import formats as scaffold_formats
 from .teams import print_team_totals, team_id_of
@@ -377,20 +377,13 @@ def keys_list(config_file: str | None) -> None:
         status = "revoked" if k["revoked"] else "expired" if k["expired"] else "active"
         models = ",".join(k["models"]) if k["models"] else "all"
         click.echo(f"{k['prefix']:<20} {k['user']:<16} {k['role']:<7} {status:<8} "
-                   f"{_spend(k['user_spent_today'], k['budget_daily']):>16} "
-                   f"{_spend(k['user_spent_month'], k['budget_monthly']):>16} "
-                   f"{_amount(k['rpm_limit']):>6} {_amount(k['tpm_limit']):>8}  {_key_expiry(k['created_at']):<17} "
+                   f"{spend(k['user_spent_today'], k['budget_daily']):>16} "
+                   f"{spend(k['user_spent_month'], k['budget_monthly']):>16} "
+                   f"{amount(k['rpm_limit']):>6} {amount(k['tpm_limit']):>8}  {_key_expiry(k['created_at']):<17} "
                    f"{_key_expiry(k['last_used']):<17} {_key_expiry(k['expires_at']):<17} {models:<24} "
                    f"{k['label'] or '-'}".rstrip())
 
 
-def _amount(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
-def _spend(spent: float, budget: float | None) -> str:
-    """`spent/budget` in USD (`-`: no budget), e.g. `0.000414/5`."""
-    return f"{spent:.4g}/{_amount(budget)}"
 
 
 @keys.command("revoke")
@@ -428,8 +421,8 @@ def users() -> None:
 
 
 def _user_line(user: dict[str, Any]) -> str:
-    return (f"{user['name']} ({user['role']}; daily: {_amount(user['budget_daily'])}, monthly: "
-            f"{_amount(user['budget_monthly'])}, rpm: {_amount(user['rpm_limit'])}, tpm: {_amount(user['tpm_limit'])})")
+    return (f"{user['name']} ({user['role']}; daily: {amount(user['budget_daily'])}, monthly: "
+            f"{amount(user['budget_monthly'])}, rpm: {amount(user['rpm_limit'])}, tpm: {amount(user['tpm_limit'])})")
 
 
 @users.command("create")
@@ -464,8 +457,8 @@ def users_list(config_file: str | None) -> None:
         return
     click.echo(f"{'user':<24} {'role':<7} {'daily':>8} {'monthly':>8} {'rpm':>6} {'tpm':>8} {'keys':>5}  created")
     for u in rows:
-        click.echo(f"{u['name']:<24} {u['role']:<7} {_amount(u['budget_daily']):>8} {_amount(u['budget_monthly']):>8} "
-                   f"{_amount(u['rpm_limit']):>6} {_amount(u['tpm_limit']):>8} {u['active_keys']:>5}  "
+        click.echo(f"{u['name']:<24} {u['role']:<7} {amount(u['budget_daily']):>8} {amount(u['budget_monthly']):>8} "
+                   f"{amount(u['rpm_limit']):>6} {amount(u['tpm_limit']):>8} {u['active_keys']:>5}  "
                    f"{_key_expiry(u['created_at'])}")
 
 

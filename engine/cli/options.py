@@ -1,4 +1,5 @@
-"""What several command modules share: the `--config` option and opening the store it names."""
+"""What several command modules share: the `--config` option, opening the store it names, running
+an account operation, and how amounts are printed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..config import load_settings
 if TYPE_CHECKING:
     from ..accounts.store import Store
 
-__all__ = ["CONFIG_OPTION", "cli_actor", "open_store", "run_admin"]
+__all__ = ["CONFIG_OPTION", "amount", "cli_actor", "open_store", "run_admin", "spend"]
 
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False), envvar="GAUD_CONFIG",
@@ -57,3 +58,13 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no name for this uid (a container)
         return f"cli:uid-{os.getuid()}"
+
+
+def amount(value: float | None) -> str:
+    """A limit as the tables print it: `-` for none."""
+    return "-" if value is None else f"{value:g}"
+
+
+def spend(spent: float, budget: float | None) -> str:
+    """`spent/budget` in USD (`-`: no budget), e.g. `0.000414/5`."""
+    return f"{spent:.4g}/{amount(budget)}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import GatewayError
-from .options import CONFIG_OPTION, run_admin
+from .options import CONFIG_OPTION, amount, run_admin, spend
 
 if TYPE_CHECKING:
     from ..accounts.store import Store
@@ -48,19 +48,12 @@ def _run(operation: Callable[[], Any]) -> Any:
         raise click.ClickException(exc.message) from None
 
 
-def _amount(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
-def _spend(spent: float, budget: float | None) -> str:
-    """`spent/budget` in USD (`-`: no budget), as `keys list` shows a user's."""
-    return f"{spent:.4g}/{_amount(budget)}"
 
 
 def _line(team: dict[str, Any]) -> str:
     models = ",".join(team["models"]) if team["models"] else "all"
-    return (f"{team['name']} (daily: {_amount(team['budget_daily'])}, monthly: {_amount(team['budget_monthly'])}, "
-            f"rpm: {_amount(team['rpm_limit'])}, tpm: {_amount(team['tpm_limit'])}, models: {models})")
+    return (f"{team['name']} (daily: {amount(team['budget_daily'])}, monthly: {amount(team['budget_monthly'])}, "
+            f"rpm: {amount(team['rpm_limit'])}, tpm: {amount(team['tpm_limit'])}, models: {models})")
 
 
 @click.group()
@@ -100,9 +93,9 @@ def teams_list(config_file: str | None) -> None:
         return
     click.echo(f"{'team':<20} {'members':>7} {'today':>16} {'month':>16} {'rpm':>6} {'tpm':>8}  models")
     for t in rows:
-        click.echo(f"{t['name']:<20} {t['members']:>7} {_spend(t['spent_today'], t['budget_daily']):>16} "
-                   f"{_spend(t['spent_month'], t['budget_monthly']):>16} {_amount(t['rpm_limit']):>6} "
-                   f"{_amount(t['tpm_limit']):>8}  {','.join(t['models']) if t['models'] else 'all'}")
+        click.echo(f"{t['name']:<20} {t['members']:>7} {spend(t['spent_today'], t['budget_daily']):>16} "
+                   f"{spend(t['spent_month'], t['budget_monthly']):>16} {amount(t['rpm_limit']):>6} "
+                   f"{amount(t['tpm_limit']):>8}  {','.join(t['models']) if t['models'] else 'all'}")
 
 
 @teams.command("update")
