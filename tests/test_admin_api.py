@@ -298,6 +298,19 @@ def test_the_cli_and_the_api_see_and_change_the_same_accounts(served):
     served.cli("keys", "update", key["prefix"], "--label", "again")
     assert served.http("GET", f"/admin/keys/{key['id']}").json()["label"] == "again"
 
+    # Teams: made over HTTP, joined by the CLI; made by the CLI, joined over HTTP.
+    served.http("POST", "/admin/teams", json={"name": "north", "rpm_limit": 60})
+    assert served.cli("users", "update", "hugo", "--team", "north").stdout.endswith("; team north)\n")
+    assert served.http("GET", "/admin/users/hugo").json()["team"] == "north"
+    assert served.cli("teams", "create", "south", "--budget-daily", "3").stdout.startswith("created team south ")
+    served.http("PATCH", "/admin/users/cleo", json={"team": "south"})
+    assert "(cleo, team south, admin;" in served.cli("keys", "update", prefix, "--label", "cli").stdout
+    assert served.cli("users", "create", "dora", "--team", "south").stdout.endswith("; team south)\n")
+    assert served.http("GET", "/admin/teams/south").json()["members"] == 2
+    served.cli("users", "update", "cleo", "--team", "none")
+    served.cli("users", "update", "dora", "--team", "none")
+    assert served.http("DELETE", "/admin/teams/south").status_code == 200
+
     # Revoked and deleted in one, seen in the other; refusals read the same.
     served.http("POST", f"/admin/keys/{prefix}/revoke")
     line = next(line for line in served.cli("keys", "list").stdout.splitlines() if line.startswith(prefix))

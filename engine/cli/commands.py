@@ -421,16 +421,19 @@ def users() -> None:
 
 
 def _user_line(user: dict[str, Any]) -> str:
+    team = f"; team {user['team']}" if user.get("team") else ""
     return (f"{user['name']} ({user['role']}; daily: {amount(user['budget_daily'])}, monthly: "
-            f"{amount(user['budget_monthly'])}, rpm: {amount(user['rpm_limit'])}, tpm: {amount(user['tpm_limit'])})")
+            f"{amount(user['budget_monthly'])}, rpm: {amount(user['rpm_limit'])}, tpm: {amount(user['tpm_limit'])}"
+            f"{team})")
 
 
 @users.command("create")
 @click.argument("name")
 @_limit_options("", role_default="member")
+@click.option("--team", default=None, help="Put the user in this team (`teams create`).")
 @CONFIG_OPTION
 def users_create(name: str, role: str, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
-                 tpm: str | None, config_file: str | None) -> None:
+                 tpm: str | None, team: str | None, config_file: str | None) -> None:
     """Create a user without a key (`keys create --user NAME` adds keys).
 
     \b
@@ -438,7 +441,7 @@ def users_create(name: str, role: str, budget_daily: str | None, budget_monthly:
         gaud-engine users create alice --budget-monthly 50
     """
     user = _admin(config_file, "users", "create", fields={
-        "name": name, **_user_fields(role, budget_daily, budget_monthly, rpm, tpm)})
+        "name": name, **_user_fields(role, budget_daily, budget_monthly, rpm, tpm), "team": team})
     click.echo(f"created {_user_line(user)}")
 
 
@@ -465,16 +468,17 @@ def users_list(config_file: str | None) -> None:
 @users.command("update")
 @click.argument("name")
 @_limit_options("", role_default=None)
+@click.option("--team", default=None, help="Move the user to this team, or none.")
 @CONFIG_OPTION
 def users_update(name: str, role: str | None, budget_daily: str | None, budget_monthly: str | None, rpm: str | None,
-                 tpm: str | None, config_file: str | None) -> None:
-    """Change a user's role, budgets or limits (so of every key of theirs); only the options given.
+                 tpm: str | None, team: str | None, config_file: str | None) -> None:
+    """Change a user's role, budgets, limits (so of every key of theirs) or team; only the options given.
 
     \b
     Example usage:
-        gaud-engine users update alice --role admin --budget-daily none
+        gaud-engine users update alice --role admin --budget-daily none --team research
     """
-    fields = _user_fields(role, budget_daily, budget_monthly, rpm, tpm)
+    fields = {**_user_fields(role, budget_daily, budget_monthly, rpm, tpm), "team": team}
     if all(value is None for value in fields.values()):
         raise click.UsageError("give at least one option to change")
     user = _admin(config_file, "users", "update", name, fields, missing=f"no user {name}")
