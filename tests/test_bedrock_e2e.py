@@ -1,9 +1,11 @@
 """End to end with the shipped bedrock spec: the openai SDK -> the gateway (a real `serve` process)
 -> a fake Bedrock Runtime that checks SigV4 with botocore (or the bearer API key) and streams
-ConverseStream event-stream frames back, split inside frames."""
+ConverseStream event-stream frames back, split inside frames. And `spec record` against the same
+fake: it signs as the gateway does, or says which variables it needs."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
 import shutil
@@ -15,11 +17,15 @@ from unittest import mock
 import openai
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from click.testing import CliRunner, Result
 
+from engine.cli.commands import main
+from engine.cli.recordings import _messages, _stream_bytes
 from tests.conftest import ROOT, RunningGateway, start_gateway
 from tests.eventstream_frames import event, exception
 from tests.fakes import LoopbackServer
@@ -34,6 +40,8 @@ class FakeBedrock:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        #: What a (non-stream) Converse request is answered with.
+        self.reply: dict[str, Any] = {}
         self.seen: list[dict[str, Any]] = []
         self.server = LoopbackServer()
         app = web.Application()
@@ -61,6 +69,8 @@ class FakeBedrock:
         if not ok:
             return web.json_response({"message": "The security token included in the request is invalid."}, status=403,
                                      headers={"x-amzn-ErrorType": "UnrecognizedClientException:http://internal.amazon.com/coral/"})
+        if request.path.endswith("/converse"):
+            return web.json_response(self.reply)
         response = web.StreamResponse(headers={"content-type": "application/vnd.amazon.eventstream"})
         await response.prepare(request)
         whole = b"".join(self.frames)
@@ -173,3 +183,81 @@ def test_a_rejected_signature_is_an_authentication_error(signed: RunningGateway,
     with mock.patch.object(FakeBedrock, "signed", return_value=False), pytest.raises(openai.AuthenticationError) as caught:
         list(client.chat.completions.create(model=f"bedrock/{MODEL}", messages=[{"role": "user", "content": "Hi"}], stream=True))
     assert "security token" in str(caught.value)
+
+
+# -- spec record -----------------------------------------------------------------------------------
+CONVERSE_REPLY = {
+    "output": {"message": {"role": "assistant", "content": [{"text": "Rivers carry dissolved minerals to it."}]}},
+    "stopReason": "end_turn", "usage": {"inputTokens": 16, "outputTokens": 8, "totalTokens": 24}, "metrics": {"latencyMs": 80},
+}
+
+
+def _record(tmp: Path, fake: FakeBedrock, **env: str | None) -> tuple[Result, Path]:
+    tree = tmp / "specs"
+    for folder in ("providers.d", "pricing.d"):
+        (tree / folder).mkdir(parents=True)
+        shutil.copy(ROOT / folder / "bedrock.yaml", tree / folder)
+    (tree / "routes.yaml").write_text("defaults:\n  retry: 'false'\n")
+    out = tree / "tests" / "providers" / "bedrock" / "recordings"  # the spec's recordings folder
+    unset: dict[str, str | None] = dict.fromkeys(
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK", "AWS_DEFAULT_REGION"))
+    result = CliRunner().invoke(main, ["spec", "record", "--provider", "bedrock", "--specs", str(tree), "--model", MODEL],
+                                env={**unset, "BEDROCK_BASE_URL": fake.url, "AWS_REGION": "eu-west-3", **env})
+    return result, out
+
+
+def test_spec_record_signs_as_the_gateway_does(fake: FakeBedrock, tmp_path: Path) -> None:
+    fake.frames, fake.seen[:], fake.reply = _conversation(), [], CONVERSE_REPLY
+    result, out = _record(tmp_path, fake, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=TOKEN)
+    assert result.exit_code == 0, result.output
+    # Every request reached the fake signed for bedrock/eu-west-3, and botocore agreed with the signature.
+    assert [(s["ok"], s["auth"]) for s in fake.seen] == [(True, "AWS4-HMAC-SHA256")] * 3
+    assert [s["path"].rsplit("/", 1)[1] for s in fake.seen] == ["converse", "converse", "converse-stream"]
+    assert all(s["path"].startswith("/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/") for s in fake.seen)
+    assert "note," not in result.output  # what was sent is what the replay builds, signature aside
+    files = {p.stem: p.read_text() for p in out.glob("*.yaml")}
+    assert sorted(files) == ["recorded-stream", "recorded-text", "recorded-tool-call"]
+    for text in files.values():
+        assert KEY not in text and SECRET not in text and TOKEN not in text
+    text = yaml.safe_load(files["recorded-text"])
+    # The signed mode is recorded as such: the API key that would stand in for the signature is
+    # listed unset (as is every variable the exchanges were made without).
+    assert text["unset"] == ["AWS_DEFAULT_REGION", "AWS_BEARER_TOKEN_BEDROCK"]
+    assert text["expect"]["upstream_call"]["headers"]["authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=<AWS_ACCESS_KEY_ID>/20260101/<AWS_REGION>/bedrock/aws4_request, ")
+    assert text["expect"]["response"]["choices"][0]["message"]["content"] == "Rivers carry dissolved minerals to it."
+    # The binary stream is stored as its messages, which the replay turns back into the same reply.
+    stream = yaml.safe_load(files["recorded-stream"])
+    assert stream["upstream"]["stream"][1] == {"event": "contentBlockDelta",
+                                               "payload": {"contentBlockIndex": 0, "delta": {"text": "Demat "}, "p": "ab"}}
+    assert stream["expect"]["chunks"][-1]["usage"]["prompt_tokens"] == 40
+    replayed = CliRunner().invoke(main, ["spec", "test", str(tmp_path / "specs" / "providers.d" / "bedrock.yaml")])
+    assert replayed.output.rstrip().endswith("3 passed, 0 failed"), replayed.output
+
+
+def test_spec_record_with_a_wrong_secret_is_refused_by_the_fake(fake: FakeBedrock, tmp_path: Path) -> None:
+    fake.frames, fake.seen[:], fake.reply = _conversation(), [], CONVERSE_REPLY
+    result, out = _record(tmp_path, fake, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY="not-the-secret",
+                          AWS_SESSION_TOKEN=TOKEN)
+    assert result.exit_code == 0, result.output
+    assert [s["ok"] for s in fake.seen] == [False] * 3
+    upstream = yaml.safe_load((out / "recorded-text.yaml").read_text())["upstream"]
+    assert upstream == {"status": 403, "body": {"message": "The security token included in the request is invalid."}}
+
+
+def test_spec_record_without_credentials_names_the_variables(fake: FakeBedrock, tmp_path: Path) -> None:
+    fake.seen[:] = []
+    result, out = _record(tmp_path, fake, AWS_ACCESS_KEY_ID=KEY)
+    assert result.exit_code == 1
+    assert ("bedrock cannot sign its requests: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_BEARER_TOKEN_BEDROCK) in the environment") in result.output
+    assert fake.seen == [] and not out.exists()
+
+
+def test_a_recorded_event_stream_keeps_every_byte() -> None:
+    whole = b"".join(_conversation())
+    messages = _messages(whole)
+    assert len(messages) == len(_conversation()) and _stream_bytes(messages) == whole  # written back byte for byte
+    assert _messages(whole[:-5]) == [{"bytes": base64.b64encode(whole[:-5]).decode()}]  # cut inside a message
+    corrupt = whole[:20] + bytes([whole[20] ^ 1]) + whole[21:]
+    assert _stream_bytes(_messages(corrupt)) == corrupt  # a bad checksum is kept as it came, not mended

@@ -202,6 +202,75 @@ def test_a_failed_request_span_carries_the_error_kind(tree, upstream, tmp_path):
     assert request.attributes["gaud.attempts"] == 4 and not upstream.replies
 
 
+# -- count_tokens ------------------------------------------------------------------------------------
+COUNT_PROMPT = [{"role": "user", "content": "Hello " * 50}]
+
+
+async def _counts(app: Any, *bodies: dict[str, Any], headers: dict[str, str] | None = None) -> list[httpx.Response]:
+    """POST each body to the Anthropic format's count_tokens route, with the client's traceparent."""
+    starlette = app.app
+    async with starlette.router.lifespan_context(starlette), httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        return [await http.post("http://gaud/v1/messages/count_tokens", json=body,
+                                headers=headers or {"traceparent": TRACEPARENT}) for body in bodies]
+
+
+def test_a_count_tokens_request_has_its_request_span_and_the_counting_call_its_attempt_span(tree, upstream, tmp_path):
+    app = make_app(tree, upstream.url, tmp_path)
+    exporter = in_memory(app)
+    upstream.reply(json={"input_tokens": 321})
+    (reply,) = asyncio.run(_counts(app, {"model": "claude-sonnet-4", "messages": COUNT_PROMPT}))
+    assert reply.json() == {"input_tokens": 321} and reply.headers["x-gaud-token-count"] == "provider"
+
+    spans = exporter.get_finished_spans()
+    (request,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    (attempt,) = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert format(request.context.trace_id, "032x") == TRACE_ID
+    assert request.parent is not None and format(request.parent.span_id, "016x") == CLIENT_SPAN
+    assert request.name == "count_tokens claude-sonnet-4"
+    assert request.attributes["gen_ai.operation.name"] == "count_tokens"
+    assert request.attributes["url.path"] == "/v1/messages/count_tokens"
+    assert request.attributes["gen_ai.request.model"] == "claude-sonnet-4"
+    assert request.attributes["gen_ai.usage.input_tokens"] == 321 and request.attributes["gaud.token_count"] == "provider"
+    assert request.attributes["http.response.status_code"] == 200 and "error.type" not in request.attributes
+    assert "gen_ai.request.max_tokens" not in request.attributes  # the 1 validation needs is no request's
+
+    assert attempt.parent is not None and attempt.parent.span_id == request.context.span_id
+    assert request.start_time <= attempt.start_time and attempt.end_time <= request.end_time
+    assert attempt.name == "count_tokens claude-sonnet-4-20250514"
+    assert attempt.attributes["gen_ai.provider.name"] == "anthropic" and attempt.attributes["gaud.attempt"] == 1
+    assert attempt.attributes["gen_ai.usage.input_tokens"] == 321 and attempt.status.status_code == StatusCode.UNSET
+    # The counting call carried the attempt span's traceparent.
+    assert traceparent_span(upstream.last().headers["traceparent"]) == (TRACE_ID, format(attempt.context.span_id, "016x"))
+    assert "Hello" not in json.dumps([dict(s.attributes) for s in spans])  # no contents without consent
+
+
+def test_a_failed_or_missing_count_is_traced_as_the_estimate(tree, upstream, tmp_path):
+    app = make_app(tree, upstream.url, tmp_path)
+    exporter = in_memory(app)
+    upstream.reply(status=500, json={"error": {"type": "api_error", "message": "boom"}})
+    upstream.reply(json={"count": 5})
+    failed, empty, uncounted, refused = asyncio.run(_counts(
+        app, {"model": "claude-sonnet-4", "messages": COUNT_PROMPT}, {"model": "claude-sonnet-4", "messages": COUNT_PROMPT},
+        {"model": "gpt-4o", "messages": COUNT_PROMPT}, {"model": "claude-sonnet-4", "messages": 3}))
+    estimate = uncounted.json()["input_tokens"]
+    assert [r.headers.get("x-gaud-token-count") for r in (failed, empty, uncounted)] == ["estimate"] * 3
+    assert refused.status_code == 400 and len(upstream.requests) == 2
+
+    spans = exporter.get_finished_spans()
+    requests = sorted((s for s in spans if s.kind == SpanKind.SERVER), key=lambda s: s.start_time)
+    attempts = sorted((s for s in spans if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time)
+    assert len(requests) == 4 and len(attempts) == 2  # gpt-4o's spec has no counting endpoint: no call, no attempt span
+    assert [a.parent.span_id for a in attempts if a.parent] == [r.context.span_id for r in requests[:2]]
+    assert [a.attributes["error.type"] for a in attempts] == ["upstream_5xx", "response_parsing"]
+    assert all(a.status.status_code == StatusCode.ERROR for a in attempts)
+    for request in requests[:3]:  # the count still answered: the request is fine, with the estimate
+        assert request.attributes["gaud.token_count"] == "estimate"
+        assert request.attributes["gen_ai.usage.input_tokens"] == estimate
+        assert "error.type" not in request.attributes and request.status.status_code == StatusCode.UNSET
+    assert requests[3].attributes["error.type"] == "invalid_request"
+    assert requests[3].attributes["http.response.status_code"] == 400 and "gaud.token_count" not in requests[3].attributes
+
+
 # -- export over OTLP/HTTP ----------------------------------------------------------------------------
 class Collector:
     """A fake OTLP/HTTP collector: decodes each export; holds the first until `release` is set."""

@@ -50,11 +50,12 @@ from ..pipeline.translate import (
     stream_usage,
     with_usage,
 )
+from ..pipeline.upstream import UpstreamRequest, prepared
 from ..pipeline.validation import check_structured_output, validate_request
 from ..spec.models import Target, resolve_model
 from ..spec.sigv4 import sign_request
 from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailure, StreamState
-from ..streaming.eventstream import encode_message
+from ..streaming.eventstream import Headers, MessageDecoder, encode_message
 
 if TYPE_CHECKING:
     from ..spec.catalog import Catalog
@@ -699,15 +700,16 @@ def scrub(value: Any, masks: Mapping[str, str]) -> Any:
     return value
 
 
-def _masks(spec: Any) -> tuple[dict[str, str], dict[str, str]]:
+def _masks(spec: Any, replayed_base: str) -> tuple[dict[str, str], dict[str, str]]:
     """(secret value -> `<VAR>`, every set variable's value -> what a replay puts there): the
-    first scrubs what is stored, the second makes a request sent for real comparable with a replay."""
+    first scrubs what is stored, the second makes a request sent for real comparable with a replay
+    (a base URL override becomes `replayed_base`, the spec's own, its template rendered there)."""
     secrets, values = {}, {}
     for name, var in spec.env.items():
         value = spec.env_values.get(name) or ""
         if var.base_url:
             if value:
-                values[value.rstrip("/")] = spec.base_url.rstrip("/")
+                values[value.rstrip("/")] = replayed_base
         elif len(value) >= 4:  # shorter ones would be replaced inside unrelated text
             values[value] = placeholder(name)
             if var.secret:
@@ -715,9 +717,24 @@ def _masks(spec: Any) -> tuple[dict[str, str], dict[str, str]]:
     return secrets, values
 
 
-def _note_head(stem: str, real: dict[str, Any], replayed: Any, echo: Callable[[str], Any]) -> None:
+_SIGNATURE = re.compile(r"Signature=[0-9a-f]+")
+
+
+def _unsigned(head: Any) -> Any:
+    """A request head with its SigV4 signature blanked: the real one is made with the secret, the
+    replay's with its placeholder, so they always differ; what was signed is compared as it is."""
+    if not isinstance(head, dict) or not isinstance(head.get("headers"), dict):
+        return head
+    headers = {name: _SIGNATURE.sub("Signature=...", value) if name == "authorization" else value
+               for name, value in head["headers"].items()}
+    return {**head, "headers": headers}
+
+
+def _note_head(stem: str, real: dict[str, Any], replayed: Any, echo: Callable[[str], Any], signed: bool) -> None:
     """Say where the request sent for real differs from the replay's (a variable unset while
     recording, a base URL override with another path): the replay's is the one stored."""
+    if signed:
+        real, replayed = _unsigned(real), _unsigned(replayed)
     differences = call_differences(replayed, real) if real != replayed else []
     for line in differences:
         echo(f"{stem}: note, the request sent differs from the replay's (stored): {line}")
@@ -744,9 +761,16 @@ def record(
     missing = spec.missing_env()
     if missing:
         raise RecordingProblem(f"{provider} needs {', '.join(missing)} in the environment to reach its upstream")
+    hint = spec.setup_hint()  # a signing spec also needs its signing identity, or the stand-in credential
+    if hint:
+        raise RecordingProblem(f"{provider} cannot sign its requests: {hint} in the environment")
     model = model or default_model(catalog, provider)
     target = _target(catalog, f"{provider}/{model}", provider)
-    secrets, values = _masks(spec)
+    # What the exchanges are made without: listed in `unset`, the replay builds the request sent
+    # (say the signed one, not the one an unset stand-in API key would make).
+    unset = [name for name, var in spec.env.items() if not var.base_url and not spec.env_values.get(name)]
+    secrets, values = _masks(spec, with_placeholders(target, unset).provider.api_base())
+    binary = getattr(spec.stream, "framing", None) == "aws_eventstream"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with httpx.Client(timeout=timeout) as client:
@@ -758,33 +782,18 @@ def record(
             except GatewayError as exc:
                 echo(f"{stem}: skipped, the engine refuses it for {target.name}: {exc.message}")
                 continue
-            headers = {"content-type": "application/json", **sent.headers}
-            upstream: dict[str, Any] = {}
             try:
-                if sent.stream:
-                    with client.stream(sent.method, sent.url, headers=headers, content=orjson.dumps(sent.body)) as reply:
-                        text = reply.read().decode("utf-8", errors="replace")
-                        status = reply.status_code
-                    upstream = {"status": status, ("stream" if status < 400 else "body"): text.replace("\r\n", "\n")}
-                else:
-                    reply = client.request(sent.method, sent.url, headers=headers, content=orjson.dumps(sent.body))
-                    status = reply.status_code
-                    try:
-                        upstream = {"status": status, "body": reply.json()}
-                    except ValueError:
-                        upstream = {"status": status, "body": reply.text}
+                upstream = _exchange(client, sent, binary)
             except httpx.HTTPError as exc:
                 raise RecordingProblem(f"{stem}: the upstream could not be reached: {scrub(str(exc), secrets)}") from None
-            if upstream["status"] >= 400 and isinstance(upstream.get("body"), str):
-                with contextlib.suppress(ValueError):
-                    upstream["body"] = json.loads(upstream["body"])
             real_head = scrub(request_head(target, sent), values)
             data: dict[str, Any] = scrub(
-                {"description": description, "model": target.name, "request": request, "upstream": upstream}, secrets
+                {"description": description, "model": target.name, **({"unset": unset} if unset else {}),
+                 "request": request, "upstream": upstream}, secrets
             )
             try:
                 data["expect"] = scrub(normalise(replay(catalog, data, provider)), secrets)
-                _note_head(stem, real_head, data["expect"].get("upstream_call"), echo)
+                _note_head(stem, real_head, data["expect"].get("upstream_call"), echo, sent.sign is not None)
             except RecordingProblem as exc:
                 echo(f"{stem}: no expectation written: {exc}")
             text = dump_yaml(data)
@@ -795,3 +804,50 @@ def record(
             written.append(path)
             echo(f"wrote {path} (upstream status {upstream['status']})")
     return written
+
+
+def _exchange(client: Any, sent: UpstreamRequest, binary: bool) -> dict[str, Any]:
+    """Send one request as the gateway sends it (`prepared`: the same bytes, signed the same way
+    for `aws_sigv4`) and return what came back as a recording's `upstream`: a JSON body where it
+    is one, a text stream as its text, a binary event stream as its messages."""
+    url, headers, data = prepared(sent)
+    if not sent.stream:
+        reply = client.request(sent.method, str(url), headers=headers, content=data)
+        try:
+            return {"status": reply.status_code, "body": reply.json()}
+        except ValueError:
+            return {"status": reply.status_code, "body": reply.text}
+    with client.stream(sent.method, str(url), headers=headers, content=data) as reply:
+        raw, status = reply.read(), reply.status_code
+    if status >= 400:
+        text = raw.decode("utf-8", errors="replace")
+        with contextlib.suppress(ValueError):
+            return {"status": status, "body": json.loads(text)}
+        return {"status": status, "body": text}
+    if binary:
+        return {"status": status, "stream": _messages(raw)}
+    return {"status": status, "stream": raw.decode("utf-8", errors="replace").replace("\r\n", "\n")}
+
+
+def _messages(raw: bytes) -> list[dict[str, Any]]:
+    """A binary event stream as `upstream.stream` lists it (what `_frame` encodes back), or, when
+    a message does not fit that form (a bad checksum, a cut-off message, a payload that is not
+    JSON), the whole stream as one `{bytes: BASE64}` item: nothing received is lost or mended."""
+    decoder = MessageDecoder()
+    try:
+        items = [_message(headers, payload) for headers, payload in decoder.feed(raw)]
+    except (StreamFailure, ValueError, KeyError):
+        items = None
+    if items is None or decoder.pending:
+        return [{"bytes": base64.b64encode(raw).decode()}]
+    return items
+
+
+def _message(headers: Headers, payload: bytes) -> dict[str, Any]:
+    kind = headers.get(":message-type", "event")
+    if kind == "error":
+        return {"error": str(headers[":error-code"]), "message": str(headers.get(":error-message", ""))}
+    name = headers[":event-type" if kind == "event" else ":exception-type"]
+    if kind not in ("event", "exception") or not isinstance(name, str):
+        raise ValueError(f"a {kind} message")
+    return {kind: name, **({"payload": orjson.loads(payload)} if payload else {})}

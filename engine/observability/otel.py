@@ -164,6 +164,20 @@ class RequestTrace:
             self._response["gen_ai.output.messages"] = orjson.dumps([c.get("message") for c in choices]).decode()
         self._end_attempt(usage, cost)
 
+    def counted(self, tokens: int | None) -> None:
+        """A token-count attempt answered with `tokens` (None: its reply held no count, a
+        `response_parsing` failure: the estimate is answered); ended here."""
+        if tokens is None:
+            self.failed("response_parsing")
+            return
+        self._response["gen_ai.usage.input_tokens"] = tokens
+        self._end_attempt()
+
+    def answered_count(self, tokens: int, source: str) -> None:
+        """A token-count request's answer: the count and who made it (`provider` or `estimate`, as
+        the x-gaud-token-count header says)."""
+        self.span.set_attributes({"gen_ai.usage.input_tokens": tokens, "gaud.token_count": source})
+
     def response(self, response_id: Any, model: Any, finish_reasons: list[Any]) -> None:
         """What the upstream said it answered with (for a stream, known at its end)."""
         if response_id:

@@ -630,11 +630,14 @@ class Gateway:
         return ChatResult(result, {"x-gaud-cost": f"{exchange.cost:.8f}"})
 
     # -- counting -------------------------------------------------------------------------------
-    async def count_tokens(self, body: dict[str, Any], estimate: int, native: NativeRequest | None = None) -> int | None:
+    async def count_tokens(
+        self, body: dict[str, Any], estimate: int, native: NativeRequest | None = None, span: RequestTrace | None = None,
+    ) -> int | None:
         """A prompt's tokens as counted by the provider of the route's first deployment (its spec's
         `count_tokens`), or None when that spec declares no counting endpoint or the call fails: the
         caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint.
-        A deployment of the client's own format (`native`) counts the client's request as it is."""
+        A deployment of the client's own format (`native`) counts the client's request as it is;
+        the call is the request's one attempt span when traced (`span`)."""
         try:
             planned = (await self.plan(body)).targets[0]
         except (GatewayError, IndexError):  # an unknown model: estimated, as without a counter
@@ -649,6 +652,9 @@ class Gateway:
             mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
             request = post_request(target, "count_tokens", mapped, stream=False)
             request.headers = chat.headers  # signed as the chat request is, for a signed-in provider
+            if span is not None:
+                span.attempt(body, target.name, target.provider.name, target.model, 1)
+                request.headers = span.inject(request.headers)
             reply = await asyncio.wait_for(self.upstream.send(request, timeout=planned.timeout),
                                            planned.total_timeout or COUNT_TIMEOUT)
             if reply.status >= 400:
@@ -656,9 +662,13 @@ class Gateway:
             count = counter.count_of(orjson.loads(reply.body))
         except (GatewayError, TimeoutError, orjson.JSONDecodeError) as exc:
             log.info("count_tokens on %s failed, estimated instead: %s", target.name, exc)
+            if span is not None:  # a no-op when it failed before the call
+                span.failed(getattr(exc, "kind", "timeout" if isinstance(exc, TimeoutError) else "response_parsing"))
             return None
         if count is None:
             log.info("count_tokens on %s: no count in the reply, estimated instead", target.name)
+        if span is not None:
+            span.counted(count)
         return count
 
     # -- streaming ------------------------------------------------------------------------------

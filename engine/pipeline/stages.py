@@ -349,21 +349,34 @@ class Pipeline:
     async def count_tokens(self, codec: Codec, port: Port) -> None:
         """A client format's token count: authenticate, parse and authorize, then the count of the
         provider that would serve the prompt, or the local estimate when it has no counting
-        endpoint or the call fails; `x-gaud-token-count` says which."""
+        endpoint or the call fails; `x-gaud-token-count` says which. Traced as `run` traces a chat
+        request: a request span, and an attempt span when the provider is asked."""
+        exchange = Exchange(request_id=port.request_id)
         try:
             principal = await self.authenticate(port.headers)
+            if self.tracing is not None:
+                exchange.span = self.tracing.request(port.headers, "count_tokens", port.path, exchange.started)
             raw = parse_json(await port.read())
             body = codec.request(raw, count=True)
             body.setdefault("max_tokens", 1)
             body = validate_request(body, self.limits)
+            exchange.body = {k: v for k, v in body.items() if k != "max_tokens"}  # the 1 above is no request's
             self.authorize(principal, body)
             estimate = estimate_prompt_tokens(body)
-            counted = await self.gateway.count_tokens(body, estimate, codec.native(raw, port.headers))
+            counted = await self.gateway.count_tokens(body, estimate, codec.native(raw, port.headers), exchange.span)
             source = "estimate" if counted is None else "provider"
+            if exchange.span is not None:
+                exchange.span.answered_count(estimate if counted is None else counted, source)
             await port.json(200, codec.count_tokens(estimate if counted is None else counted),
                             {"x-gaud-token-count": source})
         except Exception as exc:  # noqa: BLE001 - answered as in `run`
-            await self._failed(port, exc)
+            exchange.status = await self._failed(port, exc)
+            if not isinstance(exc, ClientGone):
+                exchange.error = exc if isinstance(exc, GatewayError) else InternalError()
+        finally:
+            if exchange.span is not None:
+                exchange.span.end(exchange)
+            drop_tracebacks(exchange.error)
 
     async def keep(self, codec: Codec, completion: dict[str, Any], raw: dict[str, Any], turn: Turn) -> dict[str, Any]:
         """The reply to a format with stored replies, under the gateway's own id and kept (before

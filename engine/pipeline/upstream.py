@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ from ..errors import UpstreamConnection, UpstreamTimeout
 from ..spec.provider import Signer
 from .deadlines import AttemptDeadline
 
-__all__ = ["Upstream", "UpstreamReply", "UpstreamRequest", "iter_chunks", "map_upstream_errors"]
+__all__ = ["Upstream", "UpstreamReply", "UpstreamRequest", "iter_chunks", "map_upstream_errors", "prepared"]
 
 log = logging.getLogger("gaud.upstream")
 
@@ -119,12 +119,7 @@ class Upstream:
         return timeout
 
     def _prepared(self, request: UpstreamRequest) -> tuple[URL, dict[str, str], bytes]:
-        """The URL, headers and body bytes to send; a signed request is signed on these bytes."""
-        data = orjson.dumps(request.body)
-        if request.sign is not None:
-            url, headers = request.sign(request.method, request.url, _with_json(request.headers), data)
-            return url, headers, data
-        return self._url(request.url), _with_json(request.headers), data
+        return prepared(request, self._url)
 
     async def send(
         self, request: UpstreamRequest, *, timeout: float | None = None, deadline: AttemptDeadline | None = None
@@ -189,6 +184,16 @@ async def _read_watched(response: aiohttp.ClientResponse, deadline: AttemptDeadl
     finally:
         deadline.stop()
     return b"".join(chunks)
+
+
+def prepared(request: UpstreamRequest, parse: Callable[[str], URL] = URL) -> tuple[URL, dict[str, str], bytes]:
+    """The URL, headers and body bytes to send; a signed request is signed on these bytes. Also
+    what `spec record` sends, so that a recording is made with the gateway's own request."""
+    data = orjson.dumps(request.body)
+    if request.sign is not None:
+        url, headers = request.sign(request.method, request.url, _with_json(request.headers), data)
+        return url, headers, data
+    return parse(request.url), _with_json(request.headers), data
 
 
 def _with_json(headers: dict[str, str]) -> dict[str, str]:
