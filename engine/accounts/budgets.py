@@ -160,6 +160,8 @@ class Budgets:
         if reservation.settled:
             return
         reservation.settled = True
+        if not self._spend:  # no user's or team's spend loaded yet (no budget so far): nothing to count
+            return
         for scope in budget_scopes(reservation.principal):
             spend = self._spend.get((scope.kind, scope.id))
             if spend is None:
