@@ -12,7 +12,9 @@ Stages (what one non-stream request costs the engine, in order): parse request, 
 map request, serialize upstream body, parse reply, map reply, pricing, serialize reply. Streams: stream
 frames (framing + event table + OpenAI chunk per upstream event, for a whole 20-chunk stream).
 Totals: the same request through `Gateway` and through the whole ASGI app (server.py: middleware,
-auth off, budgets, audit queue), each with an in-memory upstream. What the totals add over the sum of
+auth off, budgets, audit queue), each with an in-memory upstream; then the non-stream request with auth
+on (a key verified per request), for a key without limits and for one whose user and team have budgets
+and rate limits. What the totals add over the sum of
 the stages is glue (coroutines, dataclasses, headers); what the load benchmark adds over the ASGI row
 is uvicorn/httptools and the aiohttp client.
 
@@ -185,8 +187,9 @@ class Timer:
 class AsgiClient:
     """Calls the app the way uvicorn's httptools protocol does (ASGI spec 2.3), lifespan included."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, key: str = "sk-bench") -> None:
         self.app = app
+        self.authorization = f"Bearer {key}".encode()
         self.state: dict[str, Any] = {}
         self._lifespan: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -212,7 +215,7 @@ class AsgiClient:
             "server": ("127.0.0.1", 8400), "client": ("127.0.0.1", 50000), "scheme": "http", "method": "POST",
             "root_path": "", "path": path, "raw_path": path.encode(), "query_string": b"",
             "headers": [(b"host", b"127.0.0.1:8400"), (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()), (b"authorization", b"Bearer sk-bench")],
+                        (b"content-length", str(len(body)).encode()), (b"authorization", self.authorization)],
             "state": dict(self.state),
         }
         sent = False
@@ -400,8 +403,52 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float | None]]:
         for model in ROUTES:
             measure_totals(model)
         loop.run_until_complete(client.stop())
+    measure_auth(catalog, loop, timer, put)
     loop.close()
     return results
+
+
+def measure_auth(catalog: Any, loop: asyncio.AbstractEventLoop, timer: Timer,
+                 put: Callable[[str, str, Callable[[], float | None]], None]) -> None:
+    """The non-stream request through the ASGI app with auth on: a key verified per request
+    (Store.verify_key in a thread), once for a key with no limits and once for a key whose user and
+    team have budgets and rate limits (the budget, team and rate-limit work runs only for those)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            app, store = build_app(catalog, Path(tmp), auth=True)
+            # Before start-up, which otherwise makes (and prints) a first admin key.
+            keys = {"ASGI app, auth on": store.create_key("bench-plain")[0],
+                    "ASGI app, auth + limits": limited_key(store)}
+            client = AsgiClient(app)
+            loop.run_until_complete(client.start())
+        except Exception as exc:
+            raise StageFailed(f"total 'ASGI app, auth on' failed to start: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from exc
+        for row, key in keys.items():
+            for model in ROUTES:
+                client.authorization = f"Bearer {key}".encode()
+                raw = request_body(model, False)
+
+                async def asgi(raw: bytes = raw) -> None:
+                    status, payload = await client.post("/v1/chat/completions", raw)
+                    if status != 200 or b"tok19" not in payload:
+                        raise RuntimeError(f"HTTP {status}: {payload[:300]!r}")
+
+                put(row, model, lambda: timer.per_op_async(loop, asgi))
+        loop.run_until_complete(client.stop())
+
+
+def limited_key(store: Any) -> str:
+    """A key whose user has daily/monthly budgets and rpm/tpm limits and is in a team that has them too
+    (limits far above what the benchmark spends or sends)."""
+    limits = {"budget_daily": 1e9, "budget_monthly": 1e9, "rpm_limit": 1e9, "tpm_limit": 1e12}
+    key = str(store.create_key("bench-limited", **limits)[0])
+    try:
+        from engine.accounts.teams import create_team, set_user_team
+    except ImportError:  # before teams: the user's limits only
+        return key
+    create_team(store, {"name": "bench-team", **limits})
+    set_user_team(store, "bench-limited", "bench-team")
+    return key
 
 
 def validator(target: Any) -> Callable[[dict[str, Any]], None]:
@@ -420,25 +467,32 @@ def validator(target: Any) -> Callable[[dict[str, Any]], None]:
     return validate
 
 
-def build_app(catalog: Any, tmp: Path) -> Any:
-    """server.create_app with the in-memory upstream, auth off, a throwaway SQLite file."""
+def build_app(catalog: Any, tmp: Path, *, auth: bool = False) -> Any:
+    """server.create_app with the in-memory upstream, a throwaway SQLite file, auth off (the app), or
+    auth on (the app and its migrated store, to make keys in)."""
+    from engine.accounts.store import Store
     from engine.config import load_settings
     from engine.web.server import create_app
 
-    settings = load_settings(None, environ={"GAUD_AUTH_ENABLED": "false", "GAUD_DATABASE_URL": f"sqlite:///{tmp / 'micro.db'}"})
+    url = f"sqlite:///{tmp / 'micro.db'}"
+    settings = load_settings(None, environ={"GAUD_AUTH_ENABLED": str(auth).lower(), "GAUD_DATABASE_URL": url})
     params = inspect.signature(create_app).parameters
     kwargs: dict[str, Any] = {"upstream": MemoryUpstream()}
+    store = Store(url)
     if "store" in params:
-        from engine.accounts.store import Store
-
-        kwargs["store"] = Store(f"sqlite:///{tmp / 'micro.db'}")
-    return create_app(catalog, settings, **kwargs)
+        kwargs["store"] = store
+    app = create_app(catalog, settings, **kwargs)
+    if not auth:
+        return app
+    store.migrate()
+    return app, store
 
 
 ORDER = (
     "parse request", "validate", "route plan", "map request", "  url template", "  headers",
     "serialize upstream body", "parse reply", "map reply", "pricing", "  price_for (uncached)", "  estimate_cost (budget)",
     "serialize reply", "sum of non-stream stages", "Gateway.chat, in-process", "ASGI app, non-stream",
+    "ASGI app, auth on", "ASGI app, auth + limits",
     "stream frames", "  per upstream event", "  framing only", "Gateway.chat_stream + drain", "ASGI app, stream",
 )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from .store import Principal, Store
 if TYPE_CHECKING:
     from ..alerts.sink import AlertSink
 
-__all__ = ["Budgets", "Reservation", "Scope", "budget_scopes", "crossed", "day_start", "month_start"]
+__all__ = ["Budgets", "Reservation", "Scope", "budget_scopes", "crossed", "day_start", "month_start", "period_starts"]
 
 
 def day_start(now: float) -> float:
@@ -29,6 +30,19 @@ def day_start(now: float) -> float:
 def month_start(now: float) -> float:
     t = time.gmtime(now)
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+#: The (day start, month start) of the last day asked for: both change only at midnight UTC.
+_periods: list[tuple[float, float]] = [(math.inf, math.inf)]
+
+
+def period_starts(now: float) -> tuple[float, float]:
+    """`(day_start(now), month_start(now))`, computed once per day (~2 µs a pair otherwise, paid
+    per budget scope per request)."""
+    day, month = _periods[0]
+    if not day <= now < day + 86400.0:  # UTC days are all 86400 s long (timegm has no leap seconds)
+        day, month = _periods[0] = (day_start(now), month_start(now))
+    return day, month
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ class Budgets:
 
     async def _load(self, scope: Scope) -> _Spend:
         now = self.clock()
-        day, month = day_start(now), month_start(now)
+        day, month = period_starts(now)
         spend = self._spend.get((scope.kind, scope.id))
         if spend is not None and spend.day_start == day and spend.month_start == month:
             return spend
@@ -160,6 +174,8 @@ class Budgets:
         if reservation.settled:
             return
         reservation.settled = True
+        if not self._spend:  # no user's or team's spend loaded yet (no budget so far): nothing to count
+            return
         for scope in budget_scopes(reservation.principal):
             spend = self._spend.get((scope.kind, scope.id))
             if spend is None:

@@ -98,10 +98,12 @@ class Guards:
         """The buckets a request takes from: the user's (its own limits, else the defaults), then
         its team's. The tighter of the two is what refuses first."""
         takes: list[tuple[str, Limit, float]] = []
-        who = f"user:{principal.user_id if principal.user_id is not None else principal.user_name}"
+        user_rpm, user_tpm = principal.rpm_limit or self.key_rpm, principal.tpm_limit or self.key_tpm
         team = f"team:{principal.team_id}" if principal.team_id is not None else None
-        for owner, rpm, tpm in ((who, principal.rpm_limit or self.key_rpm, principal.tpm_limit or self.key_tpm),
-                                (team, principal.team_rpm_limit, principal.team_tpm_limit)):
+        if not (user_rpm or user_tpm or (team is not None and (principal.team_rpm_limit or principal.team_tpm_limit))):
+            return takes  # no limit applies: no bucket names to build
+        who = f"user:{principal.user_id if principal.user_id is not None else principal.user_name}"
+        for owner, rpm, tpm in ((who, user_rpm, user_tpm), (team, principal.team_rpm_limit, principal.team_tpm_limit)):
             if owner is None:
                 continue
             if rpm:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceeded
 from ._redis import connect
-from .budgets import Reservation, Scope, budget_scopes, crossed, day_start, month_start, warning_text
+from .budgets import Reservation, Scope, budget_scopes, crossed, day_start, month_start, period_starts, warning_text
 from .store import Principal, Store
 
 if TYPE_CHECKING:
@@ -107,7 +107,8 @@ class RedisBudgets:
         self.alerts: AlertSink | None = None  # told of thresholds crossed at settle
 
     def _keys(self, scope: Scope, now: float) -> list[str]:
-        day, month = int(day_start(now)), int(month_start(now))
+        day_at, month_at = period_starts(now)
+        day, month = int(day_at), int(month_at)
         # A user's keys keep the names of the releases before teams (instances share them while upgrading).
         base = f"{self.prefix}{scope.id}" if scope.kind == "user" else f"{self.prefix}team:{scope.id}"
         return [f"{base}:day:{day}:spent", f"{base}:day:{day}:reserved",

@@ -91,13 +91,25 @@ def _op_sum(rule: dict[str, Any]) -> Step:
     addends = [_number_source(p) for p in rule["of"]]
     subtrahends = [_number_source(p) for p in rule.get("minus", ())]
 
+    # Plain loops: this runs on every reply's usage (no comprehensions or generators to set up).
     def total(value: Any, src: Any, ctx: dict[str, Any]) -> Any:
-        found = [n for n in (_number(a, value, ctx) for a in addends) if n is not None]
+        result: float = 0
+        found = False
+        for addend in addends:
+            n = _number(addend, value, ctx)
+            if n is not None:
+                result += n
+                found = True
         if not found:
             return MISSING
-        result = sum(found)
-        less = [n for n in (_number(s, value, ctx) for s in subtrahends) if n is not None]
-        return max(0, result - sum(less)) if less else result
+        less: float = 0
+        subtracted = False
+        for subtrahend in subtrahends:
+            n = _number(subtrahend, value, ctx)
+            if n is not None:
+                less += n
+                subtracted = True
+        return max(0, result - less) if subtracted else result
 
     return total
 

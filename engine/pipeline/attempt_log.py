@@ -23,12 +23,14 @@ def attempt_entry(deployment: str, started: float, error: BaseException | None) 
     """An attempt that began at `started` (time.perf_counter) and ended with `error` (None: it answered)."""
     entry: dict[str, Any] = {"deployment": deployment, "status": 200, "error": None, "message": None,
                              "upstream_status": None, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    if error is None:  # the common case: no isinstance tests
+        return entry
     if isinstance(error, GatewayError):
         entry.update(status=error.status, error=error.kind, message=error.message[:MESSAGE_CHARS],
                      upstream_status=error.upstream_status)
     elif isinstance(error, Exception):
         entry.update(status=500, error="internal_error")  # the details went to the log (Gateway._unexpected)
-    elif error is not None:
+    else:
         entry.update(status=None, error="cancelled")  # the client went away, or the server stopped it
     return entry
 

@@ -15,7 +15,8 @@ every few seconds, or a JSON body one byte at a time, never trips it. These boun
 
 A cut attempt is a `timeout` failure like any other (retried, failed over, counted by its breaker).
 
-Cost: the attempt call runs under one `asyncio.timeout_at`. A body still coming when the headers
+Cost: the attempt call runs under a deadline of engine.pipeline.cutoffs (as `asyncio.timeout_at`,
+without a loop timer per attempt). A body still coming when the headers
 are in (a stream, relayed after the attempt call has returned in whatever task reads it; a JSON
 body rarely) is watched by one timer that is moved only when it fires; content just stamps the
 time. An expired watch sets an `UpstreamTimeout` on the body, which its next read raises, so
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..errors import GatewayError, UpstreamTimeout
+from .cutoffs import cutoffs
 
 __all__ = ["AttemptDeadline", "Deadlines"]
 
@@ -116,14 +118,18 @@ class AttemptDeadline:
         """Await the attempt call within the deadline; cut there, it raises UpstreamTimeout."""
         if self.ends == math.inf:
             return await call
-        timer = asyncio.timeout_at(self.ends)
+        timers = cutoffs(self._loop)
+        cut = timers.add(self.ends)
         try:
-            async with timer:
-                return await call
-        except TimeoutError:
-            if not timer.expired():
-                raise
-            raise self.error(idle=False) from None
+            result = await call
+        except BaseException as exc:
+            timers.end(cut)
+            if cut.expired(exc):
+                raise self.error(idle=False) from None
+            raise
+        timers.end(cut)
+        cut.expired(None)  # a deadline that fired as the call returned: its cancellation request taken back
+        return result
 
     def error(self, *, idle: bool) -> UpstreamTimeout:
         waited = self._loop.time() - self.started

@@ -43,7 +43,7 @@ from ..streaming import ChunkWriter, EventReader, MessageAssembler, StreamFailur
 from ..streaming.encoders import EncoderFactory, StreamEncoder
 from ..streaming.native import NativeRelay, Relayed
 from .attempt_log import attempt_entry, skip_entry
-from .breaker import HALF_OPEN
+from .breaker import HALF_OPEN, Breaker
 from .deadlines import AttemptDeadline, Deadlines
 from .embeddings import build_embeddings_request, embeddings_from_reply
 from .images import ImageFetcher, inline_image_urls
@@ -298,7 +298,7 @@ class Gateway:
                         break
                     raise error from error.__cause__  # an internal_error's cause was logged, not chained
                 else:
-                    return self._succeeded(target, exchange, result, self.clock() - started, probe)
+                    return self._succeeded(target, breaker, exchange, result, self.clock() - started, probe)
         raise self._all_failed(plan.alias, failures)
 
     async def _attempt(
@@ -317,9 +317,8 @@ class Gateway:
         exchange.attempt_log.append(attempt_entry(planned.target.name, started, None))
         return result
 
-    def _succeeded(self, target: Target, exchange: Exchange, result: R, latency: float, probe: bool) -> R:
+    def _succeeded(self, target: Target, breaker: Breaker, exchange: Exchange, result: R, latency: float, probe: bool) -> R:
         """An attempt that answered: its latency, breaker (a stream's when it ends), headers and span."""
-        breaker = self.router.breakers[target.name]
         self.router.finished(target.name, latency)
         if self.metrics is not None:
             self.metrics.upstream_latency.labels(target.name).observe(latency)
@@ -329,8 +328,12 @@ class Gateway:
             breaker.record_success()
             if exchange.span is not None:  # a stream's attempt span ends with the stream
                 exchange.span.served(result.completion, exchange.usage, exchange.cost)
-        result.headers.update({"x-gaud-deployment": target.name, "x-gaud-attempts": str(exchange.attempts)}, **dropped(exchange))
-        quote = self.quote(target)
+        headers = result.headers
+        headers["x-gaud-deployment"] = target.name
+        headers["x-gaud-attempts"] = str(exchange.attempts)
+        if exchange.rewritten or exchange.dropped:
+            headers.update(dropped(exchange))
+        quote = self.router.quote(target)
         if quote is not None and quote.estimated:  # for a stream: with its headers
             exchange.price_estimated = True
             result.headers["x-gaud-cost-estimated"] = "true"
