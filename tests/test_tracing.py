@@ -232,6 +232,7 @@ def test_a_count_tokens_request_has_its_request_span_and_the_counting_call_its_a
     assert request.attributes["gen_ai.request.model"] == "claude-sonnet-4"
     assert request.attributes["gen_ai.usage.input_tokens"] == 321 and request.attributes["gaud.token_count"] == "provider"
     assert request.attributes["http.response.status_code"] == 200 and "error.type" not in request.attributes
+    assert request.attributes["gaud.attempts"] == 1
     assert "gen_ai.request.max_tokens" not in request.attributes  # the 1 validation needs is no request's
 
     assert attempt.parent is not None and attempt.parent.span_id == request.context.span_id
@@ -269,6 +270,7 @@ def test_a_failed_or_missing_count_is_traced_as_the_estimate(tree, upstream, tmp
         assert "error.type" not in request.attributes and request.status.status_code == StatusCode.UNSET
     assert requests[3].attributes["error.type"] == "invalid_request"
     assert requests[3].attributes["http.response.status_code"] == 400 and "gaud.token_count" not in requests[3].attributes
+    assert [r.attributes["gaud.attempts"] for r in requests] == [1, 1, 0, 0]  # the provider asked, or not
 
 
 # -- export over OTLP/HTTP ----------------------------------------------------------------------------

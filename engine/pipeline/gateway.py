@@ -634,13 +634,14 @@ class Gateway:
 
     # -- counting -------------------------------------------------------------------------------
     async def count_tokens(
-        self, body: dict[str, Any], estimate: int, native: NativeRequest | None = None, span: RequestTrace | None = None,
+        self, body: dict[str, Any], estimate: int, native: NativeRequest | None = None, exchange: Exchange | None = None,
     ) -> int | None:
         """A prompt's tokens as counted by the provider of the route's first deployment (its spec's
         `count_tokens`), or None when that spec declares no counting endpoint or the call fails: the
         caller answers with `estimate` then. One attempt, no retries, no breaker: a count is a hint.
         A deployment of the client's own format (`native`) counts the client's request as it is;
-        the call is the request's one attempt span when traced (`span`)."""
+        the call is the request's one attempt (`exchange.attempts`), and its span when traced."""
+        span = exchange.span if exchange is not None else None
         try:
             planned = (await self.plan(body)).targets[0]
         except (GatewayError, IndexError):  # an unknown model: estimated, as without a counter
@@ -655,6 +656,8 @@ class Gateway:
             mapped = counter.request_mapper(chat.body, {"model": target.model}) if counter.request_mapper else chat.body
             request = post_request(target, "count_tokens", mapped, stream=False)
             request.headers = chat.headers  # signed as the chat request is, for a signed-in provider
+            if exchange is not None:
+                exchange.attempts = 1
             if span is not None:
                 span.attempt(body, target.name, target.provider.name, target.model, 1)
                 request.headers = span.inject(request.headers)

@@ -363,7 +363,7 @@ class Pipeline:
             exchange.body = {k: v for k, v in body.items() if k != "max_tokens"}  # the 1 above is no request's
             self.authorize(principal, body)
             estimate = estimate_prompt_tokens(body)
-            counted = await self.gateway.count_tokens(body, estimate, codec.native(raw, port.headers), exchange.span)
+            counted = await self.gateway.count_tokens(body, estimate, codec.native(raw, port.headers), exchange)
             source = "estimate" if counted is None else "provider"
             if exchange.span is not None:
                 exchange.span.answered_count(estimate if counted is None else counted, source)

@@ -63,7 +63,7 @@ class FakeGateway:
         exchange.usage, exchange.cost = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, 0.25
         return ChatResult({"choices": [{"message": {"content": "hi"}}]}, {"x-gaud-cost": "0.25000000"})
 
-    async def count_tokens(self, body: dict[str, Any], estimate: int, native: Any = None, span: Any = None) -> int | None:
+    async def count_tokens(self, body: dict[str, Any], estimate: int, native: Any = None, exchange: Any = None) -> int | None:
         return None  # no provider counter: the route answers with the estimate
 
     async def chat_stream(self, body: dict[str, Any], exchange: Exchange, *, plan: Plan) -> StreamResult:
